@@ -1,0 +1,3 @@
+from clipsae.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""Loading an open_clip vision tower and its preprocessing, and describing both for provenance."""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+from torchvision import transforms as T
+
+from clipsae.errors import ClipsaeError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model and weights to load, and how to preprocess images for it."""
+
+    name: str
+    pretrained: str | None = None  # open_clip tag, local checkpoint path, hf-hub:org/repo, or None
+    init_seed: int = 0  # seeds the random init when pretrained is None, so reruns agree
+    preprocess_like: str | None = None  # take mean/std/interpolation of this pretrained tag
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
+
+
+@dataclass
+class LoadedModel:
+    visual: nn.Module
+    preprocess: T.Compose
+    identity: dict  # what a store's config must match (model, weights, preprocessing)
+    provenance: dict  # versions and paths, informative only
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_name(name: str) -> None:
+    if name.startswith("hf-hub:") or name in open_clip.list_models():
+        return
+    close = [m for m in open_clip.list_models() if m.lower().startswith(name.lower()[:5])][:5]
+    hint = f"; similar: {', '.join(close)}" if close else ""
+    raise ClipsaeError(f"unknown model {name!r} (open_clip.list_models() lists the names){hint}")
+
+
+def _preprocess_overrides(cfg: ModelConfig, checkpoint: Path | None) -> dict:
+    """Preprocessing to apply instead of the architecture default, and where it came from."""
+    over: dict = {}
+    if cfg.preprocess_like:
+        pcfg = open_clip.get_pretrained_cfg(cfg.name, cfg.preprocess_like)
+        if not pcfg:
+            raise ClipsaeError(f"--preprocess-like {cfg.preprocess_like!r} is not a pretrained tag of {cfg.name}")
+        over = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg}
+    elif checkpoint is not None and (checkpoint.parent / "open_clip_config.json").is_file():
+        # Hugging Face repos ship the preprocessing the checkpoint was trained with.
+        pp = json.loads((checkpoint.parent / "open_clip_config.json").read_text()).get("preprocess_cfg", {})
+        over = {k: pp[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pp}
+    if cfg.image_mean:
+        over["mean"] = cfg.image_mean
+    if cfg.image_std:
+        over["std"] = cfg.image_std
+    return over
+
+
+def describe_preprocess(preprocess: T.Compose) -> dict:
+    """Size, interpolation, mean and std read off the transform actually applied."""
+    out: dict = {"transforms": repr(preprocess)}
+    for t in preprocess.transforms:
+        if isinstance(t, T.Resize):
+            out["resize"] = t.size
+            out["interpolation"] = t.interpolation.value
+        elif isinstance(t, T.CenterCrop):
+            out["crop"] = list(t.size)
+        elif isinstance(t, T.Normalize):
+            out["mean"] = [float(x) for x in t.mean]
+            out["std"] = [float(x) for x in t.std]
+    return json.loads(json.dumps(out))
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Build the model's vision tower in eval mode with its preprocessing.
+
+    Pretrained weights are fetched by open_clip; a failed fetch raises ClipsaeError with
+    the reason instead of silently falling back to random weights.
+    """
+    _check_name(cfg.name)
+    pretrained, checkpoint, weights_id = cfg.pretrained, None, None
+    if pretrained is None:
+        weights_id = f"random-init(seed={cfg.init_seed})"
+    elif Path(pretrained).is_file():
+        checkpoint = Path(pretrained).resolve()
+        weights_id = f"file:sha256:{_sha256(checkpoint)}"
+    elif pretrained.startswith("hf-hub:"):
+        weights_id = pretrained
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(cfg.name)
+        if pretrained not in tags and not cfg.name.startswith("hf-hub:"):
+            if "/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
+                raise ClipsaeError(f"checkpoint file {pretrained} does not exist")
+            known = ", ".join(tags) if tags else "none"
+            raise ClipsaeError(f"{pretrained!r} is not a pretrained tag of {cfg.name} (known: {known})")
+        weights_id = pretrained
+    over = _preprocess_overrides(cfg, checkpoint)
+    torch.manual_seed(cfg.init_seed)
+    # hf-hub:org/repo as weights means: that repo's config and checkpoint, which is how open_clip loads it.
+    name, tag = (pretrained, None) if pretrained and pretrained.startswith("hf-hub:") else (cfg.name, pretrained)
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "initialized randomly" at WARNING
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name,
+            pretrained=tag,
+            image_mean=over.get("mean"),
+            image_std=over.get("std"),
+            image_interpolation=over.get("interpolation"),
+            image_resize_mode=over.get("resize_mode"),
+        )
+    except ClipsaeError:
+        raise
+    except Exception as exc:
+        what = f"checkpoint {checkpoint}" if checkpoint else f"pretrained weights {pretrained!r}"
+        raise ClipsaeError(f"could not load {what} for {cfg.name}: {type(exc).__name__}: {exc}") from exc
+    visual = model.visual.eval()
+    identity = {
+        "model": cfg.name,
+        "pretrained": weights_id,
+        "preprocess": {k: v for k, v in describe_preprocess(preprocess).items() if k != "transforms"},
+    }
+    provenance = {
+        "pretrained_arg": pretrained,
+        "checkpoint_path": str(checkpoint) if checkpoint else None,
+        "preprocess_transforms": repr(preprocess),
+        "open_clip_version": open_clip.__version__,
+        "torch_version": torch.__version__,
+    }
+    return LoadedModel(visual, preprocess, identity, provenance)

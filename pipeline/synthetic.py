@@ -1,0 +1,65 @@
+"""A small labelled image set drawn procedurally: the demo's and the tests' data."""
+
+import io
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from pipeline.tarwrite import write_classes, write_tar
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220)}
+CLASSES = [f"{c} {s}" for s in SHAPES for c in COLOURS]
+
+
+def draw(label: int, rng: random.Random, size: int = 96) -> Image.Image:
+    """One image of class ``label``: a coloured shape at a random place and scale on a noisy grey ground."""
+    shape, colour = SHAPES[label // len(COLOURS)], list(COLOURS.values())[label % len(COLOURS)]
+    grey = rng.randint(90, 170)
+    im = Image.new("RGB", (size, size), (grey, grey, grey))
+    d = ImageDraw.Draw(im)
+    for _ in range(30):
+        x, y, g = rng.randrange(size), rng.randrange(size), rng.randint(60, 200)
+        d.point((x, y), fill=(g, g, g))
+    r = rng.randint(size // 6, size // 3)
+    cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
+    fill = tuple(max(0, min(255, v + rng.randint(-25, 25))) for v in colour)
+    if shape == "circle":
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "square":
+        d.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "triangle":
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    else:
+        w = max(2, r // 3)
+        d.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
+        d.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
+    return im
+
+
+def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def make_synthetic_shards(out: str | Path, n_images: int, per_shard: int, seed: int = 0) -> list[Path]:
+    """Write ``n_images`` labelled JPEGs as tars of ``per_shard`` (keys ``s{shard}_{i}``), plus classes.json."""
+    dest = Path(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    paths = []
+    for s, start in enumerate(range(0, n_images, per_shard)):
+        samples = []
+        for i in range(start, min(start + per_shard, n_images)):
+            label = rng.randrange(len(CLASSES))
+            samples.append({
+                "__key__": f"img{i:07d}",
+                "jpg": jpeg_bytes(draw(label, rng)),
+                "cls": label,
+                "json": {"label": label, "class": CLASSES[label]},
+            })
+        paths.append(write_tar(dest / f"{s:05d}.tar", samples))
+    write_classes(dest, CLASSES)
+    return paths

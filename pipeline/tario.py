@@ -1,0 +1,79 @@
+"""Reading samples from one webdataset tar, keeping going past bad images and stopping cleanly at a truncation."""
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+MAX_LISTED_FAILURES = 1000
+
+
+@dataclass
+class TarReport:
+    """What happened to one tar: samples seen, images skipped (with why), truncation."""
+
+    n_samples: int = 0
+    n_failed: int = 0
+    failures: list[dict] = field(default_factory=list)
+    truncated: str | None = None
+
+    def fail(self, key: str, why: str) -> None:
+        self.n_failed += 1
+        if len(self.failures) < MAX_LISTED_FAILURES:
+            self.failures.append({"key": key, "error": why})
+
+    def to_json(self) -> dict:
+        return {"n_samples": self.n_samples, "n_failed": self.n_failed, "failures": self.failures, "truncated": self.truncated}
+
+
+def _label(sample: dict, label_key: str | None) -> int:
+    try:
+        if label_key:
+            value = json.loads(sample["json"])[label_key]
+        elif "cls" in sample:
+            value = sample["cls"].decode().strip()
+        else:
+            return -1
+        return int(value)
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+        return -1
+
+
+def iter_samples(path: str, label_key: str | None, report: TarReport) -> Iterator[tuple[str, bytes, int]]:
+    """Yield ``(key, image_bytes, label)`` per sample that has an image; record the rest in ``report``.
+
+    A truncated or unreadable tar ends the iteration after its last whole sample and sets
+    ``report.truncated``; the samples before it are kept.
+    """
+
+    def skip_duplicate(exc: Exception) -> bool:
+        report.fail("?", f"{type(exc).__name__}: {exc.args[0] if exc.args else exc}")
+        return True
+
+    try:
+        with open(path, "rb") as f:
+            files = ({**x, "__url__": path} for x in tar_file_iterator(f))
+            for sample in group_by_keys(files, handler=skip_duplicate):
+                report.n_samples += 1
+                key = sample["__key__"]
+                ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                if ext is None:
+                    report.fail(key, "no image (jpg, jpeg, png or webp) in sample")
+                    continue
+                yield key, sample[ext], _label(sample, label_key)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        report.truncated = f"{type(exc).__name__}: {exc}"
+
+
+def decode_image(data: bytes, preprocess) -> torch.Tensor:
+    """Decode fully (so a truncated JPEG fails here, not later) and preprocess to (3, H, W)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        rgb = im.convert("RGB")
+    return preprocess(rgb)

@@ -1,0 +1,39 @@
+"""``clipsae store info|verify``."""
+
+import json
+
+import click
+
+from clipsae.errors import ClipsaeError
+from store.info import format_summary, summarize
+from store.reader import ActivationStore
+from store.verify import verify
+
+
+@click.group("store")
+def store_group():
+    """Inspect and check an activation store."""
+
+
+@store_group.command("info")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info_cmd(path, as_json):
+    """Summarise a store: model, hooks, shapes, counts, statistics."""
+    s = summarize(ActivationStore.open(path))
+    click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
+
+
+@store_group.command("verify")
+@click.argument("path", type=click.Path())
+def verify_cmd(path):
+    """Read every complete part; exit non-zero if any is inconsistent or holds non-finite values."""
+    store = ActivationStore.open(path)
+    report = verify(store)
+    for name in report.incomplete:
+        click.echo(f"note: part {name} is incomplete (a rerun of extract rewrites it)")
+    if not report.ok:
+        for p in report.problems:
+            click.echo(f"problem: {p}", err=True)
+        raise ClipsaeError(f"{path}: {len(report.problems)} problem(s); first: {report.problems[0]}")
+    click.echo(f"ok: {len(store.parts)} parts, {store.n_images} images, hooks {', '.join(store.hooks)}")

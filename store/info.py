@@ -1,0 +1,62 @@
+"""A store's summary, as a dict for ``--json`` and as text for people."""
+
+from pathlib import Path
+
+import numpy as np
+
+from store.reader import ActivationStore
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def summarize(store: ActivationStore) -> dict:
+    """Identity, counts, per-hook shapes and statistics, failures and incomplete parts."""
+    labels = store.labels()
+    failures = sum(int(p.attrs.get("n_failed", 0)) for p in store.parts)
+    truncated = [p.name for p in store.parts if p.attrs.get("truncated")]
+    hooks = {}
+    for h in store.hooks:
+        stats = store.hook_stats(h)
+        hooks[h] = {
+            "shape": [store.n_images, store.n_tokens(h), store.d(h)],
+            "meaning": store.config["hooks"][h].get("meaning", ""),
+            **stats.to_json(),
+        }
+    return {
+        "path": str(store.path),
+        "model": store.config.get("model"),
+        "pretrained": store.config.get("pretrained"),
+        "tokens": store.config.get("tokens"),
+        "dtype": store.config.get("dtype"),
+        "n_images": store.n_images,
+        "n_labelled": int(np.count_nonzero(labels >= 0)),
+        "n_classes": int(len(np.unique(labels[labels >= 0]))),
+        "parts_complete": len(store.parts),
+        "parts_incomplete": store.incomplete_parts,
+        "images_failed": failures,
+        "parts_truncated": truncated,
+        "disk_bytes": _disk_bytes(store.path),
+        "hooks": hooks,
+    }
+
+
+def format_summary(s: dict) -> str:
+    """The summary as a few aligned lines."""
+    lines = [
+        f"store      {s['path']}",
+        f"model      {s['model']}  pretrained={s['pretrained']}  tokens={s['tokens']}  dtype={s['dtype']}",
+        f"images     {s['n_images']}  ({s['n_labelled']} labelled, {s['n_classes']} classes; "
+        f"{s['images_failed']} unreadable skipped)",
+        f"parts      {s['parts_complete']} complete, {len(s['parts_incomplete'])} incomplete"
+        + (f", {len(s['parts_truncated'])} from truncated tars" if s["parts_truncated"] else ""),
+        f"disk       {s['disk_bytes'] / 2**20:.1f} MiB",
+    ]
+    for h, v in s["hooks"].items():
+        n, t, d = v["shape"]
+        lines.append(
+            f"  {h:<12} ({n}, {t}, {d})  mean‖x‖={v['mean_norm']:.3g}  max|x|={v['max_abs']:.3g}  "
+            f"non-finite={v['nonfinite']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""Writing a store: the root with its identity, and parts that each belong to one writer.
+
+Zarr loses data silently when two writers touch one chunk, so the unit of ownership is a
+whole part (its own arrays). A part is valid only once its ``complete`` attribute is set,
+which is the last thing written; a rerun deletes and rewrites any part that lacks it.
+"""
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import zarr
+import zarr.codecs
+import zarr.errors
+
+from clipsae.errors import ClipsaeError
+from store import layout
+from store.stats import HookStats
+
+
+@dataclass(frozen=True)
+class HookLayout:
+    """Shape of one hook's rows: ``n_tokens`` tokens of dimension ``d`` per image."""
+
+    name: str
+    n_tokens: int
+    d: int
+    meaning: str = ""
+
+    def to_json(self) -> dict:
+        return {"n_tokens": self.n_tokens, "d": self.d, "meaning": self.meaning}
+
+
+def _compressors(compression: str):
+    if compression == "none":
+        return None
+    if compression == "zstd":
+        return [zarr.codecs.ZstdCodec(level=1)]
+    raise ClipsaeError(f"unknown compression {compression!r}; use none or zstd")
+
+
+def check_store_path(path: str | Path) -> None:
+    """Refuse a store path that is a file, or a directory that is not a clipsae store."""
+    p = Path(path)
+    if p.is_file():
+        raise ClipsaeError(f"store path {p} is a file, not a store directory")
+    if p.is_dir() and any(p.iterdir()):
+        meta = p / "zarr.json"
+        if not meta.is_file():
+            raise ClipsaeError(f"{p} exists and is not a Zarr store; choose an empty or new --store")
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except (OSError, ValueError) as exc:
+            raise ClipsaeError(f"{meta} is unreadable: {exc}") from exc
+        if "clipsae" not in attrs:
+            raise ClipsaeError(f"{p} is a Zarr store but not a clipsae activation store")
+
+
+def config_differences(existing: Mapping, wanted: Mapping) -> list[str]:
+    """Human-readable differences between a store's identity and a new run's."""
+    diffs = []
+    for key in sorted(set(existing) | set(wanted)):
+        a, b = existing.get(key), wanted.get(key)
+        if a != b:
+            if key == "hooks" and isinstance(a, dict) and isinstance(b, dict) and sorted(a) != sorted(b):
+                a, b = sorted(a), sorted(b)
+            diffs.append(f"{key}: store has {a!r}, this run has {b!r}")
+    return diffs
+
+
+def open_root(path: str | Path, config: dict, provenance: dict) -> zarr.Group:
+    """Create the store root, or open an existing one whose identity equals ``config``.
+
+    ``config`` is what makes two runs compatible (model, weights, hooks, tokens, dtype,
+    preprocessing); a mismatch raises, naming every difference, and writes nothing.
+    Concurrent workers creating the root write identical bytes, so the race is harmless.
+    """
+    check_store_path(path)
+    attrs = {"clipsae": {"format_version": layout.FORMAT_VERSION, "config": config, "provenance": provenance}}
+    # JSON round trip so that tuples and lists compare equal to what was stored.
+    config = json.loads(json.dumps(config))
+    try:
+        root = zarr.open_group(str(path), mode="r+")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        try:
+            root = zarr.create_group(str(path), attributes=attrs, overwrite=False)
+        except zarr.errors.ContainsGroupError:
+            root = zarr.open_group(str(path), mode="r+")
+    existing = root.attrs.get("clipsae", {}).get("config")
+    if existing is None:
+        raise ClipsaeError(f"{path} is a Zarr group but not a clipsae activation store")
+    diffs = config_differences(existing, config)
+    if diffs:
+        raise ClipsaeError(f"store {path} was made differently ({'; '.join(diffs)}); use another --store")
+    root.require_group(layout.PARTS)
+    return root
+
+
+class PartWriter:
+    """Writes one part: its activations per hook, keys, labels and statistics.
+
+    Rows are buffered and written in whole chunks, so each chunk file is written once.
+    Nothing in the part counts until :meth:`close` sets the ``complete`` attribute.
+    """
+
+    def __init__(
+        self,
+        root: zarr.Group,
+        name: str,
+        source: str,
+        hooks: Sequence[HookLayout],
+        dtype: str = "float16",
+        compression: str = "none",
+    ):
+        parts = root[layout.PARTS]
+        if name in parts:
+            del parts[name]
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.group = parts.create_group(name, attributes={layout.COMPLETE: False, "source": source})
+        acts = self.group.create_group(layout.ACTS)
+        self._arrays = {}
+        self._pending: dict[str, list[np.ndarray]] = {}
+        self._written: dict[str, int] = {}
+        self._rows: dict[str, int] = {}
+        self.stats: dict[str, HookStats] = {}
+        for h in hooks:
+            rows = layout.chunk_rows(h.n_tokens, h.d, self.dtype.itemsize)
+            self._arrays[h.name] = acts.create_array(
+                h.name,
+                shape=(0, h.n_tokens, h.d),
+                chunks=(rows, h.n_tokens, h.d),
+                dtype=self.dtype,
+                compressors=_compressors(compression),
+                fill_value=0,
+            )
+            self._pending[h.name] = []
+            self._written[h.name] = 0
+            self._rows[h.name] = rows
+            self.stats[h.name] = HookStats()
+        self._keys: list[str] = []
+        self._labels: list[int] = []
+
+    @property
+    def n_images(self) -> int:
+        return len(self._keys)
+
+    def append(self, keys: Sequence[str], labels: Sequence[int], acts: Mapping[str, np.ndarray]) -> None:
+        """Add a batch of images: ``acts[hook]`` is (len(keys), n_tokens, d)."""
+        for name, arr in acts.items():
+            if arr.shape[0] != len(keys):
+                raise ValueError(f"hook {name}: {arr.shape[0]} rows for {len(keys)} keys")
+            block = np.ascontiguousarray(arr, dtype=self.dtype)
+            self.stats[name].update(block)
+            self._pending[name].append(block)
+            self._flush(name, final=False)
+        self._keys.extend(str(k) for k in keys)
+        self._labels.extend(int(x) for x in labels)
+
+    def _flush(self, name: str, final: bool) -> None:
+        pending = self._pending[name]
+        n = sum(len(b) for b in pending)
+        rows = self._rows[name]
+        take = n if final else (n // rows) * rows
+        if take == 0:
+            return
+        block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        arr, start = self._arrays[name], self._written[name]
+        arr.resize((start + take, *arr.shape[1:]))
+        arr[start : start + take] = block[:take]
+        self._written[name] = start + take
+        self._pending[name] = [block[take:]] if take < n else []
+
+    def close(self, extra_attrs: Mapping | None = None) -> None:
+        """Write what is buffered, the keys and labels, then mark the part complete."""
+        for name in self._arrays:
+            self._flush(name, final=True)
+        n = len(self._keys)
+        keys = self.group.create_array(layout.KEYS, shape=(n,), chunks=(max(n, 1),), dtype=str)
+        labels = self.group.create_array(
+            layout.LABELS, shape=(n,), chunks=(max(n, 1),), dtype="int64", compressors=None, fill_value=-1
+        )
+        if n:
+            keys[:] = np.asarray(self._keys, dtype=object)
+            labels[:] = np.asarray(self._labels, dtype=np.int64)
+        attrs = {
+            **(extra_attrs or {}),
+            "n_images": n,
+            "hook_stats": {h: s.to_json() for h, s in self.stats.items()},
+            "written_by": {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()},
+        }
+        self.group.attrs.update(attrs)
+        # The marker goes last and alone: a reader trusts nothing of a part before it.
+        self.group.attrs.update({layout.COMPLETE: True})
+
+
+def write_store(
+    path: str | Path,
+    acts: Mapping[str, np.ndarray],
+    keys: Sequence[str],
+    labels: Sequence[int] | None = None,
+    attrs: Mapping | None = None,
+    dtype: str | None = None,
+    part: str = "part-00000",
+) -> None:
+    """Write activations computed elsewhere as a store (or one more part of one).
+
+    ``acts[hook]`` is (n, n_tokens, d) or (n, d); ``keys`` name the n images uniquely;
+    ``labels`` default to -1. ``attrs`` go into the store's identity (``model`` at least
+    is expected); writing a second part with the same attrs and shapes extends the store.
+    """
+    keys = [str(k) for k in keys]
+    n = len(keys)
+    if len(set(keys)) != n:
+        raise ClipsaeError("keys must be unique")
+    labels = [-1] * n if labels is None else [int(x) for x in labels]
+    if len(labels) != n:
+        raise ClipsaeError(f"{len(labels)} labels for {n} keys")
+    shaped = {h: (a[:, None, :] if a.ndim == 2 else a) for h, a in acts.items()}
+    for h, a in shaped.items():
+        if a.ndim != 3 or a.shape[0] != n:
+            raise ClipsaeError(f"hook {h}: expected ({n}, n_tokens, d), got {tuple(a.shape)}")
+    dtype = dtype or str(next(iter(shaped.values())).dtype)
+    if dtype not in layout.DTYPES:
+        raise ClipsaeError(f"dtype {dtype!r} not supported; use one of {', '.join(layout.DTYPES)}")
+    hooks = [HookLayout(h, a.shape[1], a.shape[2]) for h, a in shaped.items()]
+    user = dict(attrs or {})
+    config = {
+        "model": user.pop("model", "unknown"),
+        "tokens": user.pop("tokens", "all"),
+        "dtype": dtype,
+        "hooks": {h.name: h.to_json() for h in hooks},
+        **user,
+    }
+    root = open_root(path, config, {"created_by": "store.write_store"})
+    writer = PartWriter(root, part, source="write_store", hooks=hooks, dtype=dtype)
+    writer.append(keys, labels, shaped)
+    writer.close()
