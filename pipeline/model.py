@@ -111,7 +111,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     torch.manual_seed(cfg.init_seed)
     # hf-hub:org/repo as weights means: that repo's config and checkpoint, which is how open_clip loads it.
     name, tag = (pretrained, None) if pretrained and pretrained.startswith("hf-hub:") else (cfg.name, pretrained)
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "initialized randomly" at WARNING
+    # open_clip and huggingface_hub log each retry and failure; our single error line says it all.
+    for logger in ("", "huggingface_hub"):
+        logging.getLogger(logger).setLevel(logging.CRITICAL)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name,

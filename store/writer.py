@@ -155,7 +155,8 @@ class PartWriter:
         for name, arr in acts.items():
             if arr.shape[0] != len(keys):
                 raise ValueError(f"hook {name}: {arr.shape[0]} rows for {len(keys)} keys")
-            block = np.ascontiguousarray(arr, dtype=self.dtype)
+            with np.errstate(over="ignore"):  # overflow to inf is counted in the stats, not warned
+                block = np.ascontiguousarray(arr, dtype=self.dtype)
             self.stats[name].update(block)
             self._pending[name].append(block)
             self._flush(name, final=False)

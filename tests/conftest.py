@@ -1,0 +1,51 @@
+"""Shared fixtures: small synthetic webdataset tars and an in-process CLI runner."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.synthetic import make_synthetic_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    """Three tars of six labelled synthetic JPEGs each."""
+    out = tmp_path_factory.mktemp("shards")
+    make_synthetic_shards(out, n_images=18, per_shard=6, seed=1)
+    return out
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run ``clipsae ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from clipsae.cli import main
+
+    def run(*args: str):
+        monkeypatch.setattr(sys, "argv", ["clipsae", *map(str, args)])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
+
+    return run
+
+
+def cli_process(*args: str, **kw) -> subprocess.Popen:
+    """Start ``python -m clipsae ARGS`` as its own process (for kill -9 and concurrency tests)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipsae", *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def tree_snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` with its bytes: to show that nothing changed."""
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}

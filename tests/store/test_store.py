@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+
+from clipsae.errors import ClipsaeError
+from store import ActivationStore, HookLayout, PartWriter, open_root, verify, write_store
+
+
+def _acts(n, t=3, d=4, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, t, d)).astype(np.float32)
+
+
+def test_write_store_round_trips_activations_keys_and_labels(tmp_path):
+    acts = _acts(10)
+    write_store(tmp_path / "s.zarr", {"resid.0": acts}, keys=[f"k{i}" for i in range(10)],
+                labels=list(range(10)), attrs={"model": "synthetic"})
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    assert s.hooks == ["resid.0"]
+    assert (s.n_images, s.n_tokens("resid.0"), s.d("resid.0")) == (10, 3, 4)
+    assert list(s.keys()) == [f"k{i}" for i in range(10)]
+    assert list(s.labels()) == list(range(10))
+    np.testing.assert_array_equal(s.read("resid.0", slice(None)), acts)
+    assert s.config["model"] == "synthetic"
+
+
+def test_write_store_accepts_one_vector_per_image(tmp_path):
+    write_store(tmp_path / "s.zarr", {"embed": _acts(5)[:, 0]}, keys=list("abcde"), attrs={"model": "m"})
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    assert s.read("embed", [4]).shape == (1, 1, 4)
+    assert list(s.labels()) == [-1] * 5
+
+
+def test_read_across_parts_follows_requested_order(tmp_path):
+    a, b = _acts(6, seed=1), _acts(4, seed=2)
+    write_store(tmp_path / "s.zarr", {"h": a}, keys=[f"a{i}" for i in range(6)], attrs={"model": "m"}, part="p0")
+    write_store(tmp_path / "s.zarr", {"h": b}, keys=[f"b{i}" for i in range(4)], attrs={"model": "m"}, part="p1")
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    both = np.concatenate([a, b])
+    idx = [9, 0, 5, 6, -1, 3]
+    np.testing.assert_array_equal(s.read("h", idx), both[idx])
+    np.testing.assert_array_equal(s.read("h", slice(4, 8)), both[4:8])
+
+
+def test_chunks_cover_every_row_once_in_any_order(tmp_path):
+    acts = _acts(50, t=1, d=2)
+    write_store(tmp_path / "s.zarr", {"h": acts}, keys=[str(i) for i in range(50)], attrs={"model": "m"})
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    rows = [(c.start, c.stop, x) for c, x in s.iter_chunks("h", shuffle=True, seed=3)]
+    got = np.concatenate([x for _, _, x in sorted(rows, key=lambda r: r[0])])
+    np.testing.assert_array_equal(got, acts)
+
+
+def test_chunk_is_a_few_megabytes_for_vit_l_all_tokens(tmp_path):
+    root = open_root(tmp_path / "s.zarr", {"model": "m", "hooks": {}}, {})
+    w = PartWriter(root, "p", "src", [HookLayout("h", 257, 1024)], "float16")
+    rows = w._arrays["h"].chunks[0]
+    assert 4 * 2**20 <= rows * 257 * 1024 * 2 <= 16 * 2**20
+
+
+def test_incomplete_part_is_invisible_to_readers(tmp_path):
+    write_store(tmp_path / "s.zarr", {"h": _acts(3)}, keys=list("abc"), attrs={"model": "m"}, part="p0")
+    cfg = ActivationStore.open(tmp_path / "s.zarr").config
+    root = open_root(tmp_path / "s.zarr", cfg, {})
+    w = PartWriter(root, "p1", "src", [HookLayout("h", 3, 4)], "float32")
+    w.append(["d"], [0], {"h": _acts(1)})
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    assert s.n_images == 3 and s.incomplete_parts == ["p1"]
+
+
+def test_torn_part_metadata_counts_as_incomplete(tmp_path):
+    write_store(tmp_path / "s.zarr", {"h": _acts(3)}, keys=list("abc"), attrs={"model": "m"}, part="p0")
+    meta = tmp_path / "s.zarr" / "parts" / "p0" / "zarr.json"
+    meta.write_text(meta.read_text()[:20])
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    assert s.n_images == 0 and s.incomplete_parts == ["p0"]
+
+
+def test_open_root_refuses_other_identity_naming_the_difference(tmp_path):
+    write_store(tmp_path / "s.zarr", {"h": _acts(3)}, keys=list("abc"), attrs={"model": "A"})
+    with pytest.raises(ClipsaeError, match="model: store has 'A', this run has 'B'"):
+        write_store(tmp_path / "s.zarr", {"h": _acts(3)}, keys=list("abc"), attrs={"model": "B"})
+
+
+def test_verify_passes_a_good_store(tmp_path):
+    write_store(tmp_path / "s.zarr", {"h": _acts(8)}, keys=[str(i) for i in range(8)], attrs={"model": "m"})
+    assert verify(ActivationStore.open(tmp_path / "s.zarr")).ok
+
+
+def test_verify_counts_non_finite_values(tmp_path):
+    acts = _acts(4)
+    acts[1, 0, 0] = 1e6  # overflows float16
+    acts[2, 1, 1] = np.nan
+    write_store(tmp_path / "s.zarr", {"h": acts}, keys=list("abcd"), attrs={"model": "m"}, dtype="float16")
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    r = verify(s)
+    assert not r.ok and r.nonfinite["h"] == 2
+    assert s.hook_stats("h").nonfinite == 2
+
+
+def test_verify_names_the_part_whose_counts_disagree(tmp_path):
+    write_store(tmp_path / "s.zarr", {"h": _acts(4)}, keys=list("abcd"), attrs={"model": "m"}, part="p7")
+    meta = tmp_path / "s.zarr" / "parts" / "p7" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["n_images"] = 5
+    meta.write_text(json.dumps(doc))
+    r = verify(ActivationStore.open(tmp_path / "s.zarr"))
+    assert any("part p7" in p for p in r.problems)
+
+
+def test_verify_finds_keys_repeated_across_parts(tmp_path):
+    write_store(tmp_path / "s.zarr", {"h": _acts(2)}, keys=["x", "y"], attrs={"model": "m"}, part="p0")
+    write_store(tmp_path / "s.zarr", {"h": _acts(2)}, keys=["y", "z"], attrs={"model": "m"}, part="p1")
+    r = verify(ActivationStore.open(tmp_path / "s.zarr"))
+    assert any("more than once" in p for p in r.problems)
+
+
+def test_store_verify_cli_exits_nonzero_on_a_problem(tmp_path, run_cli):
+    acts = _acts(2)
+    acts[0, 0, 0] = np.inf
+    write_store(tmp_path / "s.zarr", {"h": acts}, keys=["x", "y"], attrs={"model": "m"})
+    code, _, err = run_cli("store", "verify", tmp_path / "s.zarr")
+    assert code == 1 and "non-finite" in err.splitlines()[-1]
+
+
+def test_store_info_cli_prints_json_summary(tmp_path, run_cli):
+    write_store(tmp_path / "s.zarr", {"h": _acts(3)}, keys=list("abc"), labels=[0, 1, 1], attrs={"model": "m"})
+    code, out, _ = run_cli("store", "info", tmp_path / "s.zarr", "--json")
+    s = json.loads(out)
+    assert code == 0 and s["n_images"] == 3 and s["n_classes"] == 2 and s["hooks"]["h"]["shape"] == [3, 3, 4]
