@@ -61,7 +61,8 @@ class ExtractResult:
     images: int = 0
     failed: int = 0
     truncated: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run, model loading included
+    seconds_streaming: float = 0.0  # reading, decoding, forward and writing only
 
 
 def _device(name: str) -> torch.device:
@@ -88,6 +89,13 @@ def _layouts(forward: HookedForward, preprocess, device: torch.device) -> list[s
     with torch.no_grad():
         out = forward(torch.zeros(1, 3, *size, device=device))
     return [store.HookLayout(h.name, out[h.name].shape[1], out[h.name].shape[2], h.meaning) for h in forward.hooks]
+
+
+def _stats(acts_NTD: torch.Tensor) -> store.HookStats:
+    """Statistics of a batch as it will be stored, computed where the batch is (the GPU, if any)."""
+    s = store.HookStats()
+    s.update(acts_NTD)
+    return s
 
 
 def _finish_store_stats(path: str, all_parts: set[str]) -> None:
@@ -135,7 +143,9 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
     todo = [s for s in mine if s.part not in done]
     result.parts_skipped = [s.part for s in mine if s.part in done]
     if todo:
+        t1 = time.perf_counter()
         _extract_parts(cfg, root, todo, forward, loaded.preprocess, layouts, device, result)
+        result.seconds_streaming = time.perf_counter() - t1
     _finish_store_stats(cfg.store, {s.part for s in shards})
     result.seconds = time.perf_counter() - t0
     return result
@@ -153,8 +163,8 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
             writers[part] = store.PartWriter(root, part, source, layouts, cfg.dtype, cfg.compression)
         return writers[part]
 
-    def append(part, source, keys, labels, acts):
-        writer_for(part, source).append(keys, labels, acts)
+    def append(part, source, keys, labels, acts, stats):
+        writer_for(part, source).append(keys, labels, acts, stats)
 
     def close(part, source, report):
         writer_for(part, source).close({"source": source, **report})
@@ -170,8 +180,11 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
                 images = item["images"].to(device, non_blocking=True)
                 with _autocast(device, cfg.precision):
                     acts = forward(images)
-                host = {h: a.to(out_dtype).cpu().numpy() for h, a in acts.items()}
-                runner.submit(lambda p=part, k=item["keys"], lb=item["labels"].numpy(), a=host: append(p, sources[p], k, lb, a))
+                stored = {h: a.to(out_dtype) for h, a in acts.items()}
+                stats = {h: _stats(a) for h, a in stored.items()}
+                host = {h: a.cpu().numpy() for h, a in stored.items()}
+                runner.submit(lambda p=part, k=item["keys"], lb=item["labels"].numpy(), a=host, st=stats:
+                              append(p, sources[p], k, lb, a, st))
                 result.images += len(item["keys"])
                 bar.update(len(item["keys"]))
             else:

@@ -44,7 +44,7 @@ def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def make_synthetic_shards(out: str | Path, n_images: int, per_shard: int, seed: int = 0) -> list[Path]:
+def make_synthetic_shards(out: str | Path, n_images: int, per_shard: int, seed: int = 0, size: int = 96) -> list[Path]:
     """Write ``n_images`` labelled JPEGs as tars of ``per_shard`` (keys ``s{shard}_{i}``), plus classes.json."""
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def make_synthetic_shards(out: str | Path, n_images: int, per_shard: int, seed: 
             label = rng.randrange(len(CLASSES))
             samples.append({
                 "__key__": f"img{i:07d}",
-                "jpg": jpeg_bytes(draw(label, rng)),
+                "jpg": jpeg_bytes(draw(label, rng, size)),
                 "cls": label,
                 "json": {"label": label, "class": CLASSES[label]},
             })

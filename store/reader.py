@@ -47,6 +47,12 @@ def _part_attrs(path: Path, name: str) -> dict | None:
         return None
 
 
+def _is_raw(arr: zarr.Array) -> bool:
+    """True when chunks are stored as plain little-endian bytes (no filters, no compression)."""
+    return not arr.compressors and not arr.filters and getattr(arr.serializer, "endian", None) is not None \
+        and arr.serializer.endian.value == "little"
+
+
 def complete_parts(path: str | Path) -> set[str]:
     """Names of the parts of the store at ``path`` that carry the complete marker."""
     parts = Path(path) / layout.PARTS
@@ -195,7 +201,15 @@ class ActivationStore:
     def read_chunk(self, hook: str, chunk: Chunk) -> np.ndarray:
         """One chunk's activations (len(chunk), n_tokens, d), read as a single chunk file."""
         base = self.parts[chunk.part].offset
-        return self.array(hook, chunk.part)[chunk.start - base : chunk.stop - base]
+        arr = self.array(hook, chunk.part)
+        rows = arr.chunks[0]
+        start = chunk.start - base
+        path = self.path / arr.path / arr.metadata.chunk_key_encoding.encode_chunk_key((start // rows, 0, 0))
+        if _is_raw(arr) and start % rows == 0 and path.is_file():
+            # An uncompressed chunk file is the raw C-order array: read it in one call
+            # (zarr's decode path measured about 0.7x of a raw read here).
+            return np.fromfile(path, dtype=arr.dtype.newbyteorder("<")).reshape(arr.chunks)[: len(chunk)]
+        return arr[start : chunk.stop - base]
 
     def iter_chunks(self, hook: str, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[Chunk, np.ndarray]]:
         """Yield ``(chunk, acts)`` for every chunk, in global order or a seeded random one."""

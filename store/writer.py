@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 import zarr.errors
+import zarr.storage
 
 from clipsae.errors import ClipsaeError
 from store import layout
@@ -42,6 +43,12 @@ def _compressors(compression: str):
     if compression == "zstd":
         return [zarr.codecs.ZstdCodec(level=1)]
     raise ClipsaeError(f"unknown compression {compression!r}; use none or zstd")
+
+
+def _local_root(root: zarr.Group) -> Path | None:
+    """The directory behind ``root`` when it is a local store, else None."""
+    local = getattr(root.store, "root", None)
+    return Path(local) if isinstance(root.store, zarr.storage.LocalStore) and local is not None else None
 
 
 def check_store_path(path: str | Path) -> None:
@@ -116,6 +123,7 @@ class PartWriter:
         hooks: Sequence[HookLayout],
         dtype: str = "float16",
         compression: str = "none",
+        chunk_bytes: int = layout.TARGET_CHUNK_BYTES,
     ):
         parts = root[layout.PARTS]
         if name in parts:
@@ -130,7 +138,7 @@ class PartWriter:
         self._rows: dict[str, int] = {}
         self.stats: dict[str, HookStats] = {}
         for h in hooks:
-            rows = layout.chunk_rows(h.n_tokens, h.d, self.dtype.itemsize)
+            rows = layout.chunk_rows(h.n_tokens, h.d, self.dtype.itemsize, chunk_bytes)
             self._arrays[h.name] = acts.create_array(
                 h.name,
                 shape=(0, h.n_tokens, h.d),
@@ -145,19 +153,33 @@ class PartWriter:
             self.stats[h.name] = HookStats()
         self._keys: list[str] = []
         self._labels: list[int] = []
+        self._direct = _local_root(root) if compression == "none" else None
 
     @property
     def n_images(self) -> int:
         return len(self._keys)
 
-    def append(self, keys: Sequence[str], labels: Sequence[int], acts: Mapping[str, np.ndarray]) -> None:
-        """Add a batch of images: ``acts[hook]`` is (len(keys), n_tokens, d)."""
+    def append(
+        self,
+        keys: Sequence[str],
+        labels: Sequence[int],
+        acts: Mapping[str, np.ndarray],
+        stats: Mapping[str, HookStats] | None = None,
+    ) -> None:
+        """Add a batch of images: ``acts[hook]`` is (len(keys), n_tokens, d).
+
+        ``stats`` are the batch's statistics if the caller already has them (extraction
+        computes them on the GPU); otherwise they are computed here.
+        """
         for name, arr in acts.items():
             if arr.shape[0] != len(keys):
                 raise ValueError(f"hook {name}: {arr.shape[0]} rows for {len(keys)} keys")
             with np.errstate(over="ignore"):  # overflow to inf is counted in the stats, not warned
                 block = np.ascontiguousarray(arr, dtype=self.dtype)
-            self.stats[name].update(block)
+            if stats is None:
+                self.stats[name].update(block)
+            else:
+                self.stats[name] = self.stats[name].merge(stats[name])
             self._pending[name].append(block)
             self._flush(name, final=False)
         self._keys.extend(str(k) for k in keys)
@@ -170,17 +192,52 @@ class PartWriter:
         take = n if final else (n // rows) * rows
         if take == 0:
             return
-        block = np.concatenate(pending) if len(pending) > 1 else pending[0]
         arr, start = self._arrays[name], self._written[name]
-        arr.resize((start + take, *arr.shape[1:]))
-        arr[start : start + take] = block[:take]
+        if self._direct is None:
+            block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            arr.resize((start + take, *arr.shape[1:]))
+            arr[start : start + take] = block[:take]
+            rest = block[take:]
+        else:
+            # Only the rows that complete the leftover's chunk are copied; whole chunks are
+            # written straight from the new batch (copying a batch costs as much as writing it).
+            new = pending[-1]
+            head = new[:0]
+            if len(pending) > 1:
+                lead = np.concatenate(pending[:-1])
+                fill = min(len(new), -len(lead) % rows)
+                head, new = np.concatenate([lead, new[:fill]]), new[fill:]
+            self._write_chunks(arr, start, head)
+            self._write_chunks(arr, start + len(head), new[: take - len(head)])
+            rest = new[take - len(head) :]
         self._written[name] = start + take
-        self._pending[name] = [block[take:]] if take < n else []
+        self._pending[name] = [rest.copy()] if len(rest) else []
+
+    def _write_chunks(self, arr: zarr.Array, start: int, block: np.ndarray) -> None:
+        """Write whole chunks as files in zarr's own encoding, bypassing its write path.
+
+        An uncompressed zarr v3 chunk (codec ``bytes``, little-endian) is exactly the chunk's
+        C-order bytes, edge chunks padded to full size; zarr's own path measured 0.13-0.5x
+        ``numpy.tofile`` here. Chunk files need no atomic rename: nothing in the part counts
+        before its marker.
+        """
+        rows = arr.chunks[0]
+        encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+        for s in range(0, len(block), rows):
+            chunk = block[s : s + rows]
+            if len(chunk) < rows:
+                chunk = np.concatenate([chunk, np.zeros((rows - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            path = self._direct / arr.path / encode(((start + s) // rows, 0, 0))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(memoryview(np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("<"))).cast("B"))
 
     def close(self, extra_attrs: Mapping | None = None) -> None:
         """Write what is buffered, the keys and labels, then mark the part complete."""
-        for name in self._arrays:
+        for name, arr in self._arrays.items():
             self._flush(name, final=True)
+            if self._direct is not None:
+                arr.resize((self._written[name], *arr.shape[1:]))
         n = len(self._keys)
         keys = self.group.create_array(layout.KEYS, shape=(n,), chunks=(max(n, 1),), dtype=str)
         labels = self.group.create_array(

@@ -128,3 +128,27 @@ def test_store_info_cli_prints_json_summary(tmp_path, run_cli):
     code, out, _ = run_cli("store", "info", tmp_path / "s.zarr", "--json")
     s = json.loads(out)
     assert code == 0 and s["n_images"] == 3 and s["n_classes"] == 2 and s["hooks"]["h"]["shape"] == [3, 3, 4]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7, 16, 40])
+def test_part_writer_chunking_round_trips_any_batch_size(tmp_path, batch):
+    acts = _acts(37, t=2, d=8)
+    root = open_root(tmp_path / "s.zarr", {"model": "m", "hooks": {"h": {"n_tokens": 2, "d": 8, "meaning": ""}},
+                                           "dtype": "float32"}, {})
+    w = PartWriter(root, "p0", "src", [HookLayout("h", 2, 8)], "float32", chunk_bytes=5 * 2 * 8 * 4)
+    for s in range(0, 37, batch):
+        w.append([str(i) for i in range(s, min(s + batch, 37))], [0] * len(acts[s : s + batch]), {"h": acts[s : s + batch]})
+    w.close()
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    assert s.array("h", 0).chunks[0] == 5 and len(s.chunks("h")) == 8
+    np.testing.assert_array_equal(s.read("h", slice(None)), acts)
+    np.testing.assert_array_equal(np.asarray(__import__("zarr").open_array(tmp_path / "s.zarr/parts/p0/acts/h")[:]), acts)
+
+
+def test_compressed_parts_round_trip(tmp_path):
+    acts = _acts(9)
+    root = open_root(tmp_path / "s.zarr", {"model": "m", "hooks": {"h": {"n_tokens": 3, "d": 4}}, "dtype": "float32"}, {})
+    w = PartWriter(root, "p0", "src", [HookLayout("h", 3, 4)], "float32", compression="zstd", chunk_bytes=4 * 48)
+    w.append([str(i) for i in range(9)], [0] * 9, {"h": acts})
+    w.close()
+    np.testing.assert_array_equal(ActivationStore.open(tmp_path / "s.zarr").read("h", slice(None)), acts)

@@ -1,0 +1,75 @@
+"""Extraction throughput vs the bare model forward on pre-decoded tensors (DESIGN.md §5).
+
+The pipeline figure covers reading tars, decoding and preprocessing JPEGs, the forward
+pass, and writing the store; the reference runs the same hooked forward on tensors that
+are already decoded, same batch size and dtype. Goal: ratio >= 0.9.
+"""
+
+import argparse
+import io
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.extract import ExtractConfig, run_extract  # noqa: E402
+from pipeline.hooks import HookedForward, resolve_hooks  # noqa: E402
+from pipeline.model import ModelConfig, load_model  # noqa: E402
+from pipeline.synthetic import make_synthetic_shards  # noqa: E402
+
+
+def bare_forward_rate(model: str, layers: list[str], tokens: str, images: torch.Tensor, batch: int) -> float:
+    loaded = load_model(ModelConfig(model))
+    fwd = HookedForward(loaded.visual, resolve_hooks(loaded.visual, layers, tokens), tokens)
+    fwd(images[:batch])  # warm-up
+    t = time.perf_counter()
+    for s in range(0, len(images), batch):
+        out = fwd(images[s : s + batch])
+        for a in out.values():
+            a.to(torch.float16)
+    return len(images) / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--layers", default="11")
+    ap.add_argument("--tokens", default="all")
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--image-size", type=int, default=320, help="side of the synthetic JPEGs")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--loader-workers", default="0,1")
+    a = ap.parse_args()
+    layers = a.layers.split(",")
+    work = Path(tempfile.mkdtemp())
+    try:
+        make_synthetic_shards(work / "shards", a.images, per_shard=a.images // 4, size=a.image_size)
+        pre = load_model(ModelConfig(a.model)).preprocess
+        images = []
+        for tar in sorted((work / "shards").glob("*.tar")):
+            with tarfile.open(tar) as tf:
+                images += [pre(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB"))
+                           for m in tf.getmembers() if m.name.endswith(".jpg")]
+        images = torch.stack(images)
+        ref = bare_forward_rate(a.model, layers, a.tokens, images, a.batch)
+        print(f"{a.model} layers={a.layers} tokens={a.tokens} batch={a.batch} images={a.images} "
+              f"({a.image_size}px JPEG) threads={torch.get_num_threads()}")
+        print(f"bare forward on decoded tensors   {ref:7.1f} images/s")
+        for lw in (int(x) for x in a.loader_workers.split(",")):
+            r = run_extract(ExtractConfig(
+                model=ModelConfig(a.model), layers=layers, tokens=a.tokens, shards=str(work / "shards"),
+                store=str(work / f"s{lw}.zarr"), batch_size=a.batch, loader_workers=lw, progress=False))
+            rate = r.images / r.seconds_streaming
+            print(f"pipeline, --loader-workers {lw}      {rate:7.1f} images/s   ratio {rate / ref:.2f}  (goal >= 0.9)")
+    finally:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Store write speed: PartWriter (chunked zarr, as extract writes) vs numpy.tofile of the same bytes.
+
+Both include fsync, so the figure is what reaches the disk, not the page cache. As in
+extract, the per-batch statistics are computed before the writer (on the GPU there) and
+handed to it; their CPU cost is printed separately. Goal (DESIGN.md §5): ratio >= 0.8.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import timed  # noqa: E402
+from store import HookLayout, HookStats, PartWriter, open_root  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--tokens", type=int, default=257)
+    ap.add_argument("--d", type=int, default=768)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--dir", default=None, help="Folder on the disk to measure (default: a temp dir)")
+    a = ap.parse_args()
+    acts = np.random.default_rng(0).standard_normal((a.images, a.tokens, a.d)).astype(np.float16)
+    gb = acts.nbytes / 1e9
+    work = Path(tempfile.mkdtemp(dir=a.dir))
+    t: dict = {}
+    try:
+        with timed(t, "tofile"):
+            with open(work / "raw.bin", "wb") as f:
+                acts.tofile(f)
+                f.flush()
+                os.fsync(f.fileno())
+        root = open_root(work / "s.zarr", {"model": "bench", "hooks": {}}, {})
+        keys = [str(i) for i in range(a.images)]
+        batches = range(0, a.images, a.batch)
+        stats = []
+        with timed(t, "stats"):
+            for s in batches:
+                stats.append(HookStats())
+                stats[-1].update(acts[s : s + a.batch])
+        with timed(t, "store"):
+            w = PartWriter(root, "p0", "bench", [HookLayout("h", a.tokens, a.d)], "float16")
+            for s, st in zip(batches, stats):
+                w.append(keys[s : s + a.batch], [0] * len(keys[s : s + a.batch]), {"h": acts[s : s + a.batch]}, {"h": st})
+            w.close()
+            os.sync()
+    finally:
+        shutil.rmtree(work)
+    print(f"array {acts.shape} float16, {gb:.2f} GB, batches of {a.batch} images")
+    print(f"numpy.tofile  {gb / t['tofile']:.2f} GB/s")
+    print(f"store write   {gb / t['store']:.2f} GB/s")
+    print(f"ratio store/tofile = {t['tofile'] / t['store']:.2f}  (goal >= 0.8)")
+    print(f"batch statistics on this CPU {gb / t['stats']:.2f} GB/s (extract computes them on the device)")
+
+
+if __name__ == "__main__":
+    main()
