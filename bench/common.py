@@ -1,9 +1,12 @@
 """Helpers shared by the benchmarks: timing and evicting files from the page cache."""
 
+import argparse
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 
 @contextmanager
@@ -23,3 +26,18 @@ def evict(path: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def activation_array(description: str, extra=None):
+    """Parse the shared options (--images, --tokens, --d, --dir, plus ``extra(parser)``) and
+    make the float16 activation array (images, tokens, d) the store benchmarks use."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--tokens", type=int, default=257)
+    ap.add_argument("--d", type=int, default=768)
+    ap.add_argument("--dir", default=None, help="Folder on the disk to measure (default: a temp dir)")
+    if extra:
+        extra(ap)
+    a = ap.parse_args()
+    acts = np.random.default_rng(0).standard_normal((a.images, a.tokens, a.d)).astype(np.float16)
+    return a, acts

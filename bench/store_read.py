@@ -3,27 +3,18 @@
 Both start with the files evicted from the page cache. Goal (DESIGN.md §5): ratio >= 0.9.
 """
 
-import argparse
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import evict, timed  # noqa: E402
+from bench.common import activation_array, evict, timed  # noqa: E402
 from store import ActivationStore, write_store  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--images", type=int, default=2048)
-    ap.add_argument("--tokens", type=int, default=257)
-    ap.add_argument("--d", type=int, default=768)
-    ap.add_argument("--dir", default=None)
-    a = ap.parse_args()
-    acts = np.random.default_rng(0).standard_normal((a.images, a.tokens, a.d)).astype(np.float16)
+    a, acts = activation_array(__doc__)
     work = Path(tempfile.mkdtemp(dir=a.dir))
     t: dict = {}
     try:

@@ -5,29 +5,19 @@ extract, the per-batch statistics are computed before the writer (on the GPU the
 handed to it; their CPU cost is printed separately. Goal (DESIGN.md §5): ratio >= 0.8.
 """
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import timed  # noqa: E402
+from bench.common import activation_array, timed  # noqa: E402
 from store import HookLayout, HookStats, PartWriter, open_root  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--images", type=int, default=2048)
-    ap.add_argument("--tokens", type=int, default=257)
-    ap.add_argument("--d", type=int, default=768)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--dir", default=None, help="Folder on the disk to measure (default: a temp dir)")
-    a = ap.parse_args()
-    acts = np.random.default_rng(0).standard_normal((a.images, a.tokens, a.d)).astype(np.float16)
+    a, acts = activation_array(__doc__, lambda ap: ap.add_argument("--batch", type=int, default=64))
     gb = acts.nbytes / 1e9
     work = Path(tempfile.mkdtemp(dir=a.dir))
     t: dict = {}
