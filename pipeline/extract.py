@@ -83,9 +83,10 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _layouts(forward: HookedForward, preprocess, device: torch.device) -> list[store.HookLayout]:
+def _layouts(forward: HookedForward, device: torch.device) -> list[store.HookLayout]:
     """Each hook's (n_tokens, d), read off one forward pass on a blank image."""
-    size = next(t.size for t in preprocess.transforms if hasattr(t, "size") and isinstance(t.size, (tuple, list)))
+    size = forward.visual.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
     with torch.no_grad():
         out = forward(torch.zeros(1, 3, *size, device=device))
     return [store.HookLayout(h.name, out[h.name].shape[1], out[h.name].shape[2], h.meaning) for h in forward.hooks]
@@ -121,7 +122,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
     loaded = load_model(cfg.model)
     hooks = resolve_hooks(loaded.visual, cfg.layers, cfg.tokens)
     forward = HookedForward(loaded.visual.to(device), hooks, cfg.tokens)
-    layouts = _layouts(forward, loaded.preprocess, device)
+    layouts = _layouts(forward, device)
     config = {
         **loaded.identity,
         "tokens": cfg.tokens,
