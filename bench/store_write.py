@@ -30,11 +30,8 @@ def main():
         root = open_root(work / "s.zarr", {"model": "bench", "hooks": {}}, {})
         keys = [str(i) for i in range(a.images)]
         batches = range(0, a.images, a.batch)
-        stats = []
         with timed(t, "stats"):
-            for s in batches:
-                stats.append(HookStats())
-                stats[-1].update(acts[s : s + a.batch])
+            stats = [HookStats.of(acts[s : s + a.batch]) for s in batches]
         with timed(t, "store"):
             w = PartWriter(root, "p0", "bench", [HookLayout("h", a.tokens, a.d)], "float16")
             for s, st in zip(batches, stats):

@@ -92,13 +92,6 @@ def _layouts(forward: HookedForward, device: torch.device) -> list[store.HookLay
     return [store.HookLayout(h.name, out[h.name].shape[1], out[h.name].shape[2], h.meaning) for h in forward.hooks]
 
 
-def _stats(acts_NTD: torch.Tensor) -> store.HookStats:
-    """Statistics of a batch as it will be stored, computed where the batch is (the GPU, if any)."""
-    s = store.HookStats()
-    s.update(acts_NTD)
-    return s
-
-
 def _finish_store_stats(path: str, all_parts: set[str]) -> None:
     """Once every part exists, record the store-wide hook statistics in the root attributes.
 
@@ -182,7 +175,8 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
                 with _autocast(device, cfg.precision):
                     acts = forward(images)
                 stored = {h: a.to(out_dtype) for h, a in acts.items()}
-                stats = {h: _stats(a) for h, a in stored.items()}
+                # Statistics of the batch as stored, computed where it is (the GPU, if any).
+                stats = {h: store.HookStats.of(a) for h, a in stored.items()}
                 host = {h: a.cpu().numpy() for h, a in stored.items()}
                 runner.submit(lambda p=part, k=item["keys"], lb=item["labels"].numpy(), a=host, st=stats:
                               append(p, sources[p], k, lb, a, st))

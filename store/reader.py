@@ -204,7 +204,7 @@ class ActivationStore:
         arr = self.array(hook, chunk.part)
         rows = arr.chunks[0]
         start = chunk.start - base
-        path = self.path / arr.path / arr.metadata.chunk_key_encoding.encode_chunk_key((start // rows, 0, 0))
+        path = layout.chunk_file(self.path, arr, start // rows)
         if _is_raw(arr) and start % rows == 0 and path.is_file():
             # An uncompressed chunk file is the raw C-order array: read it in one call
             # (zarr's decode path measured about 0.7x of a raw read here).

@@ -40,6 +40,13 @@ class HookStats:
         self.max_abs = max(self.max_abs, float(-lo), float(hi))
         self.sum_norm += float(torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).sum(dtype=torch.float64))
 
+    @classmethod
+    def of(cls, acts_NTD: np.ndarray | torch.Tensor) -> "HookStats":
+        """The statistics of one block."""
+        s = cls()
+        s.update(acts_NTD)
+        return s
+
     def merge(self, other: "HookStats") -> "HookStats":
         """The statistics of both blocks together."""
         return HookStats(

@@ -222,12 +222,11 @@ class PartWriter:
         before its marker.
         """
         rows = arr.chunks[0]
-        encode = arr.metadata.chunk_key_encoding.encode_chunk_key
         for s in range(0, len(block), rows):
             chunk = block[s : s + rows]
             if len(chunk) < rows:
                 chunk = np.concatenate([chunk, np.zeros((rows - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            path = self._direct / arr.path / encode(((start + s) // rows, 0, 0))
+            path = layout.chunk_file(self._direct, arr, (start + s) // rows)
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as f:
                 f.write(memoryview(np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("<"))).cast("B"))
