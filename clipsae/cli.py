@@ -20,8 +20,9 @@ def _register() -> None:
     from clipsae.demo import demo_cmd
     from pipeline.cli import extract_cmd, shards_group
     from store.cli import store_group
+    from train.cli import sae_group, train_cmd
 
-    for cmd in (extract_cmd, shards_group, store_group, demo_cmd):
+    for cmd in (extract_cmd, shards_group, store_group, train_cmd, sae_group, demo_cmd):
         cli.add_command(cmd)
 
 

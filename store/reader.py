@@ -127,6 +127,26 @@ class ActivationStore:
     def d(self, hook: str) -> int:
         return int(self._hook(hook)["d"])
 
+    def token_indices(self, hook: str, tokens: str) -> np.ndarray:
+        """Stored token positions of ``hook`` that make up ``tokens`` (``cls``, ``patches`` or ``all``).
+
+        A hook with one token per image (CLS only, or a pooled vector) serves ``cls`` and ``all``;
+        a ViT hook stored with all tokens has the CLS token first; anything else is patches only.
+        """
+        n = self.n_tokens(hook)
+        if tokens == "all":
+            return np.arange(n)
+        cls_first = n > 1 and "CLS then" in self._hook(hook).get("meaning", "")
+        if tokens == "cls":
+            if n == 1 or cls_first:
+                return np.arange(1)
+            raise ClipsaeError(f"hook {hook} in {self.path} has no CLS token (its {n} tokens are patches); use --tokens patches or all")
+        if tokens == "patches":
+            if n == 1:
+                raise ClipsaeError(f"hook {hook} in {self.path} has one token per image (CLS or pooled), no patches; use --tokens cls or all")
+            return np.arange(1, n) if cls_first else np.arange(n)
+        raise ClipsaeError(f"tokens must be cls, patches or all, not {tokens!r}")
+
     def array(self, hook: str, part: int) -> zarr.Array:
         """The zarr array of ``hook`` in the ``part``-th complete part."""
         self._hook(hook)

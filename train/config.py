@@ -1,0 +1,78 @@
+"""The typed configuration of a training run, built and validated by the CLI."""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from train.sae import SAESpec
+
+DEFAULT_BATCH = 4096
+DEFAULT_WARMUP = 1000
+DEFAULT_DEAD_TOKENS = 10_000_000
+
+
+def default_lr(n_latents: int) -> float:
+    """lr = 2e-4 / √(n / 2^14): the scaling rule of DESIGN.md §3."""
+    return 2e-4 / math.sqrt(n_latents / 2**14)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; ``identity()`` is what a rerun into the same ``out`` must match."""
+
+    store: Path
+    hook: str
+    tokens: str
+    out: Path
+    saes: tuple[SAESpec, ...]
+    steps: int
+    batch_size: int = DEFAULT_BATCH
+    lr: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    holdout: float = 0.01
+    warmup_steps: int = DEFAULT_WARMUP
+    decay_fraction: float = 0.2
+    clip: float = 1.0
+    dead_tokens: int = DEFAULT_DEAD_TOKENS
+    resample_every: int = 0
+    buffer_rows: int = 2**18
+    loader_threads: int = 2
+    eval_every: int = 0
+    eval_rows: int = 2**16
+    scale_rows: int = 2**20
+    log_every: int = 50
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
+    wandb_project: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def lr_of(self, spec: SAESpec) -> float:
+        return self.lr if self.lr is not None else default_lr(spec.n)
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps, at most a tenth of a short run."""
+        return min(self.warmup_steps, max(1, self.steps // 10))
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up, constant, then linear decay to 0 over the last ``decay_fraction``."""
+        warm = min(1.0, (step + 1) / self.warmup)
+        decay_start = self.steps * (1 - self.decay_fraction)
+        if self.decay_fraction > 0 and step >= decay_start:
+            return warm * max(0.0, (self.steps - step) / (self.steps - decay_start))
+        return warm
+
+    def sae_dir(self, spec: SAESpec) -> Path:
+        """Where an SAE's files go: ``out`` itself for a single SAE, ``out/<label>`` in a sweep."""
+        return self.out if len(self.saes) == 1 else self.out / spec.label
+
+    def identity(self) -> dict:
+        """The settings that decide the result (not where logs go or how often it checkpoints)."""
+        return {
+            "store": str(Path(self.store).resolve()), "hook": self.hook, "tokens": self.tokens,
+            "saes": [s.to_json() for s in self.saes], "steps": self.steps, "batch_size": self.batch_size,
+            "lr": self.lr, "seed": self.seed, "holdout": self.holdout, "warmup_steps": self.warmup_steps,
+            "decay_fraction": self.decay_fraction, "clip": self.clip, "dead_tokens": self.dead_tokens,
+            "resample_every": self.resample_every, "buffer_rows": self.buffer_rows, "scale_rows": self.scale_rows,
+        }

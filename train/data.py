@@ -1,0 +1,177 @@
+"""The training data stream: store chunks → selected tokens of training images → shuffled batches.
+
+Chunks are read in a fresh seeded order each epoch by background threads; rows go through a
+shuffle buffer that is filled to capacity, shuffled, and served until half is left. The stream's
+whole position (epoch, next chunk, the buffer's rows, its RNG) is a small state dict, so a resumed
+run sees exactly the batches an uninterrupted one would.
+"""
+
+import hashlib
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from clipsae.errors import ClipsaeError
+from store.reader import ActivationStore
+
+
+def holdout_mask(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """True for the held-out images: a seeded hash of each key, so the split never moves."""
+    if fraction <= 0:
+        return np.zeros(len(keys), dtype=bool)
+    cut = int(fraction * 2**64)
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(f"{seed}\0{k}".encode(), digest_size=8).digest(), "little") < cut for k in keys),
+        dtype=bool, count=len(keys),
+    )
+
+
+class RowSource:
+    """Rows (tokens) of one hook, for the images where ``image_mask`` is true, chunk by chunk."""
+
+    def __init__(self, store: ActivationStore, hook: str, token_idx: np.ndarray, image_mask: np.ndarray):
+        self.store = store
+        self.hook = hook
+        self.token_idx = token_idx
+        self.image_mask = image_mask
+        self.chunks = store.chunks(hook)
+        self.d = store.d(hook)
+        self.dtype = store.dtype
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.image_mask.sum()) * len(self.token_idx)
+
+    def rows(self, i: int) -> np.ndarray:
+        """Chunk ``i``'s selected rows (m, d): images in order, tokens in stored order within each."""
+        c = self.chunks[i]
+        sel = self.image_mask[c.start : c.stop]
+        if not sel.any():
+            return np.empty((0, self.d), dtype=self.dtype)
+        acts_NTD = self.store.read_chunk(self.hook, c)
+        if len(self.token_idx) != acts_NTD.shape[1]:
+            acts_NTD = acts_NTD[:, self.token_idx]
+        return np.ascontiguousarray(acts_NTD[sel]).reshape(-1, self.d)
+
+    def sample(self, max_rows: int, seed: int) -> np.ndarray:
+        """Up to ``max_rows`` rows from chunks taken in a seeded random order (for statistics)."""
+        out, have = [], 0
+        for i in np.random.default_rng(seed).permutation(len(self.chunks)):
+            r = self.rows(int(i))
+            out.append(r)
+            have += len(r)
+            if have >= max_rows:
+                break
+        return np.concatenate(out)[:max_rows] if out else np.empty((0, self.d), dtype=self.dtype)
+
+
+class _Prefetcher:
+    """Reads chunks in the stream's order, ``lookahead`` ahead, on ``threads`` threads."""
+
+    def __init__(self, source: RowSource, order, epoch: int, cursor: int, threads: int, lookahead: int):
+        self.source, self.order = source, order
+        self.epoch, self.cursor = epoch, cursor
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clipsae-read")
+        self.pending: deque[tuple[int, int, Future]] = deque()
+        self.lookahead = lookahead
+        self.lock = threading.Lock()
+        self.rows_read = 0
+        self.busy_s = 0.0
+        self.threads = threads
+        self._fill()
+
+    def _read(self, i: int) -> np.ndarray:
+        t = time.perf_counter()
+        rows = self.source.rows(i)
+        with self.lock:
+            self.busy_s += time.perf_counter() - t
+            self.rows_read += len(rows)
+        return rows
+
+    def _fill(self) -> None:
+        while len(self.pending) < self.lookahead:
+            order = self.order(self.epoch)
+            self.pending.append((self.epoch, self.cursor, self.pool.submit(self._read, int(order[self.cursor]))))
+            self.cursor += 1
+            if self.cursor == len(order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+
+    def next(self) -> tuple[int, int, np.ndarray]:
+        """(epoch, position, rows) of the next chunk in order."""
+        epoch, pos, fut = self.pending.popleft()
+        self._fill()
+        return epoch, pos, fut.result()
+
+    def close(self) -> None:
+        for *_, f in self.pending:
+            f.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ShuffleStream:
+    """Batches of ``batch_size`` rows (torch tensors in the store's dtype), forever, epoch after epoch."""
+
+    def __init__(self, source: RowSource, batch_size: int, buffer_rows: int, seed: int,
+                 threads: int = 2, lookahead: int = 8):
+        if source.n_rows == 0:
+            raise ClipsaeError("no training rows: the store is empty or every image is held out")
+        self.source = source
+        self.batch_size = batch_size
+        self.capacity = max(2 * batch_size, min(buffer_rows, source.n_rows))
+        self.seed = seed
+        self.threads, self.lookahead = threads, lookahead
+        self.epoch, self.cursor = 0, 0
+        self.pool = torch.empty(0, source.d, dtype=torch.from_numpy(np.empty(0, source.dtype)).dtype)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.wait_s = 0.0
+        self._reader: _Prefetcher | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The chunk order of ``epoch``: a permutation fixed by (seed, epoch)."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.source.chunks))
+
+    def _refill(self) -> None:
+        if self._reader is None:
+            self._reader = _Prefetcher(self.source, self.order, self.epoch, self.cursor, self.threads, self.lookahead)
+        parts, have = [self.pool], len(self.pool)
+        t = time.perf_counter()
+        while have < self.capacity:
+            epoch, pos, rows = self._reader.next()
+            n_chunks = len(self.source.chunks)
+            self.epoch, self.cursor = (epoch, pos + 1) if pos + 1 < n_chunks else (epoch + 1, 0)
+            parts.append(torch.from_numpy(rows))
+            have += len(rows)
+        self.wait_s += time.perf_counter() - t
+        pool = torch.cat(parts)
+        self.pool = pool[torch.randperm(len(pool), generator=self.gen)]
+
+    def next_batch(self) -> torch.Tensor:
+        """The next (batch_size, d) batch; refills (and reshuffles) when half the buffer is served."""
+        if len(self.pool) < self.capacity // 2 + self.batch_size:
+            self._refill()
+        batch, self.pool = self.pool[: self.batch_size], self.pool[self.batch_size :]
+        return batch
+
+    def loader_rows_per_s(self) -> float:
+        """Rows/s the reading threads can supply (rows read over busy time, times threads)."""
+        r = self._reader
+        return r.rows_read / r.busy_s * r.threads if r and r.busy_s > 0 else float("nan")
+
+    def state_dict(self) -> dict:
+        """The stream's position: enough to continue with the very same batches."""
+        return {"epoch": self.epoch, "cursor": self.cursor, "pool": self.pool.clone(), "rng": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.pool = state["pool"]
+        self.gen.set_state(state["rng"])
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

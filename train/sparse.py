@@ -1,0 +1,110 @@
+"""Sparse codes and the kernels that touch only the active latents.
+
+A batch's codes are kept in COO form sorted by row: ``rows``, ``cols``, ``vals`` (nnz each),
+with ``offsets`` (B) giving where each row starts. TopK gives exactly k per row, BatchTopK a
+varying number. The decoder and the encoder's backward then cost nnz·d instead of B·n·d.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class SparseCodes:
+    """Active latents of a batch of B rows, sorted by row."""
+
+    rows: torch.Tensor  # (nnz,) int64
+    cols: torch.Tensor  # (nnz,) int64
+    vals: torch.Tensor  # (nnz,) float, differentiable
+    offsets: torch.Tensor  # (B,) int64, start of each row in rows/cols/vals
+    n_rows: int
+    n_latents: int
+
+    def l0_per_row(self) -> torch.Tensor:
+        """Active latents per row, counting only strictly positive values."""
+        return torch.zeros(self.n_rows, device=self.vals.device).index_add_(0, self.rows, (self.vals > 0).float())
+
+    def to_dense(self) -> torch.Tensor:
+        """The (B, n) code matrix; for tests and small batches."""
+        out = torch.zeros(self.n_rows, self.n_latents, dtype=self.vals.dtype, device=self.vals.device)
+        return out.index_put((self.rows, self.cols), self.vals)
+
+
+def _offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    counts = torch.bincount(rows, minlength=n_rows)
+    return torch.cumsum(counts, 0) - counts
+
+
+def select_topk(z_BN: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, offsets) of the k largest pre-activations of each row."""
+    B = z_BN.shape[0]
+    cols = z_BN.topk(k, dim=1, sorted=False).indices.reshape(-1)
+    rows = torch.arange(B, device=z_BN.device).repeat_interleave(k)
+    offsets = torch.arange(0, B * k, k, device=z_BN.device)
+    return rows, cols, offsets
+
+
+def select_batch_topk(z_BN: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, offsets) of the k·B largest positive pre-activations of the whole batch."""
+    B, n = z_BN.shape
+    flat = z_BN.reshape(-1)
+    top = flat.topk(k * B, sorted=False)
+    idx = top.indices[top.values > 0].sort().values
+    rows, cols = idx // n, idx % n
+    return rows, cols, _offsets(rows, B)
+
+
+def select_topk_among(z_BN: torch.Tensor, allowed_N: torch.Tensor, k: int):
+    """(rows, cols, offsets) of the k largest pre-activations of each row among ``allowed`` latents."""
+    masked = z_BN.masked_fill(~allowed_N, float("-inf"))
+    return select_topk(masked, min(k, int(allowed_N.sum())))
+
+
+class _GatheredLinear(torch.autograd.Function):
+    """vals[j] = (x_c[rows[j]] · W_enc[cols[j]]) + b_enc[cols[j]], with values already computed.
+
+    The forward takes the values from the dense pre-activations (the matmul every SAE needs);
+    the backward touches only the nnz selected entries.
+    """
+
+    @staticmethod
+    def forward(ctx, vals, x_c, W_enc, b_enc, rows, cols, offsets):
+        ctx.save_for_backward(x_c, W_enc, rows, cols, offsets)
+        return vals.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        x_c, W_enc, rows, cols, offsets = ctx.saved_tensors
+        n, B = W_enc.shape[0], x_c.shape[0]
+        g = g.to(x_c.dtype)
+        grad_W = grad_b = grad_x = None
+        if ctx.needs_input_grad[2]:
+            # dL/dW_enc = Sᵀ X with S the (B, n) sparse gradient of the codes.
+            S_NB = torch.sparse_coo_tensor(torch.stack([cols, rows]), g, (n, B), check_invariants=False).coalesce()
+            grad_W = torch.sparse.mm(S_NB, x_c)
+        if ctx.needs_input_grad[3]:
+            grad_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
+        if ctx.needs_input_grad[1]:
+            grad_x = F.embedding_bag(cols, W_enc, offsets, mode="sum", per_sample_weights=g)
+        return None, grad_x, grad_W, grad_b, None, None, None
+
+
+def encode_sparse(x_c_BD: torch.Tensor, W_enc_ND: torch.Tensor, b_enc_N: torch.Tensor, z_BN: torch.Tensor,
+                  rows: torch.Tensor, cols: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Selected pre-activations z[rows, cols] as a differentiable (nnz,) tensor with a sparse backward.
+
+    ``z_BN`` must equal ``x_c @ W_encᵀ + b_enc`` (computed without gradient).
+    """
+    vals = z_BN[rows, cols].to(x_c_BD.dtype)
+    return _GatheredLinear.apply(vals, x_c_BD, W_enc_ND, b_enc_N, rows, cols, offsets)
+
+
+def decode_sparse(codes: SparseCodes, W_dec_ND: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_j vals[j]·W_dec[cols[j]] per row, as (B, d), via ``embedding_bag``; no bias.
+
+    ``weights`` (nnz) replaces ``vals`` where given (used to mask Matryoshka prefixes).
+    """
+    w = codes.vals if weights is None else weights
+    return F.embedding_bag(codes.cols, W_dec_ND, codes.offsets, mode="sum", per_sample_weights=w.to(W_dec_ND.dtype))
