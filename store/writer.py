@@ -264,12 +264,14 @@ def write_store(
     attrs: Mapping | None = None,
     dtype: str | None = None,
     part: str = "part-00000",
+    meanings: Mapping[str, str] | None = None,
 ) -> None:
     """Write activations computed elsewhere as a store (or one more part of one).
 
     ``acts[hook]`` is (n, n_tokens, d) or (n, d); ``keys`` name the n images uniquely;
     ``labels`` default to -1. ``attrs`` go into the store's identity (``model`` at least
     is expected); writing a second part with the same attrs and shapes extends the store.
+    ``meanings[hook]`` describes a hook's rows; one starting with "CLS then" marks token 0 as CLS.
     """
     keys = [str(k) for k in keys]
     n = len(keys)
@@ -285,7 +287,7 @@ def write_store(
     dtype = dtype or str(next(iter(shaped.values())).dtype)
     if dtype not in layout.DTYPES:
         raise ClipsaeError(f"dtype {dtype!r} not supported; use one of {', '.join(layout.DTYPES)}")
-    hooks = [HookLayout(h, a.shape[1], a.shape[2]) for h, a in shaped.items()]
+    hooks = [HookLayout(h, a.shape[1], a.shape[2], (meanings or {}).get(h, "")) for h, a in shaped.items()]
     user = dict(attrs or {})
     config = {
         "model": user.pop("model", "unknown"),

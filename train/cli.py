@@ -87,7 +87,7 @@ def _specs(archs, expansions, ks, l1s, d: int, weighting: str, aux_alpha: float)
 @click.option("--checkpoint-minutes", type=float, default=10.0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
 @click.option("--wandb", "wandb_project", default=None, help="Also log to this wandb project (WANDB_MODE=offline works).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar or progress messages.")
 def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, lr, batch_size, tokens_total, steps, seed, device,
               holdout, out, warmup_steps, dead_tokens, aux_alpha, matryoshka_weighting, resample_every, buffer_rows,
               loader_threads, eval_every, eval_rows, checkpoint_every, checkpoint_minutes, threads, wandb_project, quiet):
@@ -130,11 +130,12 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, lr, batch_s
                       dead_tokens=dead_tokens, resample_every=resample_every, buffer_rows=buffer_rows,
                       loader_threads=loader_threads, eval_every=eval_every, eval_rows=eval_rows,
                       checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, wandb_project=wandb_project)
-    click.echo(f"training {len(specs)} SAE(s) on {hook} ({tokens} tokens, d={d}) for {steps} steps of {batch_size} → {out}", err=True)
+    if not quiet:
+        click.echo(f"training {len(specs)} SAE(s) on {hook} ({tokens} tokens, d={d}) for {steps} steps of {batch_size} → {out}", err=True)
     result = run_train(cfg, quiet=quiet)
     if result.already_done:
         click.echo(f"{out}: already trained ({result.resumed_from} steps); nothing to do")
-    elif result.resumed_from:
+    elif result.resumed_from and not quiet:
         click.echo(f"resumed from step {result.resumed_from}", err=True)
     for label, path in result.dirs.items():
         m = result.metrics.get(label, {})

@@ -77,6 +77,10 @@ def input_statistics(source: RowSource, max_rows: int, seed: int) -> tuple[float
     return scale, geometric_median(sample)
 
 
+def _seed_of(seed: int, label: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{label}".encode(), digest_size=7).digest(), "little")
+
+
 class Run:
     """The state of one training run: stream, SAEs, optimisers, held-out rows, logs."""
 
@@ -89,8 +93,10 @@ class Run:
         self.heldout_source = RowSource(store, cfg.hook, token_idx, held)
         self.store = store
         self.stream = ShuffleStream(self.train_source, cfg.batch_size, cfg.buffer_rows, cfg.seed, cfg.loader_threads)
-        self.saes = [TrainingSAE(spec, torch.Generator().manual_seed(cfg.seed * 1000 + i)).to(self.device)
-                     for i, spec in enumerate(cfg.saes)]
+        # Each SAE's initialisation depends on the seed and its own settings only, so an SAE
+        # trained alone equals the same SAE trained inside a sweep.
+        self.saes = [TrainingSAE(spec, torch.Generator().manual_seed(_seed_of(cfg.seed, spec.label))).to(self.device)
+                     for spec in cfg.saes]
         self.opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr_of(s.spec), betas=(0.9, 0.999)) for s in self.saes]
         self.resample_gen = torch.Generator().manual_seed(cfg.seed + 17)
         self.scale = 1.0

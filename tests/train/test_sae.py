@@ -1,0 +1,117 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.config import TrainConfig, default_lr
+from train.dense import dense_forward
+from train.export import load_sae, save_sae, to_inference
+from train.sae import SAESpec, TrainingSAE, geometric_median, resample_dead
+
+
+def _sae(arch: str, d=16, expansion=4, k=4) -> TrainingSAE:
+    sae = TrainingSAE(SAESpec(arch, d, expansion, k=k), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=torch.Generator().manual_seed(1))
+        sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+    return sae
+
+
+def test_initial_encoder_is_a_copy_of_the_decoder_with_unit_features():
+    sae = _sae("topk")
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.spec.n))
+    assert torch.equal(sae.W_enc, sae.W_dec)
+    assert sae.W_enc.data_ptr() != sae.W_dec.data_ptr()
+
+
+def test_decoder_gradient_is_projected_off_each_feature_and_features_renormalised():
+    sae = _sae("relu")
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(3))
+    sae(x).loss.backward()
+    sae.project_decoder_grad()
+    radial = (sae.W_dec.grad * sae.W_dec).sum(1)
+    assert radial.abs().max() < 1e-5
+    torch.optim.SGD(sae.parameters(), lr=0.5).step()
+    sae.normalize_decoder()
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.spec.n), atol=1e-6)
+
+
+def test_geometric_median_ignores_far_outliers_that_move_the_mean():
+    pts = torch.randn(200, 4, generator=torch.Generator().manual_seed(4)) * 0.1
+    pts[:20] += 1000.0
+    gm = geometric_median(pts)
+    assert gm.norm() < 1.0 < pts.mean(0).norm()
+
+
+def test_lr_rule_warm_up_and_final_decay():
+    assert default_lr(2**14) == pytest.approx(2e-4)
+    assert default_lr(4 * 2**14) == pytest.approx(1e-4)
+    cfg = TrainConfig(store=Path("s"), hook="h", tokens="all", out=Path("o"), saes=(), steps=1000, warmup_steps=50)
+    assert cfg.lr_factor(0) == pytest.approx(1 / 50)
+    assert cfg.lr_factor(49) == 1.0 and cfg.lr_factor(799) == 1.0
+    assert cfg.lr_factor(900) == pytest.approx(0.5)
+    assert cfg.lr_factor(999) == pytest.approx(1 / 200)
+
+
+def test_batchtopk_threshold_tracks_the_smallest_kept_value_with_momentum():
+    sae = _sae("batchtopk", k=2)
+    x = torch.randn(16, 16, generator=torch.Generator().manual_seed(5))
+    sae(x)
+    first = sae.threshold.item()
+    assert first > 0 and sae.threshold.dtype == torch.float64
+    _, f = dense_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, 2, batch=True)
+    assert first == pytest.approx(f[f > 0].min().item(), rel=1e-6)
+    x2 = 3 * torch.randn(16, 16, generator=torch.Generator().manual_seed(6))
+    sae(x2)
+    _, f2 = dense_forward(x2, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, 2, batch=True)
+    assert sae.threshold.item() == pytest.approx(0.99 * first + 0.01 * f2[f2 > 0].min().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk"])
+def test_exported_sae_on_raw_inputs_equals_training_sae_on_scaled_inputs(arch):
+    sae, s = _sae(arch), 3.7
+    x = torch.randn(24, 16, generator=torch.Generator().manual_seed(7))
+    if arch == "batchtopk":
+        sae(s * x)
+    model = to_inference(sae, s)
+    with torch.no_grad():
+        z = torch.nn.functional.linear(s * x - sae.b_dec, sae.W_enc, sae.b_enc)
+        if arch == "relu":
+            f = torch.relu(z)
+        elif arch == "topk":
+            _, f = dense_forward(s * x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.spec.k)
+        else:
+            f = z * (z > sae.threshold.float())
+        expected = (f @ sae.W_dec + sae.b_dec) / s
+        assert torch.allclose(model.encode(x), f, atol=1e-5)
+        assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+def test_saved_sae_loads_back_in_saelens_layout(tmp_path):
+    model = to_inference(_sae("topk"), 2.0)
+    save_sae(model, tmp_path, {"meta": {"hook_name": "resid.3"}}, torch.zeros(64), {"fvu": 0.1})
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert (cfg["architecture"], cfg["d_in"], cfg["d_sae"], cfg["k"]) == ("topk", 16, 64, 4)
+    back = load_sae(tmp_path)
+    assert back.W_enc.shape == (16, 64) and back.W_dec.shape == (64, 16)
+    x = torch.randn(5, 16)
+    assert torch.equal(back(x), model(x))
+    assert (tmp_path / "sparsity.safetensors").is_file()
+
+
+def test_resampling_points_dead_latents_at_inputs_and_resets_their_adam_state():
+    sae = _sae("relu")
+    opt = torch.optim.Adam(sae.parameters())
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(8))
+    sae(x).loss.backward()
+    opt.step()
+    dead = torch.zeros(sae.spec.n, dtype=torch.bool)
+    dead[:3] = True
+    n = resample_dead(sae, x, dead, torch.Generator().manual_seed(9), opt)
+    assert n == 3
+    x_c = (x - sae.b_dec).detach()
+    cos = torch.nn.functional.normalize(sae.W_dec[:3].detach(), dim=1) @ torch.nn.functional.normalize(x_c, dim=1).T
+    assert (cos.max(1).values > 0.999).all()
+    assert (opt.state[sae.W_dec]["exp_avg"][:3] == 0).all()
+    assert (sae.b_enc[:3] == 0).all()

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from train.dense import dense_forward
+from train.sae import SAESpec, TrainingSAE
+from train.sparse import select_topk_among
+
+
+def _sae(arch: str, d=16, expansion=8, k=4, seed=0) -> TrainingSAE:
+    sae = TrainingSAE(SAESpec(arch, d, expansion, k=k), torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=torch.Generator().manual_seed(seed + 1))
+        sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed + 2))
+    return sae
+
+
+def _dense_loss(sae: TrainingSAE, x: torch.Tensor):
+    """The same loss written densely: (B, n) codes times the whole decoder."""
+    P = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    spec = sae.spec
+    x_hat, f = dense_forward(x, P["W_enc"], P["b_enc"], P["W_dec"], P["b_dec"], spec.k, batch=spec.arch != "topk")
+    total_var = (x - x.mean(0)).pow(2).sum()
+    if spec.arch == "matryoshka":
+        loss = sum(w * (x - (f[:, :m] @ P["W_dec"][:m] + P["b_dec"])).pow(2).sum()
+                   for m, w in zip(spec.levels, spec.level_weights())) / total_var
+    else:
+        loss = (x - x_hat).pow(2).sum() / total_var
+    loss.backward()
+    return loss, {n: p.grad for n, p in P.items()}
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_sparse_step_equals_dense_computation_in_value_and_gradient(arch):
+    sae = _sae(arch)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
+    out = sae(x)
+    out.loss.backward()
+    dense_loss, dense_grads = _dense_loss(sae, x)
+    assert torch.allclose(out.loss, dense_loss, rtol=1e-5, atol=1e-6)
+    for name, p in sae.named_parameters():
+        assert torch.allclose(p.grad, dense_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_topk_codes_have_exactly_k_latents_per_row():
+    sae = _sae("topk", k=5)
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(4))
+    out = sae(x)
+    assert out.l0 <= 5
+    _, f = dense_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, 5)
+    assert ((f > 0).sum(1) <= 5).all()
+
+
+def test_batchtopk_keeps_k_times_batch_latents_over_the_batch():
+    sae = _sae("batchtopk", k=3)
+    x = torch.randn(40, 16, generator=torch.Generator().manual_seed(5))
+    out = sae(x)
+    assert out.l0 * 40 == pytest.approx(3 * 40)
+
+
+def test_auxk_selects_only_dead_latents():
+    z = torch.randn(8, 20, generator=torch.Generator().manual_seed(6))
+    dead = torch.zeros(20, dtype=torch.bool)
+    dead[[2, 5, 11]] = True
+    rows, cols, _ = select_topk_among(z, dead, 10)
+    assert set(cols.tolist()) <= {2, 5, 11}
+    assert len(rows) == 8 * 3
+
+
+def test_auxk_loss_sends_gradient_to_dead_latents_only_through_aux_term():
+    sae = _sae("topk", k=2)
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(7))
+    dead = torch.zeros(sae.spec.n, dtype=torch.bool)
+    dead[:10] = True
+    sae(x).loss.backward()
+    without = sae.W_enc.grad[:10].abs().sum()
+    sae.zero_grad()
+    out = sae(x, dead)
+    out.loss.backward()
+    assert out.aux > 0
+    assert sae.W_enc.grad[:10].abs().sum() > without

@@ -1,0 +1,189 @@
+"""``clipsae train`` end to end on planted dictionaries written as real stores."""
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from store.reader import ActivationStore
+from store.writer import write_store
+from tests.conftest import cli_process, tree_snapshot
+from tests.train.planted import planted_dictionary, recovery
+from train import load_sae
+
+D, N_FEATURES = 64, 128
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """4,096 images × 8 tokens of x = Σ a_j D_j + noise, 128 power-law features in 64 dimensions."""
+    path = tmp_path_factory.mktemp("planted") / "planted.zarr"
+    acts, dictionary = planted_dictionary(4096, 8, D, N_FEATURES, mean_active=3, seed=0)
+    write_store(path, {"x": acts}, [f"img{i:05d}" for i in range(len(acts))], attrs={"model": "planted"})
+    return path, dictionary
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small planted store with two hooks and CLS-first token layout."""
+    path = tmp_path_factory.mktemp("small") / "small.zarr"
+    acts, _ = planted_dictionary(512, 3, 16, 32, mean_active=2, seed=1)
+    write_store(path, {"a": acts, "b": acts[:, :1] * 2}, [f"k{i}" for i in range(512)], attrs={"model": "planted"},
+                meanings={"a": "CLS then 1x2 patches row-major"})
+    return path
+
+
+QUALITY = {
+    "topk": ["--expansion", "4", "--k", "6", "--steps", "1000"],
+    "batchtopk": ["--expansion", "4", "--k", "6", "--steps", "1000"],
+    "relu": ["--expansion", "4", "--l1", "1", "--steps", "1000"],
+    "matryoshka": ["--expansion", "8", "--k", "6", "--steps", "1800"],
+}
+
+
+@pytest.mark.parametrize("arch", list(QUALITY))
+def test_planted_dictionary_is_recovered(arch, planted, tmp_path, run_cli):
+    store, dictionary = planted
+    out = tmp_path / arch
+    code, stdout, err = run_cli("train", "--store", store, "--arch", arch, *QUALITY[arch], "--batch-size", "1024",
+                                "--lr", "3e-3", "--holdout", "0.05", "--out", out, "--quiet")
+    assert code == 0, err
+    sae = load_sae(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert recovery(dictionary, sae.W_dec.detach().numpy()) >= 0.9
+    assert metrics["fvu"] <= 0.1
+    assert f"FVU {metrics['fvu']:.4f}" in stdout
+
+
+def _train(store, out, *extra, seed="0"):
+    return ["train", "--store", store, "--hook", "a", "--expansion", "4", "--k", "4", "--batch-size", "128",
+            "--steps", "60", "--holdout", "0.1", "--seed", seed, "--out", out, "--quiet", *extra]
+
+
+def test_sweep_trains_every_combination_on_the_same_batches(small, tmp_path, run_cli):
+    code, _, err = run_cli(*_train(small, tmp_path / "sweep", "--expansion", "2,4", "--k", "4,8"))
+    assert code == 0, err
+    labels = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert labels == ["topk-x2-k4", "topk-x2-k8", "topk-x4-k4", "topk-x4-k8"]
+    # One member trained alone ends with the same weights: it saw the same batches.
+    code, _, err = run_cli(*_train(small, tmp_path / "alone", "--expansion", "4", "--k", "8"))
+    assert code == 0, err
+    a = load_file(tmp_path / "sweep" / "topk-x4-k8" / "sae_weights.safetensors")
+    b = load_file(tmp_path / "alone" / "sae_weights.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def _lines(path, split):
+    return [json.loads(line) for line in path.read_text().splitlines() if json.loads(line)["split"] == split]
+
+
+def test_kill_9_then_same_command_ends_with_the_uninterrupted_weights(small, tmp_path):
+    args = ["train", "--store", small, "--hook", "a", "--arch", "batchtopk", "--expansion", "4", "--k", "4",
+            "--batch-size", "64", "--steps", "600", "--holdout", "0.1", "--checkpoint-every", "25", "--quiet"]
+    ref = cli_process(*args, "--out", tmp_path / "ref")
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    out = tmp_path / "killed"
+    p = cli_process(*args, "--out", out)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and p.poll() is None:
+        log = out / "metrics.jsonl"
+        if log.exists() and any(r["step"] >= 150 for r in _lines(log, "train")):
+            break
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (out / "cfg.json").exists(), "the run should have been killed before it finished"
+    p = cli_process(*args, "--out", out)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    a = load_file(tmp_path / "ref" / "sae_weights.safetensors")
+    b = load_file(out / "sae_weights.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    for split in ("train", "heldout"):
+        ref_lines, lines = _lines(tmp_path / "ref" / "metrics.jsonl", split), _lines(out / "metrics.jsonl", split)
+        assert [r["step"] for r in lines] == [r["step"] for r in ref_lines], "nothing lost, nothing twice"
+        assert lines[-1]["loss" if split == "train" else "fvu"] == pytest.approx(
+            ref_lines[-1]["loss" if split == "train" else "fvu"], rel=1e-4)
+
+
+def test_rerun_of_a_finished_run_changes_nothing(small, tmp_path, run_cli):
+    out = tmp_path / "done"
+    assert run_cli(*_train(small, out))[0] == 0
+    before = tree_snapshot(out)
+    code, stdout, _ = run_cli(*_train(small, out))
+    assert code == 0 and "already trained" in stdout
+    assert tree_snapshot(out) == before
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small, tmp_path, run_cli):
+    out = tmp_path / "nan"
+    code, _, err = run_cli(*_train(small, out, "--lr", "1e38", "--checkpoint-every", "1"))
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and "non-finite" in err and "last good checkpoint" in err
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for s in ckpt["saes"] for v in s.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--hook", "nope"], "hook 'nope' is not in"),
+    (["--k", "64"], "--k 64 must be between 1 and"),
+    (["--arch", "gated"], "--arch 'gated' is not one of"),
+    (["--tokens", "patches", "--hook", "b"], "no patches"),
+    (["--holdout", "1"], "--holdout must be in"),
+    (["--device", "cuda"], "no CUDA device"),
+])
+def test_bad_input_gets_one_line_and_exit_1(extra, message, small, tmp_path, run_cli):
+    code, _, err = run_cli(*_train(small, tmp_path / "bad"), *extra)
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_out_holding_a_different_run_is_refused_and_left_intact(small, tmp_path, run_cli):
+    out = tmp_path / "run"
+    assert run_cli(*_train(small, out))[0] == 0
+    before = tree_snapshot(out)
+    code, _, err = run_cli(*_train(small, out, seed="1"))
+    assert code == 1 and "holds a different run" in err and "seed" in err
+    assert tree_snapshot(out) == before
+
+
+def test_store_with_no_complete_images_is_refused(small, tmp_path, run_cli):
+    empty = tmp_path / "empty.zarr"
+    write_store(empty, {"a": np.zeros((2, 1, 4), np.float32)}, ["x", "y"], attrs={"model": "m"})
+    zarr_json = empty / "parts" / "part-00000" / "zarr.json"
+    zarr_json.write_text(zarr_json.read_text().replace('"complete": true', '"complete": false'))
+    code, _, err = run_cli("train", "--store", empty, "--out", tmp_path / "o")
+    assert code == 1 and "no complete images" in err
+
+
+def test_card_command_works_with_defaults_on_a_one_hook_store(planted, tmp_path, run_cli, monkeypatch):
+    store, _ = planted
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli("train", "--store", store, "--quiet")
+    assert code == 0, err
+    out = tmp_path / "runs" / "planted-x-all"
+    sae = load_sae(out)
+    assert (sae.architecture, sae.d_sae, sae.k) == ("topk", 16 * D, 32)
+    assert (out / "density.png").stat().st_size > 0
+
+
+def test_sae_info_prints_what_it_is_and_its_heldout_metrics(small, tmp_path, run_cli):
+    out = tmp_path / "info"
+    assert run_cli(*_train(small, out, "--arch", "batchtopk"))[0] == 0
+    code, stdout, _ = run_cli("sae", "info", out)
+    assert code == 0
+    assert "jumprelu" in stdout and "batchtopk" in stdout and "fvu" in stdout and "threshold" in stdout
+    code, stdout, _ = run_cli("sae", "info", out, "--json")
+    info = json.loads(stdout)
+    assert info["d_sae"] == 64 and info["hook"] == "a" and 0 < info["heldout"]["l0"]
+    assert ActivationStore.open(small).n_images == 512
+
+
+def test_sae_info_on_a_directory_without_an_sae_is_one_line(tmp_path, run_cli):
+    code, _, err = run_cli("sae", "info", tmp_path)
+    assert code == 1 and "is not an SAE directory" in err
