@@ -112,8 +112,8 @@ class _Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class ShuffleStream:
-    """Batches of ``batch_size`` rows (torch tensors in the store's dtype), forever, epoch after epoch."""
+class ShuffleBuffer:
+    """The deterministic part of the stream: chunk order, buffer, shuffling. One thread uses it."""
 
     def __init__(self, source: RowSource, batch_size: int, buffer_rows: int, seed: int,
                  threads: int = 2, lookahead: int = 8):
@@ -127,7 +127,6 @@ class ShuffleStream:
         self.epoch, self.cursor = 0, 0
         self.pool = torch.empty(0, source.d, dtype=torch.from_numpy(np.empty(0, source.dtype)).dtype)
         self.gen = torch.Generator().manual_seed(seed)
-        self.wait_s = 0.0
         self._reader: _Prefetcher | None = None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -138,14 +137,12 @@ class ShuffleStream:
         if self._reader is None:
             self._reader = _Prefetcher(self.source, self.order, self.epoch, self.cursor, self.threads, self.lookahead)
         parts, have = [self.pool], len(self.pool)
-        t = time.perf_counter()
         while have < self.capacity:
             epoch, pos, rows = self._reader.next()
             n_chunks = len(self.source.chunks)
             self.epoch, self.cursor = (epoch, pos + 1) if pos + 1 < n_chunks else (epoch + 1, 0)
             parts.append(torch.from_numpy(rows))
             have += len(rows)
-        self.wait_s += time.perf_counter() - t
         pool = torch.cat(parts)
         self.pool = pool[torch.randperm(len(pool), generator=self.gen)]
 
@@ -156,13 +153,7 @@ class ShuffleStream:
         batch, self.pool = self.pool[: self.batch_size], self.pool[self.batch_size :]
         return batch
 
-    def loader_rows_per_s(self) -> float:
-        """Rows/s the reading threads can supply (rows read over busy time, times threads)."""
-        r = self._reader
-        return r.rows_read / r.busy_s * r.threads if r and r.busy_s > 0 else float("nan")
-
     def state_dict(self) -> dict:
-        """The stream's position: enough to continue with the very same batches."""
         return {"epoch": self.epoch, "cursor": self.cursor, "pool": self.pool.clone(), "rng": self.gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -175,3 +166,108 @@ class ShuffleStream:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+
+class ShuffleStream:
+    """Batches of ``batch_size`` rows (torch tensors in the store's dtype), forever, epoch after epoch.
+
+    A producer thread runs the shuffle buffer ``queue`` batches ahead of the trainer, so reading,
+    shuffling and copying overlap the training step. Its state includes the queued batches, so a
+    resumed stream serves exactly what this one would have.
+    """
+
+    def __init__(self, source: RowSource, batch_size: int, buffer_rows: int, seed: int,
+                 threads: int = 2, lookahead: int = 8, queue: int = 4):
+        self.buffer = ShuffleBuffer(source, batch_size, buffer_rows, seed, threads, lookahead)
+        self.source = source
+        self.queue_size = queue
+        self.queued: deque[torch.Tensor] = deque()
+        self.cond = threading.Condition()
+        self.wait_s = 0.0
+        self.rows_made = 0
+        self.busy_s = 0.0
+        self._thread: threading.Thread | None = None
+        self._stop = self._pause = self._parked = False
+        self._error: BaseException | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The chunk order of ``epoch``: a permutation fixed by (seed, epoch)."""
+        return self.buffer.order(epoch)
+
+    def _produce(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while (len(self.queued) >= self.queue_size or self._pause) and not self._stop:
+                        self._parked = True
+                        self.cond.notify_all()
+                        self.cond.wait()
+                    self._parked = False
+                    if self._stop:
+                        return
+                t = time.perf_counter()
+                batch = self.buffer.next_batch()
+                with self.cond:
+                    self.busy_s += time.perf_counter() - t
+                    self.rows_made += len(batch)
+                    self.queued.append(batch)
+                    self.cond.notify_all()
+        except BaseException as exc:  # handed to the trainer's thread, which raises it
+            with self.cond:
+                self._error, self._parked = exc, True
+                self.cond.notify_all()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._stop = self._pause = self._parked = False
+            self._thread = threading.Thread(target=self._produce, name="clipsae-shuffle", daemon=True)
+            self._thread.start()
+
+    def next_batch(self) -> torch.Tensor:
+        """The next (batch_size, d) batch."""
+        self._start()
+        t = time.perf_counter()
+        with self.cond:
+            while not self.queued:
+                if self._error is not None:
+                    raise self._error
+                self.cond.wait()
+            batch = self.queued.popleft()
+            self.cond.notify_all()
+        self.wait_s += time.perf_counter() - t
+        return batch
+
+    def loader_rows_per_s(self) -> float:
+        """Rows/s the loader (reading threads and shuffle buffer) produces while it is busy."""
+        return self.rows_made / self.busy_s if self.busy_s > 0 else float("nan")
+
+    def state_dict(self) -> dict:
+        """The stream's position: enough to continue with the very same batches."""
+        with self.cond:
+            if self._thread is not None:
+                self._pause = True
+                self.cond.notify_all()
+                while not self._parked:
+                    self.cond.wait()
+            if self._error is not None:
+                raise self._error
+            state = self.buffer.state_dict()
+            state["queued"] = [b.clone() for b in self.queued]
+            self._pause = False
+            self.cond.notify_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()
+        self.buffer.load_state_dict(state)
+        self.queued = deque(state.get("queued", []))
+
+    def close(self) -> None:
+        """Stop the producer and the reading threads."""
+        if self._thread is not None:
+            with self.cond:
+                self._stop = True
+                self.cond.notify_all()
+            self._thread.join()
+            self._thread = None
+        self.buffer.close()

@@ -207,6 +207,27 @@ class TrainingSAE(nn.Module):
         self.tokens_since_fired[fired_N] = 0
 
 
+def optimise(sae: TrainingSAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_N: torch.Tensor | None,
+             clip: float) -> StepOutput:
+    """One training step of one SAE on a scaled batch: loss, backward, constrained Adam step.
+
+    A non-finite loss skips the update (the caller stops the run); ``loss`` comes back detached.
+    """
+    out = sae(x_BD, dead_N)
+    if not torch.isfinite(out.loss):
+        out.loss = out.loss.detach()
+        return out
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    sae.project_decoder_grad()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), clip)
+    opt.step()
+    sae.normalize_decoder()
+    sae.track_firing(out.fired_N, len(x_BD))
+    out.loss = out.loss.detach()
+    return out
+
+
 @torch.no_grad()
 def resample_dead(sae: TrainingSAE, x_BD: torch.Tensor, dead_N: torch.Tensor, gen: torch.Generator,
                   opt: torch.optim.Adam) -> int:

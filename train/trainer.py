@@ -19,7 +19,7 @@ from train.config import TrainConfig
 from train.data import RowSource, ShuffleStream, holdout_mask
 from train.export import CFG_FILE, save_sae, to_inference
 from train.metrics import evaluate, plot_density
-from train.sae import TrainingSAE, geometric_median, resample_dead
+from train.sae import TrainingSAE, geometric_median, optimise, resample_dead
 
 RUN_FILE = "run.json"
 METRICS_LOG = "metrics.jsonl"
@@ -163,17 +163,10 @@ class Run:
             for g in opt.param_groups:
                 g["lr"] = lr
             dead = sae.tokens_since_fired >= dead_limit if sae.spec.sparse else None
-            out = sae(x, dead)
-            loss = float(out.loss.detach())
+            out = optimise(sae, opt, x, dead, cfg.clip)
+            loss = float(out.loss)
             if not math.isfinite(loss):
                 raise self._nonfinite(sae, "the loss")
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            sae.project_decoder_grad()
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.clip)
-            opt.step()
-            sae.normalize_decoder()
-            sae.track_firing(out.fired_N, len(x))
             if cfg.resample_every and sae.spec.arch == "relu" and (self.step + 1) % cfg.resample_every == 0 \
                     and self.step + 1 <= cfg.steps // 2:
                 window = sae.tokens_since_fired >= min(dead_limit, cfg.resample_every * len(x))

@@ -1,0 +1,93 @@
+"""Tokens/s of one SAE training step: clipsae's sparse TopK step vs a plain dense PyTorch step.
+
+Both steps do the same work: TopK forward, normalised MSE, backward, decoder-gradient
+projection, clipping, Adam, renormalisation. The dense one multiplies the full (B, n) code
+matrix by the decoder; ours touches only the k active latents per token in the decoder and in
+the encoder's backward. With --peers-python, the peers' own steps (bench/peer_steps.py) run
+in their venv within the same run. Goals (DESIGN.md §5): ≥ 2.5× dense, ≥ 1.2× sparsify.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from train.dense import dense_forward  # noqa: E402
+from train.sae import SAESpec, TrainingSAE, optimise  # noqa: E402
+
+
+def rate(step, batch: int, steps: int) -> float:
+    for _ in range(2):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t)
+
+
+def ours(spec: SAESpec, x: torch.Tensor):
+    sae = TrainingSAE(spec, torch.Generator().manual_seed(0)).to(x.device)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    return lambda: optimise(sae, opt, x, None, 1.0)
+
+
+def dense(spec: SAESpec, x: torch.Tensor):
+    sae = TrainingSAE(spec, torch.Generator().manual_seed(0)).to(x.device)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+            x_hat, _ = dense_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, spec.k)
+        loss = (x - x_hat.float()).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.project_decoder_grad()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+        sae.normalize_decoder()
+
+    return step
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--d", type=int, default=768)
+    ap.add_argument("--expansion", type=int, default=16)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--peers-python", default=None, help="Python of a venv with eai-sparsify and sae-lens")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    spec = SAESpec("topk", a.d, a.expansion, k=a.k)
+    x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0)).to(a.device)
+    print(f"d={a.d} n={spec.n} k={a.k} batch={a.batch} threads={a.threads} device={a.device} "
+          f"({'bf16 encoder matmul' if x.is_cuda else 'fp32'})")
+    r_dense = rate(dense(spec, x), a.batch, a.steps)
+    r_ours = rate(ours(spec, x), a.batch, a.steps)
+    print(f"dense PyTorch TopK step  {r_dense:10,.0f} tokens/s")
+    print(f"clipsae sparse TopK step {r_ours:10,.0f} tokens/s   ratio vs dense {r_ours / r_dense:.2f}")
+    if a.peers_python:
+        cmd = [a.peers_python, str(Path(__file__).with_name("peer_steps.py")), "--d", str(a.d), "--expansion",
+               str(a.expansion), "--k", str(a.k), "--batch", str(a.batch), "--threads", str(a.threads), "--steps", str(a.steps)]
+        peers = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        for name, r in peers.items():
+            if isinstance(r, float):
+                print(f"{name + ' step':24} {r:10,.0f} tokens/s   clipsae / {name} {r_ours / r:.2f}")
+            else:
+                print(f"{name}: {r}")
+
+
+if __name__ == "__main__":
+    main()
