@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ bench: $(STAMP)
 	$(BIN)/python bench/extract_vs_forward.py
 	$(BIN)/python bench/store_write.py
 	$(BIN)/python bench/store_read.py
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/train_loader.py
+
+# The peers' own training steps, in a venv of their own so their pins never touch ours.
+PEERS := .venv-peers
+$(PEERS)/.installed:
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q "torch>=2.14" eai-sparsify sae-lens
+	touch $@
+
+bench-peers: $(STAMP) $(PEERS)/.installed
+	$(BIN)/python bench/train_step.py --peers-python $(PEERS)/bin/python
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) $(PEERS) demo_out

@@ -9,6 +9,7 @@ from pipeline.model import ModelConfig
 from pipeline.synthetic import make_synthetic_shards
 from store.info import format_summary, summarize
 from store.reader import ActivationStore
+from train.cli import sae_info_cmd, train_cmd
 
 
 @click.command("demo")
@@ -16,8 +17,10 @@ from store.reader import ActivationStore
 @click.option("--n-images", type=int, default=384, show_default=True)
 @click.option("--model", default="ViT-B-32", show_default=True)
 @click.option("--pretrained", default=None, help="Pretrained tag or checkpoint; random weights if omitted.")
-def demo_cmd(out, n_images, model, pretrained):
-    """Write synthetic labelled shapes as webdataset tars, extract them, and summarise the store."""
+@click.option("--train-steps", type=int, default=100, show_default=True, help="Steps of the demo SAE.")
+@click.pass_context
+def demo_cmd(ctx, out, n_images, model, pretrained, train_steps):
+    """Synthetic labelled shapes → webdataset tars → activation store → a TopK SAE, with summaries."""
     root = Path(out)
     shards = root / "shards"
     paths = make_synthetic_shards(shards, n_images=n_images, per_shard=128)
@@ -34,3 +37,10 @@ def demo_cmd(out, n_images, model, pretrained):
     r = run_extract(cfg)
     click.echo(f"extracted {r.images} images in {r.seconds:.1f}s ({r.images / max(r.seconds, 1e-9):.1f} images/s)")
     click.echo(format_summary(summarize(ActivationStore.open(store_path))))
+    run_dir = root / "runs" / "topk-resid.10"
+    click.echo(f"\ntraining a TopK SAE on resid.10, all tokens → {run_dir}")
+    ctx.invoke(train_cmd, store_path=store_path, hook="resid.10", tokens="all", arch="topk", expansion="8", k_list="16",
+               batch_size=512, steps=train_steps, holdout=0.1, out=run_dir, eval_every=50, quiet=False)
+    click.echo("")
+    ctx.invoke(sae_info_cmd, path=run_dir, as_json=False)
+    click.echo(f"\nfeature-density histogram: {run_dir / 'density.png'}")

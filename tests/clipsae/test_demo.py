@@ -1,6 +1,12 @@
-def test_demo_writes_shards_extracts_and_summarises(tmp_path, run_cli):
-    code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--n-images", "12")
+from train import load_sae
+
+
+def test_demo_writes_shards_extracts_summarises_and_trains(tmp_path, run_cli):
+    code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--n-images", "12", "--train-steps", "5")
     assert code == 0, err
     assert "wrote 12 synthetic images" in out
     assert "images     12  (12 labelled" in out
     assert "resid.10     (12, 50, 768)" in out
+    assert "architecture: topk" in out
+    sae = load_sae(tmp_path / "demo" / "runs" / "topk-resid.10")
+    assert (sae.d_in, sae.d_sae, sae.k) == (768, 8 * 768, 16)
