@@ -1,7 +1,7 @@
 """The training data stream: store chunks → selected tokens of training images → shuffled batches.
 
 Chunks are read in a fresh seeded order each epoch by background threads; rows go through a
-shuffle buffer that is filled to capacity, shuffled, and served until half is left. The stream's
+shuffle buffer of which each round serves a random half and refills it (serve half, keep half). The stream's
 whole position (epoch, next chunk, the buffer's rows, its RNG) is a small state dict, so a resumed
 run sees exactly the batches an uninterrupted one would.
 """
@@ -113,7 +113,12 @@ class _Prefetcher:
 
 
 class ShuffleBuffer:
-    """The deterministic part of the stream: chunk order, buffer, shuffling. One thread uses it."""
+    """The deterministic part of the stream: chunk order, buffer, shuffling. One thread uses it.
+
+    The buffer holds ``capacity`` rows. Each round serves a random half of its slots, in random
+    order, then refills exactly those slots with the next rows read: the same mixing as "shuffle,
+    serve half, keep half", with each row copied once in and once out.
+    """
 
     def __init__(self, source: RowSource, batch_size: int, buffer_rows: int, seed: int,
                  threads: int = 2, lookahead: int = 8):
@@ -125,7 +130,11 @@ class ShuffleBuffer:
         self.seed = seed
         self.threads, self.lookahead = threads, lookahead
         self.epoch, self.cursor = 0, 0
-        self.pool = torch.empty(0, source.d, dtype=torch.from_numpy(np.empty(0, source.dtype)).dtype)
+        dtype = torch.from_numpy(np.empty(0, source.dtype)).dtype
+        self.pool: torch.Tensor | None = None  # (capacity, d) once filled
+        self.spill = torch.empty(0, source.d, dtype=dtype)  # rows read beyond the slots to fill
+        self.serve = torch.empty(0, dtype=torch.int64)  # this round's slots, in serving order
+        self.pos = 0  # slots of this round already served
         self.gen = torch.Generator().manual_seed(seed)
         self._reader: _Prefetcher | None = None
 
@@ -133,33 +142,47 @@ class ShuffleBuffer:
         """The chunk order of ``epoch``: a permutation fixed by (seed, epoch)."""
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.source.chunks))
 
-    def _refill(self) -> None:
+    def _take(self, n: int) -> torch.Tensor:
+        """The next ``n`` rows in reading order (spill first, then chunks)."""
         if self._reader is None:
             self._reader = _Prefetcher(self.source, self.order, self.epoch, self.cursor, self.threads, self.lookahead)
-        parts, have = [self.pool], len(self.pool)
-        while have < self.capacity:
+        parts, have = [self.spill], len(self.spill)
+        while have < n:
             epoch, pos, rows = self._reader.next()
             n_chunks = len(self.source.chunks)
             self.epoch, self.cursor = (epoch, pos + 1) if pos + 1 < n_chunks else (epoch + 1, 0)
             parts.append(torch.from_numpy(rows))
             have += len(rows)
-        pool = torch.cat(parts)
-        self.pool = pool[torch.randperm(len(pool), generator=self.gen)]
+        rows = torch.cat(parts) if len(parts) > 1 else parts[0]
+        self.spill = rows[n:]
+        return rows[:n]
+
+    def _new_round(self) -> None:
+        if self.pool is None:
+            self.pool = self._take(self.capacity).clone()
+        else:
+            served = self.serve[: self.pos]
+            self.pool.index_copy_(0, served, self._take(len(served)))
+        self.serve = torch.randperm(self.capacity, generator=self.gen)[: self.capacity // 2]
+        self.pos = 0
 
     def next_batch(self) -> torch.Tensor:
-        """The next (batch_size, d) batch; refills (and reshuffles) when half the buffer is served."""
-        if len(self.pool) < self.capacity // 2 + self.batch_size:
-            self._refill()
-        batch, self.pool = self.pool[: self.batch_size], self.pool[self.batch_size :]
-        return batch
+        """The next (batch_size, d) batch; a new round starts when this one's half is served."""
+        if self.pool is None or self.pos + self.batch_size > len(self.serve):
+            self._new_round()
+        slots = self.serve[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return self.pool.index_select(0, slots)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "pool": self.pool.clone(), "rng": self.gen.get_state()}
+        return {"epoch": self.epoch, "cursor": self.cursor, "rng": self.gen.get_state(), "pos": self.pos,
+                "pool": None if self.pool is None else self.pool.clone(), "spill": self.spill.clone(),
+                "serve": self.serve.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.close()
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self.pool = state["pool"]
+        self.epoch, self.cursor, self.pos = int(state["epoch"]), int(state["cursor"]), int(state["pos"])
+        self.pool, self.spill, self.serve = state["pool"], state["spill"], state["serve"]
         self.gen.set_state(state["rng"])
 
     def close(self) -> None:
