@@ -12,9 +12,11 @@ HIST_EDGES = np.arange(-8.0, 0.25, 0.25)
 
 
 @torch.no_grad()
-def evaluate(model: SparseAutoencoder, x_MD: torch.Tensor, block: int = 4096) -> tuple[dict, torch.Tensor]:
+def evaluate(model: SparseAutoencoder, x_MD: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """(metrics, density_N) of ``model`` on raw held-out rows ``x_MD`` (float32, model's device)."""
     n = model.d_sae
+    # Dense codes of a block stay near 256 MB whatever the number of latents.
+    block = max(64, 2**26 // n)
     mean_D = x_MD.mean(0)
     sse = var = cos = 0.0
     fires_N = torch.zeros(n, dtype=torch.float64, device=x_MD.device)
