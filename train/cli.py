@@ -56,6 +56,26 @@ def _specs(archs, expansions, ks, l1s, d: int, weighting: str, aux_alpha: float)
     return tuple(specs)
 
 
+def _sweep_specs(path: Path, defaults: dict, d: int, weighting: str, aux_alpha: float) -> tuple[SAESpec, ...]:
+    try:
+        entries = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ClipsaeError(f"--sweep {path}: cannot read a JSON list of SAEs ({exc})") from None
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise ClipsaeError(f"--sweep {path} must hold a non-empty JSON list of objects")
+    specs: list[SAESpec] = []
+    for e in entries:
+        unknown = set(e) - set(defaults)
+        if unknown:
+            raise ClipsaeError(f"--sweep {path}: unknown keys {sorted(unknown)}; use {', '.join(defaults)}")
+        v = {**defaults, **{k: str(x) for k, x in e.items()}}
+        for spec in _specs(_list(str, v["arch"], "arch"), _list(int, v["expansion"], "expansion"),
+                           _list(int, v["k"], "k"), _list(float, v["l1"], "l1"), d, weighting, aux_alpha):
+            if spec not in specs:
+                specs.append(spec)
+    return tuple(specs)
+
+
 @click.command("train")
 @click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Activation store from `clipsae extract`.")
 @click.option("--hook", default=None, help="Hook to train on; may be left out when the store has one hook.")
@@ -65,6 +85,9 @@ def _specs(archs, expansions, ks, l1s, d: int, weighting: str, aux_alpha: float)
 @click.option("--expansion", default="16", show_default=True, help="Latents per input dimension; a comma list sweeps.")
 @click.option("--k", "k_list", default="32", show_default=True, help="Active latents per token (TopK family); a comma list sweeps.")
 @click.option("--l1", default="5", show_default=True, help="L1 coefficient λ of the relu SAE; a comma list sweeps.")
+@click.option("--sweep", "sweep_file", type=click.Path(path_type=Path), default=None,
+              help="JSON list of SAEs, e.g. [{\"arch\": \"topk\", \"k\": 32}, {\"arch\": \"relu\", \"l1\": 5}]; "
+                   "missing keys take the options' values.")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: 2e-4/√(n/2^14)].")
 @click.option("--batch-size", type=int, default=DEFAULT_BATCH, show_default=True, help="Tokens per step.")
 @click.option("--tokens-total", type=float, default=None, help="Training tokens [default: one pass over the training rows].")
@@ -88,7 +111,7 @@ def _specs(archs, expansions, ks, l1s, d: int, weighting: str, aux_alpha: float)
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
 @click.option("--wandb", "wandb_project", default=None, help="Also log to this wandb project (WANDB_MODE=offline works).")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress messages.")
-def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, lr, batch_size, tokens_total, steps, seed, device,
+def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file, lr, batch_size, tokens_total, steps, seed, device,
               holdout, out, warmup_steps, dead_tokens, aux_alpha, matryoshka_weighting, resample_every, buffer_rows,
               loader_threads, eval_every, eval_rows, checkpoint_every, checkpoint_minutes, threads, wandb_project, quiet):
     """Train sparse autoencoders on one hook of an activation store (several at once on a sweep)."""
@@ -111,8 +134,12 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, lr, batch_s
             raise ClipsaeError(f"{name} must be at least 1, not {value}")
     if lr is not None and not lr > 0:
         raise ClipsaeError(f"--lr must be positive, not {lr}")
-    specs = _specs(_list(str, arch, "--arch"), _list(int, expansion, "--expansion"), _list(int, k_list, "--k"),
-                   _list(float, l1, "--l1"), d, matryoshka_weighting, aux_alpha)
+    if sweep_file is None:
+        specs = _specs(_list(str, arch, "--arch"), _list(int, expansion, "--expansion"), _list(int, k_list, "--k"),
+                       _list(float, l1, "--l1"), d, matryoshka_weighting, aux_alpha)
+    else:
+        specs = _sweep_specs(sweep_file, {"arch": arch, "expansion": expansion, "k": k_list, "l1": l1}, d,
+                             matryoshka_weighting, aux_alpha)
     if steps is not None and tokens_total is not None:
         raise ClipsaeError("give --steps or --tokens-total, not both")
     if steps is None:

@@ -187,3 +187,14 @@ def test_sae_info_prints_what_it_is_and_its_heldout_metrics(small, tmp_path, run
 def test_sae_info_on_a_directory_without_an_sae_is_one_line(tmp_path, run_cli):
     code, _, err = run_cli("sae", "info", tmp_path)
     assert code == 1 and "is not an SAE directory" in err
+
+
+def test_sweep_file_lists_the_saes_to_train(small, tmp_path, run_cli):
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps([{"arch": "topk", "k": 2}, {"arch": "relu", "l1": 0.5, "expansion": 2}]))
+    code, _, err = run_cli(*_train(small, tmp_path / "run", "--sweep", sweep))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == ["relu-x2-l1_0.5", "topk-x4-k2"]
+    sweep.write_text(json.dumps([{"arch": "topk", "kk": 2}]))
+    code, _, err = run_cli(*_train(small, tmp_path / "other", "--sweep", sweep))
+    assert code == 1 and "unknown keys ['kk']" in err
