@@ -198,3 +198,12 @@ def test_sweep_file_lists_the_saes_to_train(small, tmp_path, run_cli):
     sweep.write_text(json.dumps([{"arch": "topk", "kk": 2}]))
     code, _, err = run_cli(*_train(small, tmp_path / "other", "--sweep", sweep))
     assert code == 1 and "unknown keys ['kk']" in err
+
+
+def test_wandb_logging_works_offline(small, tmp_path):
+    pytest.importorskip("wandb")
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    p = cli_process(*_train(small, tmp_path / "run", "--wandb", "clipsae-test"), env=env)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
