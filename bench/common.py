@@ -41,3 +41,13 @@ def activation_array(description: str, extra=None):
     a = ap.parse_args()
     acts = np.random.default_rng(0).standard_normal((a.images, a.tokens, a.d)).astype(np.float16)
     return a, acts
+
+
+def add_step_options(ap: argparse.ArgumentParser) -> None:
+    """The SAE-step sizes shared by bench/train_step.py and bench/peer_steps.py."""
+    ap.add_argument("--d", type=int, default=768)
+    ap.add_argument("--expansion", type=int, default=16)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)

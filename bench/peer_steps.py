@@ -7,12 +7,17 @@ Each step is the peer's forward and loss, backward, its decoder-gradient handlin
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 # On a CPU, sparsify falls back to its eager embedding_bag decoder only when told to.
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "" if torch.cuda.is_available() else "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_step_options  # noqa: E402
 
 
 def _rate(step, batch: int, warmup: int, steps: int) -> float:
@@ -62,12 +67,7 @@ def sae_lens_step(d, n, k, x):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--d", type=int, default=768)
-    ap.add_argument("--expansion", type=int, default=16)
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
+    add_step_options(ap)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0))

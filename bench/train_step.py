@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_step_options  # noqa: E402
 from train.dense import dense_forward  # noqa: E402
 from train.sae import SAESpec, TrainingSAE, optimise  # noqa: E402
 
@@ -60,12 +61,7 @@ def dense(spec: SAESpec, x: torch.Tensor):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--d", type=int, default=768)
-    ap.add_argument("--expansion", type=int, default=16)
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
+    add_step_options(ap)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--peers-python", default=None, help="Python of a venv with eai-sparsify and sae-lens")
     a = ap.parse_args()
