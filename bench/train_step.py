@@ -35,18 +35,18 @@ def rate(step, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - t)
 
 
-def ours(spec: SAESpec, x: torch.Tensor):
-    sae = TrainingSAE(spec, torch.Generator().manual_seed(0)).to(x.device)
+def ours(spec: SAESpec, x: torch.Tensor, bf16: bool):
+    sae = TrainingSAE(spec, torch.Generator().manual_seed(0), bf16_matmul=bf16).to(x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     return lambda: optimise(sae, opt, x, None, 1.0)
 
 
-def dense(spec: SAESpec, x: torch.Tensor):
+def dense(spec: SAESpec, x: torch.Tensor, bf16: bool):
     sae = TrainingSAE(spec, torch.Generator().manual_seed(0)).to(x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             x_hat, _ = dense_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, spec.k)
         loss = (x - x_hat.float()).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
         opt.zero_grad(set_to_none=True)
@@ -63,18 +63,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_options(ap)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="matmul precision of both steps")
     ap.add_argument("--peers-python", default=None, help="Python of a venv with eai-sparsify and sae-lens")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = SAESpec("topk", a.d, a.expansion, k=a.k)
     x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0)).to(a.device)
     print(f"d={a.d} n={spec.n} k={a.k} batch={a.batch} threads={a.threads} device={a.device} "
-          f"({'bf16 encoder matmul' if x.is_cuda else 'fp32'})")
-    r_dense = rate(dense(spec, x), a.batch, a.steps)
-    r_ours = rate(ours(spec, x), a.batch, a.steps)
+          f"precision={a.precision}")
+    bf16 = a.precision == "bf16"
+    r_dense = rate(dense(spec, x, bf16), a.batch, a.steps)
+    r_ours = rate(ours(spec, x, bf16), a.batch, a.steps)
     print(f"dense PyTorch TopK step  {r_dense:10,.0f} tokens/s")
     print(f"clipsae sparse TopK step {r_ours:10,.0f} tokens/s   ratio vs dense {r_ours / r_dense:.2f}")
-    if a.peers_python:
+    if a.peers_python and not bf16:
         cmd = [a.peers_python, str(Path(__file__).with_name("peer_steps.py")), "--d", str(a.d), "--expansion",
                str(a.expansion), "--k", str(a.k), "--batch", str(a.batch), "--threads", str(a.threads), "--steps", str(a.steps)]
         peers = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])

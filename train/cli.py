@@ -94,6 +94,8 @@ def _sweep_specs(path: Path, defaults: dict, d: int, weighting: str, aux_alpha: 
 @click.option("--steps", type=int, default=None, help="Training steps (instead of --tokens-total).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N [default: cuda when there is one].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Encoder matmul precision; weights stay fp32 [default: bf16 on CUDA, fp32 on CPU].")
 @click.option("--holdout", type=float, default=0.01, show_default=True, help="Fraction of images held out for evaluation.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory [default: runs/<store>-<hook>-<tokens>].")
 @click.option("--warmup-steps", type=int, default=DEFAULT_WARMUP, show_default=True, help="Linear warm-up (at most a tenth of the run).")
@@ -112,7 +114,7 @@ def _sweep_specs(path: Path, defaults: dict, d: int, weighting: str, aux_alpha: 
 @click.option("--wandb", "wandb_project", default=None, help="Also log to this wandb project (WANDB_MODE=offline works).")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress messages.")
 def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file, lr, batch_size, tokens_total, steps, seed, device,
-              holdout, out, warmup_steps, dead_tokens, aux_alpha, matryoshka_weighting, resample_every, buffer_rows,
+              precision, holdout, out, warmup_steps, dead_tokens, aux_alpha, matryoshka_weighting, resample_every, buffer_rows,
               loader_threads, eval_every, eval_rows, checkpoint_every, checkpoint_minutes, threads, wandb_project, quiet):
     """Train sparse autoencoders on one hook of an activation store (several at once on a sweep)."""
     from train.trainer import run_train
@@ -152,8 +154,10 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
     if threads:
         torch.set_num_threads(threads)
     out = out or Path("runs") / f"{Path(store_path).name.removesuffix('.zarr')}-{hook}-{tokens}"
+    device = _device(device)
+    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
     cfg = TrainConfig(store=store_path, hook=hook, tokens=tokens, out=out, saes=specs, steps=steps, batch_size=batch_size,
-                      lr=lr, seed=seed, device=_device(device), holdout=holdout, warmup_steps=warmup_steps,
+                      lr=lr, seed=seed, device=device, precision=precision, holdout=holdout, warmup_steps=warmup_steps,
                       dead_tokens=dead_tokens, resample_every=resample_every, buffer_rows=buffer_rows,
                       loader_threads=loader_threads, eval_every=eval_every, eval_rows=eval_rows,
                       checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, wandb_project=wandb_project)

@@ -30,6 +30,7 @@ class TrainConfig:
     lr: float | None = None
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
     holdout: float = 0.01
     warmup_steps: int = DEFAULT_WARMUP
     decay_fraction: float = 0.2
@@ -72,7 +73,7 @@ class TrainConfig:
         return {
             "store": str(Path(self.store).resolve()), "hook": self.hook, "tokens": self.tokens,
             "saes": [s.to_json() for s in self.saes], "steps": self.steps, "batch_size": self.batch_size,
-            "lr": self.lr, "seed": self.seed, "holdout": self.holdout, "warmup_steps": self.warmup_steps,
+            "lr": self.lr, "precision": self.precision, "seed": self.seed, "holdout": self.holdout, "warmup_steps": self.warmup_steps,
             "decay_fraction": self.decay_fraction, "clip": self.clip, "dead_tokens": self.dead_tokens,
             "resample_every": self.resample_every, "buffer_rows": self.buffer_rows, "scale_rows": self.scale_rows,
         }

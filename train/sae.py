@@ -101,9 +101,10 @@ def geometric_median(x_MD: torch.Tensor, iters: int = 200, tol: float = 1e-7) ->
 class TrainingSAE(nn.Module):
     """One SAE under training. ``threshold`` (BatchTopK) is float64 and −1 until first set."""
 
-    def __init__(self, spec: SAESpec, generator: torch.Generator):
+    def __init__(self, spec: SAESpec, generator: torch.Generator, bf16_matmul: bool = False):
         super().__init__()
         self.spec = spec
+        self.bf16_matmul = bf16_matmul
         n, d = spec.n, spec.d
         W_dec = torch.randn(n, d, generator=generator)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
@@ -115,9 +116,9 @@ class TrainingSAE(nn.Module):
         self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.int64))
 
     def pre_acts(self, x_c_BD: torch.Tensor) -> torch.Tensor:
-        """z = W_enc(x̃ − b_dec) + b_enc for already centred inputs, bf16 matmul on GPU."""
-        if x_c_BD.is_cuda:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        """z = W_enc(x̃ − b_dec) + b_enc for already centred inputs; the matmul in bf16 if asked."""
+        if self.bf16_matmul:
+            with torch.autocast(x_c_BD.device.type, dtype=torch.bfloat16):
                 return F.linear(x_c_BD, self.W_enc, self.b_enc).float()
         return F.linear(x_c_BD, self.W_enc, self.b_enc)
 

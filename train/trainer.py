@@ -95,7 +95,8 @@ class Run:
         self.stream = ShuffleStream(self.train_source, cfg.batch_size, cfg.buffer_rows, cfg.seed, cfg.loader_threads)
         # Each SAE's initialisation depends on the seed and its own settings only, so an SAE
         # trained alone equals the same SAE trained inside a sweep.
-        self.saes = [TrainingSAE(spec, torch.Generator().manual_seed(_seed_of(cfg.seed, spec.label))).to(self.device)
+        self.saes = [TrainingSAE(spec, torch.Generator().manual_seed(_seed_of(cfg.seed, spec.label)),
+                                 bf16_matmul=cfg.precision == "bf16").to(self.device)
                      for spec in cfg.saes]
         self.opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr_of(s.spec), betas=(0.9, 0.999)) for s in self.saes]
         self.resample_gen = torch.Generator().manual_seed(cfg.seed + 17)

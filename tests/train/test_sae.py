@@ -115,3 +115,16 @@ def test_resampling_points_dead_latents_at_inputs_and_resets_their_adam_state():
     assert (cos.max(1).values > 0.999).all()
     assert (opt.state[sae.W_dec]["exp_avg"][:3] == 0).all()
     assert (sae.b_enc[:3] == 0).all()
+
+
+def test_bf16_matmul_pre_activations_stay_close_to_fp32():
+    sae = _sae("topk", d=64)
+    x = torch.randn(128, 64, generator=torch.Generator().manual_seed(10))
+    exact = sae.pre_acts(x)
+    sae.bf16_matmul = True
+    approx = sae.pre_acts(x)
+    assert approx.dtype == torch.float32
+    assert (approx - exact).abs().max() < 0.05 * exact.abs().max()
+    out = sae(x)
+    out.loss.backward()
+    assert torch.isfinite(sae.W_enc.grad).all()
