@@ -49,7 +49,7 @@ def main() -> None:
         sys.exit(130)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            click.echo(f"error: disk full ({_one_line(exc)}); complete parts are intact, rerun after freeing space", err=True)
+            click.echo(f"error: disk full ({_one_line(exc)}); complete store parts and the last training checkpoint are intact; rerun after freeing space", err=True)
         else:
             click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(1)

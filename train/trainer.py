@@ -34,6 +34,7 @@ class TrainResult:
     metrics: dict[str, dict]
     resumed_from: int
     already_done: bool
+    throughput: dict | None = None  # this session's tokens/s, loader rows/s, loader-wait share
 
 
 def check_out_dir(cfg: TrainConfig) -> None:
@@ -273,7 +274,9 @@ def run_train(cfg: TrainConfig, quiet: bool = False) -> TrainResult:
     bar = tqdm(total=cfg.steps * B, initial=run.step * B, unit="tok", unit_scale=True, desc="train",
                disable=quiet, dynamic_ncols=True, smoothing=0.05)
     t_loop = time.perf_counter()
-    wait0 = run.stream.wait_s
+    first_step = run.step
+    wait = 0.0
+    throughput: dict = {}
     try:
         while run.step < cfg.steps:
             x = _to_device(run.stream.next_batch(), run.device) * run.scale
@@ -281,20 +284,20 @@ def run_train(cfg: TrainConfig, quiet: bool = False) -> TrainResult:
             run.step += 1
             bar.update(B)
             if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-                elapsed = time.perf_counter() - t_loop
-                wait = (run.stream.wait_s - wait0) / elapsed if elapsed > 0 else 0.0
+                elapsed = max(time.perf_counter() - t_loop, 1e-9)
+                wait = run.stream.wait_s / elapsed
+                throughput = {"train_tokens_per_s": (run.step - first_step) * B / elapsed,
+                              "loader_rows_per_s": run.stream.loader_rows_per_s(), "wait_fraction": wait}
                 for sae, acc in zip(run.saes, sums):
                     n = acc.pop("n", 1)
                     run.log({"step": run.step, "tokens": run.step * B, "sae": sae.spec.label, "split": "train",
                              **{k: (v / n if k != "resampled" else v) for k, v in acc.items()}})
                     acc.clear()
-                run.log({"step": run.step, "split": "loader", "loader_rows_per_s": run.stream.loader_rows_per_s(),
-                         "train_tokens_per_s": bar.format_dict["n"] / max(bar.format_dict["elapsed"], 1e-9),
-                         "wait_fraction": wait})
+                run.log({"step": run.step, "split": "loader", **throughput})
                 bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
             if run.step % eval_every == 0 and run.step < cfg.steps:
                 last_eval = run.evaluate(x_eval)
-                bar.set_postfix_str(_postfix(last_eval, 0.0), refresh=False)
+                bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
             due = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
             if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60 or run.step == cfg.steps:
                 run.checkpoint()
@@ -304,6 +307,7 @@ def run_train(cfg: TrainConfig, quiet: bool = False) -> TrainResult:
         run.stream.close()
     result = _finalize(run, x_eval)
     result.resumed_from = resumed_from
+    result.throughput = throughput or None
     if run.wandb is not None:
         run.wandb.finish()
     return result
