@@ -156,7 +156,8 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
     out = out or Path("runs") / f"{Path(store_path).name.removesuffix('.zarr')}-{hook}-{tokens}"
     device = _device(device)
     precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
-    cfg = TrainConfig(store=store_path, hook=hook, tokens=tokens, out=out, saes=specs, steps=steps, batch_size=batch_size,
+    cfg = TrainConfig(store=store_path, store_images=store.n_images, hook=hook, tokens=tokens, out=out, saes=specs,
+                      steps=steps, batch_size=batch_size,
                       lr=lr, seed=seed, device=device, precision=precision, holdout=holdout, warmup_steps=warmup_steps,
                       dead_tokens=dead_tokens, resample_every=resample_every, buffer_rows=buffer_rows,
                       loader_threads=loader_threads, eval_every=eval_every, eval_rows=eval_rows,

@@ -26,6 +26,7 @@ class TrainConfig:
     out: Path
     saes: tuple[SAESpec, ...]
     steps: int
+    store_images: int = 0  # complete images when the run started: a store that grew is another run
     batch_size: int = DEFAULT_BATCH
     lr: float | None = None
     seed: int = 0
@@ -71,7 +72,7 @@ class TrainConfig:
     def identity(self) -> dict:
         """The settings that decide the result (not where logs go or how often it checkpoints)."""
         return {
-            "store": str(Path(self.store).resolve()), "hook": self.hook, "tokens": self.tokens,
+            "store": str(Path(self.store).resolve()), "store_images": self.store_images, "hook": self.hook, "tokens": self.tokens,
             "saes": [s.to_json() for s in self.saes], "steps": self.steps, "batch_size": self.batch_size,
             "lr": self.lr, "precision": self.precision, "seed": self.seed, "holdout": self.holdout, "warmup_steps": self.warmup_steps,
             "decay_fraction": self.decay_fraction, "clip": self.clip, "dead_tokens": self.dead_tokens,

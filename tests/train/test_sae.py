@@ -128,3 +128,11 @@ def test_bf16_matmul_pre_activations_stay_close_to_fp32():
     out = sae(x)
     out.loss.backward()
     assert torch.isfinite(sae.W_enc.grad).all()
+
+
+def test_matryoshka_levels_nest_and_weights_sum_to_one():
+    uw = SAESpec("matryoshka", 16, 4, matryoshka_weighting="uw")
+    rw = SAESpec("matryoshka", 16, 4, matryoshka_weighting="rw")
+    assert uw.levels == [4, 8, 16, 32, 64]
+    assert uw.level_weights() == pytest.approx([0.2] * 5)
+    assert rw.level_weights() == pytest.approx([5 / 15, 4 / 15, 3 / 15, 2 / 15, 1 / 15])

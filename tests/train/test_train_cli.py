@@ -207,3 +207,25 @@ def test_wandb_logging_works_offline(small, tmp_path):
     assert p.wait(timeout=300) == 0, p.stderr.read()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_resume_on_a_store_that_has_grown_is_refused(tmp_path, run_cli):
+    store = tmp_path / "grow.zarr"
+    acts, _ = planted_dictionary(64, 2, 8, 16, mean_active=2, seed=3)
+    write_store(store, {"a": acts[:32]}, [f"k{i}" for i in range(32)], attrs={"model": "m"}, part="part-00000")
+    out = tmp_path / "run"
+    args = ["train", "--store", store, "--expansion", "2", "--k", "2", "--batch-size", "16", "--steps", "5",
+            "--holdout", "0", "--out", out, "--quiet"]
+    assert run_cli(*args)[0] == 0
+    write_store(store, {"a": acts[32:]}, [f"k{i}" for i in range(32, 64)], attrs={"model": "m"}, part="part-00001")
+    code, _, err = run_cli(*args)
+    assert code == 1 and "store_images: it has 32, this command has 64" in err
+
+
+def test_relu_resampling_is_logged(small, tmp_path, run_cli):
+    out = tmp_path / "relu"
+    code, _, err = run_cli(*_train(small, out, "--arch", "relu", "--l1", "50", "--lr", "0.03", "--resample-every", "10",
+                                   "--dead-tokens", "128"))
+    assert code == 0, err
+    resampled = sum(r.get("resampled", 0) for r in _lines(out / "metrics.jsonl", "train"))
+    assert resampled > 0
