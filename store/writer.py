@@ -56,7 +56,9 @@ def check_store_path(path: str | Path) -> None:
     p = Path(path)
     if p.is_file():
         raise ClipsaeError(f"store path {p} is a file, not a store directory")
-    if p.is_dir() and any(p.iterdir()):
+    # zarr writes metadata through "<name>.<uuid>.partial" files: a directory holding only those
+    # is a store another worker is creating right now, not a foreign directory.
+    if p.is_dir() and any(not x.name.endswith(".partial") for x in p.iterdir()):
         meta = p / "zarr.json"
         if not meta.is_file():
             raise ClipsaeError(f"{p} exists and is not a Zarr store; choose an empty or new --store")

@@ -152,3 +152,17 @@ def test_compressed_parts_round_trip(tmp_path):
     w.append([str(i) for i in range(9)], [0] * 9, {"h": acts})
     w.close()
     np.testing.assert_array_equal(ActivationStore.open(tmp_path / "s.zarr").read("h", slice(None)), acts)
+
+
+
+def test_directory_holding_only_zarr_partial_files_is_a_store_being_created(tmp_path):
+    # What a second worker sees while the first is writing zarr.json: it must not refuse it.
+    path = tmp_path / "s.zarr"
+    path.mkdir()
+    (path / "zarr.0123abcd.partial").write_bytes(b"{")
+    root = open_root(path, {"model": "m", "hooks": {}}, {})
+    assert root.attrs["clipsae"]["config"]["model"] == "m"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(ClipsaeError, match="not a Zarr store"):
+        open_root(tmp_path / "other", {"model": "m", "hooks": {}}, {})
