@@ -70,15 +70,15 @@ def check_store_path(path: str | Path) -> None:
             raise ClipsaeError(f"{p} is a Zarr store but not a clipsae activation store")
 
 
-def config_differences(existing: Mapping, wanted: Mapping) -> list[str]:
-    """Human-readable differences between a store's identity and a new run's."""
+def config_differences(existing: Mapping, wanted: Mapping, have: str = "store has", want: str = "this run has") -> list[str]:
+    """Human-readable differences between a recorded identity (a store's) and a new run's."""
     diffs = []
     for key in sorted(set(existing) | set(wanted)):
         a, b = existing.get(key), wanted.get(key)
         if a != b:
             if key == "hooks" and isinstance(a, dict) and isinstance(b, dict) and sorted(a) != sorted(b):
                 a, b = sorted(a), sorted(b)
-            diffs.append(f"{key}: store has {a!r}, this run has {b!r}")
+            diffs.append(f"{key}: {have} {a!r}, {want} {b!r}")
     return diffs
 
 

@@ -144,10 +144,10 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
                              matryoshka_weighting, aux_alpha)
     if steps is not None and tokens_total is not None:
         raise ClipsaeError("give --steps or --tokens-total, not both")
+    held = holdout_mask(store.keys(), holdout, seed)
     if steps is None:
         if tokens_total is None:
-            n_train = int((~holdout_mask(store.keys(), holdout, seed)).sum()) * len(token_idx)
-            tokens_total = n_train
+            tokens_total = int((~held).sum()) * len(token_idx)
         steps = math.ceil(tokens_total / batch_size)
     if steps < 1:
         raise ClipsaeError(f"the run must have at least one step (--steps {steps})")
@@ -164,7 +164,7 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
                       checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, wandb_project=wandb_project)
     if not quiet:
         click.echo(f"training {len(specs)} SAE(s) on {hook} ({tokens} tokens, d={d}) for {steps} steps of {batch_size} → {out}", err=True)
-    result = run_train(cfg, quiet=quiet)
+    result = run_train(cfg, quiet=quiet, store=store, held=held)
     if result.already_done:
         click.echo(f"{out}: already trained ({result.resumed_from} steps); nothing to do")
     elif result.resumed_from and not quiet:

@@ -1,9 +1,9 @@
 """The training data stream: store chunks → selected tokens of training images → shuffled batches.
 
 Chunks are read in a fresh seeded order each epoch by background threads; rows go through a
-shuffle buffer of which each round serves a random half and refills it (serve half, keep half). The stream's
-whole position (epoch, next chunk, the buffer's rows, its RNG) is a small state dict, so a resumed
-run sees exactly the batches an uninterrupted one would.
+shuffle buffer of which each round serves a random half and refills it (serve half, keep half).
+The stream's whole position (epoch, next chunk, the buffer's rows, its RNG, the batches queued
+for the trainer) is a state dict, so a resumed run sees exactly the batches an uninterrupted one would.
 """
 
 import hashlib
@@ -57,11 +57,15 @@ class RowSource:
             acts_NTD = acts_NTD[:, self.token_idx]
         return np.ascontiguousarray(acts_NTD[sel]).reshape(-1, self.d)
 
-    def sample(self, max_rows: int, seed: int) -> np.ndarray:
-        """Up to ``max_rows`` rows from chunks taken in a seeded random order (for statistics)."""
-        out, have = [], 0
+    def iter_sample(self, seed: int):
+        """Each chunk's rows, chunks taken in a seeded random order (for statistics and evaluation)."""
         for i in np.random.default_rng(seed).permutation(len(self.chunks)):
-            r = self.rows(int(i))
+            yield self.rows(int(i))
+
+    def sample(self, max_rows: int, seed: int) -> np.ndarray:
+        """Up to ``max_rows`` rows of :meth:`iter_sample`, held in memory."""
+        out, have = [], 0
+        for r in self.iter_sample(seed):
             out.append(r)
             have += len(r)
             if have >= max_rows:
@@ -78,24 +82,12 @@ class _Prefetcher:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clipsae-read")
         self.pending: deque[tuple[int, int, Future]] = deque()
         self.lookahead = lookahead
-        self.lock = threading.Lock()
-        self.rows_read = 0
-        self.busy_s = 0.0
-        self.threads = threads
         self._fill()
-
-    def _read(self, i: int) -> np.ndarray:
-        t = time.perf_counter()
-        rows = self.source.rows(i)
-        with self.lock:
-            self.busy_s += time.perf_counter() - t
-            self.rows_read += len(rows)
-        return rows
 
     def _fill(self) -> None:
         while len(self.pending) < self.lookahead:
             order = self.order(self.epoch)
-            self.pending.append((self.epoch, self.cursor, self.pool.submit(self._read, int(order[self.cursor]))))
+            self.pending.append((self.epoch, self.cursor, self.pool.submit(self.source.rows, int(order[self.cursor]))))
             self.cursor += 1
             if self.cursor == len(order):
                 self.epoch, self.cursor = self.epoch + 1, 0

@@ -139,7 +139,7 @@ class TrainingSAE(nn.Module):
     def _codes(self, x_c: torch.Tensor, z: torch.Tensor, selection) -> SparseCodes:
         rows, cols, offsets = selection
         vals = F.relu(encode_sparse(x_c, self.W_enc, self.b_enc, z, rows, cols, offsets))
-        return SparseCodes(rows, cols, vals, offsets, x_c.shape[0], self.spec.n)
+        return SparseCodes(rows, cols, vals, offsets)
 
     def _sparse(self, x: torch.Tensor, dead_N: torch.Tensor | None) -> StepOutput:
         spec = self.spec

@@ -20,17 +20,6 @@ class SparseCodes:
     cols: torch.Tensor  # (nnz,) int64
     vals: torch.Tensor  # (nnz,) float, differentiable
     offsets: torch.Tensor  # (B,) int64, start of each row in rows/cols/vals
-    n_rows: int
-    n_latents: int
-
-    def l0_per_row(self) -> torch.Tensor:
-        """Active latents per row, counting only strictly positive values."""
-        return torch.zeros(self.n_rows, device=self.vals.device).index_add_(0, self.rows, (self.vals > 0).float())
-
-    def to_dense(self) -> torch.Tensor:
-        """The (B, n) code matrix; for tests and small batches."""
-        out = torch.zeros(self.n_rows, self.n_latents, dtype=self.vals.dtype, device=self.vals.device)
-        return out.index_put((self.rows, self.cols), self.vals)
 
 
 def _offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from clipsae.errors import ClipsaeError
 from store.reader import ActivationStore
+from store.writer import config_differences
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.data import RowSource, ShuffleStream, holdout_mask
@@ -45,9 +46,7 @@ def check_out_dir(cfg: TrainConfig) -> None:
             existing = json.loads(run.read_text())["identity"]
         except (ValueError, KeyError):
             raise ClipsaeError(f"{run} is unreadable; move {cfg.out} away or choose another --out") from None
-        wanted = cfg.identity()
-        diffs = [f"{k}: it has {existing.get(k)!r}, this command has {wanted.get(k)!r}"
-                 for k in sorted(set(existing) | set(wanted)) if existing.get(k) != wanted.get(k)]
+        diffs = config_differences(existing, cfg.identity(), have="it has", want="this command has")
         if diffs:
             raise ClipsaeError(f"--out {cfg.out} holds a different run ({'; '.join(diffs)}); choose another --out")
     elif cfg.out.exists() and (not cfg.out.is_dir() or any(cfg.out.iterdir())):
@@ -58,8 +57,8 @@ def input_statistics(source: RowSource, max_rows: int, seed: int) -> tuple[float
     """(s, geometric median of s·x): s = √d / E‖x‖ over up to ``max_rows`` training rows."""
     rng = np.random.default_rng(seed)
     total, count, keep = 0.0, 0, []
-    for i in rng.permutation(len(source.chunks)):
-        rows = torch.from_numpy(source.rows(int(i))).float()
+    for chunk_rows in source.iter_sample(seed):
+        rows = torch.from_numpy(chunk_rows).float()
         if not len(rows):
             continue
         norms = rows.norm(dim=1)
@@ -85,11 +84,11 @@ def _seed_of(seed: int, label: str) -> int:
 class Run:
     """The state of one training run: stream, SAEs, optimisers, held-out rows, logs."""
 
-    def __init__(self, cfg: TrainConfig, store: ActivationStore):
+    def __init__(self, cfg: TrainConfig, store: ActivationStore, held: np.ndarray | None = None):
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         token_idx = store.token_indices(cfg.hook, cfg.tokens)
-        held = holdout_mask(store.keys(), cfg.holdout, cfg.seed)
+        held = holdout_mask(store.keys(), cfg.holdout, cfg.seed) if held is None else held
         self.train_source = RowSource(store, cfg.hook, token_idx, ~held)
         self.heldout_source = RowSource(store, cfg.hook, token_idx, held)
         self.store = store
@@ -218,7 +217,8 @@ def _init_wandb(cfg: TrainConfig):
     return wandb
 
 
-def _finalize(run: Run, x_eval: torch.Tensor | None) -> TrainResult:
+def _finalize(run: Run, x_eval: torch.Tensor | None) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Final evaluation and export of every SAE: (directory, held-out metrics) by label."""
     cfg, store = run.cfg, run.store
     results = run.evaluate(x_eval, final=True)
     dirs, metrics = {}, {}
@@ -242,16 +242,20 @@ def _finalize(run: Run, x_eval: torch.Tensor | None) -> TrainResult:
         if density is not None:
             plot_density(density, out / "density.png", f"{label} on {cfg.hook} ({cfg.tokens} tokens)")
         dirs[label], metrics[label] = out, rec
-    return TrainResult(dirs, metrics, cfg.steps, False)
+    return dirs, metrics
 
 
-def run_train(cfg: TrainConfig, quiet: bool = False) -> TrainResult:
-    """Train every SAE of ``cfg`` to ``cfg.steps``, resuming from ``cfg.out``'s checkpoint if any."""
-    store = ActivationStore.open(cfg.store)
+def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | None = None,
+              held: np.ndarray | None = None) -> TrainResult:
+    """Train every SAE of ``cfg`` to ``cfg.steps``, resuming from ``cfg.out``'s checkpoint if any.
+
+    ``store`` (``cfg.store`` opened) and ``held`` (its holdout mask) save the caller's work twice.
+    """
+    store = store or ActivationStore.open(cfg.store)
     if store.n_images == 0:
         raise ClipsaeError(f"{cfg.store} holds no complete images; run `clipsae extract` first")
     check_out_dir(cfg)
-    run = Run(cfg, store)
+    run = Run(cfg, store, held)
     ckpt = load_checkpoint(cfg.out)
     if ckpt is not None and ckpt["step"] >= cfg.steps and all((cfg.sae_dir(s) / CFG_FILE).is_file() for s in cfg.saes):
         return TrainResult({s.label: cfg.sae_dir(s) for s in cfg.saes}, {}, int(ckpt["step"]), True)
@@ -305,9 +309,8 @@ def run_train(cfg: TrainConfig, quiet: bool = False) -> TrainResult:
     finally:
         bar.close()
         run.stream.close()
-    result = _finalize(run, x_eval)
-    result.resumed_from = resumed_from
-    result.throughput = throughput or None
+    dirs, metrics = _finalize(run, x_eval)
+    result = TrainResult(dirs, metrics, resumed_from, False, throughput or None)
     if run.wandb is not None:
         run.wandb.finish()
     return result
