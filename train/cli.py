@@ -134,6 +134,12 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
                         ("--eval-rows", eval_rows), ("--warmup-steps", warmup_steps), ("--dead-tokens", dead_tokens)):
         if value < 1:
             raise ClipsaeError(f"{name} must be at least 1, not {value}")
+    for name, value in (("--eval-every", eval_every), ("--checkpoint-every", checkpoint_every),
+                        ("--resample-every", resample_every), ("--aux-alpha", aux_alpha)):
+        if value < 0:
+            raise ClipsaeError(f"{name} must be at least 0, not {value}")
+    if not checkpoint_minutes > 0:
+        raise ClipsaeError(f"--checkpoint-minutes must be positive, not {checkpoint_minutes}")
     if lr is not None and not lr > 0:
         raise ClipsaeError(f"--lr must be positive, not {lr}")
     if sweep_file is None:

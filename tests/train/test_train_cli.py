@@ -137,6 +137,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small,
     (["--tokens", "patches", "--hook", "b"], "no patches"),
     (["--holdout", "1"], "--holdout must be in"),
     (["--device", "cuda"], "no CUDA device"),
+    (["--eval-every", "-3"], "--eval-every must be at least 0"),
 ])
 def test_bad_input_gets_one_line_and_exit_1(extra, message, small, tmp_path, run_cli):
     code, _, err = run_cli(*_train(small, tmp_path / "bad"), *extra)
