@@ -10,6 +10,7 @@ import zarr
 from tqdm import tqdm
 
 import store
+from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from pipeline.background import BackgroundRunner
 from pipeline.hooks import HookedForward, resolve_hooks
@@ -65,18 +66,6 @@ class ExtractResult:
     seconds_streaming: float = 0.0  # reading, decoding, forward and writing only
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ClipsaeError(f"--device {name!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ClipsaeError(f"--device {name}: no CUDA device is available here")
-    return dev
-
-
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -111,7 +100,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
     shards = name_parts(expand_shards(cfg.shards))
     store.writer.check_store_path(cfg.store)
     n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     loaded = load_model(cfg.model)
     hooks = resolve_hooks(loaded.visual, cfg.layers, cfg.tokens)
     forward = HookedForward(loaded.visual.to(device), hooks, cfg.tokens)

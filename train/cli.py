@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import torch
 
+from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from store.reader import ActivationStore
 from train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WARMUP, TrainConfig
@@ -24,18 +25,6 @@ def _list(kind, text: str, name: str) -> list:
     if not values:
         raise ClipsaeError(f"{name} is empty")
     return values
-
-
-def _device(name: str | None) -> str:
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ClipsaeError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    try:
-        torch.device(name)
-    except RuntimeError:
-        raise ClipsaeError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, …)") from None
-    return name
 
 
 def _specs(archs, expansions, ks, l1s, d: int, weighting: str, aux_alpha: float) -> tuple[SAESpec, ...]:
@@ -93,7 +82,7 @@ def _sweep_specs(path: Path, defaults: dict, d: int, weighting: str, aux_alpha: 
 @click.option("--tokens-total", type=float, default=None, help="Training tokens [default: one pass over the training rows].")
 @click.option("--steps", type=int, default=None, help="Training steps (instead of --tokens-total).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, cuda:N [default: cuda when there is one].")
+@click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto (cuda when there is one).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
               help="Encoder matmul precision; weights stay fp32 [default: bf16 on CUDA, fp32 on CPU].")
 @click.option("--holdout", type=float, default=0.01, show_default=True, help="Fraction of images held out for evaluation.")
@@ -160,11 +149,11 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
     if threads:
         torch.set_num_threads(threads)
     out = out or Path("runs") / f"{Path(store_path).name.removesuffix('.zarr')}-{hook}-{tokens}"
-    device = _device(device)
-    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
+    dev = resolve_device(device)
+    precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
     cfg = TrainConfig(store=store_path, store_images=store.n_images, hook=hook, tokens=tokens, out=out, saes=specs,
                       steps=steps, batch_size=batch_size,
-                      lr=lr, seed=seed, device=device, precision=precision, holdout=holdout, warmup_steps=warmup_steps,
+                      lr=lr, seed=seed, device=str(dev), precision=precision, holdout=holdout, warmup_steps=warmup_steps,
                       dead_tokens=dead_tokens, resample_every=resample_every, buffer_rows=buffer_rows,
                       loader_threads=loader_threads, eval_every=eval_every, eval_rows=eval_rows,
                       checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, wandb_project=wandb_project)
