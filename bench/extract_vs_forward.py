@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.extract import ExtractConfig, run_extract  # noqa: E402
-from pipeline.hooks import HookedForward, resolve_hooks  # noqa: E402
-from pipeline.model import ModelConfig, load_model  # noqa: E402
-from pipeline.synthetic import make_synthetic_shards  # noqa: E402
+from clipsae.pipeline.config import ExtractConfig, ModelConfig  # noqa: E402
+from clipsae.pipeline.extract import run_extract  # noqa: E402
+from clipsae.pipeline.hooks import HookedForward, resolve_hooks  # noqa: E402
+from clipsae.pipeline.model import load_model  # noqa: E402
+from clipsae.pipeline.synthetic import make_synthetic_shards  # noqa: E402
 
 
 def bare_forward_rate(model: str, layers: list[str], tokens: str, images: torch.Tensor, batch: int) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import activation_array, evict, timed  # noqa: E402
-from store import ActivationStore, write_store  # noqa: E402
+from clipsae.store import ActivationStore, write_store  # noqa: E402
 
 
 def main():

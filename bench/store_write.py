@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import activation_array, timed  # noqa: E402
-from store import HookLayout, HookStats, PartWriter, open_root  # noqa: E402
+from clipsae.store import HookLayout, HookStats, PartWriter, open_root  # noqa: E402
 
 
 def main():

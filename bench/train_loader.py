@@ -17,9 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import activation_array, evict  # noqa: E402
-from store import ActivationStore, write_store  # noqa: E402
-from train.data import RowSource, ShuffleStream, holdout_mask  # noqa: E402
-from train.sae import SAESpec, TrainingSAE, optimise  # noqa: E402
+from clipsae.store import ActivationStore, write_store  # noqa: E402
+from clipsae.train.data import RowSource, ShuffleStream, holdout_mask  # noqa: E402
+from clipsae.train.sae import TrainingSAE, optimise  # noqa: E402
+from clipsae.train.spec import SAESpec  # noqa: E402
 
 
 def main():

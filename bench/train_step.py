@@ -18,8 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_step_options  # noqa: E402
-from train.dense import dense_forward  # noqa: E402
-from train.sae import SAESpec, TrainingSAE, optimise  # noqa: E402
+from clipsae.train.dense import dense_forward  # noqa: E402
+from clipsae.train.sae import TrainingSAE, optimise  # noqa: E402
+from clipsae.train.spec import SAESpec  # noqa: E402
 
 
 def rate(step, batch: int, steps: int) -> float:

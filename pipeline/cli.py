@@ -3,10 +3,8 @@
 import click
 
 from clipsae.errors import ClipsaeError
-from pipeline.extract import PRECISIONS, ExtractConfig, run_extract
-from pipeline.hooks import TOKEN_MODES, parse_layers
-from pipeline.model import ModelConfig
-from store.layout import DTYPES
+from clipsae.pipeline.config import PRECISIONS, TOKEN_MODES, ExtractConfig, ModelConfig, parse_layers
+from clipsae.store.layout import DTYPES
 
 
 def _triple(value: str | None, name: str) -> tuple[float, float, float] | None:
@@ -73,6 +71,8 @@ def extract_cmd(model, pretrained, layers, tokens, shards, store_path, batch_siz
         compression=compression,
         progress=not no_progress,
     )
+    from clipsae.pipeline.extract import run_extract
+
     r = run_extract(cfg)
     rate = r.images / r.seconds if r.seconds else 0.0
     click.echo(
@@ -94,7 +94,7 @@ def shards_group():
 @click.option("--per-shard", type=int, default=1000, show_default=True, help="Images per tar.")
 def shards_make_cmd(src, out, per_shard):
     """Turn a class-folder tree into labelled tars (cls = class index by sorted folder name)."""
-    from pipeline.folder_shards import make_shards_from_folder
+    from clipsae.pipeline.folder_shards import make_shards_from_folder
 
     paths = make_shards_from_folder(src, out, per_shard)
     click.echo(f"wrote {len(paths)} tars to {out}")

@@ -9,49 +9,15 @@ import torch
 import zarr
 from tqdm import tqdm
 
-import store
+from clipsae import store
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
-from pipeline.background import BackgroundRunner
-from pipeline.hooks import HookedForward, resolve_hooks
-from pipeline.loader import make_loader
-from pipeline.model import ModelConfig, load_model
-from pipeline.shards import expand_shards, my_shards, name_parts, worker_slot
-from store.layout import DTYPES
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything ``extract`` needs, validated by the CLI before any work starts."""
-
-    model: ModelConfig
-    layers: list[str]
-    tokens: str
-    shards: str
-    store: str
-    batch_size: int = 64
-    device: str = "auto"
-    dtype: str = "float16"
-    precision: str = "fp32"
-    num_workers: int | None = None
-    worker_index: int | None = None
-    loader_workers: int = 0
-    label_key: str | None = None
-    compression: str = "none"
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ClipsaeError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        if self.precision not in PRECISIONS:
-            raise ClipsaeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.batch_size < 1:
-            raise ClipsaeError("--batch-size must be at least 1")
-        if self.loader_workers < 0:
-            raise ClipsaeError("--loader-workers must be 0 or more")
-
+from clipsae.pipeline.background import BackgroundRunner
+from clipsae.pipeline.hooks import HookedForward, resolve_hooks
+from clipsae.pipeline.loader import make_loader
+from clipsae.pipeline.config import ExtractConfig
+from clipsae.pipeline.model import load_model
+from clipsae.pipeline.shards import expand_shards, my_shards, name_parts, worker_slot
 
 @dataclass
 class ExtractResult:

@@ -4,8 +4,8 @@ import random
 from pathlib import Path
 
 from clipsae.errors import ClipsaeError
-from pipeline.tarwrite import write_classes, write_tar
-from pipeline.tario import IMAGE_EXTS
+from clipsae.pipeline.tarwrite import write_classes, write_tar
+from clipsae.pipeline.tario import IMAGE_EXTS
 
 
 def make_shards_from_folder(src: str, out: str, per_shard: int = 1000, seed: int = 0) -> list[Path]:
@@ -30,6 +30,8 @@ def make_shards_from_folder(src: str, out: str, per_shard: int = 1000, seed: int
         raise ClipsaeError(f"no images ({', '.join(IMAGE_EXTS)}) under {src}")
     random.Random(seed).shuffle(items)
     dest = Path(out)
+    if dest.exists() and not dest.is_dir():
+        raise ClipsaeError(f"--out {dest} is a file; give a folder for the tars")
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
     for s, start in enumerate(range(0, len(items), per_shard)):

@@ -17,8 +17,8 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from clipsae.errors import ClipsaeError
+from clipsae.pipeline.config import TOKEN_MODES
 
-TOKEN_MODES = ("cls", "patches", "all")
 VIT_NAMED = ("ln_pre", "ln_post", "embed")
 RESNET_NAMED = ("layer1", "layer2", "layer3", "layer4", "attnpool")
 
@@ -44,14 +44,6 @@ def tower_kind(visual: nn.Module) -> str:
         f"vision tower {type(visual).__name__} is not supported; clipsae reads open_clip "
         "VisionTransformer and ModifiedResNet towers"
     )
-
-
-def parse_layers(spec: str) -> list[str]:
-    """Split ``"20,22,ln_post"`` into its items, refusing an empty list."""
-    items = [s.strip() for s in spec.split(",") if s.strip()]
-    if not items:
-        raise ClipsaeError("--layers is empty; give block indices and/or named points, e.g. 20,22 or ln_post")
-    return items
 
 
 def _grid(visual: VisionTransformer) -> str:

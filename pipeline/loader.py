@@ -5,8 +5,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.shards import Shard
-from pipeline.tario import TarReport, decode_image, iter_samples
+from clipsae.pipeline.shards import Shard
+from clipsae.pipeline.tario import TarReport, decode_image, iter_samples
 
 
 class TarBatches(IterableDataset):

@@ -12,18 +12,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from clipsae.errors import ClipsaeError
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which model and weights to load, and how to preprocess images for it."""
-
-    name: str
-    pretrained: str | None = None  # open_clip tag, local checkpoint path, hf-hub:org/repo, or None
-    init_seed: int = 0  # seeds the random init when pretrained is None, so reruns agree
-    preprocess_like: str | None = None  # take mean/std/interpolation of this pretrained tag
-    image_mean: tuple[float, float, float] | None = None
-    image_std: tuple[float, float, float] | None = None
+from clipsae.pipeline.config import ModelConfig
 
 
 @dataclass

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pipeline.tarwrite import write_classes, write_tar
+from clipsae.errors import ClipsaeError
+from clipsae.pipeline.tarwrite import write_classes, write_tar
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220)}
@@ -46,6 +47,8 @@ def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
 
 def make_synthetic_shards(out: str | Path, n_images: int, per_shard: int, seed: int = 0, size: int = 96) -> list[Path]:
     """Write ``n_images`` labelled JPEGs as tars of ``per_shard`` (keys ``s{shard}_{i}``), plus classes.json."""
+    if n_images < 1 or per_shard < 1:
+        raise ClipsaeError(f"need at least one image and one image per tar (got {n_images} and {per_shard})")
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)

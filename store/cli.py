@@ -5,9 +5,6 @@ import json
 import click
 
 from clipsae.errors import ClipsaeError
-from store.info import format_summary, summarize
-from store.reader import ActivationStore
-from store.verify import verify
 
 
 @click.group("store")
@@ -20,6 +17,9 @@ def store_group():
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path, as_json):
     """Summarise a store: model, hooks, shapes, counts, statistics."""
+    from clipsae.store.info import format_summary, summarize
+    from clipsae.store.reader import ActivationStore
+
     s = summarize(ActivationStore.open(path))
     click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
 
@@ -28,6 +28,9 @@ def info_cmd(path, as_json):
 @click.argument("path", type=click.Path())
 def verify_cmd(path):
     """Read every complete part; exit non-zero if any is inconsistent or holds non-finite values."""
+    from clipsae.store.reader import ActivationStore
+    from clipsae.store.integrity import verify
+
     store = ActivationStore.open(path)
     report = verify(store)
     for name in report.incomplete:

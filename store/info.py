@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.reader import ActivationStore
+from clipsae.store.reader import ActivationStore
 
 
 def _disk_bytes(path: Path) -> int:

@@ -11,8 +11,8 @@ import numpy as np
 import zarr
 
 from clipsae.errors import ClipsaeError
-from store import layout
-from store.stats import HookStats
+from clipsae.store import layout
+from clipsae.store.stats import HookStats
 
 
 @dataclass(frozen=True)

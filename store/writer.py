@@ -20,8 +20,8 @@ import zarr.errors
 import zarr.storage
 
 from clipsae.errors import ClipsaeError
-from store import layout
-from store.stats import HookStats
+from clipsae.store import layout
+from clipsae.store.stats import HookStats
 
 
 @dataclass(frozen=True)

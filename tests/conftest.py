@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.synthetic import make_synthetic_shards
+from clipsae.pipeline.synthetic import make_synthetic_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,10 @@
-"""Stage two: sparse autoencoders trained by streaming rows from an activation store."""
+"""Stage two: sparse autoencoders trained by streaming rows from an activation store.
 
-from train.export import load_sae
+Names are imported on first use, so the command line can load without torch.
+"""
 
-__all__ = ["load_sae"]
+from clipsae.lazy import lazy_exports
+
+_EXPORTS = {"load_sae": "clipsae.train.export"}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,15 +6,10 @@ import math
 from pathlib import Path
 
 import click
-import torch
 
-from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
-from store.reader import ActivationStore
-from train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WARMUP, TrainConfig
-from train.data import holdout_mask
-from train.export import load_metrics, load_sae
-from train.sae import ARCHS, SAESpec
+from clipsae.train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WARMUP, TrainConfig
+from clipsae.train.spec import ARCHS, SAESpec
 
 
 def _list(kind, text: str, name: str) -> list:
@@ -106,7 +101,12 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
               precision, holdout, out, warmup_steps, dead_tokens, aux_alpha, matryoshka_weighting, resample_every, buffer_rows,
               loader_threads, eval_every, eval_rows, checkpoint_every, checkpoint_minutes, threads, wandb_project, quiet):
     """Train sparse autoencoders on one hook of an activation store (several at once on a sweep)."""
-    from train.trainer import run_train
+    import torch
+
+    from clipsae.device import resolve_device
+    from clipsae.store.reader import ActivationStore
+    from clipsae.train.data import holdout_mask
+    from clipsae.train.trainer import run_train
 
     store = ActivationStore.open(store_path)
     if hook is None:
@@ -191,6 +191,8 @@ def sae_group():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def sae_info_cmd(path, as_json):
     """What the SAE in PATH is, and its held-out metrics."""
+    from clipsae.train.export import load_metrics, load_sae
+
     model = load_sae(path)
     metrics = load_metrics(path) or {}
     cfg = model.cfg

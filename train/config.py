@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.sae import SAESpec
+from clipsae.train.spec import SAESpec
 
 DEFAULT_BATCH = 4096
 DEFAULT_WARMUP = 1000

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from clipsae.errors import ClipsaeError
-from store.reader import ActivationStore
+from clipsae.store.reader import ActivationStore
 
 
 def holdout_mask(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:

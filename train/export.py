@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from clipsae.errors import ClipsaeError
-from train.sae import TrainingSAE
+from clipsae.train.sae import TrainingSAE
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"

@@ -13,14 +13,14 @@ import torch
 from tqdm import tqdm
 
 from clipsae.errors import ClipsaeError
-from store.reader import ActivationStore
-from store.writer import config_differences
-from train.checkpoint import load_checkpoint, save_checkpoint
-from train.config import TrainConfig
-from train.data import RowSource, ShuffleStream, holdout_mask
-from train.export import CFG_FILE, save_sae, to_inference
-from train.metrics import evaluate, plot_density
-from train.sae import TrainingSAE, geometric_median, optimise, resample_dead
+from clipsae.store.reader import ActivationStore
+from clipsae.store.writer import config_differences
+from clipsae.train.checkpoint import load_checkpoint, save_checkpoint
+from clipsae.train.config import TrainConfig
+from clipsae.train.data import RowSource, ShuffleStream, holdout_mask
+from clipsae.train.export import CFG_FILE, save_sae, to_inference
+from clipsae.train.metrics import evaluate, plot_density
+from clipsae.train.sae import TrainingSAE, geometric_median, optimise, resample_dead
 
 RUN_FILE = "run.json"
 METRICS_LOG = "metrics.jsonl"

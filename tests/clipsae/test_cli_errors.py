@@ -7,8 +7,8 @@ from tests.conftest import tree_snapshot
 
 @pytest.fixture(scope="module")
 def existing_store(shards, tmp_path_factory):
-    from pipeline.extract import ExtractConfig, run_extract
-    from pipeline.model import ModelConfig
+    from clipsae.pipeline.config import ExtractConfig, ModelConfig
+    from clipsae.pipeline.extract import run_extract
 
     path = tmp_path_factory.mktemp("existing") / "acts.zarr"
     run_extract(ExtractConfig(model=ModelConfig("ViT-B-32"), layers=["1"], tokens="cls", shards=str(shards),

@@ -1,4 +1,4 @@
-from train import load_sae
+from clipsae.train import load_sae
 
 
 def test_demo_writes_shards_extracts_summarises_and_trains(tmp_path, run_cli):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.extract import ExtractConfig, run_extract
-from pipeline.model import ModelConfig
-from pipeline.synthetic import draw, jpeg_bytes, make_synthetic_shards
-from pipeline.tarwrite import write_tar
-from store import ActivationStore, verify
+from clipsae.pipeline.config import ExtractConfig, ModelConfig
+from clipsae.pipeline.extract import run_extract
+from clipsae.pipeline.synthetic import draw, jpeg_bytes, make_synthetic_shards
+from clipsae.pipeline.tarwrite import write_tar
+from clipsae.store import ActivationStore, verify
 from tests.conftest import cli_process
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from clipsae.errors import ClipsaeError
-from pipeline.hooks import HookedForward, resolve_hooks
+from clipsae.pipeline.hooks import HookedForward, resolve_hooks
 
 
 @pytest.fixture(scope="module")

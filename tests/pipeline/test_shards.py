@@ -3,9 +3,9 @@ import tarfile
 import pytest
 
 from clipsae.errors import ClipsaeError
-from pipeline.folder_shards import make_shards_from_folder
-from pipeline.shards import expand_shards, my_shards, name_parts, worker_slot
-from pipeline.synthetic import draw
+from clipsae.pipeline.folder_shards import make_shards_from_folder
+from clipsae.pipeline.shards import expand_shards, my_shards, name_parts, worker_slot
+from clipsae.pipeline.synthetic import draw
 import random
 
 

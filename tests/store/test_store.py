@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clipsae.errors import ClipsaeError
-from store import ActivationStore, HookLayout, PartWriter, open_root, verify, write_store
+from clipsae.store import ActivationStore, HookLayout, PartWriter, open_root, verify, write_store
 
 
 def _acts(n, t=3, d=4, seed=0):

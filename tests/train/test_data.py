@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from clipsae.errors import ClipsaeError
-from store.reader import ActivationStore
-from store.writer import write_store
-from train.data import RowSource, ShuffleStream, holdout_mask
+from clipsae.store.reader import ActivationStore
+from clipsae.store.writer import write_store
+from clipsae.train.data import RowSource, ShuffleStream, holdout_mask
 
 N_IMAGES, TOKENS, D = 120, 5, 4
 

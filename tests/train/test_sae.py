@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.config import TrainConfig, default_lr
-from train.dense import dense_forward
-from train.export import load_sae, save_sae, to_inference
-from train.sae import SAESpec, TrainingSAE, geometric_median, resample_dead
+from clipsae.train.config import TrainConfig, default_lr
+from clipsae.train.dense import dense_forward
+from clipsae.train.export import load_sae, save_sae, to_inference
+from clipsae.train.sae import TrainingSAE, geometric_median, resample_dead
+from clipsae.train.spec import SAESpec
 
 
 def _sae(arch: str, d=16, expansion=4, k=4) -> TrainingSAE:

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from train.dense import dense_forward
-from train.sae import SAESpec, TrainingSAE
-from train.sparse import select_topk_among
+from clipsae.train.dense import dense_forward
+from clipsae.train.sae import TrainingSAE
+from clipsae.train.spec import SAESpec
+from clipsae.train.sparse import select_topk_among
 
 
 def _sae(arch: str, d=16, expansion=8, k=4, seed=0) -> TrainingSAE:

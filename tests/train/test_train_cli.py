@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from store.reader import ActivationStore
-from store.writer import write_store
+from clipsae.store.reader import ActivationStore
+from clipsae.store.writer import write_store
 from tests.conftest import cli_process, tree_snapshot
 from tests.train.planted import planted_dictionary, recovery
-from train import load_sae
+from clipsae.train import load_sae
 
 D, N_FEATURES = 64, 128
 

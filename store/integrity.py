@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from store import layout
-from store.reader import ActivationStore
+from clipsae.store import layout
+from clipsae.store.reader import ActivationStore
 
 
 @dataclass

@@ -4,12 +4,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.extract import ExtractConfig, run_extract
-from pipeline.model import ModelConfig
-from pipeline.synthetic import make_synthetic_shards
-from store.info import format_summary, summarize
-from store.reader import ActivationStore
-from train.cli import sae_info_cmd, train_cmd
+from clipsae.errors import ClipsaeError
+from clipsae.train.cli import sae_info_cmd, train_cmd
 
 
 @click.command("demo")
@@ -21,6 +17,16 @@ from train.cli import sae_info_cmd, train_cmd
 @click.pass_context
 def demo_cmd(ctx, out, n_images, model, pretrained, train_steps):
     """Synthetic labelled shapes → webdataset tars → activation store → a TopK SAE, with summaries."""
+    if n_images < 1:
+        raise ClipsaeError(f"--n-images must be at least 1, not {n_images}")
+    if train_steps < 1:
+        raise ClipsaeError(f"--train-steps must be at least 1, not {train_steps}")
+    from clipsae.pipeline.config import ExtractConfig, ModelConfig
+    from clipsae.pipeline.extract import run_extract
+    from clipsae.pipeline.synthetic import make_synthetic_shards
+    from clipsae.store.info import format_summary, summarize
+    from clipsae.store.reader import ActivationStore
+
     root = Path(out)
     shards = root / "shards"
     paths = make_synthetic_shards(shards, n_images=n_images, per_shard=128)

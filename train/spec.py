@@ -1,0 +1,61 @@
+"""What one SAE of a run is: its architecture and sizes, as a plain dataclass (no torch)."""
+
+from dataclasses import dataclass, field
+
+ARCHS = ("relu", "topk", "batchtopk", "matryoshka")
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """One SAE of a run: its architecture and sizes. Validated by the CLI before training."""
+
+    arch: str
+    d: int
+    expansion: int
+    k: int = 32
+    l1: float = 5.0
+    aux_alpha: float = 1 / 32
+    matryoshka_weighting: str = "uw"
+    matryoshka_fractions: tuple[float, ...] = field(default=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0))
+
+    @property
+    def n(self) -> int:
+        return self.expansion * self.d
+
+    @property
+    def sparse(self) -> bool:
+        return self.arch != "relu"
+
+    @property
+    def aux_k(self) -> int:
+        return max(1, self.d // 2)
+
+    @property
+    def label(self) -> str:
+        """A directory-safe name that tells SAEs of a sweep apart."""
+        if self.arch == "relu":
+            return f"relu-x{self.expansion}-l1_{self.l1:g}"
+        extra = f"-{self.matryoshka_weighting}" if self.arch == "matryoshka" else ""
+        return f"{self.arch}-x{self.expansion}-k{self.k}{extra}"
+
+    @property
+    def levels(self) -> list[int]:
+        """Matryoshka prefix sizes m_1 < … < m_L = n."""
+        return sorted({max(1, round(f * self.n)) for f in self.matryoshka_fractions} | {self.n})
+
+    def level_weights(self) -> list[float]:
+        """w_l, summing to 1: uniform (UW) or reverse-linear (RW, the smallest prefix weighs most)."""
+        L = len(self.levels)
+        raw = [1.0] * L if self.matryoshka_weighting == "uw" else [float(L - i) for i in range(L)]
+        return [w / sum(raw) for w in raw]
+
+    def to_json(self) -> dict:
+        return {"arch": self.arch, "d": self.d, "expansion": self.expansion, "k": self.k, "l1": self.l1,
+                "aux_alpha": self.aux_alpha, "matryoshka_weighting": self.matryoshka_weighting,
+                "matryoshka_fractions": list(self.matryoshka_fractions)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "SAESpec":
+        obj = dict(obj)
+        obj["matryoshka_fractions"] = tuple(obj.get("matryoshka_fractions", cls.matryoshka_fractions))
+        return cls(**obj)
