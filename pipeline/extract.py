@@ -1,15 +1,13 @@
 """``clipsae extract``: run a vision tower over tars and write one store part per tar."""
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-import zarr
 from tqdm import tqdm
 
-from clipsae import store
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.background import BackgroundRunner
@@ -18,6 +16,11 @@ from clipsae.pipeline.loader import make_loader
 from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.model import load_model
 from clipsae.pipeline.shards import expand_shards, my_shards, name_parts, worker_slot
+from clipsae.pipeline.tario import count_samples
+from clipsae.store.layout import HookLayout
+from clipsae.store.reader import complete_parts
+from clipsae.store.stats import HookStats
+from clipsae.store.writer import PartWriter, check_store_path, open_root, record_store_stats
 
 @dataclass
 class ExtractResult:
@@ -38,39 +41,36 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _layouts(forward: HookedForward, device: torch.device) -> list[store.HookLayout]:
-    """Each hook's (n_tokens, d), read off one forward pass on a blank image."""
+def _layouts(forward: HookedForward, device: torch.device, tokens: str) -> list[HookLayout]:
+    """Each hook's (n_tokens, d) read off one forward pass on a blank image, and its token layout."""
     size = forward.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     with torch.no_grad():
         out = forward(torch.zeros(1, 3, *size, device=device))
-    return [store.HookLayout(h.name, out[h.name].shape[1], out[h.name].shape[2], h.meaning) for h in forward.hooks]
-
-
-def _finish_store_stats(path: str, all_parts: set[str]) -> None:
-    """Once every part exists, record the store-wide hook statistics in the root attributes.
-
-    Any worker may be the last; each computes the same numbers from the same parts, and
-    zarr writes metadata atomically, so concurrent finishers agree.
-    """
-    if not all_parts <= store.complete_parts(path):
-        return
-    s = store.ActivationStore.open(path)
-    root = zarr.open_group(path, mode="r+")
-    root.attrs.update({"hook_stats": {h: s.hook_stats(h).to_json() for h in s.hooks}, "n_images": s.n_images})
+    layouts = []
+    for h in forward.hooks:
+        n_tokens, d = out[h.name].shape[1:]
+        cls_token = h.kind in ("resid", "ln_pre") and tokens != "patches"
+        grid = None
+        if not h.pooled and tokens != "cls":
+            # ViT patches form the tower's grid; a ResNet feature map of a square image is square.
+            side = math.isqrt(n_tokens - int(cls_token))
+            grid = tuple(forward.visual.grid_size) if h.kind in ("resid", "ln_pre") else (side, side)
+        layouts.append(HookLayout(h.name, n_tokens, d, h.meaning, cls_token, grid))
+    return layouts
 
 
 def run_extract(cfg: ExtractConfig) -> ExtractResult:
     """Extract this worker's share of the tars into ``cfg.store``; complete parts are skipped."""
     t0 = time.perf_counter()
     shards = name_parts(expand_shards(cfg.shards))
-    store.writer.check_store_path(cfg.store)
+    check_store_path(cfg.store)
     n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
     device = resolve_device(cfg.device)
     loaded = load_model(cfg.model)
     hooks = resolve_hooks(loaded.visual, cfg.layers, cfg.tokens)
     forward = HookedForward(loaded.visual.to(device), hooks, cfg.tokens)
-    layouts = _layouts(forward, device)
+    layouts = _layouts(forward, device, cfg.tokens)
     config = {
         **loaded.identity,
         "tokens": cfg.tokens,
@@ -79,15 +79,13 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
     }
     provenance = {
         **loaded.provenance,
-        "zarr_version": zarr.__version__,
-        "numpy_version": np.__version__,
         "created_by": "clipsae extract",
         "token_order": "CLS first, then patches row-major (ViT); spatial positions row-major (ResNet)",
     }
-    root = store.open_root(cfg.store, config, provenance)
+    root = open_root(cfg.store, config, provenance)
 
     result = ExtractResult()
-    done = store.complete_parts(cfg.store)
+    done = complete_parts(cfg.store)
     mine = my_shards(shards, n_workers, index)
     todo = [s for s in mine if s.part not in done]
     result.parts_skipped = [s.part for s in mine if s.part in done]
@@ -95,7 +93,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
         t1 = time.perf_counter()
         _extract_parts(cfg, root, todo, forward, loaded.preprocess, layouts, device, result)
         result.seconds_streaming = time.perf_counter() - t1
-    _finish_store_stats(cfg.store, {s.part for s in shards})
+    record_store_stats(cfg.store, {s.part for s in shards})
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -105,11 +103,13 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
         todo, preprocess, cfg.batch_size, cfg.label_key, cfg.loader_workers, pin_memory=device.type == "cuda"
     )
     out_dtype = torch.float16 if cfg.dtype == "float16" else torch.float32
-    writers: dict[str, store.PartWriter] = {}
+    writers: dict[str, PartWriter] = {}
 
-    def writer_for(part: str, source: str) -> store.PartWriter:
+    def writer_for(part: str, source: str) -> PartWriter:
         if part not in writers:
-            writers[part] = store.PartWriter(root, part, source, layouts, cfg.dtype, cfg.compression)
+            # The tar's sample count sizes the chunks so the part's last chunk wastes little disk.
+            writers[part] = PartWriter(root, part, source, layouts, cfg.dtype, cfg.compression,
+                                       expected_images=count_samples(source))
         return writers[part]
 
     def append(part, source, keys, labels, acts, stats):
@@ -131,7 +131,7 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
                     acts = forward(images)
                 stored = {h: a.to(out_dtype) for h, a in acts.items()}
                 # Statistics of the batch as stored, computed where it is (the GPU, if any).
-                stats = {h: store.HookStats.of(a) for h, a in stored.items()}
+                stats = {h: HookStats.of(a) for h, a in stored.items()}
                 host = {h: a.cpu().numpy() for h, a in stored.items()}
                 runner.submit(lambda p=part, k=item["keys"], lb=item["labels"].numpy(), a=host, st=stats:
                               append(p, sources[p], k, lb, a, st))

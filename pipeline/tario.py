@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -69,6 +70,18 @@ def iter_samples(path: str, label_key: str | None, report: TarReport) -> Iterato
                 yield key, sample[ext], _label(sample, label_key)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         report.truncated = f"{type(exc).__name__}: {exc}"
+
+
+def count_samples(path: str) -> int | None:
+    """Samples in a tar (member names grouped by key, as webdataset groups them), read from its
+    headers alone; None when the tar cannot be listed (it is truncated or unreadable)."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            # webdataset's key: the member's path up to the first dot of its file name.
+            keys = {re.sub(r"\.[^/]*$", "", m.name) for m in tar if m.isfile()}
+    except (tarfile.TarError, EOFError, OSError):
+        return None
+    return len(keys) or None
 
 
 def decode_image(data: bytes, preprocess) -> torch.Tensor:

@@ -35,8 +35,12 @@ def verify_cmd(path):
     report = verify(store)
     for name in report.incomplete:
         click.echo(f"note: part {name} is incomplete (a rerun of extract rewrites it)")
+    if report.unchecksummed:
+        click.echo(f"note: {len(report.unchecksummed)} part(s) written before store format 2 carry no chunk "
+                   "checksums; their chunks were checked for presence and size only")
     if not report.ok:
         for p in report.problems:
-            click.echo(f"problem: {p}", err=True)
-        raise ClipsaeError(f"{path}: {len(report.problems)} problem(s); first: {report.problems[0]}")
+            click.echo(f"problem: {p}")
+        raise ClipsaeError(f"{path}: {len(report.problems)} problem(s); first: {report.problems[0]}. To rebuild a "
+                           f"damaged part, delete {path}/parts/<part> and rerun the extract command that made the store")
     click.echo(f"ok: {len(store.parts)} parts, {store.n_images} images, hooks {', '.join(store.hooks)}")

@@ -1,11 +1,13 @@
-"""Checking a store's consistency: shapes, counts, unique keys and finite values."""
+"""Checking a store: every chunk a complete part recorded is there, whole and unaltered, and consistent."""
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from clipsae.store import layout
+from clipsae.store import zarr_backend as zb
 from clipsae.store.reader import ActivationStore
+from clipsae.store.writer import chunk_checksum
 
 
 @dataclass
@@ -15,40 +17,71 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
     nonfinite: dict[str, int] = field(default_factory=dict)
+    unchecksummed: list[str] = field(default_factory=list)  # format-1 parts: no checksums recorded
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+def _check_hook(store: ActivationStore, i: int, hook: str, report: VerifyReport) -> None:
+    part = store.parts[i]
+    where = f"part {part.name}, hook {hook}"
+    try:
+        arr = zb.Array(store.path / layout.PARTS / part.name / layout.ACTS / hook)
+    except FileNotFoundError:
+        report.problems.append(f"{where}: the array is missing")
+        return
+    want = (part.n_images, store.n_tokens(hook), store.d(hook))
+    if arr.shape != want:
+        report.problems.append(f"{where}: shape {arr.shape}, expected {want}")
+        return
+    recorded = part.attrs.get(layout.CHUNKS, {}).get(hook)
+    if recorded is not None and (recorded["rows"] != arr.rows_per_chunk or len(recorded["crc32c"]) != arr.n_chunks):
+        report.problems.append(f"{where}: {arr.n_chunks} chunks of {arr.rows_per_chunk} rows, but the part recorded "
+                               f"{len(recorded['crc32c'])} of {recorded['rows']}")
+        return
+    bad = 0
+    for c in range(arr.n_chunks):
+        try:
+            rows = arr.read_chunk(c)
+        except zb.ChunkMissing as exc:
+            report.problems.append(f"{where}: {exc}")
+            continue
+        except Exception as exc:  # a damaged compressed chunk fails in zarr's decoder
+            report.problems.append(f"{where}: chunk {c} cannot be decoded ({type(exc).__name__}: {exc})")
+            continue
+        if recorded is not None and chunk_checksum(rows) != recorded["crc32c"][c]:
+            report.problems.append(f"{where}: chunk {c} was altered after it was written (CRC32C differs)")
+            continue
+        bad += int(np.count_nonzero(~np.isfinite(rows.astype(np.float32))))
+    if bad:
+        report.problems.append(f"{where}: {bad} non-finite values")
+    report.nonfinite[hook] = report.nonfinite.get(hook, 0) + bad
+
+
 def verify(store: ActivationStore) -> VerifyReport:
     """Read every complete part in full and check it against its metadata and the store's."""
     report = VerifyReport(incomplete=list(store.incomplete_parts))
+    report.problems += [f"part {name}: its metadata ({zb.META}) is unreadable" for name in store.damaged_parts]
     for i, part in enumerate(store.parts):
-        group = store.root[f"{layout.PARTS}/{part.name}"]
+        if layout.CHUNKS not in part.attrs:
+            report.unchecksummed.append(part.name)
         for name in (layout.KEYS, layout.LABELS):
-            n = group[name].shape[0] if name in group else None
+            path = store.path / layout.PARTS / part.name / name
+            try:
+                n = len(zb.read_text(path)) if name == layout.KEYS else len(zb.Array(path).read_all())
+            except (FileNotFoundError, zb.ChunkMissing) as exc:
+                report.problems.append(f"part {part.name}: {name}: {exc}")
+                continue
             if n != part.n_images:
                 report.problems.append(f"part {part.name}: {name} has {n} rows, metadata says {part.n_images}")
         for hook in store.hooks:
-            try:
-                arr = store.array(hook, i)
-            except KeyError:
-                report.problems.append(f"part {part.name}: hook {hook} is missing")
-                continue
-            want = (part.n_images, store.n_tokens(hook), store.d(hook))
-            if arr.shape != want:
-                report.problems.append(f"part {part.name}: {hook} has shape {arr.shape}, expected {want}")
-                continue
-            bad = 0
-            for c in (c for c in store.chunks(hook) if c.part == i):
-                bad += int(np.count_nonzero(~np.isfinite(store.read_chunk(hook, c).astype(np.float32))))
-            if bad:
-                report.problems.append(f"part {part.name}: {hook} has {bad} non-finite values")
-            report.nonfinite[hook] = report.nonfinite.get(hook, 0) + bad
-    keys = store.keys()
-    uniq, counts = np.unique(keys, return_counts=True)
-    if len(uniq) != len(keys):
-        dup = uniq[counts > 1]
-        report.problems.append(f"{len(dup)} keys occur more than once (first: {dup[0]!r})")
+            _check_hook(store, i, hook, report)
+    if not any("keys" in p for p in report.problems):
+        keys = store.keys()
+        uniq, counts = np.unique(keys, return_counts=True)
+        if len(uniq) != len(keys):
+            dup = uniq[counts > 1]
+            report.problems.append(f"{len(dup)} keys occur more than once (first: {dup[0]!r})")
     return report

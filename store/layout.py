@@ -1,13 +1,19 @@
-"""Names and sizes that define the on-disk layout of an activation store (see docs/store.md)."""
+"""Names, sizes and the token layout that define an activation store on disk (docs/store.md)."""
 
-from pathlib import Path
+import math
+import re
+from dataclasses import dataclass
 
-FORMAT_VERSION = 1
+# 1: token layout only as prose in each hook's meaning; keys in zarr-python's `string` type.
+# 2: token layout as data (`cls_token`, `grid`); keys as UTF-8 in a uint8 array; per-chunk checksums.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 PARTS = "parts"
 ACTS = "acts"
 KEYS = "keys"
 LABELS = "labels"
 COMPLETE = "complete"
+CHUNKS = "chunks"  # part attribute: per hook, rows per chunk and each chunk's CRC32C
 
 # Chunks are the unit of reading: big enough that a shuffled read runs at disk speed,
 # small enough that a shuffle buffer holds many of them.
@@ -15,11 +21,77 @@ TARGET_CHUNK_BYTES = 8 * 2**20
 DTYPES = ("float16", "float32")
 
 
-def chunk_rows(n_tokens: int, d: int, itemsize: int, target_bytes: int = TARGET_CHUNK_BYTES) -> int:
-    """Images per chunk so that one chunk of (rows, n_tokens, d) is about ``target_bytes``."""
-    return max(1, target_bytes // (n_tokens * d * itemsize))
+def chunk_rows(n_tokens: int, d: int, itemsize: int, target_bytes: int = TARGET_CHUNK_BYTES,
+               expected_images: int | None = None) -> int:
+    """Images per chunk: about ``target_bytes`` a chunk, fitted to the part when its size is known.
+
+    The last chunk of an array is stored at full size, so a part of n images in chunks of c rows
+    wastes up to c − 1 rows. Knowing n, we take the fewest chunks of at most the target size and
+    spread n evenly over them: the padding is then under one row per chunk.
+    """
+    rows = max(1, target_bytes // (n_tokens * d * itemsize))
+    if expected_images:
+        n_chunks = -(-expected_images // rows)
+        rows = -(-expected_images // n_chunks)
+    return rows
 
 
-def chunk_file(store_dir: Path, arr, chunk_index: int) -> Path:
-    """Path of the file holding chunk ``chunk_index`` (along images) of ``arr`` in a local store."""
-    return Path(store_dir) / arr.path / arr.metadata.chunk_key_encoding.encode_chunk_key((chunk_index, 0, 0))
+@dataclass(frozen=True)
+class HookLayout:
+    """Shape and token layout of one hook's rows: ``n_tokens`` tokens of dimension ``d`` per image.
+
+    ``cls_token``: token 0 is the ViT's CLS token. ``grid``: the remaining tokens are the patches
+    (or feature-map positions) of a (rows, cols) grid, row-major. A hook with one token and
+    neither is a pooled vector; one with several and neither is tokens of no known layout.
+    """
+
+    name: str
+    n_tokens: int
+    d: int
+    meaning: str = ""
+    cls_token: bool = False
+    grid: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.grid is not None:
+            gh, gw = self.grid
+            if int(self.cls_token) + gh * gw != self.n_tokens:
+                raise ValueError(f"hook {self.name}: {self.n_tokens} tokens cannot be "
+                                 f"{'CLS + ' if self.cls_token else ''}a {gh}x{gw} grid")
+
+    @property
+    def n_patches(self) -> int:
+        """Tokens that are not CLS."""
+        return self.n_tokens - int(self.cls_token)
+
+    def to_json(self) -> dict:
+        return {"n_tokens": self.n_tokens, "d": self.d, "meaning": self.meaning, "cls_token": self.cls_token,
+                "grid": list(self.grid) if self.grid is not None else None}
+
+    @classmethod
+    def from_json(cls, name: str, obj: dict, format_version: int, store_tokens: str | None = None) -> "HookLayout":
+        """Read a hook's entry of the store config; format 1 derives the layout from the prose."""
+        n, d, meaning = int(obj["n_tokens"]), int(obj["d"]), obj.get("meaning", "")
+        if format_version >= 2:
+            grid = obj.get("grid")
+            return cls(name, n, d, meaning, bool(obj.get("cls_token", False)), tuple(grid) if grid else None)
+        return cls(name, n, d, meaning, *_format1_tokens(n, meaning, store_tokens))
+
+
+def _format1_tokens(n: int, meaning: str, store_tokens: str | None) -> tuple[bool, tuple[int, int] | None]:
+    """(cls_token, grid) of a format-1 hook, from its meaning text and the store's token mode.
+
+    Format 1 wrote "CLS then GxG patches row-major" for every ViT token hook whatever was stored,
+    so the store's ``tokens`` decides: ``patches`` stores had no CLS token.
+    """
+    cls_token = "CLS then" in meaning and store_tokens != "patches"
+    if n == 1:
+        return cls_token, None
+    m = re.search(r"(\d+)x(\d+) patches", meaning)
+    patches = n - int(cls_token)
+    if m and int(m[1]) * int(m[2]) == patches:
+        return cls_token, (int(m[1]), int(m[2]))
+    side = math.isqrt(patches)
+    if "spatial positions" in meaning and side * side == patches:
+        return cls_token, (side, side)
+    return cls_token, None

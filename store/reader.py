@@ -1,17 +1,18 @@
 """Reading a store: complete parts, in part-name order, seen as one array per hook."""
 
-import json
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import zarr
 
 from clipsae.errors import ClipsaeError
 from clipsae.store import layout
+from clipsae.store import zarr_backend as zb
+from clipsae.store.layout import HookLayout
 from clipsae.store.stats import HookStats
 
 
@@ -28,37 +29,49 @@ class Part:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One stored chunk of a hook: global image rows ``start .. stop`` inside ``part``."""
+    """One stored chunk of a hook: global image rows ``start .. stop``, chunk ``index`` of ``part``."""
 
     part: int
     start: int
     stop: int
+    index: int = 0
 
     def __len__(self) -> int:
         return self.stop - self.start
 
 
-def _part_attrs(path: Path, name: str) -> dict | None:
-    # Read the part's zarr.json ourselves: a writer killed mid-write can leave it torn,
-    # and a torn part is simply an incomplete one.
-    try:
-        return json.loads((path / layout.PARTS / name / "zarr.json").read_text())["attributes"]
-    except (OSError, ValueError, KeyError):
-        return None
+@dataclass(frozen=True)
+class RowBlock:
+    """Consecutive rows of a hook in global order: row j is token ``tokens_M[j]`` of image ``images_M[j]``."""
+
+    images_M: np.ndarray  # int64 global image indices
+    tokens_M: np.ndarray  # int64 stored token positions
+    acts_MD: np.ndarray
 
 
-def _is_raw(arr: zarr.Array) -> bool:
-    """True when chunks are stored as plain little-endian bytes (no filters, no compression)."""
-    return not arr.compressors and not arr.filters and getattr(arr.serializer, "endian", None) is not None \
-        and arr.serializer.endian.value == "little"
+def _scan_parts(path: Path) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
+    """(complete (name, attrs) sorted by name, incomplete names, names whose metadata is unreadable)."""
+    parts_dir = path / layout.PARTS
+    names = sorted(x.name for x in parts_dir.iterdir() if x.is_dir()) if parts_dir.is_dir() else []
+    complete, incomplete, damaged = [], [], []
+    for name in names:
+        if not zb.is_node(parts_dir / name):
+            incomplete.append(name)  # a writer died before the part's metadata existed
+            continue
+        attrs = zb.read_attributes(parts_dir / name)
+        if attrs is None:
+            # Metadata files are replaced atomically, so an unreadable one was damaged afterwards.
+            damaged.append(name)
+        elif attrs.get(layout.COMPLETE) is True:
+            complete.append((name, attrs))
+        else:
+            incomplete.append(name)
+    return complete, incomplete, damaged
 
 
 def complete_parts(path: str | Path) -> set[str]:
     """Names of the parts of the store at ``path`` that carry the complete marker."""
-    parts = Path(path) / layout.PARTS
-    if not parts.is_dir():
-        return set()
-    return {x.name for x in parts.iterdir() if (_part_attrs(Path(path), x.name) or {}).get(layout.COMPLETE) is True}
+    return {name for name, _ in _scan_parts(Path(path))[0]}
 
 
 class ActivationStore:
@@ -68,40 +81,44 @@ class ActivationStore:
     It does not depend on how many workers wrote the store, or in which order.
     """
 
-    def __init__(self, path: Path, root: zarr.Group, parts: list[Part], incomplete: list[str]):
+    def __init__(self, path: Path, attrs: dict, parts: list[Part], incomplete: list[str], damaged: list[str]):
         self.path = path
-        self.root = root
+        self.attrs = attrs
         self.parts = parts
         self.incomplete_parts = incomplete
-        meta = root.attrs["clipsae"]
+        self.damaged_parts = damaged
+        meta = attrs["clipsae"]
+        self.format_version = int(meta.get("format_version", 1))
         self.config: dict = meta["config"]
         self.provenance: dict = meta.get("provenance", {})
+        self._layouts = {h: HookLayout.from_json(h, v, self.format_version, self.config.get("tokens"))
+                         for h, v in self.config["hooks"].items()}
         total = sum(p.n_images for p in parts)
         self._offsets = np.array([p.offset for p in parts] + [total], dtype=np.int64)
-        self._arrays: dict[tuple[str, int], zarr.Array] = {}
+        self._arrays: dict[tuple[str, int], zb.Array] = {}
 
     @classmethod
     def open(cls, path: str | Path) -> "ActivationStore":
         """Open a store read-only; raises ClipsaeError if ``path`` is not one."""
         p = Path(path)
-        if not (p / "zarr.json").is_file():
+        if not zb.is_node(p):
             raise ClipsaeError(f"{p} is not an activation store (no zarr.json)")
-        try:
-            root = zarr.open_group(str(p), mode="r")
-        except Exception as exc:
-            raise ClipsaeError(f"{p} is not a readable Zarr store: {exc}") from exc
-        if "clipsae" not in root.attrs:
+        attrs = zb.read_attributes(p)
+        if attrs is None:
+            raise ClipsaeError(f"{p / zb.META} is unreadable")
+        meta = attrs.get("clipsae")
+        if not isinstance(meta, dict) or "config" not in meta:
             raise ClipsaeError(f"{p} is a Zarr store but not a clipsae activation store")
-        names = sorted(x.name for x in (p / layout.PARTS).iterdir() if x.is_dir()) if (p / layout.PARTS).is_dir() else []
-        parts, incomplete, offset = [], [], 0
-        for name in names:
-            attrs = _part_attrs(p, name)
-            if not attrs or attrs.get(layout.COMPLETE) is not True:
-                incomplete.append(name)
-                continue
-            parts.append(Part(name, attrs.get("source", ""), int(attrs["n_images"]), offset, attrs))
-            offset += int(attrs["n_images"])
-        return cls(p, root, parts, incomplete)
+        version = meta.get("format_version", 1)
+        if version not in layout.READABLE_FORMATS:
+            raise ClipsaeError(f"{p} is in store format {version}; this clipsae reads formats "
+                               f"{', '.join(map(str, layout.READABLE_FORMATS))}: upgrade clipsae")
+        complete, incomplete, damaged = _scan_parts(p)
+        parts, offset = [], 0
+        for name, a in complete:
+            parts.append(Part(name, a.get("source", ""), int(a["n_images"]), offset, a))
+            offset += int(a["n_images"])
+        return cls(p, attrs, parts, incomplete, damaged)
 
     @property
     def hooks(self) -> list[str]:
@@ -115,60 +132,71 @@ class ActivationStore:
     def dtype(self) -> np.dtype:
         return np.dtype(self.config["dtype"])
 
-    def _hook(self, hook: str) -> dict:
+    def layout(self, hook: str) -> HookLayout:
+        """Shape and token layout of ``hook`` (whether token 0 is CLS, the patch grid)."""
         try:
-            return self.config["hooks"][hook]
+            return self._layouts[hook]
         except KeyError:
             raise ClipsaeError(f"hook {hook!r} is not in {self.path}; it has {', '.join(self.hooks)}") from None
 
     def n_tokens(self, hook: str) -> int:
-        return int(self._hook(hook)["n_tokens"])
+        return self.layout(hook).n_tokens
 
     def d(self, hook: str) -> int:
-        return int(self._hook(hook)["d"])
+        return self.layout(hook).d
 
     def token_indices(self, hook: str, tokens: str) -> np.ndarray:
         """Stored token positions of ``hook`` that make up ``tokens`` (``cls``, ``patches`` or ``all``).
 
-        A hook with one token per image (CLS only, or a pooled vector) serves ``cls`` and ``all``;
-        a ViT hook stored with all tokens has the CLS token first; anything else is patches only.
+        A hook with one token per image (CLS only, or a pooled vector) serves ``cls`` and ``all``.
         """
-        n = self.n_tokens(hook)
+        lay = self.layout(hook)
+        n = lay.n_tokens
         if tokens == "all":
             return np.arange(n)
-        cls_first = n > 1 and "CLS then" in self._hook(hook).get("meaning", "")
         if tokens == "cls":
-            if n == 1 or cls_first:
+            if n == 1 or lay.cls_token:
                 return np.arange(1)
             raise ClipsaeError(f"hook {hook} in {self.path} has no CLS token (its {n} tokens are patches); use --tokens patches or all")
         if tokens == "patches":
             if n == 1:
                 raise ClipsaeError(f"hook {hook} in {self.path} has one token per image (CLS or pooled), no patches; use --tokens cls or all")
-            return np.arange(1, n) if cls_first else np.arange(n)
+            return np.arange(int(lay.cls_token), n)
         raise ClipsaeError(f"tokens must be cls, patches or all, not {tokens!r}")
 
-    def array(self, hook: str, part: int) -> zarr.Array:
-        """The zarr array of ``hook`` in the ``part``-th complete part."""
-        self._hook(hook)
+    def array(self, hook: str, part: int) -> zb.Array:
+        """The array of ``hook`` in the ``part``-th complete part."""
+        self.layout(hook)
         key = (hook, part)
         if key not in self._arrays:
-            self._arrays[key] = self.root[f"{layout.PARTS}/{self.parts[part].name}/{layout.ACTS}/{hook}"]
+            name = self.parts[part].name
+            try:
+                self._arrays[key] = zb.Array(self.path / layout.PARTS / name / layout.ACTS / hook)
+            except FileNotFoundError:
+                raise ClipsaeError(f"{self.path}: part {name} is marked complete but has no array for hook {hook}; "
+                                   f"run `clipsae store verify {self.path}`") from None
         return self._arrays[key]
 
-    def _concat(self, name: str, dtype) -> np.ndarray:
-        if not self.parts:
-            return np.empty(0, dtype=dtype)
-        return np.concatenate(
-            [np.asarray(self.root[f"{layout.PARTS}/{p.name}/{name}"][:], dtype=dtype) for p in self.parts]
-        )
+    def _part_file(self, part: Part, name: str) -> Path:
+        return self.path / layout.PARTS / part.name / name
 
     @cached_property
     def _keys(self) -> np.ndarray:
-        return self._concat(layout.KEYS, object).astype(str)
+        if not self.parts:
+            return np.empty(0, dtype=str)
+        return np.concatenate([zb.read_text(self._part_file(p, layout.KEYS)) for p in self.parts]).astype(str)
 
     @cached_property
     def _labels(self) -> np.ndarray:
-        return self._concat(layout.LABELS, np.int64)
+        if not self.parts:
+            return np.empty(0, dtype=np.int64)
+        return np.concatenate([self._read_small(p, layout.LABELS) for p in self.parts]).astype(np.int64)
+
+    def _read_small(self, part: Part, name: str) -> np.ndarray:
+        try:
+            return zb.Array(self._part_file(part, name)).read_all()
+        except (FileNotFoundError, zb.ChunkMissing) as exc:
+            raise ClipsaeError(f"{self.path}: part {part.name}: {name}: {exc}; run `clipsae store verify {self.path}`") from None
 
     def keys(self) -> np.ndarray:
         """Each image's webdataset ``__key__``, in global order."""
@@ -200,36 +228,41 @@ class ActivationStore:
         for part in np.unique(part_of):
             sel = np.flatnonzero(part_of == part)
             local = idx[sel] - self._offsets[part]
-            arr = self.array(hook, int(part))
-            lo, hi = int(local.min()), int(local.max()) + 1
-            if hi - lo == len(local) and np.all(np.diff(local) == 1):
-                out[sel] = arr[lo:hi]
-            else:
-                order = np.argsort(local, kind="stable")
-                out[sel[order]] = arr.oindex[local[order]]
+            rows = self.array(hook, int(part)).rows_per_chunk
+            chunk_of = local // rows
+            for c in np.unique(chunk_of):
+                here = chunk_of == c
+                block = self.read_chunk(hook, self._chunk(hook, int(part), int(c)))
+                out[sel[here]] = block[local[here] - c * rows]
         return out
+
+    def _chunk(self, hook: str, part: int, index: int) -> Chunk:
+        p = self.parts[part]
+        rows = self.array(hook, part).rows_per_chunk
+        start = p.offset + index * rows
+        return Chunk(part, start, min(start + rows, p.offset + p.n_images), index)
 
     def chunks(self, hook: str) -> list[Chunk]:
         """The stored chunks of ``hook``, in global order: the unit of efficient reading."""
         out = []
         for i, p in enumerate(self.parts):
-            rows = self.array(hook, i).chunks[0]
-            for s in range(0, p.n_images, rows):
-                out.append(Chunk(i, p.offset + s, p.offset + min(s + rows, p.n_images)))
+            rows = self.array(hook, i).rows_per_chunk
+            out.extend(self._chunk(hook, i, c) for c in range(-(-p.n_images // rows)))
         return out
 
     def read_chunk(self, hook: str, chunk: Chunk) -> np.ndarray:
-        """One chunk's activations (len(chunk), n_tokens, d), read as a single chunk file."""
-        base = self.parts[chunk.part].offset
+        """One chunk's activations (len(chunk), n_tokens, d), read as a single chunk file.
+
+        A chunk that a complete part should have and does not (lost or cut short) raises a
+        ClipsaeError: it is never read back as zarr's fill value.
+        """
         arr = self.array(hook, chunk.part)
-        rows = arr.chunks[0]
-        start = chunk.start - base
-        path = layout.chunk_file(self.path, arr, start // rows)
-        if _is_raw(arr) and start % rows == 0 and path.is_file():
-            # An uncompressed chunk file is the raw C-order array: read it in one call
-            # (zarr's decode path measured about 0.7x of a raw read here).
-            return np.fromfile(path, dtype=arr.dtype.newbyteorder("<")).reshape(arr.chunks)[: len(chunk)]
-        return arr[start : chunk.stop - base]
+        base = self.parts[chunk.part].offset
+        try:
+            return arr.read_rows(chunk.start - base, chunk.stop - base)
+        except zb.ChunkMissing as exc:
+            raise ClipsaeError(f"{self.path}: part {self.parts[chunk.part].name}, hook {hook}: {exc}; the store lost "
+                               f"data, run `clipsae store verify {self.path}`") from None
 
     def iter_chunks(self, hook: str, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[Chunk, np.ndarray]]:
         """Yield ``(chunk, acts)`` for every chunk, in global order or a seeded random one."""
@@ -238,6 +271,29 @@ class ActivationStore:
             random.Random(seed).shuffle(chunks)
         for c in chunks:
             yield c, self.read_chunk(hook, c)
+
+    def iter_rows(self, hook: str, tokens: str = "all") -> Iterator[RowBlock]:
+        """Every row of ``hook`` (the ``tokens`` asked for) in global order, one chunk at a time.
+
+        Memory stays at two chunks whatever the store's size: the next chunk is read on a
+        background thread while the caller works on this one.
+        """
+        token_idx = self.token_indices(hook, tokens)
+        chunks = self.chunks(hook)
+        if not chunks:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsae-rows") as pool:
+            pending = pool.submit(self.read_chunk, hook, chunks[0])
+            for i, c in enumerate(chunks):
+                acts_NTD = pending.result()
+                if i + 1 < len(chunks):
+                    pending = pool.submit(self.read_chunk, hook, chunks[i + 1])
+                if len(token_idx) != acts_NTD.shape[1]:
+                    acts_NTD = acts_NTD[:, token_idx]
+                n, t = acts_NTD.shape[:2]
+                yield RowBlock(np.repeat(np.arange(c.start, c.stop, dtype=np.int64), t),
+                               np.tile(token_idx.astype(np.int64), n),
+                               np.ascontiguousarray(acts_NTD).reshape(n * t, -1))
 
     def hook_stats(self, hook: str) -> HookStats:
         """Statistics of ``hook`` over all complete parts, as recorded when they were written."""

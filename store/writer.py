@@ -2,53 +2,32 @@
 
 Zarr loses data silently when two writers touch one chunk, so the unit of ownership is a
 whole part (its own arrays). A part is valid only once its ``complete`` attribute is set,
-which is the last thing written; a rerun deletes and rewrites any part that lacks it.
+which is the last thing written; a rerun deletes and rewrites any part that lacks it. The part
+records each chunk's CRC32C, so ``verify`` finds a chunk lost, cut short or altered later.
 """
 
 import json
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import google_crc32c
 import numpy as np
-import zarr
-import zarr.codecs
-import zarr.errors
-import zarr.storage
 
 from clipsae.errors import ClipsaeError
 from clipsae.store import layout
+from clipsae.store import zarr_backend as zb
+from clipsae.store.layout import HookLayout
 from clipsae.store.stats import HookStats
 
 
-@dataclass(frozen=True)
-class HookLayout:
-    """Shape of one hook's rows: ``n_tokens`` tokens of dimension ``d`` per image."""
-
-    name: str
-    n_tokens: int
-    d: int
-    meaning: str = ""
-
-    def to_json(self) -> dict:
-        return {"n_tokens": self.n_tokens, "d": self.d, "meaning": self.meaning}
-
-
-def _compressors(compression: str):
-    if compression == "none":
-        return None
-    if compression == "zstd":
-        return [zarr.codecs.ZstdCodec(level=1)]
-    raise ClipsaeError(f"unknown compression {compression!r}; use none or zstd")
-
-
-def _local_root(root: zarr.Group) -> Path | None:
-    """The directory behind ``root`` when it is a local store, else None."""
-    local = getattr(root.store, "root", None)
-    return Path(local) if isinstance(root.store, zarr.storage.LocalStore) and local is not None else None
+def chunk_checksum(rows: np.ndarray) -> int:
+    """CRC32C of a chunk's rows (those inside the array) as little-endian C-order bytes."""
+    view = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<")).view()
+    view.flags.writeable = False  # google_crc32c reads read-only buffers without a copy
+    return int(google_crc32c.value(view))
 
 
 def check_store_path(path: str | Path) -> None:
@@ -56,16 +35,12 @@ def check_store_path(path: str | Path) -> None:
     p = Path(path)
     if p.is_file():
         raise ClipsaeError(f"store path {p} is a file, not a store directory")
-    # zarr writes metadata through "<name>.<uuid>.partial" files: a directory holding only those
-    # is a store another worker is creating right now, not a foreign directory.
-    if p.is_dir() and any(not x.name.endswith(".partial") for x in p.iterdir()):
-        meta = p / "zarr.json"
-        if not meta.is_file():
+    if p.is_dir() and any(p.iterdir()):
+        if not zb.is_node(p):
             raise ClipsaeError(f"{p} exists and is not a Zarr store; choose an empty or new --store")
-        try:
-            attrs = json.loads(meta.read_text()).get("attributes", {})
-        except (OSError, ValueError) as exc:
-            raise ClipsaeError(f"{meta} is unreadable: {exc}") from exc
+        attrs = zb.read_attributes(p)
+        if attrs is None:
+            raise ClipsaeError(f"{p / zb.META} is unreadable")
         if "clipsae" not in attrs:
             raise ClipsaeError(f"{p} is a Zarr store but not a clipsae activation store")
 
@@ -82,80 +57,79 @@ def config_differences(existing: Mapping, wanted: Mapping, have: str = "store ha
     return diffs
 
 
-def open_root(path: str | Path, config: dict, provenance: dict) -> zarr.Group:
+def _current_config(config: dict, version: int) -> dict:
+    """A config with its hooks in today's form, so a format-1 store compares equal to a new run."""
+    config = dict(config)
+    config["hooks"] = {h: HookLayout.from_json(h, v, version, config.get("tokens")).to_json()
+                       for h, v in config.get("hooks", {}).items()}
+    return config
+
+
+def open_root(path: str | Path, config: dict, provenance: dict) -> Path:
     """Create the store root, or open an existing one whose identity equals ``config``.
 
     ``config`` is what makes two runs compatible (model, weights, hooks, tokens, dtype,
     preprocessing); a mismatch raises, naming every difference, and writes nothing.
-    Concurrent workers creating the root write identical bytes, so the race is harmless.
+    Concurrent workers may race to create the root: it appears whole or not at all.
     """
+    path = Path(path)
     check_store_path(path)
+    config = json.loads(json.dumps(config))  # so that tuples compare equal to stored lists
+    provenance = {**provenance, "zarr_version": zb.zarr_version(), "numpy_version": np.__version__}
     attrs = {"clipsae": {"format_version": layout.FORMAT_VERSION, "config": config, "provenance": provenance}}
-    # JSON round trip so that tuples and lists compare equal to what was stored.
-    config = json.loads(json.dumps(config))
-    try:
-        root = zarr.open_group(str(path), mode="r+")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        try:
-            root = zarr.create_group(str(path), attributes=attrs, overwrite=False)
-        except zarr.errors.ContainsGroupError:
-            root = zarr.open_group(str(path), mode="r+")
-    existing = root.attrs.get("clipsae", {}).get("config")
-    if existing is None:
+    if not zb.is_node(path):
+        zb.create_root(path, attrs, subgroups=(layout.PARTS,))
+    meta = (zb.read_attributes(path) or {}).get("clipsae")
+    if not isinstance(meta, dict) or "config" not in meta:
         raise ClipsaeError(f"{path} is a Zarr group but not a clipsae activation store")
-    diffs = config_differences(existing, config)
+    existing = _current_config(meta["config"], int(meta.get("format_version", 1)))
+    diffs = config_differences(existing, _current_config(config, layout.FORMAT_VERSION))
     if diffs:
         raise ClipsaeError(f"store {path} was made differently ({'; '.join(diffs)}); use another --store")
-    root.require_group(layout.PARTS)
-    return root
+    if not zb.is_node(path / layout.PARTS):
+        zb.create_group(path / layout.PARTS, {})
+    return path
 
 
 class PartWriter:
-    """Writes one part: its activations per hook, keys, labels and statistics.
+    """Writes one part: its activations per hook, keys, labels, statistics and chunk checksums.
 
-    Rows are buffered and written in whole chunks, so each chunk file is written once.
+    Rows are buffered and written in whole chunks, so each chunk is written once.
+    ``expected_images`` (e.g. the tar's sample count) sizes the chunks to fit the part.
     Nothing in the part counts until :meth:`close` sets the ``complete`` attribute.
     """
 
     def __init__(
         self,
-        root: zarr.Group,
+        root: str | Path,
         name: str,
         source: str,
         hooks: Sequence[HookLayout],
         dtype: str = "float16",
         compression: str = "none",
         chunk_bytes: int = layout.TARGET_CHUNK_BYTES,
+        expected_images: int | None = None,
     ):
-        parts = root[layout.PARTS]
-        if name in parts:
-            del parts[name]
         self.name = name
+        self.dir = Path(root) / layout.PARTS / name
         self.dtype = np.dtype(dtype)
-        self.group = parts.create_group(name, attributes={layout.COMPLETE: False, "source": source})
-        acts = self.group.create_group(layout.ACTS)
-        self._arrays = {}
+        zb.create_group(self.dir, {layout.COMPLETE: False, "source": source})
+        zb.create_group(self.dir / layout.ACTS, {})
+        self._arrays: dict[str, zb.Array] = {}
         self._pending: dict[str, list[np.ndarray]] = {}
         self._written: dict[str, int] = {}
-        self._rows: dict[str, int] = {}
+        self._crc: dict[str, list[int]] = {}
         self.stats: dict[str, HookStats] = {}
         for h in hooks:
-            rows = layout.chunk_rows(h.n_tokens, h.d, self.dtype.itemsize, chunk_bytes)
-            self._arrays[h.name] = acts.create_array(
-                h.name,
-                shape=(0, h.n_tokens, h.d),
-                chunks=(rows, h.n_tokens, h.d),
-                dtype=self.dtype,
-                compressors=_compressors(compression),
-                fill_value=0,
-            )
+            rows = layout.chunk_rows(h.n_tokens, h.d, self.dtype.itemsize, chunk_bytes, expected_images)
+            self._arrays[h.name] = zb.create_array(self.dir / layout.ACTS / h.name, (0, h.n_tokens, h.d),
+                                                   (rows, h.n_tokens, h.d), dtype, compression)
             self._pending[h.name] = []
             self._written[h.name] = 0
-            self._rows[h.name] = rows
+            self._crc[h.name] = []
             self.stats[h.name] = HookStats()
         self._keys: list[str] = []
         self._labels: list[int] = []
-        self._direct = _local_root(root) if compression == "none" else None
 
     @property
     def n_images(self) -> int:
@@ -189,73 +163,71 @@ class PartWriter:
 
     def _flush(self, name: str, final: bool) -> None:
         pending = self._pending[name]
+        arr = self._arrays[name]
+        rows = arr.rows_per_chunk
         n = sum(len(b) for b in pending)
-        rows = self._rows[name]
         take = n if final else (n // rows) * rows
         if take == 0:
             return
-        arr, start = self._arrays[name], self._written[name]
-        if self._direct is None:
-            block = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            arr.resize((start + take, *arr.shape[1:]))
-            arr[start : start + take] = block[:take]
-            rest = block[take:]
-        else:
-            # Only the rows that complete the leftover's chunk are copied; whole chunks are
-            # written straight from the new batch (copying a batch costs as much as writing it).
-            new = pending[-1]
-            head = new[:0]
-            if len(pending) > 1:
-                lead = np.concatenate(pending[:-1])
-                fill = min(len(new), -len(lead) % rows)
-                head, new = np.concatenate([lead, new[:fill]]), new[fill:]
-            self._write_chunks(arr, start, head)
-            self._write_chunks(arr, start + len(head), new[: take - len(head)])
-            rest = new[take - len(head) :]
-        self._written[name] = start + take
+        # Only the rows that complete the leftover's chunk are copied; whole chunks are
+        # written straight from the new batch (copying a batch costs as much as writing it).
+        new = pending[-1]
+        head = new[:0]
+        if len(pending) > 1:
+            lead = np.concatenate(pending[:-1])
+            fill = min(len(new), -len(lead) % rows)
+            head, new = np.concatenate([lead, new[:fill]]), new[fill:]
+        self._write_chunks(name, head)
+        self._write_chunks(name, new[: take - len(head)])
+        rest = new[take - len(head):]
         self._pending[name] = [rest.copy()] if len(rest) else []
 
-    def _write_chunks(self, arr: zarr.Array, start: int, block: np.ndarray) -> None:
-        """Write whole chunks as files in zarr's own encoding, bypassing its write path.
-
-        An uncompressed zarr v3 chunk (codec ``bytes``, little-endian) is exactly the chunk's
-        C-order bytes, edge chunks padded to full size; zarr's own path measured 0.13-0.5x
-        ``numpy.tofile`` here. Chunk files need no atomic rename: nothing in the part counts
-        before its marker.
-        """
-        rows = arr.chunks[0]
+    def _write_chunks(self, name: str, block: np.ndarray) -> None:
+        """Write whole chunks (the last may be short) from ``block``, which starts on a chunk boundary."""
+        arr = self._arrays[name]
+        rows = arr.rows_per_chunk
         for s in range(0, len(block), rows):
             chunk = block[s : s + rows]
-            if len(chunk) < rows:
-                chunk = np.concatenate([chunk, np.zeros((rows - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            path = layout.chunk_file(self._direct, arr, (start + s) // rows)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(memoryview(np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("<"))).cast("B"))
+            arr.write_chunk(self._written[name] // rows, chunk)
+            self._crc[name].append(chunk_checksum(chunk))
+            self._written[name] += len(chunk)
 
     def close(self, extra_attrs: Mapping | None = None) -> None:
         """Write what is buffered, the keys and labels, then mark the part complete."""
         for name, arr in self._arrays.items():
             self._flush(name, final=True)
-            if self._direct is not None:
-                arr.resize((self._written[name], *arr.shape[1:]))
+            arr.set_length(self._written[name])
         n = len(self._keys)
-        keys = self.group.create_array(layout.KEYS, shape=(n,), chunks=(max(n, 1),), dtype=str)
-        labels = self.group.create_array(
-            layout.LABELS, shape=(n,), chunks=(max(n, 1),), dtype="int64", compressors=None, fill_value=-1
-        )
+        zb.write_text(self.dir / layout.KEYS, self._keys)
+        labels = zb.create_array(self.dir / layout.LABELS, (n,), (max(n, 1),), "int64", fill_value=-1)
         if n:
-            keys[:] = np.asarray(self._keys, dtype=object)
-            labels[:] = np.asarray(self._labels, dtype=np.int64)
+            labels.write_chunk(0, np.asarray(self._labels, dtype=np.int64))
+        labels.set_length(n)
         attrs = {
             **(extra_attrs or {}),
             "n_images": n,
             "hook_stats": {h: s.to_json() for h, s in self.stats.items()},
+            layout.CHUNKS: {h: {"rows": a.rows_per_chunk, "crc32c": self._crc[h]} for h, a in self._arrays.items()},
             "written_by": {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()},
         }
-        self.group.attrs.update(attrs)
+        zb.update_attributes(self.dir, attrs)
         # The marker goes last and alone: a reader trusts nothing of a part before it.
-        self.group.attrs.update({layout.COMPLETE: True})
+        zb.update_attributes(self.dir, {layout.COMPLETE: True})
+
+
+def record_store_stats(path: str | Path, all_parts: set[str]) -> None:
+    """Once every part of ``all_parts`` is complete, record store-wide hook statistics in the root.
+
+    Any worker may be the last; each computes the same numbers from the same parts, and
+    metadata files are replaced atomically, so concurrent finishers agree.
+    """
+    from clipsae.store.reader import ActivationStore, complete_parts
+
+    if not all_parts <= complete_parts(path):
+        return
+    s = ActivationStore.open(path)
+    zb.update_attributes(Path(path), {"hook_stats": {h: s.hook_stats(h).to_json() for h in s.hooks},
+                                      "n_images": s.n_images})
 
 
 def write_store(
@@ -266,14 +238,15 @@ def write_store(
     attrs: Mapping | None = None,
     dtype: str | None = None,
     part: str = "part-00000",
-    meanings: Mapping[str, str] | None = None,
+    layouts: Mapping[str, Mapping] | None = None,
 ) -> None:
     """Write activations computed elsewhere as a store (or one more part of one).
 
     ``acts[hook]`` is (n, n_tokens, d) or (n, d); ``keys`` name the n images uniquely;
     ``labels`` default to -1. ``attrs`` go into the store's identity (``model`` at least
     is expected); writing a second part with the same attrs and shapes extends the store.
-    ``meanings[hook]`` describes a hook's rows; one starting with "CLS then" marks token 0 as CLS.
+    ``layouts[hook]`` describes a hook's tokens: ``cls_token`` (token 0 is CLS), ``grid``
+    ((rows, cols) of the patch tokens that follow) and ``meaning`` (free text).
     """
     keys = [str(k) for k in keys]
     n = len(keys)
@@ -289,7 +262,12 @@ def write_store(
     dtype = dtype or str(next(iter(shaped.values())).dtype)
     if dtype not in layout.DTYPES:
         raise ClipsaeError(f"dtype {dtype!r} not supported; use one of {', '.join(layout.DTYPES)}")
-    hooks = [HookLayout(h, a.shape[1], a.shape[2], (meanings or {}).get(h, "")) for h, a in shaped.items()]
+    try:
+        hooks = [HookLayout(h, a.shape[1], a.shape[2], **{k: (tuple(v) if k == "grid" and v else v)
+                                                           for k, v in (layouts or {}).get(h, {}).items()})
+                 for h, a in shaped.items()]
+    except (TypeError, ValueError) as exc:
+        raise ClipsaeError(f"layouts: {exc}") from None
     user = dict(attrs or {})
     config = {
         "model": user.pop("model", "unknown"),
@@ -298,7 +276,7 @@ def write_store(
         "hooks": {h.name: h.to_json() for h in hooks},
         **user,
     }
-    root = open_root(path, config, {"created_by": "store.write_store"})
-    writer = PartWriter(root, part, source="write_store", hooks=hooks, dtype=dtype)
+    root = open_root(path, config, {"created_by": "clipsae.store.write_store"})
+    writer = PartWriter(root, part, source="write_store", hooks=hooks, dtype=dtype, expected_images=n)
     writer.append(keys, labels, shaped)
     writer.close()

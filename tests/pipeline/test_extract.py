@@ -70,6 +70,8 @@ def test_stored_vit_activations_equal_open_clip_float32(shards, tmp_path, tokens
     ref = reference_activations("ViT-B-32", tar_images(shards), ["1", "3"], tokens)
     for h in ("resid.1", "resid.3"):
         np.testing.assert_allclose(s.read(h, slice(None)), ref[h].numpy(), atol=1e-5, rtol=1e-5)
+        lay = s.layout(h)
+        assert (lay.cls_token, lay.grid) == {"all": (True, (7, 7)), "cls": (True, None), "patches": (False, (7, 7))}[tokens]
 
 
 def test_stored_resnet_activations_equal_open_clip_float32(shards, tmp_path):
@@ -78,6 +80,8 @@ def test_stored_resnet_activations_equal_open_clip_float32(shards, tmp_path):
     ref = reference_activations("RN50", tar_images(shards), None, "all")
     for h in ("layer4", "attnpool"):
         np.testing.assert_allclose(s.read(h, slice(None)), ref[h].numpy(), atol=1e-5, rtol=1e-5)
+    assert (s.layout("layer4").cls_token, s.layout("layer4").grid) == (False, (7, 7))
+    assert (s.layout("attnpool").cls_token, s.layout("attnpool").grid) == (False, None)
 
 
 def test_store_keeps_key_label_and_source_of_every_image(shards, tmp_path):
@@ -90,6 +94,9 @@ def test_store_keeps_key_label_and_source_of_every_image(shards, tmp_path):
     prov = s.config
     assert prov["model"] == "ViT-B-32" and prov["preprocess"]["mean"][0] == pytest.approx(0.48145466)
     assert "resblocks[0]" in prov["hooks"]["resid.0"]["meaning"]
+    # Chunks are fitted to each tar's sample count: the activations take exactly their bytes on disk.
+    chunk_files = [f for f in (tmp_path / "s.zarr" / "parts").rglob("acts/resid.0/c/**/*") if f.is_file()]
+    assert sum(f.stat().st_size for f in chunk_files) == 18 * 768 * 2
 
 
 def test_rerun_skips_complete_parts(shards, tmp_path):
@@ -209,7 +216,7 @@ def test_two_workers_at_once_write_every_image_exactly_once(four_tars, reference
     s = ActivationStore.open(store)
     assert len(set(s.keys())) == s.n_images == 24
     assert_same_store(store, reference_store)
-    assert "hook_stats" in s.root.attrs
+    assert "hook_stats" in s.attrs
 
 
 def test_slurm_array_variables_pick_the_share(four_tars, tmp_path, monkeypatch):

@@ -68,12 +68,14 @@ def test_incomplete_part_is_invisible_to_readers(tmp_path):
     assert s.n_images == 3 and s.incomplete_parts == ["p1"]
 
 
-def test_torn_part_metadata_counts_as_incomplete(tmp_path):
+def test_unreadable_part_metadata_is_a_problem_not_an_incomplete_part(tmp_path):
+    # zarr replaces metadata files atomically, so a torn zarr.json means damage after the write.
     write_store(tmp_path / "s.zarr", {"h": _acts(3)}, keys=list("abc"), attrs={"model": "m"}, part="p0")
     meta = tmp_path / "s.zarr" / "parts" / "p0" / "zarr.json"
     meta.write_text(meta.read_text()[:20])
     s = ActivationStore.open(tmp_path / "s.zarr")
-    assert s.n_images == 0 and s.incomplete_parts == ["p0"]
+    assert s.n_images == 0 and s.damaged_parts == ["p0"] and s.incomplete_parts == []
+    assert verify(s).problems == ["part p0: its metadata (zarr.json) is unreadable"]
 
 
 def test_open_root_refuses_other_identity_naming_the_difference(tmp_path):
@@ -155,14 +157,58 @@ def test_compressed_parts_round_trip(tmp_path):
 
 
 
-def test_directory_holding_only_zarr_partial_files_is_a_store_being_created(tmp_path):
-    # What a second worker sees while the first is writing zarr.json: it must not refuse it.
+def test_open_root_creates_the_store_in_an_empty_directory(tmp_path):
     path = tmp_path / "s.zarr"
     path.mkdir()
-    (path / "zarr.0123abcd.partial").write_bytes(b"{")
-    root = open_root(path, {"model": "m", "hooks": {}}, {})
-    assert root.attrs["clipsae"]["config"]["model"] == "m"
+    open_root(path, {"model": "m", "hooks": {}}, {})
+    assert ActivationStore.open(path).config["model"] == "m"
+
+
+def test_concurrent_root_creation_yields_one_store(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = {"model": "m", "hooks": {"h": {"n_tokens": 3, "d": 4}}, "dtype": "float32"}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: open_root(tmp_path / "s.zarr", cfg, {}), range(32)))
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.zarr"]
+    assert ActivationStore.open(tmp_path / "s.zarr").hooks == ["h"]
+
+
+def test_directory_with_other_files_is_refused(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x")
     with pytest.raises(ClipsaeError, match="not a Zarr store"):
         open_root(tmp_path / "other", {"model": "m", "hooks": {}}, {})
+
+
+def test_iter_rows_yields_every_selected_row_once_in_global_order(tmp_path):
+    a, b = _acts(7, t=5, d=4, seed=1), _acts(5, t=5, d=4, seed=2)
+    lay = {"h": {"cls_token": True, "grid": [2, 2]}}
+    write_store(tmp_path / "s.zarr", {"h": a}, keys=[f"a{i}" for i in range(7)], attrs={"model": "m"}, part="p0", layouts=lay)
+    write_store(tmp_path / "s.zarr", {"h": b}, keys=[f"b{i}" for i in range(5)], attrs={"model": "m"}, part="p1", layouts=lay)
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    both = np.concatenate([a, b])
+    for tokens, idx in (("all", [0, 1, 2, 3, 4]), ("cls", [0]), ("patches", [1, 2, 3, 4])):
+        blocks = list(s.iter_rows("h", tokens))
+        images = np.concatenate([r.images_M for r in blocks])
+        toks = np.concatenate([r.tokens_M for r in blocks])
+        acts = np.concatenate([r.acts_MD for r in blocks])
+        assert list(images) == [i for i in range(12) for _ in idx] and list(toks) == idx * 12
+        np.testing.assert_array_equal(acts, both[:, idx].reshape(-1, 4))
+
+
+@pytest.mark.parametrize("n", [1, 50, 999, 1000, 4097, 12345])
+def test_chunks_fitted_to_a_known_part_size_pad_less_than_a_row_per_chunk(n):
+    from clipsae.store.layout import chunk_rows
+
+    for t, d in ((1, 768), (257, 1024), (50, 768)):
+        rows = chunk_rows(t, d, 2, expected_images=n)
+        chunks = -(-n // rows)
+        assert rows <= chunk_rows(t, d, 2) and chunks * rows - n < chunks
+
+
+def test_small_part_takes_the_disk_its_data_needs(tmp_path):
+    acts = _acts(50, t=1, d=768).astype(np.float16)
+    write_store(tmp_path / "s.zarr", {"embed": acts}, keys=[str(i) for i in range(50)], attrs={"model": "m"})
+    files = (tmp_path / "s.zarr" / "parts" / "part-00000" / "acts" / "embed" / "c").rglob("*")
+    assert sum(f.stat().st_size for f in files if f.is_file()) == acts.nbytes

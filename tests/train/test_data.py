@@ -20,7 +20,7 @@ def store(tmp_path_factory) -> ActivationStore:
     for p in range(12):
         sl = slice(10 * p, 10 * (p + 1))
         write_store(path, {"h": acts[sl]}, keys[sl], attrs={"model": "m"}, part=f"part-{p:05d}",
-                    meanings={"h": "CLS then 2x2 patches row-major"})
+                    layouts={"h": {"cls_token": True, "grid": [2, 2]}})
     return ActivationStore.open(path)
 
 

@@ -34,7 +34,7 @@ def small(tmp_path_factory):
     path = tmp_path_factory.mktemp("small") / "small.zarr"
     acts, _ = planted_dictionary(512, 3, 16, 32, mean_active=2, seed=1)
     write_store(path, {"a": acts, "b": acts[:, :1] * 2}, [f"k{i}" for i in range(512)], attrs={"model": "planted"},
-                meanings={"a": "CLS then 1x2 patches row-major"})
+                layouts={"a": {"cls_token": True, "grid": [1, 2]}})
     return path
 
 

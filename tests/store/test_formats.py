@@ -1,0 +1,87 @@
+"""Stores open across formats and implementations: format 1 still reads, and any Zarr v3 reader agrees with ours."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsae.store import ActivationStore, verify, write_store
+from clipsae.store.layout import HookLayout
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FORMAT1_LAYOUT = {"resid.1": {"cls_token": True, "grid": [2, 2]}, "layer4": {"cls_token": False, "grid": [2, 2]},
+                  "embed": {"cls_token": False, "grid": None}}
+
+
+@pytest.fixture
+def format1(tmp_path):
+    path = tmp_path / "format1.zarr"
+    shutil.copytree(FIXTURES / "format1.zarr", path)
+    return path
+
+
+def test_format1_store_reads_back_what_was_written(format1):
+    expected = np.load(FIXTURES / "format1.expected.npz")
+    s = ActivationStore.open(format1)
+    assert s.format_version == 1 and s.n_images == 11
+    assert list(s.keys()) == list(expected["keys"])
+    np.testing.assert_array_equal(s.labels(), expected["labels"])
+    for hook in ("resid.1", "layer4", "embed"):
+        np.testing.assert_array_equal(s.read(hook, slice(None)), expected[hook])
+
+
+def test_format1_token_layout_is_derived_from_the_hook_meaning(format1):
+    s = ActivationStore.open(format1)
+    for hook, want in FORMAT1_LAYOUT.items():
+        lay = s.layout(hook)
+        assert (lay.cls_token, list(lay.grid) if lay.grid else None) == (want["cls_token"], want["grid"])
+    assert list(s.token_indices("resid.1", "patches")) == [1, 2, 3, 4]
+    assert list(s.token_indices("layer4", "patches")) == [0, 1, 2, 3]
+
+
+def test_format1_store_verifies_without_checksums(format1):
+    r = verify(ActivationStore.open(format1))
+    assert r.ok and r.unchecksummed == ["p0", "p1"]
+
+
+def test_format1_store_takes_a_format2_part(format1):
+    rng = np.random.default_rng(3)
+    acts = {"resid.1": rng.standard_normal((2, 5, 8)), "layer4": rng.standard_normal((2, 4, 8)),
+            "embed": rng.standard_normal((2, 1, 8))}
+    write_store(format1, acts, keys=["new0", "new1"], labels=[5, 6], dtype="float16", part="p2",
+                attrs={"model": "fixture", "pretrained": "random-init(seed=0)"},
+                layouts={h: {**v, "meaning": ActivationStore.open(format1).layout(h).meaning} for h, v in FORMAT1_LAYOUT.items()})
+    s = ActivationStore.open(format1)
+    assert s.n_images == 13 and list(s.keys()[-2:]) == ["new0", "new1"]
+    np.testing.assert_array_equal(s.read("layer4", [11, 12]), acts["layer4"].astype(np.float16))
+    r = verify(s)
+    assert r.ok and r.unchecksummed == ["p0", "p1"]
+
+
+def test_a_patches_only_format1_store_has_no_cls_token():
+    # Format 1 wrote "CLS then GxG patches" even for --tokens patches; the store's token mode decides.
+    lay = HookLayout.from_json("resid.3", {"n_tokens": 4, "d": 8, "meaning": "CLS then 2x2 patches row-major"}, 1, "patches")
+    assert (lay.cls_token, lay.grid) == (False, (2, 2))
+
+
+def test_tensorstore_reads_every_array_as_we_do(tmp_path):
+    ts = pytest.importorskip("tensorstore", reason="tensorstore (a test extra) is not installed")
+    rng = np.random.default_rng(0)
+    path = tmp_path / "s.zarr"
+    for part, n in (("p0", 9), ("p1", 4)):
+        write_store(path, {"resid.2": rng.standard_normal((n, 5, 8)), "embed": rng.standard_normal((n, 8))},
+                    keys=[f"{part}/ключ-{i}" for i in range(n)], labels=list(range(n)), part=part, dtype="float16",
+                    attrs={"model": "m"}, layouts={"resid.2": {"cls_token": True, "grid": [2, 2]}})
+    s = ActivationStore.open(path)
+
+    def read(rel):
+        return ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / rel)}}).result().read().result()
+
+    for p in s.parts:
+        rows = slice(p.offset, p.offset + p.n_images)
+        for hook in s.hooks:
+            np.testing.assert_array_equal(read(f"parts/{p.name}/acts/{hook}"), s.read(hook, rows))
+        np.testing.assert_array_equal(read(f"parts/{p.name}/labels"), s.labels()[rows])
+        keys = [bytes(r).rstrip(b"\0").decode() for r in read(f"parts/{p.name}/keys")]
+        assert keys == list(s.keys()[rows])

@@ -1,0 +1,83 @@
+"""A store that lost or changed a chunk is reported, naming the part, hook and chunk; never read as zeros."""
+
+import numpy as np
+import pytest
+
+from clipsae.errors import ClipsaeError
+from clipsae.store import ActivationStore, HookLayout, PartWriter, open_root, verify
+from tests.conftest import tree_snapshot
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Two parts of 10 images, 4 rows a chunk: chunks 0..2 each, the last one short."""
+    path = tmp_path / "s.zarr"
+    root = open_root(path, {"model": "m", "dtype": "float16", "hooks": {"h": {"n_tokens": 2, "d": 8}}}, {})
+    rng = np.random.default_rng(0)
+    for name in ("p0", "p1"):
+        w = PartWriter(root, name, "src", [HookLayout("h", 2, 8)], "float16", chunk_bytes=4 * 2 * 8 * 2)
+        w.append([f"{name}-{i}" for i in range(10)], list(range(10)), {"h": rng.standard_normal((10, 2, 8))})
+        w.close()
+    return path
+
+
+def _chunk(store, part="p1", index=1):
+    return store / "parts" / part / "acts" / "h" / "c" / str(index) / "0" / "0"
+
+
+def test_verify_passes_the_intact_store(store):
+    assert verify(ActivationStore.open(store)).ok
+
+
+def test_deleted_chunk_is_named_by_verify_and_refused_by_the_reader(store):
+    _chunk(store).unlink()
+    s = ActivationStore.open(store)
+    assert verify(s).problems == [f"part p1, hook h: chunk 1 is missing ({_chunk(store)})"]
+    with pytest.raises(ClipsaeError, match="part p1, hook h: chunk 1 is missing"):
+        s.read("h", [14])
+    with pytest.raises(ClipsaeError, match="chunk 1 is missing"):
+        list(s.iter_rows("h"))
+
+
+def test_truncated_chunk_is_named_by_verify_and_refused_by_the_reader(store):
+    f = _chunk(store, "p0", 0)
+    f.write_bytes(f.read_bytes()[:100])
+    s = ActivationStore.open(store)
+    problems = verify(s).problems
+    assert len(problems) == 1 and problems[0].startswith("part p0, hook h: chunk 0 has 100 bytes, expected 128")
+    with pytest.raises(ClipsaeError, match="chunk 0 has 100 bytes"):
+        s.read("h", slice(0, 2))
+
+
+def test_altered_chunk_is_found_by_its_checksum(store):
+    f = _chunk(store, "p1", 2)
+    data = bytearray(f.read_bytes())
+    data[3] ^= 0x40
+    f.write_bytes(bytes(data))
+    assert verify(ActivationStore.open(store)).problems == [
+        "part p1, hook h: chunk 2 was altered after it was written (CRC32C differs)"]
+
+
+def test_padding_beyond_the_last_row_is_not_checksummed(store):
+    f = _chunk(store, "p1", 2)  # rows 8, 9 of the part, then two rows of padding
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    assert verify(ActivationStore.open(store)).ok
+
+
+def test_lost_labels_chunk_is_reported(store):
+    (store / "parts" / "p0" / "labels" / "c" / "0").unlink()
+    s = ActivationStore.open(store)
+    assert any(p.startswith("part p0: labels: chunk 0 is missing") for p in verify(s).problems)
+    with pytest.raises(ClipsaeError, match="part p0: labels"):
+        s.labels()
+
+
+def test_verify_cli_lists_problems_and_ends_on_one_error_line(store, run_cli):
+    _chunk(store).unlink()
+    before = tree_snapshot(store)
+    code, out, err = run_cli("store", "verify", store)
+    assert code == 1 and "problem: part p1, hook h: chunk 1 is missing" in out
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "delete" in err
+    assert tree_snapshot(store) == before
