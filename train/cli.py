@@ -191,7 +191,7 @@ def sae_group():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def sae_info_cmd(path, as_json):
     """What the SAE in PATH is, and its held-out metrics."""
-    from clipsae.train.export import load_metrics, load_sae
+    from clipsae.train.load import load_metrics, load_sae
 
     model = load_sae(path)
     metrics = load_metrics(path) or {}

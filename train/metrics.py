@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipsae.train.export import SparseAutoencoder
+from clipsae.train.model import SparseAutoencoder
 
 DENSE_ABOVE = 0.1
 HIST_EDGES = np.arange(-8.0, 0.25, 0.25)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsae.train.spec import SAESpec
-from clipsae.train.sparse import SparseCodes, decode_sparse, encode_sparse, select_batch_topk, select_topk, select_topk_among
+from clipsae.train.codes import SparseCodes
+from clipsae.train.sparse import decode_sparse, encode_sparse, select_batch_topk, select_topk, select_topk_among
 
 THRESHOLD_MOMENTUM = 0.99
 

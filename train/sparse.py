@@ -6,25 +6,11 @@ varying number. The decoder and the encoder's backward then cost nnz·d instead 
 """
 
 import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class SparseCodes:
-    """Active latents of a batch of B rows, sorted by row."""
-
-    rows: torch.Tensor  # (nnz,) int64
-    cols: torch.Tensor  # (nnz,) int64
-    vals: torch.Tensor  # (nnz,) float, differentiable
-    offsets: torch.Tensor  # (B,) int64, start of each row in rows/cols/vals
-
-
-def _offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
-    counts = torch.bincount(rows, minlength=n_rows)
-    return torch.cumsum(counts, 0) - counts
+from clipsae.train.codes import SparseCodes, row_offsets
 
 
 def select_topk(z_BN: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -43,7 +29,7 @@ def select_batch_topk(z_BN: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     top = flat.topk(k * B, sorted=False)
     idx = top.indices[top.values > 0].sort().values
     rows, cols = idx // n, idx % n
-    return rows, cols, _offsets(rows, B)
+    return rows, cols, row_offsets(rows, B)
 
 
 def select_topk_among(z_BN: torch.Tensor, allowed_N: torch.Tensor, k: int):

@@ -18,7 +18,8 @@ from clipsae.store.writer import config_differences
 from clipsae.train.checkpoint import load_checkpoint, save_checkpoint
 from clipsae.train.config import TrainConfig
 from clipsae.train.data import RowSource, ShuffleStream, holdout_mask
-from clipsae.train.export import CFG_FILE, save_sae, to_inference
+from clipsae.train.export import save_sae, to_inference
+from clipsae.train.load import CFG_FILE
 from clipsae.train.metrics import evaluate, plot_density
 from clipsae.train.sae import TrainingSAE, geometric_median, optimise, resample_dead
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipsae.train.export import SparseAutoencoder
+from clipsae.train.model import SparseAutoencoder
 from clipsae.train.metrics import density_histogram, evaluate, plot_density
 
 

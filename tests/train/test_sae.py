@@ -6,7 +6,8 @@ import torch
 
 from clipsae.train.config import TrainConfig, default_lr
 from clipsae.train.dense import dense_forward
-from clipsae.train.export import load_sae, save_sae, to_inference
+from clipsae.train.export import save_sae, to_inference
+from clipsae.train.load import load_sae
 from clipsae.train.sae import TrainingSAE, geometric_median, resample_dead
 from clipsae.train.spec import SAESpec
 

@@ -1,0 +1,128 @@
+"""The SAE for inference on raw activations: what training exports and what analysis loads.
+
+SAELens's orientation and names: ``W_enc`` (d_in, d_sae), ``b_enc`` (d_sae), ``W_dec`` (d_sae, d_in),
+``b_dec`` (d_in). Importing this module imports torch and nothing of training.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipsae.errors import ClipsaeError
+from clipsae.train.codes import SparseCodes, row_offsets
+
+
+def _relu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    return SparseCodes.from_mask(z_BN, z_BN > 0)
+
+
+def _topk(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    top = z_BN.topk(model.k, dim=1)
+    keep = top.values > 0  # fewer than k positive pre-activations: the rest are zeros, not codes
+    rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(model.k).view_as(keep)[keep]
+    return SparseCodes(rows, top.indices[keep], top.values[keep], row_offsets(rows, z_BN.shape[0]))
+
+
+def _jumprelu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    return SparseCodes.from_mask(z_BN, (z_BN > model.threshold) & (z_BN > 0))
+
+
+@dataclass(frozen=True)
+class Activation:
+    """How an inference architecture turns pre-activations into codes, and what it needs."""
+
+    codes: Callable[["SparseAutoencoder", torch.Tensor], SparseCodes]
+    needs_k: bool = False
+    needs_threshold: bool = False
+
+
+# The three inference forms every trained SAE is saved as (SAELens's names): ReLU, TopK, JumpReLU.
+ACTIVATIONS = {
+    "standard": Activation(_relu),
+    "topk": Activation(_topk, needs_k=True),
+    "jumprelu": Activation(_jumprelu, needs_threshold=True),
+}
+
+
+class SparseAutoencoder(nn.Module):
+    """An SAE on raw activations: ``encode`` (dense codes), ``encode_sparse``, ``decode``, ``forward``.
+
+    ``architecture`` is ``standard`` (f = ReLU(z)), ``topk`` (the k largest of ReLU(z)) or
+    ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent), with
+    z = (x − b_dec·apply_b_dec_to_input) W_enc + b_enc, scaled by ‖W_dec row‖ when
+    ``rescale_acts_by_decoder_norm`` (a SAELens TopK option; decoding then divides by it).
+    ``identity`` says where the weights came from (path, format, sha256) once loaded from disk.
+    """
+
+    def __init__(self, architecture: str, W_enc, b_enc, W_dec, b_dec, k: int | None = None, threshold=None,
+                 cfg: dict | None = None, apply_b_dec_to_input: bool = True,
+                 rescale_acts_by_decoder_norm: bool = False):
+        super().__init__()
+        if architecture not in ACTIVATIONS:
+            raise ClipsaeError(f"unsupported SAE architecture {architecture!r}; clipsae reads {', '.join(ACTIVATIONS)}")
+        act = ACTIVATIONS[architecture]
+        if act.needs_k and not (isinstance(k, int) and 0 < k <= W_enc.shape[1]):
+            raise ClipsaeError(f"a {architecture} SAE needs k between 1 and d_sae={W_enc.shape[1]}, not {k!r}")
+        if act.needs_threshold and threshold is None:
+            raise ClipsaeError(f"a {architecture} SAE needs a threshold")
+        d_in, d_sae = W_enc.shape
+        for name, t, shape in (("b_enc", b_enc, (d_sae,)), ("W_dec", W_dec, (d_sae, d_in)), ("b_dec", b_dec, (d_in,))):
+            if tuple(t.shape) != shape:
+                raise ClipsaeError(f"{name} has shape {tuple(t.shape)}; with W_enc {tuple(W_enc.shape)} it must be {shape}")
+        self.architecture, self.k, self.cfg = architecture, k, cfg or {}
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.rescale_acts_by_decoder_norm = rescale_acts_by_decoder_norm
+        self.identity: dict = {}
+        self._activation = act
+        self.W_enc = nn.Parameter(W_enc)
+        self.b_enc = nn.Parameter(b_enc)
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_dec = nn.Parameter(b_dec)
+        if threshold is not None:
+            self.register_buffer("threshold", torch.as_tensor(threshold, dtype=W_enc.dtype).expand(d_sae).clone())
+
+    @property
+    def d_in(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_enc.shape[1]
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """z (..., d_sae) of raw activations (..., d_in)."""
+        x = x.to(self.W_enc.dtype)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        z = x @ self.W_enc + self.b_enc
+        return z * self.W_dec.norm(dim=1) if self.rescale_acts_by_decoder_norm else z
+
+    def encode_sparse(self, x_BD: torch.Tensor) -> SparseCodes:
+        """The active latents of each row of ``x_BD``, without a dense (rows, d_sae) code matrix."""
+        return self._activation.codes(self, self.pre_acts(x_BD))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense codes (..., d_sae) of raw activations (..., d_in)."""
+        flat = x.reshape(-1, self.d_in)
+        return self.encode_sparse(flat).to_dense(self.d_sae).reshape(*x.shape[:-1], self.d_sae)
+
+    def _decoder_scale(self, f: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.rescale_acts_by_decoder_norm:
+            return f
+        norms = self.W_dec.norm(dim=1)
+        return f / (norms if cols is None else norms[cols])
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction (..., d_in) of dense codes (..., d_sae)."""
+        return self._decoder_scale(f.to(self.W_dec.dtype)) @ self.W_dec + self.b_dec
+
+    def decode_sparse(self, codes: SparseCodes) -> torch.Tensor:
+        """Reconstruction (B, d_in) of sparse codes: Σ_j vals[j]·W_dec[cols[j]] + b_dec."""
+        w = self._decoder_scale(codes.vals.to(self.W_dec.dtype), codes.cols)
+        return F.embedding_bag(codes.cols, self.W_dec, codes.offsets, mode="sum", per_sample_weights=w) + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
