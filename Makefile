@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# PyPI's torch is a CUDA build of several GB. On a machine without a GPU,
+# `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU build instead.
+TORCH_INDEX ?=
 
 .PHONY: demo test bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	@echo "installing clipsae and its dependencies into $(VENV) (torch: $(if $(TORCH_INDEX),from $(TORCH_INDEX),PyPI's CUDA build; set TORCH_INDEX for another))"
+	$(BIN)/python -m pip install -q -e '.[test]' $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""Extraction throughput vs the bare model forward on pre-decoded tensors (DESIGN.md §5).
+"""Extraction throughput vs the bare model forward on pre-decoded tensors (goal ≥ 0.9).
 
 The pipeline figure covers reading tars, decoding and preprocessing JPEGs, the forward
 pass, and writing the store; the reference runs the same hooked forward on tensors that

@@ -1,6 +1,6 @@
 """Shuffled chunk reads through ActivationStore vs a sequential raw read of the same chunk files.
 
-Both start with the files evicted from the page cache. Goal (DESIGN.md §5): ratio >= 0.9.
+Both start with the files evicted from the page cache. Goal: ratio >= 0.9.
 """
 
 import shutil

@@ -2,7 +2,7 @@
 
 Both include fsync, so the figure is what reaches the disk, not the page cache. As in
 extract, the per-batch statistics are computed before the writer (on the GPU there) and
-handed to it; their CPU cost is printed separately. Goal (DESIGN.md §5): ratio >= 0.8.
+handed to it; their CPU cost is printed separately. Goal: ratio >= 0.8.
 """
 
 import os

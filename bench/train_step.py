@@ -4,7 +4,7 @@ Both steps do the same work: TopK forward, normalised MSE, backward, decoder-gra
 projection, clipping, Adam, renormalisation. The dense one multiplies the full (B, n) code
 matrix by the decoder; ours touches only the k active latents per token in the decoder and in
 the encoder's backward. With --peers-python, the peers' own steps (bench/peer_steps.py) run
-in their venv within the same run. Goals (DESIGN.md §5): ≥ 2.5× dense, ≥ 1.2× sparsify.
+in their venv within the same run. Goals: ≥ 2.5× dense, ≥ 1.2× sparsify.
 """
 
 import argparse

@@ -1,18 +1,20 @@
-"""The typed configuration of a training run, built and validated by the CLI."""
+"""The typed configuration of a training run; it checks its own values when made (no torch here)."""
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipsae.errors import ClipsaeError
 from clipsae.train.spec import SAESpec
 
 DEFAULT_BATCH = 4096
 DEFAULT_WARMUP = 1000
 DEFAULT_DEAD_TOKENS = 10_000_000
+PRECISIONS = ("fp32", "bf16")
 
 
 def default_lr(n_latents: int) -> float:
-    """lr = 2e-4 / √(n / 2^14): the scaling rule of DESIGN.md §3."""
+    """lr = 2e-4 / √(n / 2^14): smaller steps for wider SAEs, 2e-4 at 16,384 latents."""
     return 2e-4 / math.sqrt(n_latents / 2**14)
 
 
@@ -48,6 +50,28 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     wandb_project: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, value in (("--batch-size", self.batch_size), ("--buffer-rows", self.buffer_rows),
+                            ("--loader-threads", self.loader_threads), ("--eval-rows", self.eval_rows),
+                            ("--warmup-steps", self.warmup_steps), ("--dead-tokens", self.dead_tokens),
+                            ("--steps", self.steps)):
+            if value < 1:
+                raise ClipsaeError(f"{name} must be at least 1, not {value}")
+        for name, value in (("--eval-every", self.eval_every), ("--checkpoint-every", self.checkpoint_every),
+                            ("--resample-every", self.resample_every)):
+            if value < 0:
+                raise ClipsaeError(f"{name} must be at least 0, not {value}")
+        if not 0 <= self.holdout < 1:
+            raise ClipsaeError(f"--holdout must be in [0, 1), not {self.holdout}")
+        if not self.checkpoint_minutes > 0:
+            raise ClipsaeError(f"--checkpoint-minutes must be positive, not {self.checkpoint_minutes}")
+        if self.lr is not None and not self.lr > 0:
+            raise ClipsaeError(f"--lr must be positive, not {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ClipsaeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if not self.saes:
+            raise ClipsaeError("a run needs at least one SAE")
 
     def lr_of(self, spec: SAESpec) -> float:
         return self.lr if self.lr is not None else default_lr(spec.n)

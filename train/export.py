@@ -16,25 +16,18 @@ from clipsae.train.model import SparseAutoencoder
 from clipsae.train.sae import TrainingSAE
 
 SPARSITY_FILE = "sparsity.safetensors"
-SAELENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "matryoshka": "jumprelu"}
 
 
 @torch.no_grad()
 def to_inference(sae: TrainingSAE, scale: float) -> SparseAutoencoder:
-    """The raw-activation SAE equal to ``sae`` applied to s·x, divided by s."""
-    spec = sae.spec
-    arch = SAELENS_ARCH[spec.arch]
-    threshold = None
-    if arch == "jumprelu":
-        threshold = torch.full((spec.n,), float(max(sae.threshold.item(), 0.0)))
+    """The raw-activation SAE equal to ``sae`` applied to s·x, divided by s, in its architecture's export form."""
     return SparseAutoencoder(
-        arch,
+        sae.arch.export_as,
         (sae.W_enc * scale).T.contiguous().float().cpu(),
         sae.b_enc.detach().float().cpu().clone(),
         (sae.W_dec / scale).contiguous().float().cpu(),
         (sae.b_dec / scale).float().cpu().clone(),
-        k=spec.k if arch == "topk" else None,
-        threshold=threshold,
+        **sae.arch.export_options(sae),
     )
 
 

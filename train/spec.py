@@ -2,12 +2,9 @@
 
 from dataclasses import dataclass, field
 
-ARCHS = ("relu", "topk", "batchtopk", "matryoshka")
-
-
 @dataclass(frozen=True)
 class SAESpec:
-    """One SAE of a run: its architecture and sizes. Validated by the CLI before training."""
+    """One SAE of a run: its architecture (a name in ``train/archs/``) and sizes; made by the architecture."""
 
     arch: str
     d: int
@@ -23,20 +20,15 @@ class SAESpec:
         return self.expansion * self.d
 
     @property
-    def sparse(self) -> bool:
-        return self.arch != "relu"
-
-    @property
     def aux_k(self) -> int:
         return max(1, self.d // 2)
 
     @property
     def label(self) -> str:
-        """A directory-safe name that tells SAEs of a sweep apart."""
-        if self.arch == "relu":
-            return f"relu-x{self.expansion}-l1_{self.l1:g}"
-        extra = f"-{self.matryoshka_weighting}" if self.arch == "matryoshka" else ""
-        return f"{self.arch}-x{self.expansion}-k{self.k}{extra}"
+        """A directory-safe name that tells SAEs of a sweep apart (the architecture decides it)."""
+        from clipsae.train import archs
+
+        return archs.get(self.arch).label(self)
 
     @property
     def levels(self) -> list[int]:

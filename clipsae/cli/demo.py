@@ -5,7 +5,6 @@ from pathlib import Path
 import click
 
 from clipsae.errors import ClipsaeError
-from clipsae.train.cli import sae_info_cmd, train_cmd
 
 
 @click.command("demo")
@@ -14,8 +13,7 @@ from clipsae.train.cli import sae_info_cmd, train_cmd
 @click.option("--model", default="ViT-B-32", show_default=True)
 @click.option("--pretrained", default=None, help="Pretrained tag or checkpoint; random weights if omitted.")
 @click.option("--train-steps", type=int, default=100, show_default=True, help="Steps of the demo SAE.")
-@click.pass_context
-def demo_cmd(ctx, out, n_images, model, pretrained, train_steps):
+def demo_cmd(out, n_images, model, pretrained, train_steps):
     """Synthetic labelled shapes → webdataset tars → activation store → a TopK SAE, with summaries."""
     if n_images < 1:
         raise ClipsaeError(f"--n-images must be at least 1, not {n_images}")
@@ -26,6 +24,9 @@ def demo_cmd(ctx, out, n_images, model, pretrained, train_steps):
     from clipsae.pipeline.synthetic import make_synthetic_shards
     from clipsae.store.info import format_summary, summarize
     from clipsae.store.reader import ActivationStore
+    from clipsae.train.configure import configure_training
+    from clipsae.train.report import format_result, format_sae_info, sae_info
+    from clipsae.train.trainer import run_train
 
     root = Path(out)
     shards = root / "shards"
@@ -45,8 +46,16 @@ def demo_cmd(ctx, out, n_images, model, pretrained, train_steps):
     click.echo(format_summary(summarize(ActivationStore.open(store_path))))
     run_dir = root / "runs" / "topk-resid.10"
     click.echo(f"\ntraining a TopK SAE on resid.10, all tokens → {run_dir}")
-    ctx.invoke(train_cmd, store_path=store_path, hook="resid.10", tokens="all", arch="topk", expansion="8", k_list="16",
-               batch_size=512, steps=train_steps, holdout=0.1, out=run_dir, eval_every=50, quiet=False)
-    click.echo("")
-    ctx.invoke(sae_info_cmd, path=run_dir, as_json=False)
-    click.echo(f"\nfeature-density histogram: {run_dir / 'density.png'}")
+    plan = configure_training(store_path, hook="resid.10", tokens="all", arch="topk", expansion=8, k=16,
+                              batch_size=512, steps=train_steps, holdout=0.1, out=run_dir, eval_every=50)
+    result = run_train(plan.cfg, store=plan.store, held=plan.held)
+    click.echo("\n".join(format_result(result)) + "\n")
+    click.echo(format_sae_info(sae_info(run_dir)))
+    click.echo(f"""
+what to look at and do next:
+  {run_dir / 'density.png'}   the SAE's feature-density histogram
+  clipsae store verify {store_path}   checks every chunk of the store
+  clipsae train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 200
+                                      a sweep of two SAEs on another layer
+  your own images: clipsae shards make --from-folder DIR --out tars, then clipsae extract and clipsae train
+  (see README.md and docs/commands.md)""")

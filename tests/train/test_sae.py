@@ -8,7 +8,9 @@ from clipsae.train.config import TrainConfig, default_lr
 from clipsae.train.dense import dense_forward
 from clipsae.train.export import save_sae, to_inference
 from clipsae.train.load import load_sae
-from clipsae.train.sae import TrainingSAE, geometric_median, resample_dead
+from clipsae.train import archs
+from clipsae.train.sae import TrainingSAE
+from clipsae.train.statistics import geometric_median
 from clipsae.train.spec import SAESpec
 
 
@@ -49,7 +51,8 @@ def test_geometric_median_ignores_far_outliers_that_move_the_mean():
 def test_lr_rule_warm_up_and_final_decay():
     assert default_lr(2**14) == pytest.approx(2e-4)
     assert default_lr(4 * 2**14) == pytest.approx(1e-4)
-    cfg = TrainConfig(store=Path("s"), hook="h", tokens="all", out=Path("o"), saes=(), steps=1000, warmup_steps=50)
+    cfg = TrainConfig(store=Path("s"), hook="h", tokens="all", out=Path("o"), saes=(SAESpec("topk", 4, 2, k=2),),
+                      steps=1000, warmup_steps=50)
     assert cfg.lr_factor(0) == pytest.approx(1 / 50)
     assert cfg.lr_factor(49) == 1.0 and cfg.lr_factor(799) == 1.0
     assert cfg.lr_factor(900) == pytest.approx(0.5)
@@ -110,7 +113,7 @@ def test_resampling_points_dead_latents_at_inputs_and_resets_their_adam_state():
     opt.step()
     dead = torch.zeros(sae.spec.n, dtype=torch.bool)
     dead[:3] = True
-    n = resample_dead(sae, x, dead, torch.Generator().manual_seed(9), opt)
+    n = archs.get("relu").resample(sae, x, dead, torch.Generator().manual_seed(9), opt)
     assert n == 3
     x_c = (x - sae.b_dec).detach()
     cos = torch.nn.functional.normalize(sae.W_dec[:3].detach(), dim=1) @ torch.nn.functional.normalize(x_c, dim=1).T

@@ -138,6 +138,11 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small,
     (["--holdout", "1"], "--holdout must be in"),
     (["--device", "cuda"], "no CUDA device"),
     (["--eval-every", "-3"], "--eval-every must be at least 0"),
+    (["--k", "4,,8"], "--k '4,,8' has an empty item"),
+    (["--expansion", "0"], "--expansion must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--tokens", "cls", "--batch-size", "4096"], "--batch-size 4096 is more than the 4"),
+    (["--tokens-total", "1000"], "give --steps or --tokens-total, not both"),
 ])
 def test_bad_input_gets_one_line_and_exit_1(extra, message, small, tmp_path, run_cli):
     code, _, err = run_cli(*_train(small, tmp_path / "bad"), *extra)
@@ -232,3 +237,27 @@ def test_relu_resampling_is_logged(small, tmp_path, run_cli):
     assert code == 0, err
     resampled = sum(r.get("resampled", 0) for r in _lines(out / "metrics.jsonl", "train"))
     assert resampled > 0
+
+
+def _run_without_steps(store, out, *extra):
+    return ["train", "--store", store, "--hook", "a", "--expansion", "4", "--k", "4", "--out", out, *extra]
+
+
+def test_tokens_total_below_one_batch_is_refused(small, tmp_path, run_cli):
+    code, _, err = run_cli(*_run_without_steps(small, tmp_path / "r", "--tokens-total", "1e3", "--batch-size", "1024"))
+    assert code == 1 and "--tokens-total 1000 is less than one batch of 1024" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_rounded_tokens_total_and_no_holdout_are_announced(small, tmp_path, run_cli):
+    code, _, err = run_cli(*_run_without_steps(small, tmp_path / "r", "--tokens-total", "1000", "--batch-size", "128",
+                                               "--holdout", "0", "--quiet"))
+    assert code == 0, err
+    assert "note: --tokens-total 1000 rounded up to 8 whole batches: 1,024 tokens" in err
+    assert "note: --holdout 0: no image is held out, so there is no held-out evaluation" in err
+
+
+def test_sae_info_on_a_sweep_directory_points_to_its_saes(small, tmp_path, run_cli):
+    assert run_cli(*_train(small, tmp_path / "sweep", "--k", "2,4"))[0] == 0
+    code, _, err = run_cli("sae", "info", tmp_path / "sweep")
+    assert code == 1 and "sweep run directory, whose SAEs are in" in err and "topk-x4-k2" in err and "topk-x4-k4" in err

@@ -1,0 +1,38 @@
+"""The architecture registry: one module per architecture, found by its file name."""
+
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+from clipsae.errors import ClipsaeError
+from clipsae.train import archs
+
+ARCH_DIR = Path(archs.__file__).parent
+
+
+def test_every_architecture_module_is_registered_under_its_file_name():
+    modules = {m.name for m in pkgutil.iter_modules([str(ARCH_DIR)])} - {"base", "sparse_family"}
+    assert set(archs.names()) == modules == {"relu", "topk", "batchtopk", "matryoshka"}
+    for name in archs.names():
+        assert archs.get(name).name == name
+
+
+def test_unknown_architecture_lists_the_known_ones():
+    with pytest.raises(ClipsaeError, match="--arch 'gated' is not one of batchtopk, matryoshka, relu, topk"):
+        archs.get("gated")
+
+
+@pytest.mark.parametrize("name, export_as", [("relu", "standard"), ("topk", "topk"), ("batchtopk", "jumprelu"),
+                                             ("matryoshka", "jumprelu")])
+def test_each_architecture_says_how_it_is_saved(name, export_as):
+    assert archs.get(name).export_as == export_as
+
+
+def test_specs_drop_options_their_architecture_ignores():
+    relu = archs.get("relu").spec(8, 2, k=32, l1=3.0, matryoshka_weighting="rw")
+    topk = archs.get("topk").spec(8, 2, k=4, l1=3.0, matryoshka_weighting="rw")
+    assert (relu.k, relu.l1, relu.matryoshka_weighting) == (0, 3.0, "uw")
+    assert (topk.k, topk.l1, topk.matryoshka_weighting) == (4, 0.0, "uw")
+    assert archs.get("matryoshka").spec(8, 2, k=4, l1=0, matryoshka_weighting="rw").matryoshka_weighting == "rw"
+    assert (relu.label, topk.label) == ("relu-x2-l1_3", "topk-x2-k4")

@@ -1,0 +1,68 @@
+"""What every SAE architecture provides to the trainer, the exporter and the command line."""
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from clipsae.errors import ClipsaeError
+from clipsae.train.spec import SAESpec
+
+
+@dataclass
+class StepOutput:
+    """What one forward pass of a batch produced: the loss to minimise and what to log."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor  # Σ‖x̃ − x̂‖² / B, scaled units
+    l0: float
+    fired_N: torch.Tensor  # (n,) bool: latents active on some row of the batch
+    aux: float = 0.0
+
+
+class Architecture:
+    """An SAE architecture. Subclasses set the class attributes and implement :meth:`loss`.
+
+    ``export_as``: the inference form it is saved as (``standard``, ``topk`` or ``jumprelu``).
+    ``uses_k`` / ``uses_l1``: which of the sweepable options mean something to it.
+    ``revives_with_auxk``: dead latents get AuxK's auxiliary loss. ``resamples``: dead latents
+    may be re-initialised (``--resample-every``).
+    """
+
+    name: str = ""
+    export_as: str = "standard"
+    uses_k: bool = False
+    uses_l1: bool = False
+    revives_with_auxk: bool = False
+    resamples: bool = False
+
+    def spec(self, d: int, expansion: int, k: int, l1: float, **options) -> SAESpec:
+        """A checked spec, with the options this architecture ignores set to neutral values."""
+        if expansion < 1:
+            raise ClipsaeError(f"--expansion must be at least 1, not {expansion}")
+        if self.uses_k and not 1 <= k < expansion * d:
+            raise ClipsaeError(f"--k {k} must be between 1 and the number of latents minus one "
+                               f"({expansion * d - 1} for expansion {expansion}, d={d})")
+        if self.uses_l1 and l1 < 0:
+            raise ClipsaeError(f"--l1 must be non-negative, not {l1}")
+        spec = SAESpec(self.name, d, expansion, k=k if self.uses_k else 0, l1=l1 if self.uses_l1 else 0.0, **options)
+        return self.normalize(spec)
+
+    def normalize(self, spec: SAESpec) -> SAESpec:
+        """Drop options that do not apply, so that equal SAEs have equal specs."""
+        return replace(spec, matryoshka_weighting="uw")
+
+    def label(self, spec: SAESpec) -> str:
+        """A directory-safe name that tells SAEs of a sweep apart."""
+        return f"{self.name}-x{spec.expansion}-k{spec.k}"
+
+    def loss(self, sae, x_BD: torch.Tensor, dead_N: torch.Tensor | None) -> StepOutput:
+        """Loss of a batch of scaled inputs; ``dead_N`` marks the latents AuxK should revive."""
+        raise NotImplementedError
+
+    def resample(self, sae, x_BD: torch.Tensor, dead_N: torch.Tensor, gen: torch.Generator, opt) -> int:
+        """Re-initialise dead latents; returns how many. Only where ``resamples`` is set."""
+        raise NotImplementedError
+
+    def export_options(self, sae) -> dict:
+        """The inference model's own options (``k``, ``threshold``) for this trained SAE."""
+        return {}

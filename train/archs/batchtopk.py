@@ -1,0 +1,34 @@
+"""``batchtopk``: the k·B largest of ReLU(z) over the batch; inference f = z·1[z > θ] (saved as JumpReLU).
+
+θ ← 0.99 θ + 0.01 · min(kept value), in float64, over the training batches.
+"""
+
+import torch
+
+from clipsae.train.archs.sparse_family import SparseFamily
+from clipsae.train.sparse import select_batch_topk
+
+THRESHOLD_MOMENTUM = 0.99
+
+
+class BatchTopK(SparseFamily):
+    name = "batchtopk"
+    export_as = "jumprelu"
+
+    def select(self, z_BN, k):
+        return select_batch_topk(z_BN, k)
+
+    @torch.no_grad()
+    def after_step(self, sae, codes):
+        pos = codes.vals.detach()
+        pos = pos[pos > 0]
+        if not len(pos):
+            return
+        m = pos.min().double()
+        sae.threshold.copy_(m if sae.threshold < 0 else THRESHOLD_MOMENTUM * sae.threshold + (1 - THRESHOLD_MOMENTUM) * m)
+
+    def export_options(self, sae):
+        return {"threshold": torch.full((sae.spec.n,), float(max(sae.threshold.item(), 0.0)))}
+
+
+ARCH = BatchTopK()

@@ -1,0 +1,51 @@
+"""What ``clipsae train`` and ``clipsae sae info`` print: plain text for people, dicts for ``--json``."""
+
+from pathlib import Path
+
+from clipsae.train.load import load_metrics, load_sae
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def format_result(result) -> list[str]:
+    """One line per trained SAE: its held-out metrics and where it went."""
+    lines = []
+    for label, path in result.dirs.items():
+        m = result.metrics.get(label, {})
+        if "fvu" in m:
+            lines.append(f"{label}: FVU {m['fvu']:.4f}  cosine {m['cosine']:.4f}  L0 {m['l0']:.1f}  "
+                         f"dead {m['dead']}  dense {m['dense']}  → {path}")
+        else:
+            lines.append(f"{label} → {path}")
+    return lines
+
+
+def sae_info(path: str | Path) -> dict:
+    """What the SAE in ``path`` is (whoever trained it) and, for a clipsae run, its held-out metrics."""
+    model = load_sae(path)
+    metrics = load_metrics(path) or {}
+    cfg = model.cfg
+    ours = cfg.get("clipsae", {})
+    meta = cfg.get("meta", {}) if isinstance(cfg.get("meta"), dict) else {}
+    return {
+        "path": str(path), "format": model.identity.get("format"), "architecture": model.architecture,
+        "d_in": model.d_in, "d_sae": model.d_sae, "k": model.k,
+        "threshold": float(model.threshold.max()) if model.architecture == "jumprelu" else None,
+        "trained_as": ours.get("spec", {}).get("arch"), "model": meta.get("model_name"),
+        "hook": meta.get("hook_name"), "tokens": ours.get("tokens"), "store": meta.get("dataset_path"),
+        "steps": ours.get("steps"), "tokens_trained": ours.get("tokens_trained"), "input_scale": ours.get("scale"),
+        "weights_sha256": model.identity.get("weights_sha256"),
+        "heldout": {k: v for k, v in metrics.items() if k not in ("density_hist", "sae", "split")},
+    }
+
+
+def format_sae_info(info: dict) -> str:
+    lines = [f"{key:>15}: {_fmt(value)}" for key, value in info.items() if key != "heldout" and value is not None]
+    if info["heldout"]:
+        lines.append("held-out metrics:")
+        lines += [f"{key:>22}: {_fmt(value)}" for key, value in info["heldout"].items()]
+    else:
+        lines.append("no held-out metrics (trained with --holdout 0, or not by clipsae)")
+    return "\n".join(lines)

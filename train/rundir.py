@@ -1,0 +1,120 @@
+"""The run directory: its identity (``run.json``), checkpoint, metrics log and each SAE's exported folder."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from clipsae.errors import ClipsaeError
+from clipsae.store.writer import config_differences
+from clipsae.train.config import TrainConfig
+from clipsae.train.export import save_sae, to_inference
+from clipsae.train.metrics import plot_density
+
+RUN_FILE = "run.json"
+METRICS_LOG = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def check_out_dir(cfg: TrainConfig) -> None:
+    """Refuse an ``--out`` that holds another run or something that is not a run at all."""
+    run = cfg.out / RUN_FILE
+    if run.is_file():
+        try:
+            existing = json.loads(run.read_text())["identity"]
+        except (ValueError, KeyError):
+            raise ClipsaeError(f"{run} is unreadable; move {cfg.out} away or choose another --out") from None
+        diffs = config_differences(existing, cfg.identity(), have="it has", want="this command has")
+        if diffs:
+            raise ClipsaeError(f"--out {cfg.out} holds a different run ({'; '.join(diffs)}); choose another --out")
+    elif cfg.out.exists() and (not cfg.out.is_dir() or any(cfg.out.iterdir())):
+        raise ClipsaeError(f"--out {cfg.out} exists and is not a clipsae run directory")
+
+
+def write_identity(cfg: TrainConfig) -> None:
+    """Record what the run is, so that a rerun into the same directory can be checked against it."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / RUN_FILE).write_text(json.dumps({"identity": cfg.identity()}, indent=2))
+
+
+def save_checkpoint(out: Path, state: dict) -> None:
+    """Atomically replace ``out/checkpoint.pt``: a kill leaves the previous one intact."""
+    path = out / CHECKPOINT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def load_checkpoint(out: Path) -> dict | None:
+    """The last checkpoint written to ``out``, or None."""
+    path = out / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class MetricsLog:
+    """``metrics.jsonl``, one JSON record a line, mirrored to wandb when asked."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.path = cfg.out / METRICS_LOG
+        self.wandb = None
+        self._cfg = cfg
+
+    def start_wandb(self) -> None:
+        if not self._cfg.wandb_project:
+            return
+        try:
+            import wandb
+        except ImportError:
+            raise ClipsaeError("--wandb needs the wandb package: pip install wandb (WANDB_MODE=offline works without network)") from None
+        cfg = self._cfg
+        run_id = hashlib.sha1(str(cfg.out.resolve()).encode()).hexdigest()[:12]
+        wandb.init(project=cfg.wandb_project, name=cfg.out.name, id=run_id, resume="allow", config=cfg.identity())
+        self.wandb = wandb
+
+    def log(self, record: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({f"{record.get('sae', 'run')}/{record['split']}/{k}": v for k, v in record.items()
+                            if isinstance(v, (int, float))}, step=record["step"])
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def truncate(self, size: int) -> None:
+        """Drop what was logged after a checkpoint, so a resumed run logs nothing twice."""
+        if self.path.exists():
+            with open(self.path, "r+b") as fh:
+                fh.truncate(size)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def export_sae(cfg: TrainConfig, store_config: dict, sae, scale: float, context_size: int, record: dict,
+               density_N: torch.Tensor | None) -> Path:
+    """Write one trained SAE's folder: SAELens files, held-out metrics and the density histogram."""
+    out = cfg.sae_dir(sae.spec)
+    label = sae.spec.label
+    cfg_extra = {
+        "meta": {"model_name": store_config.get("model"), "hook_name": cfg.hook,
+                 "dataset_path": str(Path(cfg.store).resolve()), "context_size": context_size},
+        "clipsae": {"spec": sae.spec.to_json(), "label": label, "scale": scale, "hook": cfg.hook,
+                    "tokens": cfg.tokens, "model": store_config.get("model"),
+                    "pretrained": store_config.get("pretrained"), "steps": cfg.steps,
+                    "tokens_trained": cfg.steps * cfg.batch_size, "seed": cfg.seed, "holdout": cfg.holdout,
+                    "lr": cfg.lr_of(sae.spec), "batch_size": cfg.batch_size},
+    }
+    log10 = None if density_N is None else torch.log10(density_N + 1e-10)
+    save_sae(to_inference(sae, scale), out, cfg_extra, log10, record)
+    if density_N is not None:
+        plot_density(density_N, out / "density.png", f"{label} on {cfg.hook} ({cfg.tokens} tokens)")
+    return out

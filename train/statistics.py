@@ -1,0 +1,49 @@
+"""Input statistics computed once before training: the input scale s and the decoder bias's start."""
+
+import math
+
+import numpy as np
+import torch
+
+from clipsae.errors import ClipsaeError
+from clipsae.train.data import RowSource
+
+GM_ROWS = 2**14
+
+
+def geometric_median(x_MD: torch.Tensor, iters: int = 200, tol: float = 1e-7) -> torch.Tensor:
+    """Weiszfeld's iteration for argmin_y Σ‖x_i − y‖, started at the mean."""
+    x = x_MD.double()
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - y).norm(dim=1).clamp_min(1e-12)
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if (y_new - y).norm() <= tol * y.norm().clamp_min(1e-12):
+            y = y_new
+            break
+        y = y_new
+    return y.float()
+
+
+def input_statistics(source: RowSource, max_rows: int, seed: int) -> tuple[float, torch.Tensor]:
+    """(s, geometric median of s·x): s = √d / E‖x‖ over up to ``max_rows`` training rows."""
+    rng = np.random.default_rng(seed)
+    total, count, keep = 0.0, 0, []
+    for chunk_rows in source.iter_sample(seed):
+        rows = torch.from_numpy(chunk_rows).float()
+        if not len(rows):
+            continue
+        norms = rows.norm(dim=1)
+        if not torch.isfinite(norms).all():
+            raise ClipsaeError(f"hook {source.hook} has non-finite activations (see `clipsae store info`); cannot train")
+        total += float(norms.double().sum())
+        count += len(rows)
+        keep.append(rows[torch.from_numpy(rng.permutation(len(rows))[: GM_ROWS // 8])])
+        if count >= max_rows:
+            break
+    mean_norm = total / count
+    if not mean_norm > 0:
+        raise ClipsaeError(f"hook {source.hook} is all zeros; nothing to train on")
+    scale = math.sqrt(source.d) / mean_norm
+    sample = torch.cat(keep)[:GM_ROWS] * scale
+    return scale, geometric_median(sample)
