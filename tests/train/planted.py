@@ -26,3 +26,23 @@ def recovery(D_true: np.ndarray, W_dec: np.ndarray) -> float:
     """Mean over true features of the best cosine with a learned feature (rows of W_dec)."""
     learned = W_dec / np.linalg.norm(W_dec, axis=1, keepdims=True)
     return float((D_true @ learned.T).max(axis=1).mean())
+
+
+def hard_planted_dictionary(n_rows: int, d: int, n_features: int, mean_active: float, seed: int,
+                            offset: float = 8.0, sigma: float = 0.8, partner: float = 0.5):
+    """(x (n_rows, d) float32, D): a harder planted dictionary than :func:`planted_dictionary`.
+
+    Feature 2i+1 joins feature 2i on half the rows where 2i fires (co-occurrence); magnitudes are
+    lognormal(0, ``sigma``) (heavy-tailed); every row carries a common offset of norm ``offset``.
+    """
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((n_features, d))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    p = (np.arange(n_features) + 1.0) ** -0.5
+    p *= mean_active / p.sum()
+    active = rng.random((n_rows, n_features)) < p
+    active[:, 1::2] |= active[:, 0::2] & (rng.random((n_rows, n_features // 2)) < partner)
+    mu = rng.standard_normal(d)
+    mu *= offset / np.linalg.norm(mu)
+    x = (active * rng.lognormal(0.0, sigma, size=(n_rows, n_features))) @ D + mu + 0.01 * rng.standard_normal((n_rows, d))
+    return x.astype(np.float32), D.astype(np.float32)
