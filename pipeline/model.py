@@ -23,14 +23,6 @@ class LoadedModel:
     provenance: dict  # versions and paths, informative only
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_name(name: str) -> None:
     if name.startswith("hf-hub:") or name in open_clip.list_models():
         return
@@ -85,7 +77,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         weights_id = f"random-init(seed={cfg.init_seed})"
     elif Path(pretrained).is_file():
         checkpoint = Path(pretrained).resolve()
-        weights_id = f"file:sha256:{_sha256(checkpoint)}"
+        with open(checkpoint, "rb") as fh:
+            weights_id = f"file:sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()}"
     elif pretrained.startswith("hf-hub:"):
         weights_id = pretrained
     else:

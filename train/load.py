@@ -24,14 +24,6 @@ SPARSIFY_WEIGHTS = "sae.safetensors"
 METRICS_FILE = "metrics.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _need(weights: dict, names: tuple[str, ...], where: Path) -> None:
     missing = [n for n in names if n not in weights]
     if missing:
@@ -94,7 +86,9 @@ def load_sae(path: str | Path, device: str = "cpu") -> SparseAutoencoder:
         raise ClipsaeError(f"{p / CFG_FILE} is not a JSON object")
     fmt = "sparsify" if weights.name == SPARSIFY_WEIGHTS else ("clipsae" if "clipsae" in cfg else "saelens")
     model = (_from_sparsify if fmt == "sparsify" else _from_saelens)(cfg, w, p)
-    model.identity = {"path": str(p.resolve()), "format": fmt, "weights_sha256": _sha256(weights),
+    with open(weights, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    model.identity = {"path": str(p.resolve()), "format": fmt, "weights_sha256": digest,
                       "architecture": model.architecture, "d_in": model.d_in, "d_sae": model.d_sae}
     return model.to(device)
 
