@@ -234,3 +234,15 @@ def test_card_command_on_vit_l_14(tmp_path, run_cli):
     s = ActivationStore.open(tmp_path / "acts.zarr")
     assert s.hooks == ["resid.20", "resid.22"]
     assert s.read("resid.22", slice(None)).shape == (2, 257, 1024)
+
+
+def test_local_checkpoint_is_recorded_by_its_sha256(shards, tmp_path):
+    import hashlib
+
+    torch.manual_seed(5)
+    ckpt = tmp_path / "vit.pt"
+    torch.save(open_clip.create_model("ViT-B-32").state_dict(), ckpt)
+    run_extract(ExtractConfig(model=ModelConfig("ViT-B-32", pretrained=str(ckpt)), layers=["0"], tokens="cls",
+                              shards=str(shards), store=str(tmp_path / "s.zarr"), progress=False))
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert ActivationStore.open(tmp_path / "s.zarr").config["pretrained"] == f"file:sha256:{digest}"
