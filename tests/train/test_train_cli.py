@@ -261,3 +261,12 @@ def test_sae_info_on_a_sweep_directory_points_to_its_saes(small, tmp_path, run_c
     assert run_cli(*_train(small, tmp_path / "sweep", "--k", "2,4"))[0] == 0
     code, _, err = run_cli("sae", "info", tmp_path / "sweep")
     assert code == 1 and "sweep run directory, whose SAEs are in" in err and "topk-x4-k2" in err and "topk-x4-k4" in err
+
+
+def test_run_files_share_the_permissions_of_every_other_file(small, tmp_path, run_cli):
+    out = tmp_path / "perm"
+    assert run_cli(*_train(small, out))[0] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir() if f.is_file()}
+    assert modes["sae_weights.safetensors"] == modes["sparsity.safetensors"] == modes["cfg.json"] == 0o666 & ~umask
