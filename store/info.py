@@ -33,8 +33,10 @@ def summarize(store: ActivationStore) -> dict:
         "n_images": store.n_images,
         "n_labelled": int(np.count_nonzero(labels >= 0)),
         "n_classes": int(len(np.unique(labels[labels >= 0]))),
+        "format_version": store.format_version,
         "parts_complete": len(store.parts),
         "parts_incomplete": store.incomplete_parts,
+        "parts_damaged": store.damaged_parts,
         "images_failed": failures,
         "parts_truncated": truncated,
         "disk_bytes": _disk_bytes(store.path),
@@ -50,7 +52,9 @@ def format_summary(s: dict) -> str:
         f"images     {s['n_images']}  ({s['n_labelled']} labelled, {s['n_classes']} classes; "
         f"{s['images_failed']} unreadable skipped)",
         f"parts      {s['parts_complete']} complete, {len(s['parts_incomplete'])} incomplete"
-        + (f", {len(s['parts_truncated'])} from truncated tars" if s["parts_truncated"] else ""),
+        + (f", {len(s['parts_truncated'])} from truncated tars" if s["parts_truncated"] else "")
+        + (f", {len(s['parts_damaged'])} DAMAGED (run `clipsae store verify`)" if s["parts_damaged"] else "")
+        + f"  (store format {s['format_version']})",
         f"disk       {s['disk_bytes'] / 2**20:.1f} MiB",
     ]
     for h, v in s["hooks"].items():

@@ -76,6 +76,10 @@ def test_unreadable_part_metadata_is_a_problem_not_an_incomplete_part(tmp_path):
     s = ActivationStore.open(tmp_path / "s.zarr")
     assert s.n_images == 0 and s.damaged_parts == ["p0"] and s.incomplete_parts == []
     assert verify(s).problems == ["part p0: its metadata (zarr.json) is unreadable"]
+    from clipsae.store.info import format_summary, summarize
+
+    summary = summarize(s)
+    assert summary["parts_damaged"] == ["p0"] and "1 DAMAGED" in format_summary(summary)
 
 
 def test_open_root_refuses_other_identity_naming_the_difference(tmp_path):
