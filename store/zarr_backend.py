@@ -91,6 +91,12 @@ _PLAIN_TYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "u
                 "float16", "float32", "float64"}
 
 
+def _plain_type(meta: dict) -> np.dtype | None:
+    """The array's NumPy type when it is a core fixed-size type (extension types are JSON objects)."""
+    dt = meta.get("data_type")
+    return np.dtype(dt) if isinstance(dt, str) and dt in _PLAIN_TYPES else None
+
+
 def raw_chunks(meta: dict) -> RawChunks | None:
     """How to read the chunks of the array described by ``meta`` directly, or None if we can't.
 
@@ -99,7 +105,8 @@ def raw_chunks(meta: dict) -> RawChunks | None:
     try:
         if meta.get("zarr_format") != 3 or meta.get("node_type") != "array" or meta.get("storage_transformers"):
             return None
-        if meta["data_type"] not in _PLAIN_TYPES or key_encoding(meta) is None:
+        dtype = _plain_type(meta)
+        if dtype is None or key_encoding(meta) is None:
             return None
         grid = meta["chunk_grid"]
         if grid.get("name") != "regular":
@@ -107,7 +114,6 @@ def raw_chunks(meta: dict) -> RawChunks | None:
         codecs = meta["codecs"]
         if len(codecs) != 1 or codecs[0].get("name") != "bytes":
             return None
-        dtype = np.dtype(meta["data_type"])
         if dtype.itemsize > 1 and (codecs[0].get("configuration") or {}).get("endian") != "little":
             return None
         return RawChunks(dtype.newbyteorder("<"), tuple(int(c) for c in grid["configuration"]["chunk_shape"]))
@@ -135,7 +141,7 @@ class Array:
         self.shape = tuple(int(s) for s in meta["shape"])
         self.raw = raw_chunks(meta)
         self.encoding = key_encoding(meta)
-        self.dtype = np.dtype(meta["data_type"]) if meta["data_type"] in _PLAIN_TYPES else None
+        self.dtype = _plain_type(meta)
         grid = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
         self.chunks = tuple(int(c) for c in grid) if grid else self.shape
         self._zarr = None

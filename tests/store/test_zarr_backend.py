@@ -90,6 +90,7 @@ def test_unknown_metadata_falls_back_to_zarr(tmp_path):
                    {"chunk_grid": {"name": "rectilinear"}},
                    {"chunk_key_encoding": {"name": "future-encoding"}},
                    {"data_type": "string"},
+                   {"data_type": {"name": "numpy.datetime64", "configuration": {"unit": "s"}}},
                    {"storage_transformers": [{"name": "something"}]}):
         assert zb.raw_chunks({**meta, **change}) is None, change
 
@@ -100,3 +101,11 @@ def test_keys_are_stored_in_a_core_specification_type(tmp_path):
     meta = json.loads((tmp_path / "keys" / "zarr.json").read_text())
     assert meta["data_type"] == "uint8" and meta["shape"] == [4, 40]
     assert list(zb.read_text(tmp_path / "keys")) == keys
+
+
+def test_an_array_of_an_extension_type_opens_through_zarr(tmp_path):
+    values = np.array(["2026-01-01", "2026-11-22"], dtype="datetime64[s]")
+    zarr.create_array(str(tmp_path / "t"), shape=(2,), chunks=(2,), dtype=values.dtype)[...] = values
+    arr = zb.Array(tmp_path / "t")
+    assert arr.raw is None and arr.dtype is None
+    np.testing.assert_array_equal(arr.read_rows(0, 2), values)
