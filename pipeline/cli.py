@@ -4,7 +4,7 @@ import click
 
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.config import PRECISIONS, TOKEN_MODES, ExtractConfig, ModelConfig, parse_layers
-from clipsae.store.layout import DTYPES
+from clipsae.store.layout import COMPRESSIONS, DTYPES
 
 
 def _triple(value: str | None, name: str) -> tuple[float, float, float] | None:
@@ -34,7 +34,7 @@ def _triple(value: str | None, name: str) -> tuple[float, float, float] | None:
 @click.option("--worker-index", type=int, default=None, help="This job's index (default: SLURM_ARRAY_TASK_ID, else 0).")
 @click.option("--loader-workers", type=int, default=0, show_default=True, help="Processes decoding images.")
 @click.option("--label-key", default=None, help="Take the label from this field of each sample's json instead of its cls file.")
-@click.option("--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True)
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="none", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random init when --pretrained is omitted.")
 @click.option("--preprocess-like", default=None, help="Use the preprocessing of this pretrained tag (for local checkpoints).")
 @click.option("--image-mean", default=None, help="Override normalisation mean, e.g. 0.5,0.5,0.5.")

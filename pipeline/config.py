@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from clipsae.errors import ClipsaeError
-from clipsae.store.layout import DTYPES
+from clipsae.store.layout import COMPRESSIONS, DTYPES
 
 TOKEN_MODES = ("cls", "patches", "all")
 
@@ -60,5 +60,7 @@ class ExtractConfig:
             raise ClipsaeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.batch_size < 1:
             raise ClipsaeError("--batch-size must be at least 1")
+        if self.compression not in COMPRESSIONS:
+            raise ClipsaeError(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {self.compression!r}")
         if self.loader_workers < 0:
             raise ClipsaeError("--loader-workers must be 0 or more")

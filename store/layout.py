@@ -19,6 +19,7 @@ CHUNKS = "chunks"  # part attribute: per hook, rows per chunk and each chunk's C
 # small enough that a shuffle buffer holds many of them.
 TARGET_CHUNK_BYTES = 8 * 2**20
 DTYPES = ("float16", "float32")
+COMPRESSIONS = ("none", "zstd")
 
 
 def chunk_rows(n_tokens: int, d: int, itemsize: int, target_bytes: int = TARGET_CHUNK_BYTES,
@@ -58,11 +59,6 @@ class HookLayout:
             if int(self.cls_token) + gh * gw != self.n_tokens:
                 raise ValueError(f"hook {self.name}: {self.n_tokens} tokens cannot be "
                                  f"{'CLS + ' if self.cls_token else ''}a {gh}x{gw} grid")
-
-    @property
-    def n_patches(self) -> int:
-        """Tokens that are not CLS."""
-        return self.n_tokens - int(self.cls_token)
 
     def to_json(self) -> dict:
         return {"n_tokens": self.n_tokens, "d": self.d, "meaning": self.meaning, "cls_token": self.cls_token,

@@ -184,17 +184,19 @@ class ActivationStore:
     def _keys(self) -> np.ndarray:
         if not self.parts:
             return np.empty(0, dtype=str)
-        return np.concatenate([zb.read_text(self._part_file(p, layout.KEYS)) for p in self.parts]).astype(str)
+        return np.concatenate([self._read_small(p, layout.KEYS, zb.read_text) for p in self.parts]).astype(str)
 
     @cached_property
     def _labels(self) -> np.ndarray:
         if not self.parts:
             return np.empty(0, dtype=np.int64)
-        return np.concatenate([self._read_small(p, layout.LABELS) for p in self.parts]).astype(np.int64)
+        return np.concatenate([self._read_small(p, layout.LABELS, lambda f: zb.Array(f).read_all())
+                               for p in self.parts]).astype(np.int64)
 
-    def _read_small(self, part: Part, name: str) -> np.ndarray:
+    def _read_small(self, part: Part, name: str, read) -> np.ndarray:
+        """A part's keys or labels; a lost or broken array is a one-line error naming it."""
         try:
-            return zb.Array(self._part_file(part, name)).read_all()
+            return read(self._part_file(part, name))
         except (FileNotFoundError, zb.ChunkMissing) as exc:
             raise ClipsaeError(f"{self.path}: part {part.name}: {name}: {exc}; run `clipsae store verify {self.path}`") from None
 

@@ -86,8 +86,7 @@ def open_root(path: str | Path, config: dict, provenance: dict) -> Path:
     diffs = config_differences(existing, _current_config(config, layout.FORMAT_VERSION))
     if diffs:
         raise ClipsaeError(f"store {path} was made differently ({'; '.join(diffs)}); use another --store")
-    if not zb.is_node(path / layout.PARTS):
-        zb.create_group(path / layout.PARTS, {})
+    zb.require_group(path / layout.PARTS)
     return path
 
 
@@ -113,6 +112,8 @@ class PartWriter:
         self.name = name
         self.dir = Path(root) / layout.PARTS / name
         self.dtype = np.dtype(dtype)
+        if compression not in layout.COMPRESSIONS:
+            raise ClipsaeError(f"compression must be one of {', '.join(layout.COMPRESSIONS)}, not {compression!r}")
         zb.create_group(self.dir, {layout.COMPLETE: False, "source": source})
         zb.create_group(self.dir / layout.ACTS, {})
         self._arrays: dict[str, zb.Array] = {}
@@ -202,7 +203,6 @@ class PartWriter:
         labels = zb.create_array(self.dir / layout.LABELS, (n,), (max(n, 1),), "int64", fill_value=-1)
         if n:
             labels.write_chunk(0, np.asarray(self._labels, dtype=np.int64))
-        labels.set_length(n)
         attrs = {
             **(extra_attrs or {}),
             "n_images": n,

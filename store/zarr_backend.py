@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import zarr
 import zarr.codecs
-import zarr.errors
 
 META = "zarr.json"
 
@@ -226,11 +225,7 @@ class Array:
 
 
 def _compressors(compression: str):
-    if compression == "none":
-        return None
-    if compression == "zstd":
-        return [zarr.codecs.ZstdCodec(level=1)]
-    raise ValueError(f"unknown compression {compression!r}")
+    return None if compression == "none" else [zarr.codecs.ZstdCodec(level=1)]
 
 
 def create_root(path: Path, attributes: dict, subgroups: tuple[str, ...] = ()) -> bool:
@@ -262,6 +257,11 @@ def update_attributes(node: Path, attributes: dict) -> None:
     zarr.open_group(str(node), mode="r+").attrs.update(attributes)
 
 
+def require_group(path: Path) -> None:
+    """Make ``path`` a group if it is not one, keeping whatever it already holds."""
+    zarr.open_group(str(path), mode="a")
+
+
 def create_group(path: Path, attributes: dict) -> None:
     """Create a group, replacing whatever node was at ``path``."""
     if Path(path).exists():
@@ -285,10 +285,9 @@ def write_text(path: Path, values: list[str]) -> None:
     buf = np.zeros((len(encoded), width), dtype=np.uint8)
     for i, b in enumerate(encoded):
         buf[i, : len(b)] = np.frombuffer(b, dtype=np.uint8)
-    arr = create_array(path, (0, width), (max(len(buf), 1), width), "uint8")
+    arr = create_array(path, buf.shape, (max(len(buf), 1), width), "uint8")
     if len(buf):
         arr.write_chunk(0, buf)
-    arr.set_length(len(buf))
 
 
 def read_text(path: Path) -> np.ndarray:

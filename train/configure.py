@@ -35,8 +35,12 @@ class TrainingPlan:
 
 def parse_list(kind, value, name: str) -> list:
     """``"16,32"`` (or a list) as ``[16, 32]``; an empty item or a value of the wrong kind is refused."""
-    items = [x.strip() for x in value.split(",")] if isinstance(value, str) else list(value) \
-        if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, str):
+        items = [x.strip() for x in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
     if not items or any(isinstance(x, str) and not x for x in items):
         raise ClipsaeError(f"{name} {value!r} has an empty item; write e.g. 16,32")
     try:

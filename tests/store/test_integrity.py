@@ -81,3 +81,21 @@ def test_verify_cli_lists_problems_and_ends_on_one_error_line(store, run_cli):
     assert code == 1 and "problem: part p1, hook h: chunk 1 is missing" in out
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "delete" in err
     assert tree_snapshot(store) == before
+
+
+def test_lost_parts_metadata_is_recreated_without_touching_the_parts(store):
+    (store / "parts" / "zarr.json").unlink()
+    cfg = ActivationStore.open(store).config
+    before = {k: v for k, v in tree_snapshot(store).items() if k != "parts/zarr.json"}
+    open_root(store, cfg, {})
+    after = tree_snapshot(store)
+    assert "parts/zarr.json" in after and {k: v for k, v in after.items() if k != "parts/zarr.json"} == before
+    assert ActivationStore.open(store).n_images == 20
+
+
+def test_lost_keys_chunk_is_reported_and_refused_in_one_line(store):
+    (store / "parts" / "p1" / "keys" / "c" / "0" / "0").unlink()
+    s = ActivationStore.open(store)
+    assert any(p.startswith("part p1: keys: chunk 0 is missing") for p in verify(s).problems)
+    with pytest.raises(ClipsaeError, match="part p1: keys"):
+        s.keys()

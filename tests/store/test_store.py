@@ -216,3 +216,10 @@ def test_small_part_takes_the_disk_its_data_needs(tmp_path):
     write_store(tmp_path / "s.zarr", {"embed": acts}, keys=[str(i) for i in range(50)], attrs={"model": "m"})
     files = (tmp_path / "s.zarr" / "parts" / "part-00000" / "acts" / "embed" / "c").rglob("*")
     assert sum(f.stat().st_size for f in files if f.is_file()) == acts.nbytes
+
+
+def test_unknown_compression_is_refused_before_the_part_is_written(tmp_path):
+    root = open_root(tmp_path / "s.zarr", {"model": "m", "hooks": {}}, {})
+    with pytest.raises(ClipsaeError, match="compression must be one of none, zstd, not 'lz4'"):
+        PartWriter(root, "p0", "src", [HookLayout("h", 1, 4)], "float32", compression="lz4")
+    assert not (tmp_path / "s.zarr" / "parts" / "p0").exists()
