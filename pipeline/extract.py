@@ -15,7 +15,8 @@ from clipsae.pipeline.hooks import HookedForward, resolve_hooks
 from clipsae.pipeline.loader import make_loader
 from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.model import load_model
-from clipsae.pipeline.shards import expand_shards, my_shards, name_parts, worker_slot
+from clipsae.pipeline.shards import expand_shards, my_shards, name_parts
+from clipsae.workers import worker_slot
 from clipsae.pipeline.tario import count_samples
 from clipsae.store.layout import HookLayout
 from clipsae.store.reader import complete_parts

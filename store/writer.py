@@ -90,6 +90,66 @@ def open_root(path: str | Path, config: dict, provenance: dict) -> Path:
     return path
 
 
+class ArrayAppender:
+    """Appends rows to a new array, writing each chunk once and whole, and records each chunk's CRC32C.
+
+    ``row_shape`` is the shape of one row; the array grows along its first axis. Nothing is
+    complete until :meth:`close`, which writes the last (short) chunk and sets the length.
+    """
+
+    def __init__(self, path: Path, row_shape: tuple[int, ...], rows_per_chunk: int, dtype: str,
+                 compression: str = "none", fill_value=0):
+        self.dtype = np.dtype(dtype)
+        self.array = zb.create_array(path, (0, *row_shape), (rows_per_chunk, *row_shape), dtype, compression, fill_value)
+        self._pending: list[np.ndarray] = []
+        self.n_rows = 0
+        self.crc32c: list[int] = []
+
+    @property
+    def rows_per_chunk(self) -> int:
+        return self.array.rows_per_chunk
+
+    def append(self, block: np.ndarray) -> None:
+        """Add rows; whole chunks are written now, the rest is kept for the next call."""
+        self._pending.append(np.ascontiguousarray(block, dtype=self.dtype))
+        self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        pending = self._pending
+        rows = self.rows_per_chunk
+        n = sum(len(b) for b in pending)
+        take = n if final else (n // rows) * rows
+        if take == 0:
+            return
+        # Only the rows that complete the leftover's chunk are copied; whole chunks are
+        # written straight from the new batch (copying a batch costs as much as writing it).
+        new = pending[-1]
+        head = new[:0]
+        if len(pending) > 1:
+            lead = np.concatenate(pending[:-1])
+            fill = min(len(new), -len(lead) % rows)
+            head, new = np.concatenate([lead, new[:fill]]), new[fill:]
+        self._write_chunks(head)
+        self._write_chunks(new[: take - len(head)])
+        rest = new[take - len(head):]
+        self._pending = [rest.copy()] if len(rest) else []
+
+    def _write_chunks(self, block: np.ndarray) -> None:
+        """Write whole chunks (the last may be short) from ``block``, which starts on a chunk boundary."""
+        rows = self.rows_per_chunk
+        for s in range(0, len(block), rows):
+            chunk = block[s : s + rows]
+            self.array.write_chunk(self.n_rows // rows, chunk)
+            self.crc32c.append(chunk_checksum(chunk))
+            self.n_rows += len(chunk)
+
+    def close(self) -> dict:
+        """Write what is buffered and fix the length; returns the record a part keeps (rows, crc32c)."""
+        self._flush(final=True)
+        self.array.set_length(self.n_rows)
+        return {"rows": self.rows_per_chunk, "crc32c": self.crc32c}
+
+
 class PartWriter:
     """Writes one part: its activations per hook, keys, labels, statistics and chunk checksums.
 
@@ -116,18 +176,12 @@ class PartWriter:
             raise ClipsaeError(f"compression must be one of {', '.join(layout.COMPRESSIONS)}, not {compression!r}")
         zb.create_group(self.dir, {layout.COMPLETE: False, "source": source})
         zb.create_group(self.dir / layout.ACTS, {})
-        self._arrays: dict[str, zb.Array] = {}
-        self._pending: dict[str, list[np.ndarray]] = {}
-        self._written: dict[str, int] = {}
-        self._crc: dict[str, list[int]] = {}
+        self._arrays: dict[str, ArrayAppender] = {}
         self.stats: dict[str, HookStats] = {}
         for h in hooks:
             rows = layout.chunk_rows(h.n_tokens, h.d, self.dtype.itemsize, chunk_bytes, expected_images)
-            self._arrays[h.name] = zb.create_array(self.dir / layout.ACTS / h.name, (0, h.n_tokens, h.d),
-                                                   (rows, h.n_tokens, h.d), dtype, compression)
-            self._pending[h.name] = []
-            self._written[h.name] = 0
-            self._crc[h.name] = []
+            self._arrays[h.name] = ArrayAppender(self.dir / layout.ACTS / h.name, (h.n_tokens, h.d), rows, dtype,
+                                                 compression)
             self.stats[h.name] = HookStats()
         self._keys: list[str] = []
         self._labels: list[int] = []
@@ -157,47 +211,13 @@ class PartWriter:
                 self.stats[name].update(block)
             else:
                 self.stats[name] = self.stats[name].merge(stats[name])
-            self._pending[name].append(block)
-            self._flush(name, final=False)
+            self._arrays[name].append(block)
         self._keys.extend(str(k) for k in keys)
         self._labels.extend(int(x) for x in labels)
 
-    def _flush(self, name: str, final: bool) -> None:
-        pending = self._pending[name]
-        arr = self._arrays[name]
-        rows = arr.rows_per_chunk
-        n = sum(len(b) for b in pending)
-        take = n if final else (n // rows) * rows
-        if take == 0:
-            return
-        # Only the rows that complete the leftover's chunk are copied; whole chunks are
-        # written straight from the new batch (copying a batch costs as much as writing it).
-        new = pending[-1]
-        head = new[:0]
-        if len(pending) > 1:
-            lead = np.concatenate(pending[:-1])
-            fill = min(len(new), -len(lead) % rows)
-            head, new = np.concatenate([lead, new[:fill]]), new[fill:]
-        self._write_chunks(name, head)
-        self._write_chunks(name, new[: take - len(head)])
-        rest = new[take - len(head):]
-        self._pending[name] = [rest.copy()] if len(rest) else []
-
-    def _write_chunks(self, name: str, block: np.ndarray) -> None:
-        """Write whole chunks (the last may be short) from ``block``, which starts on a chunk boundary."""
-        arr = self._arrays[name]
-        rows = arr.rows_per_chunk
-        for s in range(0, len(block), rows):
-            chunk = block[s : s + rows]
-            arr.write_chunk(self._written[name] // rows, chunk)
-            self._crc[name].append(chunk_checksum(chunk))
-            self._written[name] += len(chunk)
-
     def close(self, extra_attrs: Mapping | None = None) -> None:
         """Write what is buffered, the keys and labels, then mark the part complete."""
-        for name, arr in self._arrays.items():
-            self._flush(name, final=True)
-            arr.set_length(self._written[name])
+        chunks = {name: arr.close() for name, arr in self._arrays.items()}
         n = len(self._keys)
         zb.write_text(self.dir / layout.KEYS, self._keys)
         labels = zb.create_array(self.dir / layout.LABELS, (n,), (max(n, 1),), "int64", fill_value=-1)
@@ -207,12 +227,17 @@ class PartWriter:
             **(extra_attrs or {}),
             "n_images": n,
             "hook_stats": {h: s.to_json() for h, s in self.stats.items()},
-            layout.CHUNKS: {h: {"rows": a.rows_per_chunk, "crc32c": self._crc[h]} for h, a in self._arrays.items()},
-            "written_by": {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()},
+            layout.CHUNKS: chunks,
+            "written_by": writer_identity(),
         }
         zb.update_attributes(self.dir, attrs)
         # The marker goes last and alone: a reader trusts nothing of a part before it.
         zb.update_attributes(self.dir, {layout.COMPLETE: True})
+
+
+def writer_identity() -> dict:
+    """Who wrote a part and when: host, process and time."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
 
 
 def record_store_stats(path: str | Path, all_parts: set[str]) -> None:

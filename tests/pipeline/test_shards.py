@@ -4,7 +4,7 @@ import pytest
 
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.folder_shards import make_shards_from_folder
-from clipsae.pipeline.shards import expand_shards, my_shards, name_parts, worker_slot
+from clipsae.pipeline.shards import expand_shards, my_shards, name_parts
 from clipsae.pipeline.synthetic import draw
 import random
 
@@ -40,13 +40,6 @@ def test_workers_split_the_tars_without_overlap(tmp_path):
     shards = name_parts(paths)
     shares = [my_shards(shards, 3, i) for i in range(3)]
     assert sorted(s.part for share in shares for s in share) == sorted(s.part for s in shards)
-
-
-def test_slurm_array_with_ids_from_one(monkeypatch):
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
-    assert worker_slot(None, None) == (4, 3)
 
 
 def test_shards_make_labels_by_sorted_class_folder(tmp_path, run_cli):
