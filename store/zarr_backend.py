@@ -180,6 +180,17 @@ class Array:
             return data.reshape(self.raw.chunk_shape)[start - lo : stop - lo]
         return np.asarray(self.zarr_array[start:stop])
 
+    def read_span(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` across as many chunks as they cover; a missing chunk raises ChunkMissing."""
+        rows = self.rows_per_chunk
+        if stop <= start:
+            return np.empty((0, *self.shape[1:]), dtype=self.dtype)
+        pieces = []
+        for i in range(start // rows, (stop - 1) // rows + 1):
+            lo = i * rows
+            pieces.append(self.read_rows(max(start, lo), min(stop, lo + rows)))
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
     def read_chunk(self, i: int) -> np.ndarray:
         """Chunk ``i``'s rows inside the array's shape."""
         start = i * self.rows_per_chunk

@@ -20,6 +20,7 @@ COMMANDS = {
     "store": ("clipsae.store.cli", "store_group", "Inspect and check an activation store."),
     "train": ("clipsae.train.cli", "train_cmd", "Train sparse autoencoders on one hook of an activation store."),
     "sae": ("clipsae.train.cli", "sae_group", "Inspect trained SAEs."),
+    "encode": ("clipsae.analysis.cli", "encode_cmd", "Encode a store with an SAE and cache the codes in the store."),
     "demo": ("clipsae.cli.demo", "demo_cmd", "The whole pipeline on built-in synthetic data."),
 }
 

@@ -1,4 +1,4 @@
-"""Data flows one way: pipeline → store → train (→ analysis); the command group sits on top of all."""
+"""Data flows one way: pipeline → store → train → analysis; the command group sits on top of all."""
 
 import json
 import subprocess
@@ -13,6 +13,9 @@ FORBIDDEN = {
     "clipsae.store": ("clipsae.cli", "clipsae.pipeline", "clipsae.train"),
     "clipsae.pipeline": ("clipsae.cli", "clipsae.train"),
     "clipsae.train": ("clipsae.cli", "clipsae.pipeline"),
+    # Analysis uses the store and the inference SAE, never the trainer.
+    "clipsae.analysis": ("clipsae.cli", "clipsae.train.trainer", "clipsae.train.sae", "clipsae.train.data",
+                         "clipsae.train.archs", "clipsae.train.configure"),
 }
 
 

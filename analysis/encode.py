@@ -1,0 +1,180 @@
+"""``clipsae encode``: run an SAE over a store's activations once and cache its codes in the store.
+
+One codes part per store part, each written whole and marked complete last (store/codes.py),
+so workers share a store part by part, and a rerun after ``kill -9`` redoes only the parts
+that lack the marker. Memory holds one chunk of activations and one batch of codes.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clipsae.analysis.pooling import pool_batch, reconstruction_sums
+from clipsae.device import resolve_device
+from clipsae.errors import ClipsaeError
+from clipsae.store import codes as codes_store
+from clipsae.store.codes import CodesPartWriter, PartSums
+from clipsae.store.reader import ActivationStore
+from clipsae.train.load import load_sae
+from clipsae.train.model import SparseAutoencoder
+from clipsae.workers import worker_slot
+
+DEFAULT_MAX_ACTIVE = 64
+DEFAULT_BATCH_ROWS = 8192
+TOKENS = ("cls", "patches", "all")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """What ``clipsae encode`` was asked; checks its own values when made."""
+
+    store: Path
+    sae: Path
+    name: str | None = None
+    hook: str | None = None
+    tokens: str | None = None
+    device: str = "auto"
+    batch_size: int = DEFAULT_BATCH_ROWS
+    max_active: int | None = None
+    num_workers: int | None = None
+    worker_index: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ClipsaeError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.max_active is not None and self.max_active < 1:
+            raise ClipsaeError(f"--max-active must be at least 1, not {self.max_active}")
+        if self.tokens is not None and self.tokens not in TOKENS:
+            raise ClipsaeError(f"--tokens must be one of {', '.join(TOKENS)}, not {self.tokens!r}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")
+                                      or self.name.endswith(codes_store.ANALYSIS_SUFFIX)):
+            raise ClipsaeError(f"--name {self.name!r} is not a usable codes name (a plain folder name)")
+
+    @property
+    def codes_name(self) -> str:
+        return self.name or Path(self.sae).resolve().name
+
+
+@dataclass
+class EncodeResult:
+    name: str
+    hook: str
+    tokens: str
+    parts_written: list[str] = field(default_factory=list)
+    parts_skipped: list[str] = field(default_factory=list)
+    images: int = 0
+    tokens_capped: int = 0
+
+
+def _recorded(sae: SparseAutoencoder, key: str) -> str | None:
+    """A training setting recorded in the SAE's cfg.json (clipsae's, then SAELens's fields)."""
+    cfg = sae.cfg
+    for where in (cfg.get("clipsae", {}), cfg, cfg.get("metadata", {}), cfg.get("meta", {})):
+        if isinstance(where, dict) and where.get(key):
+            return where[key]
+    return None
+
+
+def _choose_hook(store: ActivationStore, sae: SparseAutoencoder, asked: str | None) -> str:
+    if asked is not None:
+        store.layout(asked)
+        return asked
+    for recorded in (_recorded(sae, "hook"), _recorded(sae, "hook_name")):
+        if recorded in store.hooks:
+            return recorded
+    fits = [h for h in store.hooks if store.d(h) == sae.d_in]
+    if len(fits) == 1:
+        return fits[0]
+    raise ClipsaeError(f"pass --hook: the SAE does not name one of the store's hooks ({', '.join(store.hooks)})")
+
+
+def _identity(sae: SparseAutoencoder, hook: str, tokens: str, positions: np.ndarray, width: int,
+              cls_encoded: bool) -> dict:
+    """What makes two encodes the same; the SAE's path is recorded but may change (a moved folder)."""
+    sae_id = {k: v for k, v in sae.identity.items() if k != "path"} | {"k": sae.k}
+    return {"sae": sae_id, "hook": hook, "tokens": tokens, "token_positions": positions.tolist(), "width": width,
+            "cls_encoded": cls_encoded}
+
+
+def _encode_part(store: ActivationStore, part_index: int, hook: str, positions: np.ndarray, sae: SparseAutoencoder,
+                 writer: CodesPartWriter, width: int, cls_position: int | None, images_per_batch: int,
+                 dev: torch.device, bar) -> PartSums:
+    part = store.parts[part_index]
+    n_pos, d = len(positions), store.d(hook)
+    sums = {name: torch.zeros(shape, dtype=dtype, device=dev) for name, shape, dtype in (
+        ("latent_tokens_fired", sae.d_sae, torch.int64), ("latent_images_fired", sae.d_sae, torch.int64),
+        ("latent_sum", sae.d_sae, torch.float64), ("latent_sumsq", sae.d_sae, torch.float64),
+        ("position_sq_err", n_pos, torch.float64), ("position_x_sq", n_pos, torch.float64),
+        ("position_x_sum", (n_pos, d), torch.float64))}
+    capped = 0
+    chunks = [c for c in store.chunks(hook) if c.part == part_index]
+    every = len(positions) == store.n_tokens(hook)
+    positions_T = torch.from_numpy(positions).to(dev)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsae-encode") as pool:
+        pending = pool.submit(store.read_chunk, hook, chunks[0]) if chunks else None
+        for j, _ in enumerate(chunks):
+            acts_NTD = pending.result()
+            if j + 1 < len(chunks):
+                pending = pool.submit(store.read_chunk, hook, chunks[j + 1])
+            if not every:
+                acts_NTD = acts_NTD[:, positions]
+            for s in range(0, len(acts_NTD), images_per_batch):
+                batch = torch.from_numpy(np.ascontiguousarray(acts_NTD[s:s + images_per_batch])).to(dev)
+                b = len(batch)
+                x_RD = batch.reshape(b * n_pos, d).float()
+                codes = sae.encode_sparse(x_RD)
+                block, latent_sums = pool_batch(codes, b, positions_T, sae.d_sae, width, cls_position)
+                for name, value in (latent_sums | reconstruction_sums(x_RD, sae.decode_sparse(codes), n_pos)).items():
+                    sums[name] += value
+                capped += int((block.token_active_R > width).sum())
+                writer.append(block)
+                bar.update(b)
+    host = {name: t.cpu().numpy() for name, t in sums.items()}
+    return PartSums(**host, n_images=part.n_images, tokens_capped=capped)
+
+
+@torch.no_grad()
+def run_encode(cfg: EncodeConfig) -> EncodeResult:
+    """Encode every store part this worker owns that has no complete codes part yet."""
+    store = ActivationStore.open(cfg.store)
+    if store.incomplete_parts:
+        raise ClipsaeError(f"{cfg.store} has {len(store.incomplete_parts)} incomplete parts (extract is running or was "
+                           f"interrupted); finish `clipsae extract` first, so that workers agree on the parts")
+    if not store.parts:
+        raise ClipsaeError(f"{cfg.store} has no complete parts to encode")
+    n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
+    dev = resolve_device(cfg.device)
+    sae = load_sae(cfg.sae, device=str(dev)).eval()
+    hook = _choose_hook(store, sae, cfg.hook)
+    if store.d(hook) != sae.d_in:
+        raise ClipsaeError(f"the SAE reads {sae.d_in}-dimensional inputs but hook {hook} of {cfg.store} has d={store.d(hook)}")
+    tokens = cfg.tokens or _recorded(sae, "tokens") or "all"
+    positions = store.token_indices(hook, tokens)
+    lay = store.layout(hook)
+    cls_position = 0 if (lay.cls_token or lay.n_tokens == 1) and positions[0] == 0 else None
+    width = cfg.max_active or (sae.k if sae.architecture == "topk" else DEFAULT_MAX_ACTIVE)
+    name = cfg.codes_name
+    path = codes_store.open_codes(store.path, name, _identity(sae, hook, tokens, positions, width, cls_position is not None),
+                                  {"sae_path": sae.identity["path"]})
+    result = EncodeResult(name, hook, tokens)
+    done = codes_store.complete_code_parts(path)
+    mine = list(range(len(store.parts)))[index::n_workers]
+    todo = [i for i in mine if store.parts[i].name not in done]
+    result.parts_skipped = [store.parts[i].name for i in mine if store.parts[i].name in done]
+    images_per_batch = max(1, cfg.batch_size // len(positions))
+    total = sum(store.parts[i].n_images for i in todo)
+    with tqdm(total=total, unit="img", desc=f"encode {name}", disable=not cfg.progress, dynamic_ncols=True) as bar:
+        for i in todo:
+            part = store.parts[i]
+            writer = CodesPartWriter(path, part.name, len(positions), width, cls_position is not None)
+            sums = _encode_part(store, i, hook, positions, sae, writer, width, cls_position, images_per_batch, dev, bar)
+            writer.close(sums)
+            result.parts_written.append(part.name)
+            result.images += part.n_images
+            result.tokens_capped += sums.tokens_capped
+    return result

@@ -1,0 +1,303 @@
+"""SAE codes cached in a store, beside its activations: one codes part per store part.
+
+Layout (docs/store.md, "Codes"), every array chunked along its first axis, plain Zarr v3:
+
+    codes/<name>/                 group; attribute ``clipsae_codes``: what was encoded, with which SAE
+    codes/<name>/parts/<part>/    group; ``complete`` (written last), ``n_images``, chunk checksums
+        token_latents  (rows, K) int32     the ≤ K largest active latents of each token row, −1 = none
+        token_values   (rows, K) float32   their codes, largest first, 0 where none
+        token_active   (rows,) int32       active latents before the cap K (> K: the cap cut it)
+        image_counts   (n_images,) int32   active latents per image (over its tokens)
+        image_latents  (E,) int32          per image, the latents active on any of its tokens, ascending
+        image_max      (E,) float32        the largest code of that latent over the image's tokens
+        image_argmax   (E,) int32          the stored token position where it occurred (first on ties)
+        image_sum      (E,) float32        the sum of its codes over the image's tokens
+        image_cls      (E,) float32        its code on token 0 (only when token 0 is CLS and encoded)
+        latent_tokens_fired, latent_images_fired (d_sae,) int64; latent_sum, latent_sumsq (d_sae,) float64
+        position_sq_err (T,), position_x_sq (T,), position_x_sum (T, d) float64: reconstruction sums
+
+Rows are the part's images in order, each image's T encoded tokens in stored order.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from clipsae.errors import ClipsaeError
+from clipsae.store import layout
+from clipsae.store import zarr_backend as zb
+from clipsae.store.reader import ActivationStore
+from clipsae.store.writer import ArrayAppender, config_differences, writer_identity
+
+CODES = "codes"
+ATTR = "clipsae_codes"
+FORMAT_VERSION = 1
+ANALYSIS_SUFFIX = "-analysis"
+
+TOKEN_ARRAYS = {"token_latents": "int32", "token_values": "float32", "token_active": "int32"}
+IMAGE_ARRAYS = {"image_latents": "int32", "image_max": "float32", "image_argmax": "int32", "image_sum": "float32",
+                "image_cls": "float32"}
+LATENT_ARRAYS = {"latent_tokens_fired": "int64", "latent_images_fired": "int64", "latent_sum": "float64",
+                 "latent_sumsq": "float64"}
+POSITION_ARRAYS = {"position_sq_err": "float64", "position_x_sq": "float64", "position_x_sum": "float64"}
+BY = ("max", "cls", "mean")
+_ENTRY_CHUNK = 2**20  # entries per chunk of the per-image arrays (4 MiB)
+
+
+def codes_dir(store: str | Path, name: str) -> Path:
+    return Path(store) / CODES / name
+
+
+def default_analysis_dir(store: str | Path, name: str) -> Path:
+    """Where ``clipsae analyze`` writes by default: a folder beside the codes it reads."""
+    return Path(store) / CODES / f"{name}{ANALYSIS_SUFFIX}"
+
+
+def codes_names(store: str | Path) -> list[str]:
+    """The names of the codes cached in a store."""
+    root = Path(store) / CODES
+    return sorted(p.name for p in root.iterdir() if zb.is_node(p)) if root.is_dir() else []
+
+
+def open_codes(store: str | Path, name: str, identity: dict, provenance: dict) -> Path:
+    """Create ``codes/<name>`` recording ``identity`` and ``provenance``, or open it if it has the same identity.
+
+    A different identity (another SAE, hook, token set or cap under the same name) raises,
+    naming every difference, and writes nothing. Workers racing to create it agree.
+    """
+    identity = json.loads(json.dumps(identity))
+    path = codes_dir(store, name)
+    if not zb.is_node(path):
+        if not zb.is_node(Path(store) / CODES):
+            zb.create_root(Path(store) / CODES, {})  # atomic: workers may race to make it
+        zb.create_root(path, {ATTR: {"format_version": FORMAT_VERSION, **identity, "provenance": provenance}},
+                       subgroups=(layout.PARTS,))
+    have = (zb.read_attributes(path) or {}).get(ATTR)
+    if not isinstance(have, dict):
+        raise ClipsaeError(f"{path} exists but holds no clipsae codes; choose another --name")
+    have = {k: v for k, v in have.items() if k not in ("format_version", "provenance")}
+    diffs = config_differences(have, identity, have="the cached codes have", want="this run has")
+    if diffs:
+        raise ClipsaeError(f"codes {name!r} in {store} were made differently ({'; '.join(diffs)}); "
+                           f"use another --name")
+    return path
+
+
+def complete_code_parts(path: Path) -> set[str]:
+    """Names of the codes parts under ``codes/<name>`` that carry the complete marker."""
+    parts = path / layout.PARTS
+    if not parts.is_dir():
+        return set()
+    return {p.name for p in parts.iterdir() if (zb.read_attributes(p) or {}).get(layout.COMPLETE) is True}
+
+
+@dataclass
+class CodesBlock:
+    """The codes of a run of whole images, as the encoder hands them to :class:`CodesPartWriter`."""
+
+    token_latents_RK: np.ndarray
+    token_values_RK: np.ndarray
+    token_active_R: np.ndarray
+    image_counts_I: np.ndarray
+    image_latents_E: np.ndarray
+    image_max_E: np.ndarray
+    image_argmax_E: np.ndarray
+    image_sum_E: np.ndarray
+    image_cls_E: np.ndarray | None
+
+
+@dataclass
+class PartSums:
+    """Per-latent and per-token-position sums over a part; parts add up to the store's."""
+
+    latent_tokens_fired: np.ndarray
+    latent_images_fired: np.ndarray
+    latent_sum: np.ndarray
+    latent_sumsq: np.ndarray
+    position_sq_err: np.ndarray
+    position_x_sq: np.ndarray
+    position_x_sum: np.ndarray
+    n_images: int = 0
+    tokens_capped: int = 0
+
+    @classmethod
+    def zeros(cls, d_sae: int, n_positions: int, d: int) -> "PartSums":
+        return cls(np.zeros(d_sae, np.int64), np.zeros(d_sae, np.int64), np.zeros(d_sae), np.zeros(d_sae),
+                   np.zeros(n_positions), np.zeros(n_positions), np.zeros((n_positions, d)))
+
+    def add(self, other: "PartSums") -> None:
+        for name in (*LATENT_ARRAYS, *POSITION_ARRAYS):
+            getattr(self, name).__iadd__(getattr(other, name))
+        self.n_images += other.n_images
+        self.tokens_capped += other.tokens_capped
+
+
+class CodesPartWriter:
+    """Writes the codes of one store part; nothing counts until :meth:`close` sets ``complete``."""
+
+    def __init__(self, path: Path, part: str, n_positions: int, width: int, with_cls: bool):
+        self.dir = path / layout.PARTS / part
+        zb.create_group(self.dir, {layout.COMPLETE: False})
+        self.n_positions, self.width = n_positions, width
+        rows = max(1, layout.TARGET_CHUNK_BYTES // (8 * width))
+        self._token = {name: ArrayAppender(self.dir / name, (width,) if name != "token_active" else (), rows, dt)
+                       for name, dt in TOKEN_ARRAYS.items()}
+        self._counts = ArrayAppender(self.dir / "image_counts", (), _ENTRY_CHUNK, "int32")
+        self._image = {name: ArrayAppender(self.dir / name, (), _ENTRY_CHUNK, dt) for name, dt in IMAGE_ARRAYS.items()
+                       if with_cls or name != "image_cls"}
+
+    def append(self, block: CodesBlock) -> None:
+        self._token["token_latents"].append(block.token_latents_RK)
+        self._token["token_values"].append(block.token_values_RK)
+        self._token["token_active"].append(block.token_active_R)
+        self._counts.append(block.image_counts_I)
+        for name, arr in self._image.items():
+            arr.append(getattr(block, f"{name}_E"))
+
+    def close(self, sums: PartSums) -> None:
+        """Write the sums and the chunk records, then mark the part complete."""
+        chunks = {name: a.close() for name, a in {**self._token, "image_counts": self._counts, **self._image}.items()}
+        for name in (*LATENT_ARRAYS, *POSITION_ARRAYS):
+            values = np.asarray(getattr(sums, name))
+            arr = zb.create_array(self.dir / name, values.shape, values.shape, values.dtype.name)
+            arr.write_chunk(0, values)
+        zb.update_attributes(self.dir, {"n_images": sums.n_images, "tokens_capped": sums.tokens_capped,
+                                        layout.CHUNKS: chunks, "written_by": writer_identity()})
+        # The marker goes last and alone: a reader trusts nothing of a part before it.
+        zb.update_attributes(self.dir, {layout.COMPLETE: True})
+
+
+@dataclass(frozen=True)
+class ImageValues:
+    """Per-image values of the active latents of consecutive images, in CSR form.
+
+    Image ``images_I[i]`` (global index) has entries ``offsets[i]:offsets[i+1]`` of ``latents_E``
+    (ascending), with value ``values_E`` (> 0) and the stored token position ``tokens_E``.
+    """
+
+    images_I: np.ndarray
+    offsets: np.ndarray
+    latents_E: np.ndarray
+    values_E: np.ndarray
+    tokens_E: np.ndarray
+
+    @property
+    def image_of_E(self) -> np.ndarray:
+        return np.repeat(self.images_I, np.diff(self.offsets))
+
+
+class Codes:
+    """Read access to the codes ``name`` cached in ``store`` for every one of its complete parts."""
+
+    def __init__(self, store: ActivationStore, name: str):
+        self.store, self.name = store, name
+        self.path = codes_dir(store.path, name)
+        attrs = zb.read_attributes(self.path) if zb.is_node(self.path) else None
+        if attrs is None or ATTR not in attrs:
+            have = codes_names(store.path)
+            raise ClipsaeError(f"{store.path} has no codes named {name!r} "
+                               f"({'it has ' + ', '.join(have) if have else 'it has none'}); run `clipsae encode` first")
+        self.identity: dict = attrs[ATTR]
+        done = complete_code_parts(self.path)
+        missing = [p.name for p in store.parts if p.name not in done]
+        if missing:
+            raise ClipsaeError(f"codes {name!r} cover {len(store.parts) - len(missing)} of the {len(store.parts)} parts of "
+                               f"{store.path} (missing {missing[0]}{' and more' if len(missing) > 1 else ''}); "
+                               f"rerun `clipsae encode` to finish them")
+        self.hook: str = self.identity["hook"]
+        self.token_positions = np.asarray(self.identity["token_positions"], dtype=np.int64)
+        self.d_sae: int = int(self.identity["sae"]["d_sae"])
+        self.width: int = int(self.identity["width"])
+        self._part_attrs = [zb.read_attributes(self._part_dir(i)) for i in range(len(store.parts))]
+
+    @property
+    def n_images(self) -> int:
+        return self.store.n_images
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.token_positions)
+
+    @property
+    def has_cls(self) -> bool:
+        return bool(self.identity["cls_encoded"])
+
+    def _part_dir(self, i: int) -> Path:
+        return self.path / layout.PARTS / self.store.parts[i].name
+
+    def _array(self, i: int, name: str) -> zb.Array:
+        try:
+            return zb.Array(self._part_dir(i) / name)
+        except FileNotFoundError:
+            raise ClipsaeError(f"codes {self.name!r}, part {self.store.parts[i].name}: {name} is missing; "
+                               f"delete {self._part_dir(i)} and rerun `clipsae encode`") from None
+
+    def _read(self, i: int, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        arr = self._array(i, name)
+        try:
+            if start is None:
+                return arr.read_all()
+            return arr.read_span(start, stop)
+        except zb.ChunkMissing as exc:
+            raise ClipsaeError(f"codes {self.name!r}, part {self.store.parts[i].name}, {name}: {exc}; "
+                               f"delete {self._part_dir(i)} and rerun `clipsae encode`") from None
+
+    def sums(self) -> PartSums:
+        """Per-latent and per-position sums over the whole store."""
+        d = self.store.d(self.hook)
+        total = PartSums.zeros(self.d_sae, self.n_positions, d)
+        for i, part in enumerate(self.store.parts):
+            one = PartSums(*(self._read(i, n) for n in (*LATENT_ARRAYS, *POSITION_ARRAYS)),
+                           n_images=part.n_images, tokens_capped=int(self._part_attrs[i].get("tokens_capped", 0)))
+            total.add(one)
+        return total
+
+    def iter_images(self, by: str = "max", max_entries: int = _ENTRY_CHUNK) -> Iterator[ImageValues]:
+        """Every image's per-latent values in global order, about ``max_entries`` entries at a time.
+
+        ``by``: ``max`` (largest code over the image's tokens, at its token), ``cls`` (token 0's
+        code) or ``mean`` (the mean over the image's encoded tokens, at the maximum's token).
+        """
+        if by not in BY:
+            raise ClipsaeError(f"--by must be one of {', '.join(BY)}, not {by!r}")
+        if by == "cls" and not self.has_cls:
+            raise ClipsaeError(f"codes {self.name!r} were not made on a CLS token; use --by max or mean")
+        for i, part in enumerate(self.store.parts):
+            counts = self._read(i, "image_counts").astype(np.int64)
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            start = 0
+            while start < len(counts):
+                # Whole images, about max_entries entries (at least one image).
+                stop = max(start + 1, int(np.searchsorted(offsets, offsets[start] + max_entries, side="right")) - 1)
+                stop = min(stop, len(counts))
+                lo, hi = int(offsets[start]), int(offsets[stop])
+                latents = self._read(i, "image_latents", lo, hi)
+                tokens = self._read(i, "image_argmax", lo, hi)
+                if by == "max":
+                    values = self._read(i, "image_max", lo, hi)
+                elif by == "mean":
+                    values = self._read(i, "image_sum", lo, hi) / np.float32(self.n_positions)
+                else:
+                    values = self._read(i, "image_cls", lo, hi)
+                    tokens = np.zeros_like(tokens)
+                keep = values > 0
+                local = offsets[start:stop + 1] - lo
+                if not keep.all():
+                    kept = np.concatenate([[0], np.cumsum(keep)])
+                    local = kept[local]
+                    latents, values, tokens = latents[keep], values[keep], tokens[keep]
+                yield ImageValues(np.arange(part.offset + start, part.offset + stop, dtype=np.int64), local,
+                                  latents.astype(np.int64), values.astype(np.float32), tokens.astype(np.int64))
+                start = stop
+
+    def token_codes(self, image: int) -> tuple[np.ndarray, np.ndarray]:
+        """(latents (T, K), values (T, K)) of one image's encoded tokens; latent −1 means none."""
+        if not 0 <= image < self.n_images:
+            raise ClipsaeError(f"image {image} is out of range for a store of {self.n_images} images")
+        i = int(np.searchsorted([p.offset for p in self.store.parts], image, side="right")) - 1
+        start = (image - self.store.parts[i].offset) * self.n_positions
+        stop = start + self.n_positions
+        return self._read(i, "token_latents", start, stop), self._read(i, "token_values", start, stop)

@@ -1,0 +1,54 @@
+"""Small stores and SAEs (in SAELens's own layout) for the analysis tests, with plain references."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from clipsae.store.writer import write_store
+
+D, N_LATENTS = 8, 24
+GRID = (2, 2)
+N_TOKENS = 1 + GRID[0] * GRID[1]
+
+
+def make_store(path: Path, n_parts: int = 3, per_part: int = 7, seed: int = 0, d: int = D, labels_mod: int = 4,
+               key_prefix: str = "img") -> Path:
+    """A store of ``n_parts`` parts of ``per_part`` images with CLS + 2×2 patch tokens; labels cycle."""
+    rng = np.random.default_rng(seed)
+    for p in range(n_parts):
+        keys = [f"{key_prefix}{p * per_part + i:05d}" for i in range(per_part)]
+        acts = rng.standard_normal((per_part, N_TOKENS, d)).astype(np.float32)
+        write_store(path, {"blocks.0": acts}, keys, labels=[(p * per_part + i) % labels_mod for i in range(per_part)],
+                    attrs={"model": "test"}, dtype="float32", part=f"part-{p:03d}",
+                    layouts={"blocks.0": {"cls_token": True, "grid": list(GRID), "meaning": "CLS then patches"}})
+    return path
+
+
+def sae_weights(seed: int = 0, d: int = D, n: int = N_LATENTS) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"W_enc": torch.randn(d, n, generator=g) / d**0.5, "b_enc": torch.randn(n, generator=g) * 0.1,
+            "W_dec": torch.randn(n, d, generator=g) * 0.5, "b_dec": torch.randn(d, generator=g) * 0.1}
+
+
+def saelens_dir(path: Path, cfg: dict, tensors: dict) -> Path:
+    """An SAE folder as SAELens writes one: cfg.json + sae_weights.safetensors."""
+    path.mkdir(parents=True)
+    d, n = tensors["W_enc"].shape
+    (path / "cfg.json").write_text(json.dumps({"d_in": d, "d_sae": n, "dtype": "float32", "device": "cpu",
+                                               "normalize_activations": "none", **cfg}))
+    save_file(tensors, str(path / "sae_weights.safetensors"))
+    return path
+
+
+def reference_codes(cfg: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
+    """SAELens's encode written out: (x − b_dec) W_enc + b_enc, then TopK, ReLU or JumpReLU."""
+    z = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    if cfg["architecture"] == "topk":
+        top = z.topk(cfg["k"], dim=-1)
+        return torch.zeros_like(z).scatter(-1, top.indices, top.values.relu())
+    if cfg["architecture"] == "jumprelu":
+        return torch.relu(z) * (z > w["threshold"])
+    return torch.relu(z)
