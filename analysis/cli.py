@@ -34,3 +34,83 @@ def encode_cmd(store_path, sae_path, name, hook, tokens, max_active, batch_size,
     click.echo(f"encoded {r.images} images ({len(r.parts_written)} parts written, {len(r.parts_skipped)} already done) "
                f"of hook {r.hook} ({r.tokens} tokens) as codes {r.name!r} in {store_path}{capped}")
     click.echo(f"next: clipsae analyze top-images --store {store_path} --codes {r.name}")
+
+
+class _Analyses(click.Group):
+    """Subcommands listed in the order a researcher meets them."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+@click.group("analyze", cls=_Analyses)
+def analyze_group():
+    """Statistics, tables and plots computed from codes cached by `clipsae encode`."""
+
+
+def _codes_options(f):
+    f = click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Output folder [default: <store>/codes/<codes>-analysis].")(f)
+    f = click.option("--codes", "codes_name", required=True, help="Name of the cached codes (`clipsae encode --name`).")(f)
+    f = click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Activation store.")(f)
+    return f
+
+
+_BY = click.option("--by", type=click.Choice(["max", "cls", "mean"]), default="max", show_default=True,
+                   help="A feature's value on an image: max over its tokens, its CLS token's, or the mean.")
+_MIN_HITS = click.option("--min-hits", type=int, default=10, show_default=True,
+                         help="Labelled top images a feature needs for its label entropy.")
+
+
+def _run(fn, store_path, codes_name, out, *args):
+    from clipsae.analysis.commands import Target
+
+    for line in fn(Target.open(store_path, codes_name, out), *args):
+        click.echo(line)
+
+
+@analyze_group.command("top-images")
+@_codes_options
+@click.option("-k", "k", type=int, default=16, show_default=True, help="Images per feature.")
+@_BY
+def top_images_cmd(store_path, codes_name, out, k, by):
+    """Each feature's top-k images (top_images.csv)."""
+    from clipsae.analysis.commands import run_top_images
+    from clipsae.analysis.top_images import check_k
+
+    check_k(k)
+    _run(run_top_images, store_path, codes_name, out, k, by)
+
+
+@analyze_group.command("label-entropy")
+@_codes_options
+@click.option("-k", "k", type=int, default=20, show_default=True, help="Top images per feature that the entropy covers.")
+@_BY
+@_MIN_HITS
+def label_entropy_cmd(store_path, codes_name, out, k, by, min_hits):
+    """Entropy of the labels of each feature's top images (label_entropy.csv)."""
+    from clipsae.analysis.commands import run_label_entropy
+    from clipsae.analysis.top_images import check_k
+
+    check_k(k)
+    _run(run_label_entropy, store_path, codes_name, out, k, by, min_hits)
+
+
+@analyze_group.command("density")
+@_codes_options
+@_BY
+@_MIN_HITS
+def density_cmd(store_path, codes_name, out, by, min_hits):
+    """Firing densities, dead and dense features, and their plots (density.csv, PNGs)."""
+    from clipsae.analysis.commands import run_density
+
+    _run(run_density, store_path, codes_name, out, by, min_hits)
+
+
+@analyze_group.command("token-mse")
+@_codes_options
+def token_mse_cmd(store_path, codes_name, out):
+    """Reconstruction error per token position and its heat map (token_mse.csv, PNG)."""
+    from clipsae.analysis.commands import run_token_mse
+
+    _run(run_token_mse, store_path, codes_name, out)

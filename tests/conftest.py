@@ -49,3 +49,26 @@ def cli_process(*args: str, **kw) -> subprocess.Popen:
 def tree_snapshot(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` with its bytes: to show that nothing changed."""
     return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    """(store path, SAE weights): a 4-part, 40-image token store encoded by a TopK SAE as codes 'sae'."""
+    from clipsae.analysis.encode import EncodeConfig, run_encode
+    from tests.analysis.helpers import make_store, sae_weights, saelens_dir
+
+    tmp = tmp_path_factory.mktemp("encoded")
+    store = make_store(tmp / "s.zarr", n_parts=4, per_part=10, labels_mod=3)
+    w = sae_weights(3)
+    sae = saelens_dir(tmp / "sae", {"architecture": "topk", "k": 4}, w)
+    run_encode(EncodeConfig(store, sae, progress=False))
+    return store, w
+
+
+@pytest.fixture
+def codes(encoded):
+    """The codes of :func:`encoded`, opened."""
+    from clipsae.store.codes import Codes
+    from clipsae.store.reader import ActivationStore
+
+    return Codes(ActivationStore.open(encoded[0]), "sae")

@@ -21,6 +21,7 @@ COMMANDS = {
     "train": ("clipsae.train.cli", "train_cmd", "Train sparse autoencoders on one hook of an activation store."),
     "sae": ("clipsae.train.cli", "sae_group", "Inspect trained SAEs."),
     "encode": ("clipsae.analysis.cli", "encode_cmd", "Encode a store with an SAE and cache the codes in the store."),
+    "analyze": ("clipsae.analysis.cli", "analyze_group", "Statistics, tables and plots from cached codes."),
     "demo": ("clipsae.cli.demo", "demo_cmd", "The whole pipeline on built-in synthetic data."),
 }
 

@@ -1,0 +1,45 @@
+"""Where analyses write, and how: CSV tables with fixed columns, PNG plots from the Agg backend."""
+
+import csv
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from clipsae.store.codes import default_analysis_dir
+
+
+def out_dir(out: Path | None, store: Path, codes: str) -> Path:
+    """``--out``, or the folder beside the codes; created if missing."""
+    path = Path(out) if out is not None else default_analysis_dir(store, codes)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """Write a CSV with a header; NaN and None become empty cells. Written whole, then renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for row in rows:
+            w.writerow([_cell(v) for v in row])
+    tmp.replace(path)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported when a plot is made."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,71 @@
+"""Reconstruction error per token position (CLIP-Scope's heat map), from the cached sums.
+
+Per position t over the N encoded images (d dimensions): MSE_t = Σ‖x − x̂‖² / (N·d) and
+FVU_t = Σ‖x − x̂‖² / Σ‖x − x̄_t‖², with x̄_t the mean input at t. Overall FVU uses the mean over all tokens.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clipsae.errors import ClipsaeError
+from clipsae.store.codes import PartSums
+from clipsae.store.layout import HookLayout
+
+
+@dataclass(frozen=True)
+class TokenMSE:
+    positions_T: np.ndarray
+    rows_T: np.ndarray  # patch-grid row, −1 for CLS or tokens of no known layout
+    cols_T: np.ndarray
+    mse_T: np.ndarray
+    fvu_T: np.ndarray
+    mse: float
+    fvu: float
+
+
+def token_mse(sums: PartSums, positions_T: np.ndarray, layout: HookLayout) -> TokenMSE:
+    """MSE and FVU per encoded token position and overall; refuses codes of a single token."""
+    if len(positions_T) < 2:
+        raise ClipsaeError("token-mse needs codes of several tokens per image; encode with --tokens all or patches")
+    n, d = sums.n_images, sums.position_x_sum.shape[1]
+    var_T = sums.position_x_sq - (sums.position_x_sum**2).sum(1) / n
+    mean_all = sums.position_x_sum.sum(0) / (n * len(positions_T))
+    var_all = sums.position_x_sq.sum() - n * len(positions_T) * (mean_all**2).sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fvu_T = sums.position_sq_err / var_T
+    rows = np.full(len(positions_T), -1)
+    cols = np.full(len(positions_T), -1)
+    if layout.grid is not None:
+        patch = positions_T - int(layout.cls_token)
+        on_grid = patch >= 0
+        rows[on_grid], cols[on_grid] = np.divmod(patch[on_grid], layout.grid[1])
+    return TokenMSE(positions_T, rows, cols, sums.position_sq_err / (n * d), fvu_T,
+                    float(sums.position_sq_err.sum() / (n * len(positions_T) * d)), float(sums.position_sq_err.sum() / var_all))
+
+
+def plot_token_mse(t: TokenMSE, grid: tuple[int, int] | None, path, title: str) -> None:
+    """Heat map of MSE over the patch grid (CLS's MSE in the title), or a bar per token without a grid."""
+    from clipsae.analysis.output import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    on_grid = t.rows_T >= 0
+    if grid is not None and on_grid.any():
+        heat = np.full(grid, np.nan)
+        heat[t.rows_T[on_grid], t.cols_T[on_grid]] = t.mse_T[on_grid]
+        im = ax.imshow(heat, cmap="magma")
+        fig.colorbar(im, ax=ax, label="reconstruction MSE")
+        ax.set_xlabel("patch column")
+        ax.set_ylabel("patch row")
+        cls = t.mse_T[(t.positions_T == 0) & ~on_grid]
+        if len(cls):
+            title += f"\nCLS MSE {cls[0]:.4g}"
+    else:
+        ax.bar(t.positions_T, t.mse_T)
+        ax.set_xlabel("token")
+        ax.set_ylabel("reconstruction MSE")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,27 @@
+import math
+
+import numpy as np
+import pytest
+
+from clipsae.analysis.label_entropy import label_entropy
+from clipsae.analysis.top_images import TopImages
+
+
+def test_entropy_equals_a_hand_computation():
+    # Feature 0: images 0,1,2 (labels 0,0,1) with values 3,1,4; image 3 is unlabelled and ignored.
+    top = TopImages(np.array([[0, 1, 2, 3], [4, -1, -1, -1]]), np.array([[3.0, 1.0, 4.0, 9.0], [2.0, 0, 0, 0]]),
+                    np.zeros((2, 4), int))
+    labels = np.array([0, 0, 1, -1, 2])
+    e = label_entropy(top, labels, min_hits=3)
+    p = np.array([4 / 8, 4 / 8])
+    assert e.entropy_F[0] == pytest.approx(-(p * np.log(p)).sum())
+    assert e.entropy_norm_F[0] == pytest.approx(math.log(2) / math.log(3))
+    assert e.n_F.tolist() == [3, 1] and e.n_labels == 3
+    assert np.isnan(e.entropy_F[1]) and e.top_label_F[1] == 2 and e.top_label_share_F[1] == 1.0
+    assert e.top_label_F[0] == 0 and e.top_label_share_F[0] == pytest.approx(0.5)  # ties: the smaller label
+
+
+def test_single_label_feature_has_zero_entropy():
+    top = TopImages(np.array([[0, 1]]), np.array([[1.0, 2.0]]), np.zeros((1, 2), int))
+    e = label_entropy(top, np.array([5, 5, 6]), min_hits=2)
+    assert e.entropy_F[0] == 0.0 and e.top_label_F[0] == 5

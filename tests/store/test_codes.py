@@ -1,0 +1,31 @@
+"""The codes cache: read back in blocks of any size, and lost data is an error, never zeros."""
+
+import numpy as np
+import pytest
+
+from clipsae.errors import ClipsaeError
+from clipsae.store.codes import Codes
+from clipsae.store.reader import ActivationStore
+
+
+def _flat(blocks):
+    return [np.concatenate([getattr(b, f) for b in blocks]) for f in ("image_of_E", "latents_E", "values_E", "tokens_E")]
+
+
+@pytest.mark.parametrize("by", ["max", "mean", "cls"])
+def test_small_blocks_read_the_same_entries_as_one_block(codes, by):
+    whole = _flat(list(codes.iter_images(by)))
+    small = _flat(list(codes.iter_images(by, max_entries=7)))
+    for a, b in zip(whole, small):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_lost_codes_chunk_is_an_error_naming_it(encoded, tmp_path):
+    import shutil
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(encoded[0], store)
+    (store / "codes" / "sae" / "parts" / "part-001" / "image_max" / "c" / "0").unlink()
+    c = Codes(ActivationStore.open(store), "sae")
+    with pytest.raises(ClipsaeError, match="part-001, image_max: chunk 0 is missing"):
+        list(c.iter_images("max"))
