@@ -1,4 +1,4 @@
-"""``clipsae demo``: the whole pipeline on built-in synthetic data, in about a minute on a laptop CPU."""
+"""``clipsae demo``: the whole pipeline on built-in synthetic data, in about two minutes on a laptop CPU."""
 
 from pathlib import Path
 
@@ -14,11 +14,13 @@ from clipsae.errors import ClipsaeError
 @click.option("--pretrained", default=None, help="Pretrained tag or checkpoint; random weights if omitted.")
 @click.option("--train-steps", type=int, default=100, show_default=True, help="Steps of the demo SAE.")
 def demo_cmd(out, n_images, model, pretrained, train_steps):
-    """Synthetic labelled shapes → webdataset tars → activation store → a TopK SAE, with summaries."""
+    """Synthetic labelled shapes → tars → activation store → a TopK SAE → cached codes → analyses."""
     if n_images < 1:
         raise ClipsaeError(f"--n-images must be at least 1, not {n_images}")
     if train_steps < 1:
         raise ClipsaeError(f"--train-steps must be at least 1, not {train_steps}")
+    from clipsae.analysis import commands
+    from clipsae.analysis.encode import EncodeConfig, run_encode
     from clipsae.pipeline.config import ExtractConfig, ModelConfig
     from clipsae.pipeline.extract import run_extract
     from clipsae.pipeline.synthetic import make_synthetic_shards
@@ -51,9 +53,17 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     result = run_train(plan.cfg, store=plan.store, held=plan.held)
     click.echo("\n".join(format_result(result)) + "\n")
     click.echo(format_sae_info(sae_info(run_dir)))
+    click.echo(f"\nencoding the store with the SAE (codes {run_dir.name!r}, cached in the store)")
+    enc = run_encode(EncodeConfig(store_path, run_dir, device="cpu"))
+    click.echo(f"encoded {enc.images} images, {enc.tokens} tokens of {enc.hook}")
+    target = commands.Target.open(store_path, enc.name, None)
+    for lines in (commands.run_top_images(target, 16, "max"), commands.run_label_entropy(target, 20, "max"),
+                  commands.run_density(target, "max"), commands.run_token_mse(target)):
+        click.echo("\n".join(lines))
     click.echo(f"""
 what to look at and do next:
-  {run_dir / 'density.png'}   the SAE's feature-density histogram
+  {target.out}   the analyses: top_images.csv, label_entropy.csv, density.csv, token_mse.csv and PNG plots
+  {run_dir / 'density.png'}   the SAE's held-out feature-density histogram
   clipsae store verify {store_path}   checks every chunk of the store
   clipsae train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 200
                                       a sweep of two SAEs on another layer

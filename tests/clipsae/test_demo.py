@@ -1,7 +1,7 @@
 from clipsae.train import load_sae
 
 
-def test_demo_writes_shards_extracts_summarises_and_trains(tmp_path, run_cli):
+def test_demo_writes_shards_extracts_trains_encodes_and_analyses(tmp_path, run_cli):
     code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--n-images", "12", "--train-steps", "5")
     assert code == 0, err
     assert "wrote 12 synthetic images" in out
@@ -10,3 +10,8 @@ def test_demo_writes_shards_extracts_summarises_and_trains(tmp_path, run_cli):
     assert "architecture: topk" in out
     sae = load_sae(tmp_path / "demo" / "runs" / "topk-resid.10")
     assert (sae.d_in, sae.d_sae, sae.k) == (768, 8 * 768, 16)
+    analysis = tmp_path / "demo" / "acts.zarr" / "codes" / "topk-resid.10-analysis"
+    for name in ("top_images.csv", "label_entropy.csv", "density.csv", "token_mse.csv", "density_hist.png",
+                 "density_scatter.png", "token_mse.png"):
+        assert (analysis / name).stat().st_size > 0, name
+    assert "encoded 12 images" in out and str(analysis) in out
