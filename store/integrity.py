@@ -1,4 +1,4 @@
-"""Checking a store: every chunk a complete part recorded is there, whole and unaltered, and consistent."""
+"""Checking a store: every chunk a complete part (or codes part) recorded is there, whole and unaltered, and consistent."""
 
 from dataclasses import dataclass, field
 
@@ -6,6 +6,7 @@ import numpy as np
 
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
+from clipsae.store.codes import codes_dir, codes_names
 from clipsae.store.reader import ActivationStore
 from clipsae.store.writer import chunk_checksum
 
@@ -60,6 +61,37 @@ def _check_hook(store: ActivationStore, i: int, hook: str, report: VerifyReport)
     report.nonfinite[hook] = report.nonfinite.get(hook, 0) + bad
 
 
+def _check_codes(store: ActivationStore, report: VerifyReport) -> None:
+    """Every chunk of every complete codes part is there and has the CRC32C recorded when it was written."""
+    for name in codes_names(store.path):
+        parts = codes_dir(store.path, name) / layout.PARTS
+        for part in sorted(p for p in parts.iterdir() if p.is_dir()) if parts.is_dir() else []:
+            attrs = zb.read_attributes(part)
+            if attrs is None:
+                report.problems.append(f"codes {name}, part {part.name}: its metadata ({zb.META}) is unreadable")
+                continue
+            if attrs.get(layout.COMPLETE) is not True:
+                continue
+            for array, recorded in attrs.get(layout.CHUNKS, {}).items():
+                where = f"codes {name}, part {part.name}, {array}"
+                try:
+                    arr = zb.Array(part / array)
+                except FileNotFoundError:
+                    report.problems.append(f"{where}: the array is missing")
+                    continue
+                if len(recorded["crc32c"]) != arr.n_chunks:
+                    report.problems.append(f"{where}: {arr.n_chunks} chunks, but the part recorded {len(recorded['crc32c'])}")
+                    continue
+                for c in range(arr.n_chunks):
+                    try:
+                        rows = arr.read_chunk(c)
+                    except zb.ChunkMissing as exc:
+                        report.problems.append(f"{where}: {exc}")
+                        continue
+                    if chunk_checksum(rows) != recorded["crc32c"][c]:
+                        report.problems.append(f"{where}: chunk {c} was altered after it was written (CRC32C differs)")
+
+
 def verify(store: ActivationStore) -> VerifyReport:
     """Read every complete part in full and check it against its metadata and the store's."""
     report = VerifyReport(incomplete=list(store.incomplete_parts))
@@ -86,4 +118,5 @@ def verify(store: ActivationStore) -> VerifyReport:
         if len(uniq) != len(keys):
             dup = uniq[counts > 1]
             report.problems.append(f"{len(dup)} keys occur more than once (first: {dup[0]!r})")
+    _check_codes(store, report)
     return report

@@ -29,3 +29,22 @@ def test_a_lost_codes_chunk_is_an_error_naming_it(encoded, tmp_path):
     c = Codes(ActivationStore.open(store), "sae")
     with pytest.raises(ClipsaeError, match="part-001, image_max: chunk 0 is missing"):
         list(c.iter_images("max"))
+
+
+def test_verify_names_an_altered_and_a_lost_codes_chunk(encoded, tmp_path):
+    import shutil
+
+    from clipsae.store.integrity import verify
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(encoded[0], store)
+    assert verify(ActivationStore.open(store)).ok
+    part = store / "codes" / "sae" / "parts"
+    (part / "part-000" / "token_latents" / "c" / "0" / "0").unlink()
+    f = part / "part-002" / "image_sum" / "c" / "0"
+    data = bytearray(f.read_bytes())
+    data[0] ^= 0xFF
+    f.write_bytes(bytes(data))
+    problems = verify(ActivationStore.open(store)).problems
+    assert any("codes sae, part part-000, token_latents: chunk 0 is missing" in p for p in problems)
+    assert any("codes sae, part part-002, image_sum: chunk 0 was altered" in p for p in problems)
