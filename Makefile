@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/store_read.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/train_loader.py
+	$(BIN)/python bench/encode.py
 
 # The peers' own training steps, in a venv of their own so their pins never touch ours.
 PEERS := .venv-peers

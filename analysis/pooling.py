@@ -9,16 +9,16 @@ from clipsae.store.codes import CodesBlock
 from clipsae.train.codes import SparseCodes
 
 
-def _segments(keys: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Order entries by key, and within a key by value descending (ties keep entry order).
+def _rows_in_descending_order(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """An order of the entries by row, and within a row by value descending (ties keep entry order).
 
-    Returns (order, unique keys, each entry's segment index in that order).
+    TopK's codes already come so (torch.topk sorts), and are checked rather than sorted again.
     """
+    same_row = rows[1:] == rows[:-1]
+    if bool(((vals[1:] <= vals[:-1]) | ~same_row).all()) and bool((rows[1:] >= rows[:-1]).all()):
+        return torch.arange(len(rows), device=rows.device)
     by_value = torch.sort(vals, descending=True, stable=True).indices
-    order = by_value[torch.sort(keys[by_value], stable=True).indices]
-    uniq, counts = torch.unique_consecutive(keys[order], return_counts=True)
-    segment = torch.repeat_interleave(torch.arange(len(uniq), device=keys.device), counts)
-    return order, uniq, segment
+    return by_value[torch.sort(rows[by_value], stable=True).indices]
 
 
 def pool_batch(codes: SparseCodes, n_images: int, positions_T: torch.Tensor, d_sae: int, width: int,
@@ -37,7 +37,7 @@ def pool_batch(codes: SparseCodes, n_images: int, positions_T: torch.Tensor, d_s
     active_R = torch.bincount(rows, minlength=n_rows)
 
     # Per token: the `width` largest, in descending order.
-    order, _, _ = _segments(rows, vals)
+    order = _rows_in_descending_order(rows, vals)
     first_of_row = torch.cumsum(active_R, 0) - active_R
     rank = torch.arange(len(order), device=dev) - first_of_row[rows[order]]
     keep = rank < width
@@ -46,17 +46,21 @@ def pool_batch(codes: SparseCodes, n_images: int, positions_T: torch.Tensor, d_s
     latents_RK[rows[order][keep], rank[keep]] = cols[order][keep].int()
     values_RK[rows[order][keep], rank[keep]] = vals[order][keep]
 
-    # Per image and latent: max (first token on ties), argmax token, sum, code on CLS.
+    # Per (image, latent): one sort of the keys, then segment reductions. The argmax token is
+    # the first position holding the maximum.
     pos = rows % n_positions
-    order, uniq, segment = _segments((rows // n_positions) * d_sae + cols, vals)
-    starts = torch.cumsum(torch.bincount(segment, minlength=len(uniq)), 0)
-    first = torch.cat([starts.new_zeros(1), starts[:-1]])
+    uniq, segment = torch.unique((rows // n_positions) * d_sae + cols, sorted=True, return_inverse=True)
+    n_e = len(uniq)
     image_E, latent_E = uniq // d_sae, uniq % d_sae
-    sum_E = torch.zeros(len(uniq), dtype=torch.float64, device=dev).index_add_(0, segment, vals[order].double())
+    max_E = torch.zeros(n_e, dtype=torch.float32, device=dev).scatter_reduce_(0, segment, vals, "amax", include_self=False)
+    at_max = vals == max_E[segment]
+    argmax_E = torch.full((n_e,), n_positions, dtype=torch.int64, device=dev).scatter_reduce_(
+        0, segment[at_max], pos[at_max], "amin", include_self=True)
+    sum_E = torch.zeros(n_e, dtype=torch.float64, device=dev).index_add_(0, segment, vals.double())
     cls_E = None
     if cls_position is not None:
-        on_cls = pos[order] == cls_position
-        cls_E = torch.zeros(len(uniq), dtype=torch.float32, device=dev).index_add_(0, segment[on_cls], vals[order][on_cls])
+        on_cls = pos == cls_position
+        cls_E = torch.zeros(n_e, dtype=torch.float32, device=dev).index_add_(0, segment[on_cls], vals[on_cls])
 
     block = CodesBlock(
         token_latents_RK=latents_RK.cpu().numpy(),
@@ -64,8 +68,8 @@ def pool_batch(codes: SparseCodes, n_images: int, positions_T: torch.Tensor, d_s
         token_active_R=active_R.int().cpu().numpy(),
         image_counts_I=torch.bincount(image_E, minlength=n_images).int().cpu().numpy(),
         image_latents_E=latent_E.int().cpu().numpy(),
-        image_max_E=vals[order][first].cpu().numpy(),
-        image_argmax_E=positions_T[pos[order][first]].int().cpu().numpy(),
+        image_max_E=max_E.cpu().numpy(),
+        image_argmax_E=positions_T[argmax_E].int().cpu().numpy(),
         image_sum_E=sum_E.float().cpu().numpy(),
         image_cls_E=None if cls_E is None else cls_E.cpu().numpy(),
     )
@@ -79,7 +83,12 @@ def pool_batch(codes: SparseCodes, n_images: int, positions_T: torch.Tensor, d_s
 
 
 def reconstruction_sums(x_RD: torch.Tensor, x_hat_RD: torch.Tensor, n_positions: int) -> dict[str, torch.Tensor]:
-    """Per token position: Σ‖x − x̂‖², Σ‖x‖² and Σx in float64 (for MSE and FVU per position)."""
-    x = x_RD.view(-1, n_positions, x_RD.shape[1])
-    err = (x - x_hat_RD.view_as(x)).double().pow(2).sum(2).sum(0)
-    return {"position_sq_err": err, "position_x_sq": x.double().pow(2).sum(2).sum(0), "position_x_sum": x.double().sum(0)}
+    """Per token position: Σ‖x − x̂‖², Σ‖x‖² and Σx, summed in float64 (for MSE and FVU per position).
+
+    Each row's squared norm is computed in float32 (d terms); only the sums over rows need float64.
+    """
+    d = x_RD.shape[1]
+    err_R = (x_RD - x_hat_RD).pow_(2).sum(1)
+    return {"position_sq_err": err_R.view(-1, n_positions).sum(0, dtype=torch.float64),
+            "position_x_sq": x_RD.pow(2).sum(1).view(-1, n_positions).sum(0, dtype=torch.float64),
+            "position_x_sum": x_RD.view(-1, n_positions, d).sum(0, dtype=torch.float64)}

@@ -93,7 +93,7 @@ def test_sums_match_a_dense_reference(store, tmp_path):
     x = ActivationStore.open(store).read("blocks.0", slice(None)).astype(np.float64)
     x_hat = f @ w["W_dec"].numpy() + w["b_dec"].numpy()
     np.testing.assert_allclose(s.position_sq_err, ((x - x_hat) ** 2).sum((0, 2)), rtol=1e-5)
-    np.testing.assert_allclose(s.position_x_sq, (x**2).sum((0, 2)), rtol=1e-9)
+    np.testing.assert_allclose(s.position_x_sq, (x**2).sum((0, 2)), rtol=1e-6)  # row norms in float32
     np.testing.assert_allclose(s.position_x_sum, x.sum(0), rtol=1e-9, atol=1e-9)
 
 
