@@ -1,6 +1,7 @@
 """Checking a store: every chunk a complete part (or codes part) recorded is there, whole and unaltered, and consistent."""
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -25,6 +26,23 @@ class VerifyReport:
         return not self.problems
 
 
+def _intact_chunks(arr: zb.Array, crc32c: list[int] | None, where: str, report: VerifyReport) -> Iterator[np.ndarray]:
+    """Each chunk of ``arr`` that is present, decodable and unaltered (when checksums were recorded); the others are reported."""
+    for c in range(arr.n_chunks):
+        try:
+            rows = arr.read_chunk(c)
+        except zb.ChunkMissing as exc:
+            report.problems.append(f"{where}: {exc}")
+            continue
+        except Exception as exc:  # a damaged compressed chunk fails in zarr's decoder
+            report.problems.append(f"{where}: chunk {c} cannot be decoded ({type(exc).__name__}: {exc})")
+            continue
+        if crc32c is not None and chunk_checksum(rows) != crc32c[c]:
+            report.problems.append(f"{where}: chunk {c} was altered after it was written (CRC32C differs)")
+            continue
+        yield rows
+
+
 def _check_hook(store: ActivationStore, i: int, hook: str, report: VerifyReport) -> None:
     part = store.parts[i]
     where = f"part {part.name}, hook {hook}"
@@ -43,18 +61,7 @@ def _check_hook(store: ActivationStore, i: int, hook: str, report: VerifyReport)
                                f"{len(recorded['crc32c'])} of {recorded['rows']}")
         return
     bad = 0
-    for c in range(arr.n_chunks):
-        try:
-            rows = arr.read_chunk(c)
-        except zb.ChunkMissing as exc:
-            report.problems.append(f"{where}: {exc}")
-            continue
-        except Exception as exc:  # a damaged compressed chunk fails in zarr's decoder
-            report.problems.append(f"{where}: chunk {c} cannot be decoded ({type(exc).__name__}: {exc})")
-            continue
-        if recorded is not None and chunk_checksum(rows) != recorded["crc32c"][c]:
-            report.problems.append(f"{where}: chunk {c} was altered after it was written (CRC32C differs)")
-            continue
+    for rows in _intact_chunks(arr, None if recorded is None else recorded["crc32c"], where, report):
         bad += int(np.count_nonzero(~np.isfinite(rows.astype(np.float32))))
     if bad:
         report.problems.append(f"{where}: {bad} non-finite values")
@@ -82,14 +89,8 @@ def _check_codes(store: ActivationStore, report: VerifyReport) -> None:
                 if len(recorded["crc32c"]) != arr.n_chunks:
                     report.problems.append(f"{where}: {arr.n_chunks} chunks, but the part recorded {len(recorded['crc32c'])}")
                     continue
-                for c in range(arr.n_chunks):
-                    try:
-                        rows = arr.read_chunk(c)
-                    except zb.ChunkMissing as exc:
-                        report.problems.append(f"{where}: {exc}")
-                        continue
-                    if chunk_checksum(rows) != recorded["crc32c"][c]:
-                        report.problems.append(f"{where}: chunk {c} was altered after it was written (CRC32C differs)")
+                for _ in _intact_chunks(arr, recorded["crc32c"], where, report):
+                    pass
 
 
 def verify(store: ActivationStore) -> VerifyReport:
