@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipsae.analysis.top_images import TopImages
+from clipsae.errors import ClipsaeError
 
 DEFAULT_MIN_HITS = 10
 
@@ -28,6 +29,8 @@ class LabelEntropy:
 
 def label_entropy(top: TopImages, labels: np.ndarray, min_hits: int = DEFAULT_MIN_HITS) -> LabelEntropy:
     """Label entropy of every feature's top images; ``labels`` are the store's, −1 for none."""
+    if min_hits < 1:
+        raise ClipsaeError(f"--min-hits must be at least 1, not {min_hits}")
     n_features = top.images_FK.shape[0]
     distinct = np.unique(labels[labels >= 0])
     img_lab = np.where(top.images_FK >= 0, labels[np.maximum(top.images_FK, 0)], -1)

@@ -68,6 +68,7 @@ def test_outputs_default_to_a_folder_beside_the_codes(encoded, run_cli):
     (["top-images", "--codes", "sae", "-k", "0"], "-k must be at least 1"),
     (["label-entropy", "--codes", "sae", "-k", "-2"], "-k must be at least 1"),
     (["top-images", "--codes", "sae", "--by", "median"], "'median' is not one of"),
+    (["label-entropy", "--codes", "sae", "--min-hits", "0"], "--min-hits must be at least 1"),
 ])
 def test_bad_input_gets_one_line_and_exit_1(encoded, run_cli, args, message):
     code, _, err = run_cli("analyze", args[0], "--store", encoded[0], *args[1:])
