@@ -112,7 +112,7 @@ def _encode_part(store: ActivationStore, part_index: int, hook: str, positions: 
         ("position_sq_err", n_pos, torch.float64), ("position_x_sq", n_pos, torch.float64),
         ("position_x_sum", (n_pos, d), torch.float64))}
     capped = 0
-    chunks = [c for c in store.chunks(hook) if c.part == part_index]
+    chunks = store.part_chunks(hook, part_index)
     every = len(positions) == store.n_tokens(hook)
     positions_T = torch.from_numpy(positions).to(dev)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsae-encode") as pool:

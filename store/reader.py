@@ -244,13 +244,14 @@ class ActivationStore:
         start = p.offset + index * rows
         return Chunk(part, start, min(start + rows, p.offset + p.n_images), index)
 
+    def part_chunks(self, hook: str, part: int) -> list[Chunk]:
+        """The stored chunks of ``hook`` in the ``part``-th complete part, in order."""
+        rows = self.array(hook, part).rows_per_chunk
+        return [self._chunk(hook, part, c) for c in range(-(-self.parts[part].n_images // rows))]
+
     def chunks(self, hook: str) -> list[Chunk]:
         """The stored chunks of ``hook``, in global order: the unit of efficient reading."""
-        out = []
-        for i, p in enumerate(self.parts):
-            rows = self.array(hook, i).rows_per_chunk
-            out.extend(self._chunk(hook, i, c) for c in range(-(-p.n_images // rows)))
-        return out
+        return [c for i in range(len(self.parts)) for c in self.part_chunks(hook, i)]
 
     def read_chunk(self, hook: str, chunk: Chunk) -> np.ndarray:
         """One chunk's activations (len(chunk), n_tokens, d), read as a single chunk file.
