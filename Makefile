@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/train_loader.py
 	$(BIN)/python bench/encode.py
+	$(BIN)/python bench/analyze_memory.py
+	$(BIN)/python bench/correlate.py
 
 # The peers' own training steps, in a venv of their own so their pins never touch ours.
 PEERS := .venv-peers

@@ -114,3 +114,41 @@ def token_mse_cmd(store_path, codes_name, out):
     from clipsae.analysis.commands import run_token_mse
 
     _run(run_token_mse, store_path, codes_name, out)
+
+
+@analyze_group.command("correlate")
+@click.option("--a", "ref_a", required=True, metavar="STORE:CODES", help="Side A: a store and the name of its codes.")
+@click.option("--b", "ref_b", required=True, metavar="STORE:CODES", help="Side B: a store and the name of its codes.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: <A store>/codes/<A codes>-analysis/correlate-<B>].")
+@click.option("-k", "k", type=int, default=16, show_default=True, help="Top images per feature for the overlap.")
+@_BY
+@click.option("--min-hits", type=int, default=10, show_default=True,
+              help="Shared images both features of a printed match must fire on.")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Folder now holding the stores' tars, for the top-images figure [default: where the stores say].")
+@click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto.")
+def correlate_cmd(ref_a, ref_b, out, k, by, min_hits, shards, device):
+    """Pearson correlation of every A feature with every B feature over the images both stores hold."""
+    from clipsae.analysis.commands import parse_codes_ref, run_correlate
+    from clipsae.analysis.top_images import check_k
+
+    check_k(k)
+    a, b = parse_codes_ref(ref_a, "--a"), parse_codes_ref(ref_b, "--b")
+    for line in run_correlate(a, b, out, k, by, min_hits, shards, device):
+        click.echo(line)
+
+
+@analyze_group.command("neuron-alignment")
+@_codes_options
+@click.option("--sae", "sae_path", type=click.Path(path_type=Path), default=None,
+              help="The SAE that made the codes [default: the folder encode recorded].")
+@click.option("--model", default=None, help="open_clip model name [default: the store's].")
+@click.option("--pretrained", default=None,
+              help="Weights: open_clip tag, checkpoint file or hf-hub:org/repo [default: those the store was made with].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline directions.")
+def neuron_alignment_cmd(store_path, codes_name, out, sae_path, model, pretrained, seed):
+    """Each SAE encoder direction's best |cosine| with an MLP neuron's output direction, against random ones."""
+    from clipsae.analysis.commands import run_neuron_alignment
+
+    _run(run_neuron_alignment, store_path, codes_name, out, sae_path, model, pretrained, seed)

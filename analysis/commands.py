@@ -7,12 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from clipsae.analysis import correlate as corr_mod
 from clipsae.analysis import density as density_mod
 from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
 from clipsae.analysis.output import out_dir, write_csv
 from clipsae.analysis.token_mse import plot_token_mse, token_mse
 from clipsae.analysis.top_images import check_k, top_images
+from clipsae.device import resolve_device
+from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes
 from clipsae.store.reader import ActivationStore
 
@@ -21,6 +25,10 @@ LABEL_ENTROPY_COLUMNS = ("feature", "entropy", "entropy_norm", "n", "top_label",
 DENSITY_COLUMNS = ("feature", "tokens_fired", "images_fired", "density_tokens", "density_images", "mean_top20",
                    "dead", "dense")
 TOKEN_MSE_COLUMNS = ("token", "row", "col", "mse", "fvu")
+BEST_MATCHES_COLUMNS = ("a", "rank", "b", "corr", "max_diff")
+MATCHING_COLUMNS = ("a", "b", "corr", "topk_overlap")
+NEURON_ALIGNMENT_COLUMNS = ("feature", "max_cos", "neuron", "above_random")
+SHOWN_MATCHES, PAIRS_IN_FIGURE, IMAGES_PER_SIDE = 10, 4, 4
 
 
 @dataclass(frozen=True)
@@ -105,3 +113,137 @@ def run_token_mse(t: Target) -> list[str]:
     return [f"{t.title}: MSE {res.mse:.4g}, FVU {res.fvu:.4f}; worst token {int(res.positions_T[worst])} "
             f"(MSE {res.mse_T[worst]:.4g}), best {int(res.positions_T[np.argmin(res.mse_T)])} (MSE {res.mse_T.min():.4g})",
             f"wrote {path}, {png}"]
+
+
+def parse_codes_ref(text: str, option: str) -> tuple[Path, str]:
+    """``STORE:CODES`` → (store path, codes name); the name follows the last colon."""
+    store, sep, name = text.rpartition(":")
+    if not sep or not store or not name:
+        raise ClipsaeError(f"{option} must be STORE:CODES (a store path, a colon, a codes name), not {text!r}")
+    return Path(store), name
+
+
+def _side_label(a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) -> tuple[str, str]:
+    """How the printed table names the two sides: models when they differ, else codes names, else A and B."""
+    ma, mb = str(a.config.get("model")), str(b.config.get("model"))
+    if ma != mb:
+        return ma, mb
+    return (ca.name, cb.name) if ca.name != cb.name else ("A", "B")
+
+
+def _correlate_out(out: Path | None, a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) -> Path:
+    if out is not None:
+        return out_dir(out, a.path, ca.name)
+    same = a.path.resolve() == b.path.resolve()
+    other = cb.name if same else f"{b.path.name}-{cb.name}"
+    path = out_dir(None, a.path, ca.name) / f"correlate-{other}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def run_correlate(ref_a: tuple[Path, str], ref_b: tuple[Path, str], out: Path | None, k: int, by: str,
+                  min_hits: int = DEFAULT_MIN_HITS, shards: Path | None = None, device: str = "auto") -> list[str]:
+    """best_matches.csv, matching.csv and the matched pairs' top images, for two codes joined on image key."""
+    check_k(k)
+    sa, sb = ActivationStore.open(ref_a[0]), ActivationStore.open(ref_b[0])
+    ca, cb = Codes(sa, ref_a[1]), Codes(sb, ref_b[1])
+    dev = resolve_device(device)
+    join = corr_mod.join_on_keys(sa.keys(), sb.keys())
+    name_a, name_b = _side_label(sa, ca, sb, cb)
+    corr_mod.check_shared(join, f"{ref_a[0]}", f"{ref_b[0]}")
+    row_a, row_b = np.full(sa.n_images, -1, np.int64), np.full(sb.n_images, -1, np.int64)
+    row_a[join.rows_a] = row_b[join.rows_b] = np.arange(join.n)
+    va, vb = corr_mod.shared_values(ca, by, row_a, join.n), corr_mod.shared_values(cb, by, row_b, join.n)
+    ma, mb = corr_mod.feature_moments(va), corr_mod.feature_moments(vb)
+    for side, m in ((name_a, ma), (name_b, mb)):
+        if not m.live_F.any():
+            raise ClipsaeError(f"no {side} feature varies over the {join.n} shared images; nothing to correlate")
+    live_a, live_b = np.nonzero(ma.live_F)[0], np.nonzero(mb.live_F)[0]
+    corr = corr_mod.correlation_matrix(va, vb, ma, mb, dev)
+    best = corr_mod.best_matches(corr)
+    ra, rb = corr_mod.one_to_one(corr)
+    match_corr = corr[torch.from_numpy(ra).to(corr.device), torch.from_numpy(rb).to(corr.device)].cpu().numpy()
+    del corr
+    pa, pb = live_a[ra], live_b[rb]
+    nontrivial = (ma.fired_F[pa] >= min_hits) & (mb.fired_F[pb] >= min_hits)
+    shown = [i for i in np.argsort(-match_corr, kind="stable") if nontrivial[i]][:SHOWN_MATCHES]
+    n_best = best.b_AR.shape[1]
+    best_a, best_b = np.repeat(live_a, n_best), live_b[best.b_AR.ravel()]
+    diffs = corr_mod.max_abs_diff(va, vb, np.concatenate([best_a, pa[shown]]), np.concatenate([best_b, pb[shown]]), dev)
+    out_path = _correlate_out(out, sa, ca, sb, cb)
+    ranks = np.tile(np.arange(1, n_best + 1), len(live_a))
+    best_csv = write_csv(out_path / "best_matches.csv", BEST_MATCHES_COLUMNS,
+                         zip(best_a.tolist(), ranks.tolist(), best_b.tolist(), best.corr_AR.ravel().tolist(),
+                             diffs[:len(best_a)].tolist()))
+    top_a, top_b = corr_mod.top_rows(va, k), corr_mod.top_rows(vb, k)
+    overlap = corr_mod.topk_overlap(top_a, top_b, pa, pb, k)
+    match_csv = write_csv(out_path / "matching.csv", MATCHING_COLUMNS,
+                          zip(pa.tolist(), pb.tolist(), match_corr.tolist(), overlap.tolist()))
+    lines = [f"{join.n} image keys shared by {ref_a[0]} ({sa.n_images} images) and {ref_b[0]} ({sb.n_images} images)"
+             + (f"; repeated keys counted once ({join.duplicate_keys_a} in A, {join.duplicate_keys_b} in B)"
+                if join.duplicate_keys_a or join.duplicate_keys_b else ""),
+             f"A = {name_a} ({ca.name}, {ca.hook}): {len(live_a)} features vary over them, {ma.n_constant} constant "
+             f"(dropped); B = {name_b} ({cb.name}, {cb.hook}): {len(live_b)} vary, {mb.n_constant} constant (dropped)",
+             f"one-to-one matching of {len(pa)} pairs by {by} value: mean corr {match_corr.mean():.4f}, "
+             f"{int((match_corr > 0.9).sum())} pairs above 0.9, mean top-{k} overlap {overlap.mean():.3f}",
+             f"Top-{SHOWN_MATCHES} non-trivial matches (both features fire on ≥ {min_hits} shared images):"]
+    pair_diff = diffs[len(best_a):]
+    lines += [f"{name_a}-feat {pa[i]} ↔ {name_b}-feat {pb[i]}, corr={match_corr[i]:.4f}, max_diff={d:.2e}"
+              for i, d in zip(shown, pair_diff)] or ["(none)"]
+    written = [str(best_csv), str(match_csv)]
+    if shown:
+        written.append(_pairs_figure(sa, sb, join, shown[:PAIRS_IN_FIGURE], pa, pb, match_corr, top_a, top_b,
+                                     name_a, name_b, shards, out_path / "matched_pairs.png", lines))
+    return lines + [f"wrote {', '.join(w for w in written if w)}"]
+
+
+def _pairs_figure(sa, sb, join, shown, pa, pb, match_corr, top_a, top_b, name_a, name_b, shards, path, lines) -> str:
+    """The matched pairs' top images side by side; when the tars cannot be read, say why and go on."""
+    from clipsae.analysis.images import load_images
+    from clipsae.analysis.pair_figure import plot_pairs
+
+    imgs_a = {i: join.rows_a[top_a[pa[i]][:IMAGES_PER_SIDE]] for i in shown}
+    imgs_b = {i: join.rows_b[top_b[pb[i]][:IMAGES_PER_SIDE]] for i in shown}
+    try:
+        loaded_a = load_images(sa, np.concatenate(list(imgs_a.values())), shards)
+        loaded_b = load_images(sb, np.concatenate(list(imgs_b.values())), shards)
+    except ClipsaeError as exc:
+        lines.append(f"matched_pairs.png not drawn: {exc}")
+        return ""
+    rows = [(f"{name_a} {pa[i]} ↔ {name_b} {pb[i]}  r={match_corr[i]:.3f}",
+             [loaded_a[j] for j in imgs_a[i]], [loaded_b[j] for j in imgs_b[i]]) for i in shown]
+    return str(plot_pairs(rows, IMAGES_PER_SIDE, path, f"top images: {name_a} (left) and {name_b} (right)"))
+
+
+def run_neuron_alignment(t: Target, sae: Path | None = None, model: str | None = None, pretrained: str | None = None,
+                         seed: int = 0) -> list[str]:
+    """neuron_alignment.csv and its histogram: each encoder direction's best |cosine| with an MLP neuron."""
+    from dataclasses import replace
+
+    from clipsae.analysis import neuron_alignment as na
+    from clipsae.analysis.codes_sae import codes_sae
+    from clipsae.pipeline.model import load_model, store_model_config
+
+    block = na.block_of(t.codes.hook)
+    model_sae = codes_sae(t.codes, sae)
+    cfg = store_model_config(t.store.config, t.store.provenance, pretrained)
+    if model is not None:
+        cfg = replace(cfg, name=model)
+    loaded = load_model(cfg)
+    neurons = na.mlp_out_directions(loaded.visual, block)
+    if neurons.shape[1] != model_sae.d_in:
+        raise ClipsaeError(f"{cfg.name}'s {t.codes.hook} is {neurons.shape[1]}-wide; the SAE reads {model_sae.d_in}")
+    al = na.neuron_alignment(model_sae.W_enc, neurons, seed)
+    above = al.above_random_F()
+    path = write_csv(t.out / "neuron_alignment.csv", NEURON_ALIGNMENT_COLUMNS,
+                     zip(range(len(above)), al.max_cos_F.tolist(), al.neuron_F.tolist(), above.astype(int).tolist()))
+    png = na.plot_alignment(al, t.out / "neuron_alignment.png", f"{t.title}; {neurons.shape[0]} MLP neurons")
+    lines = [f"{t.title}: encoder directions against the {neurons.shape[0]} MLP output directions of "
+             f"{cfg.name} ({loaded.identity['pretrained']}) block {block}",
+             f"median max |cos| {np.median(al.max_cos_F):.3f} (random directions {np.median(al.random_R):.3f}); "
+             f"{int(above.sum())} of {len(above)} features above the random {na.BASELINE_QUANTILE:.0%} quantile "
+             f"({al.threshold:.3f})"]
+    if loaded.identity["pretrained"] != t.store.config.get("pretrained"):
+        lines.append(f"note: these weights ({loaded.identity['pretrained']}) are not the ones the store was "
+                     f"extracted with ({t.store.config.get('pretrained')})")
+    return lines + [f"wrote {path}, {png}"]

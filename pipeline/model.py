@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +125,31 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         "torch_version": torch.__version__,
     }
     return LoadedModel(visual, preprocess, identity, provenance)
+
+
+def store_model_config(config: dict, provenance: dict, pretrained: str | None = None) -> ModelConfig:
+    """The ModelConfig that loads the weights a store was extracted with (``pretrained`` overrides them).
+
+    Reverses what :func:`load_model` recorded: ``random-init(seed=N)``, ``file:sha256:…`` (the
+    checkpoint's recorded path, which must still hold those bytes), or an open_clip tag / hf-hub id.
+    """
+    name = str(config.get("model", ""))
+    if pretrained is not None:
+        return ModelConfig(name, pretrained)
+    weights = str(config.get("pretrained", ""))
+    seeded = re.fullmatch(r"random-init\(seed=(-?\d+)\)", weights)
+    if seeded:
+        return ModelConfig(name, None, init_seed=int(seeded.group(1)))
+    if weights.startswith("file:sha256:"):
+        path = provenance.get("checkpoint_path")
+        if not path or not Path(path).is_file():
+            raise ClipsaeError(f"the store was extracted from checkpoint {path or '(path not recorded)'}, which is not "
+                               f"there now; pass --pretrained PATH")
+        with open(path, "rb") as fh:
+            if f"file:sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()}" != weights:
+                raise ClipsaeError(f"{path} is no longer the checkpoint the store was extracted with (its sha256 "
+                                   f"differs); pass --pretrained PATH")
+        return ModelConfig(name, path)
+    if not name or not weights:
+        raise ClipsaeError("the store does not record which model made it; pass --model and --pretrained")
+    return ModelConfig(name, weights)

@@ -264,6 +264,7 @@ def write_store(
     dtype: str | None = None,
     part: str = "part-00000",
     layouts: Mapping[str, Mapping] | None = None,
+    source: str = "write_store",
 ) -> None:
     """Write activations computed elsewhere as a store (or one more part of one).
 
@@ -271,7 +272,8 @@ def write_store(
     ``labels`` default to -1. ``attrs`` go into the store's identity (``model`` at least
     is expected); writing a second part with the same attrs and shapes extends the store.
     ``layouts[hook]`` describes a hook's tokens: ``cls_token`` (token 0 is CLS), ``grid``
-    ((rows, cols) of the patch tokens that follow) and ``meaning`` (free text).
+    ((rows, cols) of the patch tokens that follow) and ``meaning`` (free text). ``source`` is the
+    webdataset tar the images came from, where analyses read them back to show them.
     """
     keys = [str(k) for k in keys]
     n = len(keys)
@@ -302,6 +304,6 @@ def write_store(
         **user,
     }
     root = open_root(path, config, {"created_by": "clipsae.store.write_store"})
-    writer = PartWriter(root, part, source="write_store", hooks=hooks, dtype=dtype, expected_images=n)
+    writer = PartWriter(root, part, source=source, hooks=hooks, dtype=dtype, expected_images=n)
     writer.append(keys, labels, shaped)
     writer.close()

@@ -58,11 +58,20 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     click.echo(f"encoded {enc.images} images, {enc.tokens} tokens of {enc.hook}")
     target = commands.Target.open(store_path, enc.name, None)
     for lines in (commands.run_top_images(target, 16, "max"), commands.run_label_entropy(target, 20, "max"),
-                  commands.run_density(target, "max"), commands.run_token_mse(target)):
+                  commands.run_density(target, "max"), commands.run_token_mse(target),
+                  commands.run_neuron_alignment(target)):
         click.echo("\n".join(lines))
+    early_dir = root / "runs" / "topk-resid.6"
+    click.echo(f"\ntraining a second TopK SAE, on resid.6, to correlate its features with the first's → {early_dir}")
+    plan = configure_training(store_path, hook="resid.6", tokens="all", arch="topk", expansion=8, k=16,
+                              batch_size=512, steps=train_steps, holdout=0.1, out=early_dir, eval_every=50)
+    run_train(plan.cfg, store=plan.store, held=plan.held)
+    early = run_encode(EncodeConfig(store_path, early_dir, device="cpu"))
+    click.echo("\n".join(commands.run_correlate((store_path, enc.name), (store_path, early.name), None, 16, "max")))
     click.echo(f"""
 what to look at and do next:
-  {target.out}   the analyses: top_images.csv, label_entropy.csv, density.csv, token_mse.csv and PNG plots
+  {target.out}   the analyses: top_images.csv, label_entropy.csv, density.csv, token_mse.csv,
+      neuron_alignment.csv, PNG plots, and correlate-{early.name}/ (the resid.10 features matched to resid.6's)
   {run_dir / 'density.png'}   the SAE's held-out feature-density histogram
   clipsae store verify {store_path}   checks every chunk of the store
   clipsae train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 200

@@ -52,3 +52,17 @@ def reference_codes(cfg: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
     if cfg["architecture"] == "jumprelu":
         return torch.relu(z) * (z > w["threshold"])
     return torch.relu(z)
+
+
+def store_from_tars(path: Path, tars: list[Path], seed: int = 0) -> Path:
+    """A store with one part per webdataset tar (its keys, labels and path), random activations."""
+    from clipsae.pipeline.tario import TarReport, iter_samples
+
+    rng = np.random.default_rng(seed)
+    for i, tar in enumerate(sorted(tars)):
+        samples = list(iter_samples(str(tar), None, TarReport()))
+        acts = rng.standard_normal((len(samples), N_TOKENS, D)).astype(np.float32)
+        write_store(path, {"blocks.0": acts}, [k for k, _, _ in samples], labels=[lb for _, _, lb in samples],
+                    attrs={"model": "test"}, dtype="float32", part=f"part-{i:03d}", source=str(tar),
+                    layouts={"blocks.0": {"cls_token": True, "grid": list(GRID)}})
+    return path

@@ -1,0 +1,28 @@
+import hashlib
+
+import pytest
+
+from clipsae.errors import ClipsaeError
+from clipsae.pipeline.config import ModelConfig
+from clipsae.pipeline.model import store_model_config
+
+
+def test_store_model_config_reloads_the_recorded_weights(tmp_path):
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert store_model_config({"model": "RN50", "pretrained": "random-init(seed=7)"}, {}) == ModelConfig("RN50", None, 7)
+    assert store_model_config({"model": "ViT-L-14", "pretrained": "laion2b_s32b_b82k"}, {}) == \
+        ModelConfig("ViT-L-14", "laion2b_s32b_b82k")
+    assert store_model_config({"model": "ViT-B-32", "pretrained": f"file:sha256:{digest}"},
+                              {"checkpoint_path": str(ckpt)}) == ModelConfig("ViT-B-32", str(ckpt))
+    assert store_model_config({"model": "ViT-B-32", "pretrained": "x"}, {}, pretrained="y") == ModelConfig("ViT-B-32", "y")
+
+
+@pytest.mark.parametrize("content, message", [(None, "which is not there now"), (b"changed", "no longer the checkpoint")])
+def test_a_checkpoint_that_moved_or_changed_is_named(tmp_path, content, message):
+    ckpt = tmp_path / "w.pt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    with pytest.raises(ClipsaeError, match=message):
+        store_model_config({"model": "ViT-B-32", "pretrained": "file:sha256:00"}, {"checkpoint_path": str(ckpt)})
