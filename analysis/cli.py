@@ -73,13 +73,16 @@ def _run(fn, store_path, codes_name, out, *args):
 @_codes_options
 @click.option("-k", "k", type=int, default=16, show_default=True, help="Images per feature.")
 @_BY
-def top_images_cmd(store_path, codes_name, out, k, by):
+@click.option("--features", default=None, help="Only these features, e.g. 12,625 (their top images are printed too).")
+def top_images_cmd(store_path, codes_name, out, k, by, features):
     """Each feature's top-k images (top_images.csv)."""
-    from clipsae.analysis.commands import run_top_images
+    from clipsae.analysis.commands import Target, parse_features, run_top_images
     from clipsae.analysis.top_images import check_k
 
     check_k(k)
-    _run(run_top_images, store_path, codes_name, out, k, by)
+    t = Target.open(store_path, codes_name, out)
+    for line in run_top_images(t, k, by, parse_features(features, t.codes.d_sae)):
+        click.echo(line)
 
 
 @analyze_group.command("label-entropy")

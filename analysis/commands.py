@@ -50,17 +50,37 @@ class Target:
         return f"{self.codes.name} on {self.codes.hook} ({self.codes.identity['tokens']} tokens, {self.store.n_images} images)"
 
 
-def run_top_images(t: Target, k: int, by: str) -> list[str]:
-    """top_images.csv: each feature's k best images by value, ties to the smaller image index."""
+def parse_features(text: str | None, n_features: int) -> list[int] | None:
+    """``"12,625"`` → [12, 625]; None for all. Indices outside 0…n_features−1 are refused."""
+    if text is None:
+        return None
+    try:
+        features = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ClipsaeError(f"--features must be comma-separated feature indices, not {text!r}") from None
+    bad = [f for f in features if not 0 <= f < n_features]
+    if bad:
+        raise ClipsaeError(f"feature {bad[0]} is out of range: these codes have {n_features} features (0–{n_features - 1})")
+    return features
+
+
+def run_top_images(t: Target, k: int, by: str, features: list[int] | None = None) -> list[str]:
+    """top_images.csv: each feature's (or only ``features``') k best images by value, ties to the smaller image."""
     top = top_images(t.codes, k, by)
     keys, labels = t.store.keys(), t.store.labels()
-    f_idx, r_idx = np.nonzero(top.images_FK >= 0)
+    wanted = np.zeros(t.codes.d_sae, dtype=bool)
+    wanted[features if features is not None else slice(None)] = True
+    f_idx, r_idx = np.nonzero((top.images_FK >= 0) & wanted[:, None])
     rows = ((int(f), int(r) + 1, int(img), keys[img], int(labels[img]), float(top.values_FK[f, r]), int(top.tokens_FK[f, r]))
             for f, r in zip(f_idx, r_idx) for img in [top.images_FK[f, r]])
     path = write_csv(t.out / "top_images.csv", TOP_IMAGES_COLUMNS, rows)
     filled = top.filled_F()
-    return [f"{t.title}: top {k} images by {by} for {int((filled > 0).sum())} of {t.codes.d_sae} features "
-            f"({int((filled == 0).sum())} never fired)", f"wrote {path}"]
+    lines = [f"{t.title}: top {k} images by {by} for {int((filled > 0).sum())} of {t.codes.d_sae} features "
+             f"({int((filled == 0).sum())} never fired)"]
+    for f in features or []:
+        shown = [f"{keys[i]} ({v:.3g})" for i, v in zip(top.images_FK[f], top.values_FK[f]) if i >= 0]
+        lines.append(f"feature {f}: " + (", ".join(shown) if shown else "never fired"))
+    return lines + [f"wrote {path}"]
 
 
 def run_label_entropy(t: Target, k: int, by: str, min_hits: int = DEFAULT_MIN_HITS) -> list[str]:

@@ -26,6 +26,14 @@ def test_top_images_csv_has_the_promised_columns_and_keys(encoded, tmp_path, run
     assert "top 3 images by max" in out
 
 
+def test_top_images_of_chosen_features_are_written_and_printed(encoded, tmp_path, run_cli):
+    code, out, err = run_cli("analyze", "top-images", "--store", encoded[0], "--codes", "sae", "-k", "2",
+                             "--features", "3,0", "--out", tmp_path)
+    assert code == 0, err
+    assert {r["feature"] for r in _read(tmp_path / "top_images.csv")} <= {"0", "3"}
+    assert "feature 3: " in out and "feature 0: " in out
+
+
 def test_density_csv_counts_match_the_codes(encoded, codes, tmp_path, run_cli):
     code, _, err = run_cli("analyze", "density", "--store", encoded[0], "--codes", "sae", "--out", tmp_path)
     assert code == 0, err
@@ -69,6 +77,8 @@ def test_outputs_default_to_a_folder_beside_the_codes(encoded, run_cli):
     (["label-entropy", "--codes", "sae", "-k", "-2"], "-k must be at least 1"),
     (["top-images", "--codes", "sae", "--by", "median"], "'median' is not one of"),
     (["label-entropy", "--codes", "sae", "--min-hits", "0"], "--min-hits must be at least 1"),
+    (["top-images", "--codes", "sae", "--features", "3,24"], "feature 24 is out of range"),
+    (["top-images", "--codes", "sae", "--features", "x"], "--features must be comma-separated"),
 ])
 def test_bad_input_gets_one_line_and_exit_1(encoded, run_cli, args, message):
     code, _, err = run_cli("analyze", args[0], "--store", encoded[0], *args[1:])
