@@ -2,6 +2,10 @@
 
 import argparse
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +18,30 @@ def timed(out: dict, key: str):
     t = time.perf_counter()
     yield
     out[key] = time.perf_counter() - t
+
+
+@contextmanager
+def scratch(prefix: str):
+    """A temporary folder, removed afterwards whatever happens."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_clipsae(args: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MiB from the kernel, stdout) of ``python -m clipsae ARGS`` as its own process."""
+    t = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([sys.executable, "-m", "clipsae", *args], stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(p.pid, 0)
+        seconds = time.perf_counter() - t
+        if status:
+            err.seek(0)
+            sys.exit(err.read())
+        out.seek(0)
+        return seconds, usage.ru_maxrss / 1024, out.read()
 
 
 def evict(path: Path) -> None:

@@ -7,11 +7,7 @@ and scipy's Hungarian assignment on a random matrix of the same size.
 """
 
 import argparse
-import resource
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +16,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import run_clipsae, scratch  # noqa: E402
 from clipsae.analysis.correlate import ROWS_PER_BLOCK  # noqa: E402
 from clipsae.analysis.encode import EncodeConfig, run_encode  # noqa: E402
 from clipsae.store.writer import write_store  # noqa: E402
@@ -50,17 +47,10 @@ def main() -> None:
     p.add_argument("--d", type=int, default=64)
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="clipsae-bench-correlate-"))
-    try:
+    with scratch("clipsae-bench-correlate-") as tmp:
         store = make_codes(tmp, a.images, a.tokens, a.d, a.features, a.k)
-        t = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "clipsae", "analyze", "correlate", "--a", f"{store}:a",
-                              "--b", f"{store}:b", "--out", str(tmp / "out"), "--device", a.device],
-                             capture_output=True, text=True)
-        total = time.perf_counter() - t
-        if run.returncode:
-            sys.exit(run.stderr)
-        peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        total, peak_mib, stdout = run_clipsae(["analyze", "correlate", "--a", f"{store}:a", "--b", f"{store}:b",
+                                               "--out", str(tmp / "out"), "--device", a.device])
         nnz = sum(1 for _ in open(tmp / "out" / "best_matches.csv")) - 1
         torch.manual_seed(0)
         x = torch.rand(ROWS_PER_BLOCK, a.features)
@@ -72,14 +62,12 @@ def main() -> None:
         t = time.perf_counter()
         linear_sum_assignment(m, maximize=True)
         hungarian = time.perf_counter() - t
-        print(run.stdout.splitlines()[2])
+        print(stdout.splitlines()[2])
         print(f"{a.features} × {a.features} features, {a.images} images, value = max over {a.tokens} token(s) of a "
               f"TopK-{a.k} code; {nnz} best-match rows")
-        print(f"analyze correlate: {total:.1f} s, peak RSS {peak_gib:.2f} GiB")
+        print(f"analyze correlate: {total:.1f} s, peak RSS {peak_mib / 1024:.2f} GiB")
         print(f"reference: dense float32 block products {gemm:.1f} s + Hungarian on a random matrix {hungarian:.1f} s "
               f"= {gemm + hungarian:.1f} s; correlate / reference = {total / (gemm + hungarian):.2f}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
