@@ -65,14 +65,18 @@ class SharedValues:
         r1 = self.n_rows if r1 is None else r1
         return np.repeat(np.arange(r0, r1), np.diff(self.indptr[r0:r1 + 1]))
 
-    def dense(self, r0: int, r1: int, columns: np.ndarray, width: int, device: torch.device) -> torch.Tensor:
-        """Rows r0…r1 as a dense (rows, width) float32 tensor; ``columns[f]`` is feature f's column, −1 to leave it out."""
+    def block(self, r0: int, r1: int, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row − r0, column, value) of rows r0…r1's entries; ``columns[f]`` is feature f's column, −1 to leave it out."""
         e0, e1 = self.indptr[r0], self.indptr[r1]
         col = columns[self.latents[e0:e1]]
         keep = col >= 0
+        return self.rows_of_entries(r0, r1)[keep] - r0, col[keep], self.values[e0:e1][keep]
+
+    def dense(self, r0: int, r1: int, columns: np.ndarray, width: int, device: torch.device) -> torch.Tensor:
+        """Rows r0…r1 as a dense (rows, width) float32 tensor, columns as in :meth:`block`."""
+        rows, cols, vals = self.block(r0, r1, columns)
         out = torch.zeros(r1 - r0, width, dtype=torch.float32, device=device)
-        rows = torch.from_numpy(self.rows_of_entries(r0, r1)[keep] - r0).to(device)
-        out[rows, torch.from_numpy(col[keep]).to(device)] = torch.from_numpy(self.values[e0:e1][keep]).to(device)
+        out[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = torch.from_numpy(vals).to(device)
         return out
 
 
@@ -134,28 +138,25 @@ def feature_moments(v: SharedValues) -> FeatureMoments:
     return FeatureMoments(fired, mean, np.sqrt(var), live)
 
 
-def _columns(live_F: np.ndarray) -> np.ndarray:
-    col = np.full(len(live_F), -1, dtype=np.int64)
-    col[live_F] = np.arange(int(live_F.sum()))
+def _columns(keep_F: np.ndarray) -> np.ndarray:
+    """Each kept feature's column among the kept ones, in order; −1 for the others."""
+    col = np.full(len(keep_F), -1, dtype=np.int64)
+    col[keep_F] = np.arange(int(keep_F.sum()))
     return col
 
 
 def _sparse_block(v: SharedValues, r0: int, r1: int, columns: np.ndarray, n_cols: int) -> scipy.sparse.csr_matrix:
-    e0, e1 = v.indptr[r0], v.indptr[r1]
-    col = columns[v.latents[e0:e1]]
-    keep = col >= 0
-    return scipy.sparse.csr_matrix(
-        (v.values[e0:e1][keep].astype(np.float64), (v.rows_of_entries(r0, r1)[keep] - r0, col[keep])),
-        shape=(r1 - r0, n_cols))
+    rows, cols, vals = v.block(r0, r1, columns)
+    return scipy.sparse.csr_matrix((vals.astype(np.float64), (rows, cols)), shape=(r1 - r0, n_cols))
 
 
 def correlation_matrix(a: SharedValues, b: SharedValues, ma: FeatureMoments, mb: FeatureMoments,
                        device: torch.device, rows_per_block: int = ROWS_PER_BLOCK, path: str = "auto") -> torch.Tensor:
     """Pearson r of every live A feature (rows) with every live B feature (columns), float64.
 
-    Accumulates Σ(a−μa)(b−μb) block by block: dense blocks are centred and multiplied in float32
-    (each block's sum then added in float64); sparse blocks multiply the raw values in float64 and
-    get their centring as rank-one terms at the end. ``path`` forces ``dense`` or ``sparse`` (for tests).
+    Accumulates Σ(a−μa)(b−μb) block by block: dense blocks are centred and multiplied in float32;
+    sparse blocks multiply the raw values in float64 and get their centring as rank-one terms at
+    the end. ``path`` forces ``dense`` or ``sparse`` (for tests).
     """
     col_a, col_b = _columns(ma.live_F), _columns(mb.live_F)
     fa, fb, n = int(ma.live_F.sum()), int(mb.live_F.sum()), a.n_rows
@@ -238,10 +239,7 @@ def max_abs_diff(a: SharedValues, b: SharedValues, pairs_a: np.ndarray, pairs_b:
         return out.cpu().numpy()
     ua, ia = np.unique(pairs_a, return_inverse=True)
     ub, ib = np.unique(pairs_b, return_inverse=True)
-    col_a = np.full(a.n_features, -1, dtype=np.int64)
-    col_a[ua] = np.arange(len(ua))
-    col_b = np.full(b.n_features, -1, dtype=np.int64)
-    col_b[ub] = np.arange(len(ub))
+    col_a, col_b = _columns(np.isin(np.arange(a.n_features), ua)), _columns(np.isin(np.arange(b.n_features), ub))
     ia_t, ib_t = torch.from_numpy(ia).to(device), torch.from_numpy(ib).to(device)
     step = max(1, MAX_DIFF_ELEMENTS // n_pairs)
     for r0 in range(0, a.n_rows, step):
