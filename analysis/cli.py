@@ -155,3 +155,72 @@ def neuron_alignment_cmd(store_path, codes_name, out, sae_path, model, pretraine
     from clipsae.analysis.commands import run_neuron_alignment
 
     _run(run_neuron_alignment, store_path, codes_name, out, sae_path, model, pretrained, seed)
+
+
+@analyze_group.command("report")
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Activation store.")
+@click.option("--codes", "codes_name", required=True, help="Name of the cached codes (`clipsae encode --name`).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder [default: <store>/codes/<codes>-analysis/report].")
+@click.option("-k", "k", type=int, default=12, show_default=True, help="Top images per feature page.")
+@click.option("--per-interval", type=int, default=4, show_default=True,
+              help="Random images from each lower activation interval per page.")
+@click.option("--intervals", "n_intervals", type=int, default=4, show_default=True,
+              help="Equal-width activation intervals between 0 and each feature's largest value.")
+@click.option("--nearest", type=int, default=8, show_default=True, help="Nearest features by decoder cosine per page.")
+@_BY
+@_MIN_HITS
+@click.option("--sae", "sae_path", type=click.Path(path_type=Path), default=None,
+              help="The SAE that made the codes, for the neighbours and metrics [default: the folder encode recorded].")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Folder now holding the store's tars [default: where the store says].")
+@click.option("--classes", type=click.Path(path_type=Path), default=None,
+              help="Class names: JSON list or {label: name}, or one name per line [default: classes.json beside the tars].")
+@click.option("--thumb-size", type=int, default=160, show_default=True, help="Longest side of the thumbnails, pixels.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def report_cmd(store_path, codes_name, out, k, per_interval, n_intervals, nearest, by, min_hits, sae_path, shards,
+               classes, thumb_size, quiet):
+    """A static site to browse the features: index with plots and a table, one page per live feature."""
+    from clipsae.analysis.report.build import ReportConfig, run_report
+
+    cfg = ReportConfig(store_path, codes_name, out, k, per_interval, n_intervals, nearest, by, min_hits, thumb_size,
+                       sae_path, shards, classes, progress=not quiet)
+    for line in run_report(cfg):
+        click.echo(line)
+
+
+_MODEL_OPTIONS = (
+    click.option("--sae", "sae_path", type=click.Path(path_type=Path), default=None,
+                 help="The SAE that made the codes [default: the folder encode recorded]."),
+    click.option("--model", default=None, help="open_clip model name [default: the store's]."),
+    click.option("--pretrained", default=None,
+                 help="Weights: open_clip tag, checkpoint file or hf-hub:org/repo [default: the store's]."),
+    click.option("--shards", type=click.Path(path_type=Path), default=None,
+                 help="Folder now holding the store's tars [default: where the store says]."),
+    click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto."),
+    click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass."),
+)
+
+
+def _model_options(f):
+    for opt in reversed(_MODEL_OPTIONS):
+        f = opt(f)
+    return f
+
+
+@analyze_group.command("name-features")
+@_codes_options
+@click.option("--vocab", type=click.Path(path_type=Path), default=None,
+              help="Words, one per line (or a JSON list) [default: the 1,000 ImageNet class names].")
+@click.option("--words", "n_words", type=int, default=5, show_default=True, help="Best words kept per feature and method.")
+@click.option("-k", "k", type=int, default=12, show_default=True, help="Top images whose mean embedding names a feature.")
+@_BY
+@_model_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def name_features_cmd(store_path, codes_name, out, vocab, n_words, k, by, sae_path, model, pretrained, shards, device,
+                      batch_size, quiet):
+    """Name features by cosine with text embeddings of a vocabulary (names.csv)."""
+    from clipsae.analysis.name_features import run_name_features
+
+    _run(run_name_features, store_path, codes_name, out, vocab, n_words, k, by, sae_path, model, pretrained, shards,
+         device, batch_size, not quiet)

@@ -12,7 +12,7 @@ import torch
 from clipsae.analysis import correlate as corr_mod
 from clipsae.analysis import density as density_mod
 from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
-from clipsae.analysis.output import out_dir, write_csv
+from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, out_dir, write_csv, write_json
 from clipsae.analysis.token_mse import plot_token_mse, token_mse
 from clipsae.analysis.top_images import check_k, top_images
 from clipsae.device import resolve_device
@@ -151,12 +151,17 @@ def _side_label(a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) ->
     return (ca.name, cb.name) if ca.name != cb.name else ("A", "B")
 
 
+def _side_record(s: ActivationStore, c: Codes) -> dict:
+    """What pair.json says of one side, so the report can link to the other side's report."""
+    return {"store": str(s.path.resolve()), "codes": c.name, "hook": c.hook, "model": s.config.get("model")}
+
+
 def _correlate_out(out: Path | None, a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) -> Path:
     if out is not None:
         return out_dir(out, a.path, ca.name)
     same = a.path.resolve() == b.path.resolve()
     other = cb.name if same else f"{b.path.name}-{cb.name}"
-    path = out_dir(None, a.path, ca.name) / f"correlate-{other}"
+    path = out_dir(None, a.path, ca.name) / f"{CORRELATE_PREFIX}{other}"
     path.mkdir(exist_ok=True)
     return path
 
@@ -210,7 +215,8 @@ def run_correlate(ref_a: tuple[Path, str], ref_b: tuple[Path, str], out: Path | 
     pair_diff = diffs[len(best_a):]
     lines += [f"{name_a}-feat {pa[i]} ↔ {name_b}-feat {pb[i]}, corr={match_corr[i]:.4f}, max_diff={d:.2e}"
               for i, d in zip(shown, pair_diff)] or ["(none)"]
-    written = [str(best_csv), str(match_csv)]
+    pair = write_json(out_path / CORRELATE_PAIR, {"a": _side_record(sa, ca), "b": _side_record(sb, cb), "by": by})
+    written = [str(best_csv), str(match_csv), str(pair)]
     if shown:
         written.append(_pairs_figure(sa, sb, join, shown[:PAIRS_IN_FIGURE], pa, pb, match_corr, top_a, top_b,
                                      name_a, name_b, shards, out_path / "matched_pairs.png", lines))

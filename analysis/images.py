@@ -3,9 +3,10 @@
 import io
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
+import torch
 from PIL import Image
 
 from clipsae.errors import ClipsaeError
@@ -27,9 +28,15 @@ def load_images(store: ActivationStore, images: Iterable[int], shards: Path | No
     Raises ClipsaeError naming the first tar that is not where the store says (see ``shards``)
     or an image whose key the tar no longer holds.
     """
+    return dict(iter_tar_images(store, images, shards))
+
+
+def iter_tar_images(store: ActivationStore, images: Iterable[int],
+                    shards: Path | None = None) -> Iterator[tuple[int, Image.Image]]:
+    """(global index, RGB image) for each given image, one at a time, each tar read once (errors as ``load_images``)."""
     wanted = sorted({int(i) for i in images})
     if not wanted:
-        return {}
+        return
     offsets = np.array([p.offset for p in store.parts])
     keys = store.keys()
     by_part: dict[int, dict[str, int]] = defaultdict(dict)
@@ -37,7 +44,6 @@ def load_images(store: ActivationStore, images: Iterable[int], shards: Path | No
         if not 0 <= img < store.n_images:
             raise ClipsaeError(f"image {img} is out of range for a store of {store.n_images} images")
         by_part[int(np.searchsorted(offsets, img, side="right")) - 1][str(keys[img])] = img
-    out: dict[int, Image.Image] = {}
     for part_index, want in by_part.items():
         part = store.parts[part_index]
         tar = locate_tar(part.source, shards)
@@ -47,9 +53,22 @@ def load_images(store: ActivationStore, images: Iterable[int], shards: Path | No
         for key, data, _ in iter_samples(str(tar), None, TarReport()):
             if key in want:
                 with Image.open(io.BytesIO(data)) as im:
-                    out[want.pop(key)] = im.convert("RGB")
+                    yield want.pop(key), im.convert("RGB")
                 if not want:
                     break
         if want:
             raise ClipsaeError(f"{tar} does not hold image {next(iter(want))!r} (part {part.name}); is it the tar the store was made from?")
-    return out
+
+
+def iter_image_batches(store: ActivationStore, images: Iterable[int], preprocess, batch: int,
+                       shards: Path | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(global indices, preprocessed images_NCHW) in batches of ``batch``, in ascending image order."""
+    idx, tensors = [], []
+    for img, im in iter_tar_images(store, images, shards):
+        idx.append(img)
+        tensors.append(preprocess(im))
+        if len(idx) == batch:
+            yield np.array(idx), torch.stack(tensors)
+            idx, tensors = [], []
+    if idx:
+        yield np.array(idx), torch.stack(tensors)

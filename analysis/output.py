@@ -1,11 +1,15 @@
 """Where analyses write, and how: CSV tables with fixed columns, PNG plots from the Agg backend."""
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from clipsae.store.codes import default_analysis_dir
+
+CORRELATE_PREFIX = "correlate-"
+CORRELATE_PAIR = "pair.json"
 
 
 def out_dir(out: Path | None, store: Path, codes: str) -> Path:
@@ -31,6 +35,14 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence]) -> P
         w.writerow(columns)
         for row in rows:
             w.writerow([_cell(v) for v in row])
+    tmp.replace(path)
+    return path
+
+
+def write_json(path: Path, obj) -> Path:
+    """Write ``obj`` as indented JSON, whole, then renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
     tmp.replace(path)
     return path
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipsae.analysis.patch_maps import grid_cells
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import PartSums
 from clipsae.store.layout import HookLayout
@@ -34,12 +35,7 @@ def token_mse(sums: PartSums, positions_T: np.ndarray, layout: HookLayout) -> To
     var_all = sums.position_x_sq.sum() - n * len(positions_T) * (mean_all**2).sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         fvu_T = sums.position_sq_err / var_T
-    rows = np.full(len(positions_T), -1)
-    cols = np.full(len(positions_T), -1)
-    if layout.grid is not None:
-        patch = positions_T - int(layout.cls_token)
-        on_grid = patch >= 0
-        rows[on_grid], cols[on_grid] = np.divmod(patch[on_grid], layout.grid[1])
+    rows, cols = grid_cells(positions_T, layout)
     return TokenMSE(positions_T, rows, cols, sums.position_sq_err / (n * d), fvu_T,
                     float(sums.position_sq_err.sum() / (n * len(positions_T) * d)), float(sums.position_sq_err.sum() / var_all))
 

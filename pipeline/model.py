@@ -66,12 +66,35 @@ def describe_preprocess(preprocess: T.Compose) -> dict:
     return json.loads(json.dumps(out))
 
 
+@dataclass
+class LoadedClip:
+    """The whole CLIP model (both towers) in eval mode, its tokenizer, and the vision side as load_model gives it."""
+
+    model: nn.Module
+    tokenizer: object
+    vision: LoadedModel
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Build the model's vision tower in eval mode with its preprocessing.
 
     Pretrained weights are fetched by open_clip; a failed fetch raises ClipsaeError with
     the reason instead of silently falling back to random weights.
     """
+    model, loaded = _create(cfg)
+    del model
+    return loaded
+
+
+def load_clip(cfg: ModelConfig) -> LoadedClip:
+    """Build the whole model (image and text towers) and its tokenizer, with the weights ``cfg`` names."""
+    model, loaded = _create(cfg)
+    name = cfg.pretrained if cfg.pretrained and cfg.pretrained.startswith("hf-hub:") else cfg.name
+    return LoadedClip(model.eval(), open_clip.get_tokenizer(name), loaded)
+
+
+def _create(cfg: ModelConfig) -> tuple[nn.Module, LoadedModel]:
+    """The open_clip model and its vision side with identity and provenance (see :func:`load_model`)."""
     _check_name(cfg.name)
     pretrained, checkpoint, weights_id = cfg.pretrained, None, None
     if pretrained is None:
@@ -124,7 +147,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         "open_clip_version": open_clip.__version__,
         "torch_version": torch.__version__,
     }
-    return LoadedModel(visual, preprocess, identity, provenance)
+    return model, LoadedModel(visual, preprocess, identity, provenance)
 
 
 def store_model_config(config: dict, provenance: dict, pretrained: str | None = None) -> ModelConfig:

@@ -22,7 +22,7 @@ Rows are the part's images in order, each image's T encoded tokens in stored ord
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -292,6 +292,28 @@ class Codes:
                 yield ImageValues(np.arange(part.offset + start, part.offset + stop, dtype=np.int64), local,
                                   latents.astype(np.int64), values.astype(np.float32), tokens.astype(np.int64))
                 start = stop
+
+    def iter_token_codes(self, images: Iterable[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(image, latents (T, K), values (T, K)) of each given image in ascending order; each chunk
+        of the token arrays is read about once, however many of its images are asked for."""
+        wanted = np.unique(np.asarray(list(images), dtype=np.int64))
+        if len(wanted) and not (0 <= wanted[0] and wanted[-1] < self.n_images):
+            bad = wanted[0] if wanted[0] < 0 else wanted[-1]
+            raise ClipsaeError(f"image {bad} is out of range for a store of {self.n_images} images")
+        offsets = np.array([p.offset for p in self.store.parts])
+        t = self.n_positions
+        for i in np.unique(np.searchsorted(offsets, wanted, side="right") - 1):
+            part = self.store.parts[i]
+            local = wanted[(wanted >= part.offset) & (wanted < part.offset + part.n_images)] - part.offset
+            rows = max(self._array(i, "token_latents").rows_per_chunk, t)
+            lo = hi = 0
+            for img in local:
+                start = int(img) * t
+                if start + t > hi:
+                    # Whole chunks from this image on: the next images asked for are likely in them.
+                    lo, hi = start, min(((start + t - 1) // rows + 1) * rows, part.n_images * t)
+                    lat, val = self._read(i, "token_latents", lo, hi), self._read(i, "token_values", lo, hi)
+                yield int(img) + part.offset, lat[start - lo:start - lo + t], val[start - lo:start - lo + t]
 
     def token_codes(self, image: int) -> tuple[np.ndarray, np.ndarray]:
         """(latents (T, K), values (T, K)) of one image's encoded tokens; latent −1 means none."""

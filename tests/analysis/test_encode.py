@@ -1,6 +1,5 @@
 """``clipsae encode`` caches exactly what the SAE computes, resumes after kill -9, and shares work."""
 
-import resource
 import signal
 import subprocess
 import sys

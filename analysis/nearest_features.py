@@ -1,0 +1,32 @@
+"""Each feature's nearest features by decoder cosine: cos(W_dec[i], W_dec[j]), j ≠ i."""
+
+from dataclasses import dataclass
+
+import torch
+
+ROWS_PER_BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class Nearest:
+    features_FN: torch.Tensor  # (features, n) neighbour indices, most similar first
+    cosine_FN: torch.Tensor
+
+
+def nearest_features(W_dec_FD: torch.Tensor, n: int) -> Nearest:
+    """The ``n`` features whose decoder directions have the largest cosine with each feature's.
+
+    Block by block, so memory is ROWS_PER_BLOCK × features whatever the dictionary's size.
+    """
+    w = torch.nn.functional.normalize(W_dec_FD.detach().float(), dim=1)
+    n_f = w.shape[0]
+    n = min(n, n_f - 1)
+    idx = torch.empty((n_f, n), dtype=torch.int64)
+    cos = torch.empty((n_f, n), dtype=torch.float32)
+    for s in range(0, n_f, ROWS_PER_BLOCK):
+        sims = w[s:s + ROWS_PER_BLOCK] @ w.T
+        rows = torch.arange(sims.shape[0])
+        sims[rows, rows + s] = -torch.inf
+        top = sims.topk(n, dim=1)
+        idx[s:s + ROWS_PER_BLOCK], cos[s:s + ROWS_PER_BLOCK] = top.indices.cpu(), top.values.cpu()
+    return Nearest(idx, cos)

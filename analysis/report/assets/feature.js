@@ -1,0 +1,115 @@
+// One feature's page, drawn from the JSON record inline in the page: statistics, top images with
+// the feature's code over the patch grid, samples from lower intervals, labels, neighbours, matches.
+(function () {
+  "use strict";
+  const R = JSON.parse(document.getElementById("feature-data").textContent);
+  const app = document.getElementById("app");
+  const el = (tag, attrs, ...kids) => {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "text") e.textContent = v; else e.setAttribute(k, v);
+    }
+    for (const k of kids) e.append(k);
+    return e;
+  };
+  const fmt = (x) => (x === null || x === undefined ? "–" : String(x));
+  const L = R.links;
+
+  const nav = el("div", { class: "nav" }, el("a", { href: L.index, text: "← all features" }));
+  if (L.prev) nav.append(el("a", { href: L.prev, id: "prev-feature", text: "‹ previous live feature" }));
+  if (L.next) nav.append(el("a", { href: L.next, id: "next-feature", text: "next live feature ›" }));
+  app.append(nav, el("h1", { text: `Feature ${R.feature}` + (R.names.length ? ` — ${R.names[0].word}` : "") }));
+
+  const stats = [
+    ["density (images)", `${fmt(R.density_images)} (${R.images_fired.toLocaleString()} images)`],
+    ["density (tokens)", `${fmt(R.density_tokens)} (${R.tokens_fired.toLocaleString()} tokens)` + (R.dense ? " — dense" : "")],
+    ["largest value", fmt(R.max)], ["mean of top-20 values", fmt(R.mean_top20)],
+    ["label entropy", R.entropy === null ? `– (only ${R.labelled_top} labelled top images)` : `${R.entropy} nats (normalised ${fmt(R.entropy_norm)})`],
+    ["top label", fmt(R.top_label)],
+  ];
+  const st = el("table", { class: "stats" });
+  for (const [k, v] of stats) st.append(el("tr", {}, el("th", { text: k }), el("td", { text: v })));
+  app.append(st);
+  if (R.names.length) {
+    app.append(el("p", { text: "Names (analyze name-features): " +
+      R.names.map((n) => `${n.word} (${n.score}, ${n.method})`).join(", ") }));
+  }
+
+  // The patch map: bytes 0–255 (the code over the feature's largest value) on the grid, drawn smooth over the image.
+  const drawMap = (img, canvas, b64) => {
+    const [gh, gw] = R.grid;
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const small = document.createElement("canvas");
+    small.width = gw; small.height = gh;
+    const sctx = small.getContext("2d");
+    const data = sctx.createImageData(gw, gh);
+    for (let i = 0; i < gw * gh; i++) {
+      data.data[4 * i] = 255; data.data[4 * i + 1] = 64; data.data[4 * i + 2] = 0;
+      data.data[4 * i + 3] = Math.round(bytes[i] * 0.75);
+    }
+    sctx.putImageData(data, 0, 0);
+    canvas.width = img.width; canvas.height = img.height;
+    canvas.style.left = img.offsetLeft + "px"; canvas.style.top = img.offsetTop + "px";
+    const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(small, 0, 0, img.width, img.height);
+  };
+  const card = (x) => {
+    const img = el("img", { src: `../images/${x.image}.jpg`, alt: `image ${x.key}`, class: "thumbnail" });
+    const box = el("div", { class: "thumb" }, img);
+    if (x.map && R.grid) {
+      const cv = el("canvas");
+      box.append(cv);
+      const draw = () => drawMap(img, cv, x.map);
+      if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw);
+    }
+    return el("div", { class: "card" }, box,
+      el("div", { text: `value ${x.value}` + (R.grid ? `, token ${x.token}` : "") }),
+      el("div", { text: x.label_name }), el("div", { class: "key", title: x.key, text: x.key }));
+  };
+
+  if (R.grid) {
+    const toggle = el("input", { type: "checkbox", id: "show-maps", checked: "" });
+    toggle.addEventListener("change", () => document.body.classList.toggle("hidemaps", !toggle.checked));
+    app.append(el("p", {}, el("label", {}, toggle,
+      ` show the feature's code over the ${R.grid[0]}×${R.grid[1]} patch grid (brighter: larger, relative to its largest value)`)));
+  }
+  app.append(el("h2", { text: `Top ${R.top.length} images` }), el("div", { class: "cards", id: "top-images" }, ...R.top.map(card)));
+  for (const iv of R.intervals) {
+    app.append(el("h2", { text: `Values in (${iv.low}, ${iv.high}]` }));
+    app.append(iv.images.length ? el("div", { class: "cards" }, ...iv.images.map(card))
+      : el("p", { text: "no other images in this interval" }));
+  }
+
+  app.append(el("h2", { text: "Labels of the top-20 images" }));
+  if (R.labels.length) {
+    const t = el("table");
+    t.append(el("tr", {}, el("th", { text: "label" }), el("th", { text: "images" }), el("th", { text: "share of value" }), el("th")));
+    for (const l of R.labels) {
+      t.append(el("tr", {}, el("td", { text: l.name }), el("td", { class: "num", text: String(l.count) }),
+        el("td", { class: "num", text: fmt(l.share) }),
+        el("td", {}, el("span", { class: "bar", style: `width:${Math.round(200 * (l.share || 0))}px` }))));
+    }
+    app.append(t);
+  } else {
+    app.append(el("p", { text: "none of the top images has a label" }));
+  }
+
+  app.append(el("h2", { text: "Nearest features by decoder cosine" }));
+  if (R.nearest) {
+    const p = el("p");
+    R.nearest.forEach((n, i) => {
+      if (i) p.append(", ");
+      p.append(n.live ? el("a", { href: `${n.feature}.html`, text: String(n.feature) }) : `${n.feature} (never fired)`, ` (${n.cosine})`);
+    });
+    app.append(p);
+  } else {
+    app.append(el("p", { text: "the SAE was not found when the report was written (pass --sae)" }));
+  }
+  if (R.matches.length) {
+    app.append(el("h2", { text: "Matched features in other codes (analyze correlate)" }));
+    for (const m of R.matches) {
+      app.append(el("p", {}, `${m.other}: `, el("a", { href: m.href, text: `feature ${m.feature}` }), `, r = ${m.corr}`));
+    }
+  }
+})();

@@ -1,0 +1,168 @@
+"""``clipsae analyze report``: gather the statistics, draw the thumbnails, write the site."""
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from clipsae.analysis import density as density_mod
+from clipsae.analysis.class_names import class_names
+from clipsae.analysis.codes_sae import codes_sae
+from clipsae.analysis.interval_samples import IntervalSamples, interval_samples
+from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
+from clipsae.analysis.nearest_features import nearest_features
+from clipsae.analysis.output import out_dir
+from clipsae.analysis.patch_maps import patch_maps
+from clipsae.analysis.report import siblings, site
+from clipsae.analysis.report.content import FeatureContent, PatchMaps
+from clipsae.analysis.report.thumbnails import write_thumbnails
+from clipsae.analysis.top_images import TopImages, check_k, top_images
+from clipsae.errors import ClipsaeError
+from clipsae.store.codes import Codes, PartSums
+from clipsae.store.reader import ActivationStore
+from clipsae.train.load import load_metrics
+
+ENTROPY_TOP = 20  # Fry's label entropy and mean top activation use each feature's top 20 images
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What ``analyze report`` reads and how much it shows; validated by :meth:`check`."""
+
+    store: Path
+    codes: str
+    out: Path | None = None
+    k: int = 12
+    per_interval: int = 4
+    n_intervals: int = 4
+    nearest: int = 8
+    by: str = "max"
+    min_hits: int = DEFAULT_MIN_HITS
+    thumb_size: int = 160
+    sae: Path | None = None
+    shards: Path | None = None
+    classes: Path | None = None
+    progress: bool = True
+
+    def check(self) -> None:
+        check_k(self.k)
+        for name in ("per_interval", "n_intervals", "nearest"):
+            if getattr(self, name) < 0 or (name == "n_intervals" and self.n_intervals < 1):
+                raise ClipsaeError(f"--{name.replace('_', '-')} must be at least {int(name == 'n_intervals')}, "
+                                   f"not {getattr(self, name)}")
+        if not 16 <= self.thumb_size <= 1024:
+            raise ClipsaeError(f"--thumb-size must be between 16 and 1024 pixels, not {self.thumb_size}")
+
+
+def _prepare_out(out: Path) -> Path:
+    """A fresh '<out>.partial' to write into; refuses an ``out`` that holds something other than a report."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / site.MARKER).is_file())):
+        raise ClipsaeError(f"{out} exists and is not a clipsae report; choose another --out")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def _store_fit(sums: PartSums, n_positions: int) -> tuple[float, float]:
+    """(FVU, L0) of the SAE over every encoded token of the store, from the cached sums."""
+    n_tok = sums.n_images * n_positions
+    mean = sums.position_x_sum.sum(0) / n_tok
+    var = sums.position_x_sq.sum() - n_tok * (mean**2).sum()
+    return float(sums.position_sq_err.sum() / var), float(sums.latent_tokens_fired.sum() / n_tok)
+
+
+def _summary(store: ActivationStore, codes: Codes, sums: PartSums, dens, sae_note: str, sae_path: Path | None,
+             splice: dict | None) -> list[list[str]]:
+    sae = codes.identity["sae"]
+    rows = [["model", f"{store.config.get('model')} ({store.config.get('pretrained') or 'random weights'})"],
+            ["hook", codes.hook],
+            ["tokens", f"{codes.identity['tokens']} ({codes.n_positions} per image)"],
+            ["images", f"{store.n_images:,}"],
+            ["SAE", f"{sae.get('architecture')}, {sae['d_sae']:,} latents" + (f", k={sae['k']}" if sae.get("k") else "")
+             + (f" — {sae_path}" if sae_path else "")]]
+    metrics = load_metrics(sae_path) if sae_path else None
+    if metrics and "fvu" in metrics:
+        rows.append(["held-out (training)", f"FVU {metrics['fvu']:.4f}, explained variance {metrics['explained_variance']:.4f}, "
+                     f"L0 {metrics['l0']:.1f}, dead {metrics['dead_heldout']}, dense {metrics['dense']}"])
+    else:
+        rows.append(["held-out (training)", "no held-out metrics beside the SAE" if sae_path else sae_note])
+    fvu, l0 = _store_fit(sums, codes.n_positions)
+    rows.append(["on this store", f"FVU {fvu:.4f}, explained variance {1 - fvu:.4f}, L0 {l0:.1f}, "
+                 f"dead {int(dens.dead_F.sum()):,}, dense {int(dens.dense_F.sum()):,} (> 10% of tokens)"])
+    if splice is not None:
+        rows.append(["spliced", splice["summary"]])
+    return rows
+
+
+def _shown_pairs(top: TopImages, samples: IntervalSamples, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(feature, image) of every image the live features' pages show: top images and interval samples."""
+    imgs = np.concatenate([top.images_FK[live], samples.images_FQS[live].reshape(len(live), -1)], axis=1)
+    feats = np.broadcast_to(live[:, None], imgs.shape)
+    keep = imgs >= 0
+    return feats[keep].astype(np.int64), imgs[keep].astype(np.int64)
+
+
+def run_report(cfg: ReportConfig) -> list[str]:
+    """Write the report of codes ``cfg.codes`` and return the lines to print."""
+    cfg.check()
+    store = ActivationStore.open(cfg.store)
+    codes = Codes(store, cfg.codes)
+    analysis = out_dir(None, cfg.store, cfg.codes)
+    out = Path(cfg.out) if cfg.out is not None else siblings.report_dir(cfg.store, cfg.codes)
+    partial = _prepare_out(out)
+    lines = []
+
+    sums = codes.sums()
+    top_all = top_images(codes, max(cfg.k, ENTROPY_TOP), cfg.by)
+    top, top20 = top_all.first(cfg.k), top_all.first(ENTROPY_TOP)
+    dens = density_mod.density(sums, codes.n_positions, top20)
+    ent = label_entropy(top20, store.labels(), cfg.min_hits)
+    samples = interval_samples(codes, top, cfg.per_interval, cfg.by, cfg.n_intervals)
+    nearest, sae_path, sae_note = None, None, ""
+    try:
+        sae = codes_sae(codes, cfg.sae)
+        sae_path = Path(sae.identity["path"])
+        if cfg.nearest:
+            nearest = nearest_features(sae.W_dec, cfg.nearest)
+    except ClipsaeError as exc:
+        if cfg.sae is not None:
+            raise
+        sae_note = f"SAE not found ({exc})"
+        lines.append(f"nearest features by decoder cosine left out: {exc}")
+
+    live = np.nonzero(~dens.dead_F)[0]
+    feat_P, img_P = _shown_pairs(top, samples, live)
+    layout = store.layout(codes.hook)
+    grid = tuple(layout.grid) if layout.grid is not None and codes.n_positions > 1 else None
+    maps = patch_maps(codes, feat_P, img_P, top.values_FK[feat_P, 0]) if grid else np.zeros((len(feat_P), 0), np.uint8)
+    n_thumbs = write_thumbnails(store, img_P, partial / "images", cfg.thumb_size, cfg.shards, cfg.progress)
+
+    matchings = siblings.matchings(analysis)
+    content = FeatureContent(top, samples, dens, ent, top20, store.labels(), store.keys(),
+                             class_names(store, cfg.classes, cfg.shards), nearest, siblings.feature_names(analysis),
+                             matchings, PatchMaps(grid, feat_P, img_P, maps))
+    folder = partial / "features"
+    folder.mkdir()
+    match_folders = [siblings.relative_link(m.other_report / "features", out / "features") for m in matchings]
+    for j, f in enumerate(tqdm(live, desc="feature pages", unit="page", disable=not cfg.progress)):
+        links = {"index": "../index.html", "prev": f"{live[j - 1]}.html" if j else None,
+                 "next": f"{live[j + 1]}.html" if j + 1 < len(live) else None, "match_folders": match_folders}
+        site.write_feature(folder, content.record(int(f), links))
+
+    splice = siblings.splice_result(analysis)
+    title = f"{store.config.get('model')} {codes.hook}: {codes.name}"
+    index = {"title": title, "summary": _summary(store, codes, sums, dens, sae_note, sae_path, splice),
+             "n_features": codes.d_sae, "n_live": len(live), "table": content.table(),
+             "correlations": [{"other": m.label, "href": siblings.relative_link(m.other_report / "index.html", out),
+                               "pairs": len(m.b_of_a)} for m in matchings]}
+    site.write_index(partial, index)
+    site.copy_assets(partial)
+    site.write_json_marker(partial, {"store": str(store.path.resolve()), "codes": codes.name, "features": len(live),
+                                     "images": n_thumbs, "k": cfg.k, "by": cfg.by})
+    site.replace_report(partial, out)
+    return lines + [f"{title}: {len(live):,} live features of {codes.d_sae:,} ({codes.d_sae - len(live):,} never fired), "
+                    f"{n_thumbs:,} thumbnails",
+                    f"wrote {out / 'index.html'}  (open it in a browser; no server needed)"]

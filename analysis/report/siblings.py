@@ -1,0 +1,70 @@
+"""What other analyses of the same codes left beside them, for the report to show:
+correlate matchings, feature names and the spliced check."""
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX
+from clipsae.store.codes import default_analysis_dir
+
+REPORT_DIR = "report"
+NAMES_FILE = "names.csv"
+SPLICE_FILE = "splice.json"
+NAMES_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Matching:
+    """One correlate run with these codes as side A: A feature → (B feature, r), and where B's report is."""
+
+    label: str
+    folder: Path
+    other_report: Path
+    b_of_a: dict[int, tuple[int, float]]
+
+
+def report_dir(store: Path, codes: str) -> Path:
+    """Where ``analyze report`` writes by default: beside the codes' other analyses."""
+    return default_analysis_dir(store, codes) / REPORT_DIR
+
+
+def matchings(analysis: Path) -> list[Matching]:
+    """Every ``correlate-*`` folder under ``analysis`` that holds a matching and says what it compared."""
+    found = []
+    for folder in sorted(analysis.glob(f"{CORRELATE_PREFIX}*")):
+        pair, table = folder / CORRELATE_PAIR, folder / "matching.csv"
+        if not (pair.is_file() and table.is_file()):
+            continue
+        b = json.loads(pair.read_text())["b"]
+        with open(table, newline="") as fh:
+            rows = {int(r["a"]): (int(r["b"]), float(r["corr"])) for r in csv.DictReader(fh)}
+        label = f"{b.get('model') or Path(b['store']).name}, {b['codes']} ({b['hook']})"
+        found.append(Matching(label, folder, report_dir(Path(b["store"]), b["codes"]), rows))
+    return found
+
+
+def feature_names(analysis: Path) -> dict[int, list[tuple[str, float, str]]]:
+    """names.csv from ``analyze name-features``: each feature's best words, (word, score, method)."""
+    path = analysis / NAMES_FILE
+    if not path.is_file():
+        return {}
+    out: dict[int, list[tuple[str, float, str]]] = {}
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            if int(r["rank"]) <= NAMES_SHOWN:
+                out.setdefault(int(r["feature"]), []).append((r["word"], float(r["score"]), r["method"]))
+    return out
+
+
+def splice_result(analysis: Path) -> dict | None:
+    """splice.json from ``analyze splice``, if it was run."""
+    path = analysis / SPLICE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def relative_link(target: Path, from_dir: Path) -> str:
+    """A link from a page in ``from_dir`` to ``target`` that works when both are opened from disk."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(from_dir).resolve())).as_posix()

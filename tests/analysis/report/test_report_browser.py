@@ -1,0 +1,91 @@
+"""The report in a real browser: headless Chromium driven by selenium through Debian's chromedriver."""
+
+import json
+import shutil
+
+import pytest
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def open_page(browser, path):
+    browser.get(path.as_uri())
+    browser.get_log("browser")  # drain: what follows are this page's messages only
+    browser.refresh()
+    return [m for m in browser.get_log("browser") if m["level"] == "SEVERE"]
+
+
+def live_features(report):
+    return sorted(int(p.stem) for p in (report / "features").glob("*.html"))
+
+
+def wait_for_images(browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script(
+        "return Array.from(document.images).every(i => i.complete)"))
+    return browser.execute_script("return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
+
+
+def test_index_loads_without_console_errors_and_lists_the_live_features(browser, report):
+    assert open_page(browser, report / "index.html") == []
+    rows = browser.execute_script("return document.querySelectorAll('#feature-table tbody tr').length")
+    assert rows == min(50, len(live_features(report)))
+    assert browser.execute_script("return document.getElementById('density-scatter').width") > 0
+
+
+@pytest.mark.parametrize("which", [0, -1])
+def test_feature_pages_load_without_errors_and_every_thumbnail_decodes(browser, report, which):
+    f = live_features(report)[which]
+    assert open_page(browser, report / "features" / f"{f}.html") == []
+    images = wait_for_images(browser)
+    rec = json.loads((report / "features" / f"{f}.json").read_text())
+    assert len(images) == len(rec["top"]) + sum(len(iv["images"]) for iv in rec["intervals"])
+    assert all(width > 0 for _, width in images), images
+    assert browser.execute_script("return document.querySelectorAll('.thumb canvas').length") == len(images)
+
+
+def test_jump_to_feature_opens_its_page_and_explains_a_dead_one(browser, report):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    live = live_features(report)
+    open_page(browser, report / "index.html")
+    box = browser.find_element(By.ID, "jump-input")
+    box.send_keys("1", Keys.ENTER)  # the fixture's latents 0–2 never fire
+    assert "never fired" in browser.find_element(By.ID, "jump-message").text
+    box.clear()
+    box.send_keys("24", Keys.ENTER)
+    assert "there are 24" in browser.find_element(By.ID, "jump-message").text
+    box.clear()
+    box.send_keys(str(live[-1]), Keys.ENTER)
+    assert browser.current_url.endswith(f"/features/{live[-1]}.html")
+    assert browser.find_element(By.TAG_NAME, "h1").text.startswith(f"Feature {live[-1]}")
+
+
+def test_sorting_the_table_by_density_puts_the_densest_feature_first(browser, report):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, report / "index.html")
+    browser.find_element(By.XPATH, "//th[text()='image density']").click()
+    first = int(browser.find_element(By.CSS_SELECTOR, "#feature-table tbody tr td a").text)
+    recs = {f: json.loads((report / "features" / f"{f}.json").read_text()) for f in live_features(report)}
+    top = max(r["density_images"] for r in recs.values())
+    assert recs[first]["density_images"] == top
