@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/analyze_memory.py
 	$(BIN)/python bench/correlate.py
+	$(BIN)/python bench/report.py
 
 # The peers' own training steps, in a venv of their own so their pins never touch ours.
 PEERS := .venv-peers

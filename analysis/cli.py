@@ -224,3 +224,21 @@ def name_features_cmd(store_path, codes_name, out, vocab, n_words, k, by, sae_pa
 
     _run(run_name_features, store_path, codes_name, out, vocab, n_words, k, by, sae_path, model, pretrained, shards,
          device, batch_size, not quiet)
+
+
+@analyze_group.command("splice")
+@_codes_options
+@click.option("--images", "n_images", type=int, default=512, show_default=True,
+              help="Images to run, spread evenly over the store.")
+@click.option("--classes", type=click.Path(path_type=Path), default=None,
+              help="Class names for zero-shot accuracy [default: classes.json beside the tars].")
+@_model_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def splice_cmd(store_path, codes_name, out, n_images, classes, sae_path, model, pretrained, shards, device, batch_size,
+               quiet):
+    """Replace the hook's activations by the SAE's reconstruction and compare the image embeddings (splice.json)."""
+    from clipsae.analysis.splice import check_images, run_splice
+
+    check_images(n_images)
+    _run(run_splice, store_path, codes_name, out, n_images, sae_path, model, pretrained, shards, classes, device,
+         batch_size, not quiet)

@@ -113,8 +113,14 @@ def run_report(cfg: ReportConfig) -> list[str]:
     analysis = out_dir(None, cfg.store, cfg.codes)
     out = Path(cfg.out) if cfg.out is not None else siblings.report_dir(cfg.store, cfg.codes)
     partial = _prepare_out(out)
-    lines = []
+    try:
+        return _write(cfg, store, codes, analysis, out, partial)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
+
+def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Path, out: Path, partial: Path) -> list[str]:
+    lines = []
     sums = codes.sums()
     top_all = top_images(codes, max(cfg.k, ENTROPY_TOP), cfg.by)
     top, top20 = top_all.first(cfg.k), top_all.first(ENTROPY_TOP)

@@ -8,7 +8,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-ASSETS = ("report.css", "index.js", "feature.js")
+ASSETS = ("report.css", "common.js", "index.js", "feature.js")
 MARKER = "report.json"
 
 
@@ -33,7 +33,7 @@ def write_index(out: Path, index: dict) -> None:
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <link rel="stylesheet" href="assets/report.css"></head>
 <body><main id="app"><h1>{title}</h1><p>Loading…</p></main>
-<script src="data/index.js"></script><script src="assets/index.js"></script></body></html>
+<script src="data/index.js"></script><script src="assets/common.js"></script><script src="assets/index.js"></script></body></html>
 """)
 
 
@@ -44,7 +44,7 @@ def feature_page(record: dict) -> str:
 <link rel="stylesheet" href="../assets/report.css"></head>
 <body><main id="app"></main>
 <script id="feature-data" type="application/json">{_script_json(record)}</script>
-<script src="../assets/feature.js"></script></body></html>
+<script src="../assets/common.js"></script><script src="../assets/feature.js"></script></body></html>
 """
 
 

@@ -21,6 +21,10 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
         raise ClipsaeError(f"--train-steps must be at least 1, not {train_steps}")
     from clipsae.analysis import commands
     from clipsae.analysis.encode import EncodeConfig, run_encode
+    from clipsae.analysis.name_features import run_name_features
+    from clipsae.analysis.report.build import ReportConfig, run_report
+    from clipsae.analysis.report.siblings import report_dir
+    from clipsae.analysis.splice import run_splice
     from clipsae.pipeline.config import ExtractConfig, ModelConfig
     from clipsae.pipeline.extract import run_extract
     from clipsae.pipeline.synthetic import make_synthetic_shards
@@ -68,13 +72,25 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     run_train(plan.cfg, store=plan.store, held=plan.held)
     early = run_encode(EncodeConfig(store_path, early_dir, device="cpu"))
     click.echo("\n".join(commands.run_correlate((store_path, enc.name), (store_path, early.name), None, 16, "max")))
+    click.echo("\nnaming the resid.10 features through the text tower (vocabulary: the demo's class names), "
+               "and splicing the SAE into the model")
+    click.echo("\n".join(run_name_features(target, shards / "classes.json", progress=False)))
+    click.echo("\n".join(run_splice(target, images=32, progress=False)))
+    click.echo("\nwriting the browsable reports of both SAEs' features")
+    for name in (early.name, enc.name):
+        click.echo("\n".join(run_report(ReportConfig(store_path, name, progress=False))))
+    report = report_dir(store_path, enc.name) / "index.html"
     click.echo(f"""
 what to look at and do next:
   {target.out}   the analyses: top_images.csv, label_entropy.csv, density.csv, token_mse.csv,
-      neuron_alignment.csv, PNG plots, and correlate-{early.name}/ (the resid.10 features matched to resid.6's)
+      neuron_alignment.csv, names.csv, splice.json, PNG plots, and correlate-{early.name}/
+      (the resid.10 features matched to resid.6's)
   {run_dir / 'density.png'}   the SAE's held-out feature-density histogram
   clipsae store verify {store_path}   checks every chunk of the store
   clipsae train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 200
                                       a sweep of two SAEs on another layer
   your own images: clipsae shards make --from-folder DIR --out tars, then clipsae extract and clipsae train
-  (see README.md and docs/commands.md)""")
+  (see README.md and docs/commands.md)
+
+the report of the resid.10 SAE's features (open it in a browser):
+  {report}""")

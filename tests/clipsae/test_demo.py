@@ -13,6 +13,9 @@ def test_demo_writes_shards_extracts_trains_encodes_and_analyses(tmp_path, run_c
     analysis = tmp_path / "demo" / "acts.zarr" / "codes" / "topk-resid.10-analysis"
     for name in ("top_images.csv", "label_entropy.csv", "density.csv", "token_mse.csv", "density_hist.png",
                  "density_scatter.png", "token_mse.png", "neuron_alignment.csv", "neuron_alignment.png",
-                 "correlate-topk-resid.6/best_matches.csv", "correlate-topk-resid.6/matching.csv"):
+                 "correlate-topk-resid.6/best_matches.csv", "correlate-topk-resid.6/matching.csv", "names.csv",
+                 "splice.json", "report/index.html", "report/data/index.js"):
         assert (analysis / name).stat().st_size > 0, name
     assert "encoded 12 images" in out and str(analysis) in out
+    assert out.rstrip().splitlines()[-1].strip() == str(analysis / "report" / "index.html")
+    assert "zero-shot over 12 labelled images" in out

@@ -4,14 +4,7 @@
   "use strict";
   const R = JSON.parse(document.getElementById("feature-data").textContent);
   const app = document.getElementById("app");
-  const el = (tag, attrs, ...kids) => {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "text") e.textContent = v; else e.setAttribute(k, v);
-    }
-    for (const k of kids) e.append(k);
-    return e;
-  };
+  const el = window.clipsae.el;
   const fmt = (x) => (x === null || x === undefined ? "–" : String(x));
   const L = R.links;
 
@@ -35,7 +28,8 @@
       R.names.map((n) => `${n.word} (${n.score}, ${n.method})`).join(", ") }));
   }
 
-  // The patch map: bytes 0–255 (the code over the feature's largest value) on the grid, drawn smooth over the image.
+  // The patch map: bytes 0–255 (the code over the feature's largest value) on the grid, drawn smooth
+  // over the image as a spotlight: patches where the feature is silent are darkened, whatever the image's colours.
   const drawMap = (img, canvas, b64) => {
     const [gh, gw] = R.grid;
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -44,8 +38,7 @@
     const sctx = small.getContext("2d");
     const data = sctx.createImageData(gw, gh);
     for (let i = 0; i < gw * gh; i++) {
-      data.data[4 * i] = 255; data.data[4 * i + 1] = 64; data.data[4 * i + 2] = 0;
-      data.data[4 * i + 3] = Math.round(bytes[i] * 0.75);
+      data.data[4 * i + 3] = Math.round(170 * (1 - bytes[i] / 255));
     }
     sctx.putImageData(data, 0, 0);
     canvas.width = img.width; canvas.height = img.height;
@@ -72,7 +65,7 @@
     const toggle = el("input", { type: "checkbox", id: "show-maps", checked: "" });
     toggle.addEventListener("change", () => document.body.classList.toggle("hidemaps", !toggle.checked));
     app.append(el("p", {}, el("label", {}, toggle,
-      ` show the feature's code over the ${R.grid[0]}×${R.grid[1]} patch grid (brighter: larger, relative to its largest value)`)));
+      ` show the feature's code over the ${R.grid[0]}×${R.grid[1]} patch grid (darkened where it is small relative to its largest value)`)));
   }
   app.append(el("h2", { text: `Top ${R.top.length} images` }), el("div", { class: "cards", id: "top-images" }, ...R.top.map(card)));
   for (const iv of R.intervals) {

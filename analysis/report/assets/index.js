@@ -8,14 +8,7 @@
   const PAGE = 50;
   const live = new Set(T.feature);
   const app = document.getElementById("app");
-  const el = (tag, attrs, ...kids) => {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "text") e.textContent = v; else e.setAttribute(k, v);
-    }
-    for (const k of kids) e.append(k);
-    return e;
-  };
+  const el = window.clipsae.el;
   const fmt = (x) => (x === null || x === undefined ? "" : typeof x === "number" ? String(x) : x);
   const featureHref = (f) => "features/" + f + ".html";
 

@@ -77,6 +77,7 @@ def test_a_folder_that_is_not_a_report_is_refused_and_left_alone(tar_encoded, tm
 def test_missing_tars_are_one_line_error_and_shards_finds_moved_ones(tar_encoded, shards, tmp_path):
     with pytest.raises(ClipsaeError, match="pass --shards"):
         run_report(ReportConfig(tar_encoded[0], "sae", out=tmp_path / "r", shards=tmp_path / "nowhere", progress=False))
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
     moved = tmp_path / "moved"
     shutil.copytree(shards, moved)
     run_report(ReportConfig(tar_encoded[0], "sae", out=tmp_path / "r", shards=moved, progress=False))

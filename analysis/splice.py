@@ -1,0 +1,182 @@
+"""Fry's spliced check: does the model still do what it did when a hook's activations are replaced
+by the SAE's reconstruction?
+
+For each image, three forward passes to the image embedding: the original; spliced, with the codes'
+tokens at the hook replaced by SAE(x) and the pass finished from there; and mean-ablated, with
+the same tokens replaced by their mean over the store (from the cached sums), as a floor. Reported:
+cos(original, spliced) and cos(original, mean-ablated) per image, and
+recovered = (cos_spliced − cos_mean) / (1 − cos_mean) of the means. Where the images have labels
+and the labels have class names, zero-shot accuracy (text prompt "a photo of a {class}.", the
+class of largest cosine) of the original and the spliced embeddings, and how often they agree.
+
+Residual and ResNet stage hooks are spliced inside the model with a forward hook; pooled hooks
+(ln_post, embed, attnpool) are spliced on the pooled vector, which then only passes through proj.
+"""
+
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from clipsae.analysis.class_names import class_names
+from clipsae.analysis.images import iter_image_batches
+from clipsae.analysis.joint_space import PROMPT, directions_to_joint, text_embeddings
+from clipsae.analysis.output import write_json
+from clipsae.device import resolve_device
+from clipsae.errors import ClipsaeError
+from clipsae.pipeline.hooks import HookedForward, resolve_hooks, tower_kind
+from clipsae.train.model import SparseAutoencoder
+
+POOLED = ("ln_post", "embed", "attnpool")
+SPLICE_FILE = "splice.json"
+
+
+def _module(visual: nn.Module, hook: str) -> nn.Module:
+    if hook.startswith("resid."):
+        return visual.transformer.resblocks[int(hook.removeprefix("resid."))]
+    if hook.startswith("layer") and tower_kind(visual) == "resnet":
+        return getattr(visual, hook)
+    raise ClipsaeError(f"hook {hook} cannot be spliced; splice reads resid.L, layerN, ln_post, embed and attnpool codes")
+
+
+@contextmanager
+def replaced(visual: nn.Module, hook: str, positions: np.ndarray, fn):
+    """Within the block, ``fn(x_NPD)`` replaces the activations of tokens ``positions`` at ``hook``."""
+    pos = torch.as_tensor(positions)
+    batch_first = getattr(getattr(visual, "transformer", None), "batch_first", True)
+
+    def swap(module, inputs, out):
+        if out.ndim == 4:  # ResNet stage: (N, C, H, W), positions row-major over H·W
+            n, c, h, w = out.shape
+            tokens = out.flatten(2).transpose(1, 2).clone()
+            tokens[:, pos] = fn(tokens[:, pos])
+            return tokens.transpose(1, 2).reshape(n, c, h, w)
+        x = out if batch_first else out.transpose(0, 1)
+        x = x.clone()
+        x[:, pos] = fn(x[:, pos])
+        return x if batch_first else x.transpose(0, 1)
+
+    handle = _module(visual, hook).register_forward_hook(swap)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def reconstruct(sae: SparseAutoencoder, x_NPD: torch.Tensor) -> torch.Tensor:
+    """SAE(x) row by row through the sparse codes (no dense (rows, latents) matrix)."""
+    flat = x_NPD.reshape(-1, x_NPD.shape[-1])
+    return sae.decode_sparse(sae.encode_sparse(flat)).to(x_NPD.dtype).reshape(x_NPD.shape)
+
+
+@torch.no_grad()
+def spliced_embeddings(visual: nn.Module, hook: str, positions: np.ndarray, sae: SparseAutoencoder,
+                       mean_PD: torch.Tensor, images_NCHW: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(original, spliced, mean-ablated) image embeddings of a batch."""
+    if hook in POOLED:
+        pooled = HookedForward(visual, resolve_hooks(visual, [hook], "all"), "all")(images_NCHW)[hook][:, 0]
+        spliced, ablated = reconstruct(sae, pooled[:, None])[:, 0], mean_PD[0].expand_as(pooled)
+        return tuple(directions_to_joint(x, visual, hook) for x in (pooled, spliced, ablated))
+    original = visual(images_NCHW)
+    with replaced(visual, hook, positions, lambda x: reconstruct(sae, x)):
+        spliced = visual(images_NCHW)
+    with replaced(visual, hook, positions, lambda x: mean_PD.to(x.dtype).expand_as(x)):
+        ablated = visual(images_NCHW)
+    return original, spliced, ablated
+
+
+def check_images(n: int) -> None:
+    if n < 1:
+        raise ClipsaeError(f"--images must be at least 1, not {n}")
+
+
+def _pick(n_images: int, n: int) -> np.ndarray:
+    """``n`` images spread evenly over the store (all when it holds fewer)."""
+    return np.unique(np.linspace(0, n_images - 1, min(n, n_images)).round().astype(np.int64))
+
+
+def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None = None,
+               pretrained: str | None = None, shards: Path | None = None, classes: Path | None = None,
+               device: str = "auto", batch: int = 32, progress: bool = True) -> list[str]:
+    """splice.json: embeddings cosines with and without the SAE, and zero-shot accuracy where labels allow."""
+    from clipsae.analysis.codes_sae import codes_sae
+    from clipsae.pipeline.model import load_clip, store_model_config
+
+    check_images(images)
+    hook = t.codes.hook
+    dev = resolve_device(device)
+    model_sae = codes_sae(t.codes, sae, device=str(dev))
+    cfg = store_model_config(t.store.config, t.store.provenance, pretrained)
+    if model is not None:
+        cfg = replace(cfg, name=model)
+    clip = load_clip(cfg)
+    clip.model.to(dev)
+    visual = clip.vision.visual
+    positions = t.codes.token_positions
+    if hook not in POOLED:
+        _module(visual, hook)
+        if tower_kind(visual) == "vit" and not t.store.layout(hook).cls_token:
+            positions = positions + 1  # a store of patches only numbers them from 0; the model's CLS is 0
+    sums = t.codes.sums()
+    mean_PD = torch.from_numpy(sums.position_x_sum / sums.n_images).float().to(dev)
+    chosen = _pick(t.store.n_images, images)
+    labels = t.store.labels()[chosen]
+    names = class_names(t.store, classes, shards)
+    cos_s, cos_m, emb_o, emb_s = [], [], [], []
+    bar = tqdm(total=len(chosen), desc="splice", unit="img", disable=not progress)
+    for _, x in iter_image_batches(t.store, chosen, clip.vision.preprocess, batch, shards):
+        o, s, m = spliced_embeddings(visual, hook, positions, model_sae, mean_PD, x.to(dev))
+        cos_s.append(torch.nn.functional.cosine_similarity(o, s, dim=1).cpu())
+        cos_m.append(torch.nn.functional.cosine_similarity(o, m, dim=1).cpu())
+        emb_o.append(o.float().cpu())
+        emb_s.append(s.float().cpu())
+        bar.update(len(x))
+    bar.close()
+    cs, cm = torch.cat(cos_s).double().numpy(), torch.cat(cos_m).double().numpy()
+    recovered = (cs.mean() - cm.mean()) / (1 - cm.mean()) if cm.mean() < 1 else float("nan")
+    result = {"codes": t.codes.name, "hook": hook, "model": cfg.name, "weights": clip.vision.identity["pretrained"],
+              "images": len(chosen), "tokens_replaced": len(t.codes.token_positions),
+              "cosine_spliced": {"mean": cs.mean(), "median": float(np.median(cs)), "p10": float(np.quantile(cs, 0.1)),
+                                 "min": cs.min()},
+              "cosine_mean_ablated": {"mean": cm.mean(), "median": float(np.median(cm))},
+              "recovered": recovered, "zero_shot": None}
+    result = _floats(result)
+    summary = (f"cos(original, spliced) {cs.mean():.4f} mean over {len(chosen)} images (mean-ablated {cm.mean():.4f}; "
+               f"recovered {recovered:.3f})")
+    known = np.array([lab in names for lab in labels.tolist()], dtype=bool)
+    lines = [f"{t.title}: spliced the SAE's reconstruction into {cfg.name} ({clip.vision.identity['pretrained']}) at "
+             f"{hook} on {len(t.codes.token_positions)} token(s) per image", summary]
+    if known.any() and len(names) > 1:
+        zs = _zero_shot(clip, names, torch.cat(emb_o)[known], torch.cat(emb_s)[known], labels[known], dev)
+        result["zero_shot"] = zs
+        summary += (f"; zero-shot accuracy {zs['accuracy_original']:.3f} → {zs['accuracy_spliced']:.3f} spliced "
+                    f"({zs['classes']} classes)")
+        lines.append(f"zero-shot over {zs['images']} labelled images, {zs['classes']} classes: accuracy "
+                     f"{zs['accuracy_original']:.4f} original, {zs['accuracy_spliced']:.4f} spliced; predictions "
+                     f"agree on {zs['agreement']:.1%}")
+    else:
+        lines.append("no zero-shot accuracy: the images have no labels with class names (see --classes)")
+    result["summary"] = summary
+    path = write_json(t.out / SPLICE_FILE, result)
+    return lines + [f"wrote {path}"]
+
+
+def _zero_shot(clip, names: dict[int, str], emb_o: torch.Tensor, emb_s: torch.Tensor, labels: np.ndarray, dev) -> dict:
+    order = sorted(names)
+    text = text_embeddings(clip.model, clip.tokenizer, [names[c] for c in order], device=str(dev))
+    pred_o = np.array(order)[(torch.nn.functional.normalize(emb_o, dim=1) @ text.T).argmax(1).numpy()]
+    pred_s = np.array(order)[(torch.nn.functional.normalize(emb_s, dim=1) @ text.T).argmax(1).numpy()]
+    return {"prompt": PROMPT, "classes": len(order), "images": len(labels),
+            "accuracy_original": float((pred_o == labels).mean()), "accuracy_spliced": float((pred_s == labels).mean()),
+            "agreement": float((pred_o == pred_s).mean())}
+
+
+def _floats(obj):
+    """numpy scalars → Python floats, for JSON."""
+    if isinstance(obj, dict):
+        return {k: _floats(v) for k, v in obj.items()}
+    return float(obj) if isinstance(obj, np.floating) else obj
