@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/analyze_memory.py
 	$(BIN)/python bench/correlate.py
 	$(BIN)/python bench/report.py
+	$(BIN)/python bench/report_index.py  # needs Debian's chromium and chromium-driver
 
 # The peers' own training steps, in a venv of their own so their pins never touch ours.
 PEERS := .venv-peers

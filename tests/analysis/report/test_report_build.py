@@ -114,3 +114,28 @@ def test_report_cli_bad_input_is_one_line(tar_encoded, tmp_path, run_cli, args, 
     code, _, err = run_cli("analyze", "report", "--store", tar_encoded[0], "--codes", "sae", "--out", tmp_path / "r", *args)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_cls_codes_make_pages_without_patch_maps(tar_encoded, tmp_path):
+    store, sae = tar_encoded
+    run_encode(EncodeConfig(store, sae, name="cls", tokens="cls", progress=False))
+    run_report(ReportConfig(store, "cls", out=tmp_path / "r", k=2, per_interval=1, progress=False))
+    recs = records(tmp_path / "r")
+    assert recs and all(r["grid"] is None and all(x["map"] is None for x in r["top"]) for r in recs.values())
+
+
+def test_index_shows_the_splice_line_and_pages_the_names_left_beside_the_codes(tar_encoded, tmp_path):
+    store, _ = tar_encoded
+    analysis = store / "codes" / "sae-analysis"
+    (analysis / "splice.json").write_text(json.dumps({"summary": "cos(original, spliced) 0.9876 mean"}))
+    (analysis / "names.csv").write_text("feature,rank,word,score,method\n5,1,tench,0.31,decoder\n5,2,goldfish,0.2,decoder\n")
+    try:
+        run_report(ReportConfig(store, "sae", out=tmp_path / "r", k=2, per_interval=1, progress=False))
+    finally:
+        (analysis / "splice.json").unlink()
+        (analysis / "names.csv").unlink()
+    index = json.loads((tmp_path / "r" / "data" / "index.js").read_text().split("=", 1)[1].rstrip().rstrip(";"))
+    assert ["spliced", "cos(original, spliced) 0.9876 mean"] in index["summary"]
+    table = index["table"]
+    assert table["name"][table["feature"].index(5)] == "tench"
+    assert [n["word"] for n in records(tmp_path / "r")[5]["names"]] == ["tench", "goldfish"]
