@@ -2,8 +2,10 @@
 
 Chunks are read in a fresh seeded order each epoch by background threads; rows go through a
 shuffle buffer of which each round serves a random half and refills it (serve half, keep half).
-The stream's whole position (epoch, next chunk, the buffer's rows, its RNG, the batches queued
-for the trainer) is a state dict, so a resumed run sees exactly the batches an uninterrupted one would.
+The stream's whole position (epoch, next chunk, the buffer's RNG, and which rows the buffer and the
+batches queued for the trainer hold, by provenance) is a state dict of a few MB, so a checkpoint
+is cheap and a resumed run, having read those rows back, sees exactly the batches an
+uninterrupted one would.
 """
 
 import hashlib
@@ -104,6 +106,18 @@ class _Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _provenance(epoch: int, pos: int, n: int) -> torch.Tensor:
+    """(n, 3): rows 0…n−1 of the chunk at ``pos`` of ``epoch``'s order."""
+    src = torch.empty(n, 3, dtype=torch.int64)
+    src[:, 0], src[:, 1], src[:, 2] = epoch, pos, torch.arange(n)
+    return src
+
+
+def _unknown(n: int) -> torch.Tensor:
+    """Provenance of rows that came from a checkpoint of rows: unknown."""
+    return torch.full((n, 3), -1, dtype=torch.int64)
+
+
 class ShuffleBuffer:
     """The deterministic part of the stream: chunk order, buffer, shuffling. One thread uses it.
 
@@ -125,6 +139,11 @@ class ShuffleBuffer:
         dtype = torch.from_numpy(np.empty(0, source.dtype)).dtype
         self.pool: torch.Tensor | None = None  # (capacity, d) once filled
         self.spill = torch.empty(0, source.d, dtype=dtype)  # rows read beyond the slots to fill
+        # Provenance of every row held: (epoch, position in that epoch's chunk order, row in the
+        # chunk's selected rows). A checkpoint keeps these instead of the rows and reads them back.
+        self.pool_src: torch.Tensor | None = None
+        self.spill_src = torch.empty(0, 3, dtype=torch.int64)
+        self.holds_unnamed_rows = False
         self.serve = torch.empty(0, dtype=torch.int64)  # this round's slots, in serving order
         self.pos = 0  # slots of this round already served
         self.gen = torch.Generator().manual_seed(seed)
@@ -134,48 +153,88 @@ class ShuffleBuffer:
         """The chunk order of ``epoch``: a permutation fixed by (seed, epoch)."""
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.source.chunks))
 
-    def _take(self, n: int) -> torch.Tensor:
-        """The next ``n`` rows in reading order (spill first, then chunks)."""
+    def _take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n`` rows in reading order (spill first, then chunks), with their provenance."""
         if self._reader is None:
             self._reader = _Prefetcher(self.source, self.order, self.epoch, self.cursor, self.threads, self.lookahead)
-        parts, have = [self.spill], len(self.spill)
+        parts, srcs, have = [self.spill], [self.spill_src], len(self.spill)
         while have < n:
             epoch, pos, rows = self._reader.next()
             n_chunks = len(self.source.chunks)
             self.epoch, self.cursor = (epoch, pos + 1) if pos + 1 < n_chunks else (epoch + 1, 0)
             parts.append(torch.from_numpy(rows))
+            srcs.append(_provenance(epoch, pos, len(rows)))
             have += len(rows)
         rows = torch.cat(parts) if len(parts) > 1 else parts[0]
-        self.spill = rows[n:]
-        return rows[:n]
+        src = torch.cat(srcs) if len(srcs) > 1 else srcs[0]
+        self.spill, self.spill_src = rows[n:], src[n:]
+        return rows[:n], src[:n]
+
+    def rows_at(self, src_K3: torch.Tensor) -> torch.Tensor:
+        """The rows (K, d) that provenance ``src_K3`` names, each chunk read once, on the reading threads."""
+        out = torch.empty(len(src_K3), self.source.d, dtype=self.spill.dtype)
+        if not len(src_K3):
+            return out
+        chunk_K = torch.empty(len(src_K3), dtype=torch.int64)
+        for epoch in torch.unique(src_K3[:, 0]).tolist():
+            mine = src_K3[:, 0] == epoch
+            chunk_K[mine] = torch.from_numpy(self.order(epoch))[src_K3[mine, 1]]
+        chunks = torch.unique(chunk_K).tolist()
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="clipsae-rebuild") as pool:
+            for chunk, rows in zip(chunks, pool.map(self.source.rows, chunks)):
+                mine = torch.nonzero(chunk_K == chunk).squeeze(1)
+                out[mine] = torch.from_numpy(rows)[src_K3[mine, 2]]
+        return out
 
     def _new_round(self) -> None:
         if self.pool is None:
-            self.pool = self._take(self.capacity).clone()
+            rows, src = self._take(self.capacity)
+            self.pool, self.pool_src = rows.clone(), src.clone()
         else:
             served = self.serve[: self.pos]
-            self.pool.index_copy_(0, served, self._take(len(served)))
+            rows, src = self._take(len(served))
+            self.pool.index_copy_(0, served, rows)
+            self.pool_src.index_copy_(0, served, src)
         self.serve = torch.randperm(self.capacity, generator=self.gen)[: self.capacity // 2]
         self.pos = 0
 
-    def next_batch(self) -> torch.Tensor:
-        """The next (batch_size, d) batch; a new round starts when this one's half is served."""
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (batch_size, d) batch and its provenance; a new round starts when this one's half is served."""
         if self.pool is None or self.pos + self.batch_size > len(self.serve):
             self._new_round()
         slots = self.serve[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
-        return self.pool.index_select(0, slots)
+        return self.pool.index_select(0, slots), self.pool_src.index_select(0, slots)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "rng": self.gen.get_state(), "pos": self.pos,
-                "pool": None if self.pool is None else self.pool.clone(), "spill": self.spill.clone(),
-                "serve": self.serve.clone()}
+        """The position, with the buffer's rows named by provenance (a few MB), not copied; a
+        buffer resumed from a checkpoint of rows (see ``load_state_dict``) keeps saving its rows."""
+        state = {"epoch": self.epoch, "cursor": self.cursor, "rng": self.gen.get_state(), "pos": self.pos,
+                 "pool_src": None if self.pool is None else self.pool_src.clone(),
+                 "spill_src": self.spill_src.clone(), "serve": self.serve.clone()}
+        if self.holds_unnamed_rows:
+            state["pool"], state["spill"] = self.pool.clone(), self.spill.clone()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``, reading back the rows its provenance names.
+
+        Checkpoints written before provenance existed hold the rows themselves: they are taken as
+        they are, their provenance marked unknown (−1), and this buffer saves rows from then on.
+        """
         self.close()
         self.epoch, self.cursor, self.pos = int(state["epoch"]), int(state["cursor"]), int(state["pos"])
-        self.pool, self.spill, self.serve = state["pool"], state["spill"], state["serve"]
+        self.serve = state["serve"]
         self.gen.set_state(state["rng"])
+        if "pool" in state:
+            self.holds_unnamed_rows = True
+            self.pool, self.spill = state["pool"], state["spill"]
+            self.pool_src = state.get("pool_src", None if self.pool is None else _unknown(len(self.pool)))
+            self.spill_src = state.get("spill_src", _unknown(len(self.spill)))
+            return
+        self.pool_src, self.spill_src = state["pool_src"], state["spill_src"]
+        self.pool = None if self.pool_src is None else self.rows_at(self.pool_src)
+        self.spill = self.rows_at(self.spill_src)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -187,7 +246,7 @@ class ShuffleStream:
     """Batches of ``batch_size`` rows (torch tensors in the store's dtype), forever, epoch after epoch.
 
     A producer thread runs the shuffle buffer ``queue`` batches ahead of the trainer, so reading,
-    shuffling and copying overlap the training step. Its state includes the queued batches, so a
+    shuffling and copying overlap the training step. Its state names the queued batches' rows, so a
     resumed stream serves exactly what this one would have.
     """
 
@@ -196,7 +255,7 @@ class ShuffleStream:
         self.buffer = ShuffleBuffer(source, batch_size, buffer_rows, seed, threads, lookahead)
         self.source = source
         self.queue_size = queue
-        self.queued: deque[torch.Tensor] = deque()
+        self.queued: deque[tuple[torch.Tensor, torch.Tensor]] = deque()  # (batch, provenance)
         self.cond = threading.Condition()
         self.wait_s = 0.0
         self.rows_made = 0
@@ -224,7 +283,7 @@ class ShuffleStream:
                 batch = self.buffer.next_batch()
                 with self.cond:
                     self.busy_s += time.perf_counter() - t
-                    self.rows_made += len(batch)
+                    self.rows_made += len(batch[0])
                     self.queued.append(batch)
                     self.cond.notify_all()
         except BaseException as exc:  # handed to the trainer's thread, which raises it
@@ -247,7 +306,7 @@ class ShuffleStream:
                 if self._error is not None:
                     raise self._error
                 self.cond.wait()
-            batch = self.queued.popleft()
+            batch, _ = self.queued.popleft()
             self.cond.notify_all()
         self.wait_s += time.perf_counter() - t
         return batch
@@ -267,7 +326,9 @@ class ShuffleStream:
             if self._error is not None:
                 raise self._error
             state = self.buffer.state_dict()
-            state["queued"] = [b.clone() for b in self.queued]
+            state["queued_src"] = [src.clone() for _, src in self.queued]
+            if self.buffer.holds_unnamed_rows:
+                state["queued"] = [b.clone() for b, _ in self.queued]
             self._pause = False
             self.cond.notify_all()
         return state
@@ -275,7 +336,11 @@ class ShuffleStream:
     def load_state_dict(self, state: dict) -> None:
         self.close()
         self.buffer.load_state_dict(state)
-        self.queued = deque(state.get("queued", []))
+        if "queued" in state:  # a checkpoint of rows (see ShuffleBuffer.load_state_dict)
+            srcs = state.get("queued_src") or [_unknown(len(b)) for b in state["queued"]]
+            self.queued = deque(zip(state["queued"], srcs))
+        else:
+            self.queued = deque((self.buffer.rows_at(src), src) for src in state["queued_src"])
 
     def close(self) -> None:
         """Stop the producer and the reading threads."""

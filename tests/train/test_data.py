@@ -93,3 +93,38 @@ def test_stream_of_nothing_is_refused(store):
     src = RowSource(store, "h", np.arange(TOKENS), np.zeros(N_IMAGES, dtype=bool))
     with pytest.raises(ClipsaeError, match="no training rows"):
         ShuffleStream(src, batch_size=8, buffer_rows=64, seed=0)
+
+
+def test_stream_state_names_its_rows_instead_of_copying_them(store):
+    a = ShuffleStream(_source(store), batch_size=16, buffer_rows=100, seed=5)
+    for _ in range(13):
+        a.next_batch()
+    state = a.state_dict()
+    a.close()
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)] + state["queued_src"]
+    assert all(t.dtype == torch.int64 for t in tensors if t is not state["rng"])
+    assert "pool" not in state and "queued" not in state
+
+
+def test_stream_resumed_from_a_checkpoint_of_rows_serves_the_same_batches(store):
+    """A checkpoint written before provenance held the buffer's rows and queued batches themselves."""
+    a = ShuffleStream(_source(store), batch_size=16, buffer_rows=100, seed=5)
+    for _ in range(13):
+        a.next_batch()
+    state = a.state_dict()
+    old = {k: v for k, v in state.items() if not k.endswith("_src")}
+    old["pool"], old["spill"] = a.buffer.pool.clone(), a.buffer.spill.clone()
+    old["queued"] = [b.clone() for b, _ in a.queued]
+    expected = [_ids(a.next_batch()) for _ in range(60)]
+    a.close()
+    b = ShuffleStream(_source(store), batch_size=16, buffer_rows=100, seed=5)
+    b.load_state_dict(old)
+    got = [_ids(b.next_batch()) for _ in range(30)]
+    again = b.state_dict()
+    assert "pool" in again and "queued" in again  # it keeps saving rows it cannot name
+    c = ShuffleStream(_source(store), batch_size=16, buffer_rows=100, seed=5)
+    c.load_state_dict(again)
+    got += [_ids(c.next_batch()) for _ in range(30)]
+    b.close()
+    c.close()
+    assert got == expected
