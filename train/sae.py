@@ -65,12 +65,11 @@ def optimise(sae: TrainingSAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, d
              clip: float) -> StepOutput:
     """One training step of one SAE on a scaled batch: loss, backward, constrained Adam step.
 
-    A non-finite loss skips the update (the caller stops the run); ``loss`` comes back detached.
+    Nothing is read back to the host, so the step never waits for the device. A non-finite loss
+    is not checked here: it spoils the weights, and the trainer, which tracks the loss's
+    finiteness on the device, stops the run before anything of it is saved. ``loss`` comes back detached.
     """
     out = sae(x_BD, dead_N)
-    if not torch.isfinite(out.loss):
-        out.loss = out.loss.detach()
-        return out
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     sae.project_decoder_grad()

@@ -32,10 +32,14 @@ def select_batch_topk(z_BN: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return rows, cols, row_offsets(rows, B)
 
 
-def select_topk_among(z_BN: torch.Tensor, allowed_N: torch.Tensor, k: int):
-    """(rows, cols, offsets) of the k largest pre-activations of each row among ``allowed`` latents."""
-    masked = z_BN.masked_fill(~allowed_N, float("-inf"))
-    return select_topk(masked, min(k, int(allowed_N.sum())))
+def select_topk_in(z_BN: torch.Tensor, cols_C: torch.Tensor, k: int):
+    """(rows, cols, offsets) of the k largest pre-activations of each row among the latents ``cols_C``.
+
+    Only those columns are gathered and ranked (AuxK's dead latents are usually a small share of
+    the dictionary), instead of masking and ranking the full width.
+    """
+    rows, sub, offsets = select_topk(z_BN.index_select(1, cols_C), min(k, len(cols_C)))
+    return rows, cols_C[sub], offsets
 
 
 class _GatheredLinear(torch.autograd.Function):
@@ -60,8 +64,9 @@ class _GatheredLinear(torch.autograd.Function):
             # dL/dW_enc = Sᵀ X with S the (B, n) sparse gradient of the codes, as CSR by latent
             # (measured 1.6x faster than a coalesced COO product here).
             order = torch.argsort(cols, stable=True)
-            crow = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
-            crow[1:] = torch.cumsum(torch.bincount(cols, minlength=n), 0)
+            # Row pointers by binary search of the sorted latents: unlike bincount, no read back
+            # to the host to size the result, so the backward never waits on the device.
+            crow = torch.searchsorted(cols[order], torch.arange(n + 1, device=cols.device))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
                 S_NB = torch.sparse_csr_tensor(crow, rows[order], g[order], (n, B), check_invariants=False)

@@ -1,7 +1,6 @@
 """The training loop: several SAEs trained on the same shuffled batches, checkpointed, resumable."""
 
 import hashlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +58,8 @@ class Run:
         self.scale = 1.0
         self.step = 0
         self.metrics = MetricsLog(cfg)
+        # Per SAE, on the device: the first step whose loss was not finite, −1 while none was.
+        self.first_bad = [torch.full((), -1, dtype=torch.int64, device=self.device) for _ in self.saes]
 
     def dead_after(self) -> int:
         """Tokens without firing after which a latent counts as dead, scaled down for short runs."""
@@ -71,7 +72,14 @@ class Run:
             for sae in self.saes:
                 sae.b_dec.copy_(median.to(self.device))
 
+    def check_finite(self) -> None:
+        """Raise if some SAE's loss was not finite since the start (one read of the device)."""
+        for sae, bad in zip(self.saes, torch.stack(self.first_bad).tolist()):
+            if bad >= 0:
+                raise self._nonfinite(sae, "the loss", bad)
+
     def state(self) -> dict:
+        self.check_finite()
         for sae in self.saes:
             for p in sae.parameters():
                 if not torch.isfinite(p).all():
@@ -95,29 +103,29 @@ class Run:
     def checkpoint(self) -> None:
         save_checkpoint(self.cfg.out, self.state())
 
-    def _nonfinite(self, sae: TrainingSAE, what: str) -> ClipsaeError:
+    def _nonfinite(self, sae: TrainingSAE, what: str, step: int | None = None) -> ClipsaeError:
         return ClipsaeError(
-            f"{what} of SAE {sae.spec.label} became non-finite at step {self.step}; stopped. "
+            f"{what} of SAE {sae.spec.label} became non-finite at step {self.step if step is None else step}; stopped. "
             f"The last good checkpoint is kept in {self.cfg.out}; lower --lr or check the store with `clipsae store verify`"
         )
 
     def train_step(self, x: torch.Tensor, sums: list[dict]) -> None:
         cfg = self.cfg
         dead_limit = self.dead_after()
-        for sae, opt, acc in zip(self.saes, self.opts, sums):
+        for i, (sae, opt, acc) in enumerate(zip(self.saes, self.opts, sums)):
             lr = cfg.lr_of(sae.spec) * cfg.lr_factor(self.step)
             for g in opt.param_groups:
                 g["lr"] = lr
             dead = sae.tokens_since_fired >= dead_limit if sae.arch.revives_with_auxk else None
             out = optimise(sae, opt, x, dead, cfg.clip)
-            loss = float(out.loss)
-            if not math.isfinite(loss):
-                raise self._nonfinite(sae, "the loss")
+            self.first_bad[i] = torch.where((self.first_bad[i] < 0) & ~torch.isfinite(out.loss),
+                                            self.step, self.first_bad[i])
             if cfg.resample_every and sae.arch.resamples and (self.step + 1) % cfg.resample_every == 0 \
                     and self.step + 1 <= cfg.steps // 2:
                 window = sae.tokens_since_fired >= min(dead_limit, cfg.resample_every * len(x))
                 acc["resampled"] = acc.get("resampled", 0) + sae.arch.resample(sae, x, window, self.resample_gen, opt)
-            for key, v in (("loss", loss), ("mse", float(out.mse)), ("l0", out.l0), ("aux", out.aux), ("lr", lr)):
+            # Summed on the device and read back once per logging interval.
+            for key, v in (("loss", out.loss), ("mse", out.mse), ("l0", out.l0), ("aux", out.aux), ("lr", lr)):
                 acc[key] = acc.get(key, 0.0) + v
             acc["n"] = acc.get("n", 0) + 1
 
@@ -209,14 +217,16 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
                 wait = run.stream.wait_s / elapsed
                 throughput = {"train_tokens_per_s": (run.step - first_step) * B / elapsed,
                               "loader_rows_per_s": run.stream.loader_rows_per_s(), "wait_fraction": wait}
+                run.check_finite()
                 for sae, acc in zip(run.saes, sums):
                     n = acc.pop("n", 1)
                     run.metrics.log({"step": run.step, "tokens": run.step * B, "sae": sae.spec.label, "split": "train",
-                             **{k: (v / n if k != "resampled" else v) for k, v in acc.items()}})
+                             **{k: (float(v) / n if k != "resampled" else v) for k, v in acc.items()}})
                     acc.clear()
                 run.metrics.log({"step": run.step, "split": "loader", **throughput})
                 bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
             if run.step % eval_every == 0 and run.step < cfg.steps:
+                run.check_finite()
                 last_eval = run.evaluate(x_eval)
                 bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
             due = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0

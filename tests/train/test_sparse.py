@@ -4,7 +4,7 @@ import torch
 from clipsae.train.dense import dense_forward
 from clipsae.train.sae import TrainingSAE
 from clipsae.train.spec import SAESpec
-from clipsae.train.sparse import select_topk_among
+from clipsae.train.sparse import select_topk_in
 
 
 def _sae(arch: str, d=16, expansion=8, k=4, seed=0) -> TrainingSAE:
@@ -55,14 +55,14 @@ def test_batchtopk_keeps_k_times_batch_latents_over_the_batch():
     sae = _sae("batchtopk", k=3)
     x = torch.randn(40, 16, generator=torch.Generator().manual_seed(5))
     out = sae(x)
-    assert out.l0 * 40 == pytest.approx(3 * 40)
+    assert float(out.l0) * 40 == pytest.approx(3 * 40)
 
 
 def test_auxk_selects_only_dead_latents():
     z = torch.randn(8, 20, generator=torch.Generator().manual_seed(6))
     dead = torch.zeros(20, dtype=torch.bool)
     dead[[2, 5, 11]] = True
-    rows, cols, _ = select_topk_among(z, dead, 10)
+    rows, cols, _ = select_topk_in(z, dead.nonzero().squeeze(1), 10)
     assert set(cols.tolist()) <= {2, 5, 11}
     assert len(rows) == 8 * 3
 
@@ -106,3 +106,42 @@ def test_training_trajectory_equals_a_plain_dense_reference_on_hard_data(arch):
         ref.normalize_decoder()
     for name, p in ours.named_parameters():
         torch.testing.assert_close(p, dict(ref.named_parameters())[name], rtol=1e-3, atol=1e-4)
+
+
+def test_auxk_loss_and_gradients_equal_a_dense_masked_reference():
+    sae = _sae("topk", k=3)
+    x = torch.randn(48, 16, generator=torch.Generator().manual_seed(8))
+    dead = torch.zeros(sae.spec.n, dtype=torch.bool)
+    dead[[1, 4, 9, 33, 60, 61, 100, 127]] = True
+    out = sae(x, dead)
+    out.loss.backward()
+    P = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    spec = sae.spec
+    x_hat, _ = dense_forward(x, P["W_enc"], P["b_enc"], P["W_dec"], P["b_dec"], spec.k)
+    z = (x - P["b_dec"]) @ P["W_enc"].T + P["b_enc"]
+    masked = z.masked_fill(~dead, float("-inf"))
+    top = masked.topk(min(spec.aux_k, int(dead.sum())), dim=1)
+    f_aux = torch.zeros_like(z).scatter(1, top.indices, top.values.relu())
+    e = (x - x_hat).detach()
+    l_aux = (e - f_aux @ P["W_dec"]).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+    loss = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum() + spec.aux_alpha * l_aux
+    loss.backward()
+    assert torch.allclose(out.loss, loss, rtol=1e-5, atol=1e-6)
+    for name, p in sae.named_parameters():
+        assert torch.allclose(p.grad, P[name].grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch's sync debug mode watches device-to-host reads")
+def test_topk_training_step_reads_nothing_back_from_the_device():
+    from clipsae.train.sae import optimise
+
+    sae = _sae("topk", d=64, expansion=8, k=8).cuda()
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    x = torch.randn(256, 64, device="cuda")
+    optimise(sae, opt, x, None, 1.0)  # Adam's state is created on the first step
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        optimise(sae, opt, x, None, 1.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -10,13 +10,17 @@ from clipsae.train.spec import SAESpec
 
 @dataclass
 class StepOutput:
-    """What one forward pass of a batch produced: the loss to minimise and what to log."""
+    """What one forward pass of a batch produced: the loss to minimise and what to log.
+
+    Every field is a tensor on the SAE's device, so a step never waits for the device to report;
+    the trainer reads the logged values back once per logging interval.
+    """
 
     loss: torch.Tensor
     mse: torch.Tensor  # Σ‖x̃ − x̂‖² / B, scaled units
-    l0: float
+    l0: torch.Tensor  # mean active latents per row
     fired_N: torch.Tensor  # (n,) bool: latents active on some row of the batch
-    aux: float = 0.0
+    aux: torch.Tensor | float = 0.0
 
 
 class Architecture:

@@ -20,7 +20,7 @@ class ReLU(Architecture):
         x_hat = f @ sae.W_dec + sae.b_dec
         mse = (x - x_hat).pow(2).sum(1).mean()
         l1 = (f * sae.W_dec.norm(dim=1)).sum(1).mean()
-        return StepOutput(mse + sae.spec.l1 * l1, mse.detach(), float((f > 0).sum(1).float().mean()), (f > 0).any(0))
+        return StepOutput(mse + sae.spec.l1 * l1, mse.detach(), (f > 0).sum(1).float().mean(), (f > 0).any(0))
 
     @torch.no_grad()
     def resample(self, sae, x_BD: torch.Tensor, dead_N: torch.Tensor, gen: torch.Generator,

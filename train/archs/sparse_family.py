@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from clipsae.train.archs.base import Architecture, StepOutput
 from clipsae.train.codes import SparseCodes
-from clipsae.train.sparse import decode_sparse, encode_sparse, select_topk_among
+from clipsae.train.sparse import decode_sparse, encode_sparse, select_topk_in
 
 
 def gathered_codes(sae, x_c: torch.Tensor, z: torch.Tensor, selection) -> SparseCodes:
@@ -49,16 +49,18 @@ class SparseFamily(Architecture):
         e = x - x_hat
         sse = e.pow(2).sum()
         loss = main / total_var
-        aux = 0.0
-        if dead_N is not None and bool(dead_N.any()):
-            aux_codes = gathered_codes(sae, x_c, z, select_topk_among(z, dead_N, spec.aux_k))
+        aux = torch.zeros((), device=x.device)
+        # The one read back to the host in a step: which latents are dead, to rank only those.
+        dead_cols = dead_N.nonzero().squeeze(1) if dead_N is not None else None
+        if dead_cols is not None and len(dead_cols):
+            aux_codes = gathered_codes(sae, x_c, z, select_topk_in(z, dead_cols, spec.aux_k))
             e_hat = decode_sparse(aux_codes, sae.W_dec)
             target = e.detach()
             l_aux = (target - e_hat).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
             loss = loss + spec.aux_alpha * l_aux
-            aux = float(l_aux.detach())
+            aux = l_aux.detach()
         self.after_step(sae, codes)
-        fired = torch.zeros(spec.n, dtype=torch.bool, device=x.device)
-        fired[codes.cols[codes.vals > 0]] = True
-        l0 = float((codes.vals > 0).sum()) / x.shape[0]
-        return StepOutput(loss, sse.detach() / x.shape[0], l0, fired, aux)
+        active = (codes.vals > 0).to(torch.uint8)
+        fired = torch.zeros(spec.n, dtype=torch.uint8, device=x.device).scatter_reduce_(0, codes.cols, active, "amax")
+        l0 = active.sum() / x.shape[0]
+        return StepOutput(loss, sse.detach() / x.shape[0], l0, fired.bool(), aux)
