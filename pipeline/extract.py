@@ -15,6 +15,7 @@ from clipsae.pipeline.hooks import HookedForward, resolve_hooks
 from clipsae.pipeline.loader import make_loader
 from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.model import load_model
+from clipsae.pipeline.preprocess import split_preprocess
 from clipsae.pipeline.shards import expand_shards, my_shards, name_parts
 from clipsae.workers import worker_slot
 from clipsae.pipeline.tario import count_samples
@@ -100,8 +101,11 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
 
 
 def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result: ExtractResult) -> None:
+    # Loaders send uint8 images; the device divides and normalises (bitwise open_clip's result).
+    split = split_preprocess(preprocess)
     loader = make_loader(
-        todo, preprocess, cfg.batch_size, cfg.label_key, cfg.loader_workers, pin_memory=device.type == "cuda"
+        todo, split.host if split else preprocess, cfg.batch_size, cfg.label_key, cfg.loader_workers,
+        pin_memory=device.type == "cuda"
     )
     out_dtype = torch.float16 if cfg.dtype == "float16" else torch.float32
     writers: dict[str, PartWriter] = {}
@@ -128,6 +132,8 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
             part = item["part"]
             if item["kind"] == "batch":
                 images = item["images"].to(device, non_blocking=True)
+                if split is not None:
+                    images = split.finish(images)
                 with _autocast(device, cfg.precision):
                     acts = forward(images)
                 stored = {h: a.to(out_dtype) for h, a in acts.items()}
