@@ -13,6 +13,7 @@ class BackgroundRunner:
     """
 
     def __init__(self, depth: int = 8):
+        self.depth = depth
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="clipsae-writer", daemon=True)
@@ -29,17 +30,18 @@ class BackgroundRunner:
                 except BaseException as exc:
                     self._error = exc
 
-    def _raise(self) -> None:
+    def check(self) -> None:
+        """Raise the first error a job raised, if any."""
         if self._error is not None:
             raise self._error
 
     def submit(self, job: Callable[[], None]) -> None:
         """Queue ``job``; raises the first error any earlier job raised."""
-        self._raise()
+        self.check()
         self._q.put(job)
 
     def close(self) -> None:
         """Wait for every queued job; raise the first error."""
         self._q.put(None)
         self._thread.join()
-        self._raise()
+        self.check()

@@ -9,9 +9,9 @@ import torch
 from tqdm import tqdm
 
 from clipsae.device import resolve_device
-from clipsae.errors import ClipsaeError
 from clipsae.pipeline.background import BackgroundRunner
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks
+from clipsae.pipeline.host_ring import HostRing
 from clipsae.pipeline.loader import make_loader
 from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.model import load_model
@@ -124,8 +124,19 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
         writer_for(part, source).close({"source": source, **report})
         del writers[part]
 
+    def write_batch(part, keys, labels, slot):
+        try:
+            arrays = slot.arrays()
+            acts = {h: a for h, a in arrays.items() if not h.endswith("\0stats")}
+            stats = {h: HookStats.from_reduced(a.shape[0] * a.shape[1], arrays[f"{h}\0stats"]) for h, a in acts.items()}
+            append(part, sources[part], keys, labels, acts, stats)
+        finally:
+            ring.release(slot)
+
     sources = {s.part: s.path for s in todo}
     runner = BackgroundRunner()
+    # Two slots beyond the writer's queue: one being filled, one being written.
+    ring = HostRing(runner.depth + 2, pinned=device.type == "cuda")
     bar = tqdm(total=None, unit="img", desc=f"extract {len(todo)} tars", disable=not cfg.progress, dynamic_ncols=True)
     try:
         for item in loader:
@@ -137,11 +148,13 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
                 with _autocast(device, cfg.precision):
                     acts = forward(images)
                 stored = {h: a.to(out_dtype) for h, a in acts.items()}
-                # Statistics of the batch as stored, computed where it is (the GPU, if any).
-                stats = {h: HookStats.of(a) for h, a in stored.items()}
-                host = {h: a.cpu().numpy() for h, a in stored.items()}
-                runner.submit(lambda p=part, k=item["keys"], lb=item["labels"].numpy(), a=host, st=stats:
-                              append(p, sources[p], k, lb, a, st))
+                # Statistics of the batch as stored, reduced where it is (the GPU, if any); they
+                # travel to the host with the activations, and nothing here waits for either.
+                reduced = {f"{h}\0stats": HookStats.reduce(a) for h, a in stored.items()}
+                slot = ring.acquire(runner.check)
+                slot.fill({**stored, **reduced})
+                runner.submit(lambda p=part, k=item["keys"], lb=item["labels"].numpy(), s=slot:
+                              write_batch(p, k, lb, s))
                 result.images += len(item["keys"])
                 bar.update(len(item["keys"]))
             else:

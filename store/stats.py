@@ -40,6 +40,22 @@ class HookStats:
         self.max_abs = max(self.max_abs, float(-lo), float(hi))
         self.sum_norm += float(torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).sum(dtype=torch.float64))
 
+    @staticmethod
+    def reduce(acts_NTD: torch.Tensor) -> torch.Tensor:
+        """(non-finite count, max |x| over finite values, Σ token L2 norms) as a float64 tensor on
+        the activations' device, computed without reading anything back (see :meth:`from_reduced`)."""
+        if not acts_NTD.numel():
+            return torch.zeros(3, dtype=torch.float64, device=acts_NTD.device)
+        finite = torch.isfinite(acts_NTD)
+        x = torch.where(finite, acts_NTD, torch.zeros((), dtype=acts_NTD.dtype, device=acts_NTD.device))
+        return torch.stack([(~finite).sum().double(), x.abs().amax().double(),
+                            torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).sum(dtype=torch.float64)])
+
+    @classmethod
+    def from_reduced(cls, tokens: int, reduced: np.ndarray) -> "HookStats":
+        """The statistics of a block of ``tokens`` tokens from :meth:`reduce`'s three values."""
+        return cls(tokens=tokens, sum_norm=float(reduced[2]), max_abs=float(reduced[1]), nonfinite=int(reduced[0]))
+
     @classmethod
     def of(cls, acts_NTD: np.ndarray | torch.Tensor) -> "HookStats":
         """The statistics of one block."""

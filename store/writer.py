@@ -110,7 +110,8 @@ class ArrayAppender:
         return self.array.rows_per_chunk
 
     def append(self, block: np.ndarray) -> None:
-        """Add rows; whole chunks are written now, the rest is kept for the next call."""
+        """Add rows; whole chunks are written now, the rest is copied and kept for the next call,
+        so the caller may reuse ``block``'s memory as soon as this returns."""
         self._pending.append(np.ascontiguousarray(block, dtype=self.dtype))
         self._flush(final=False)
 
@@ -120,6 +121,10 @@ class ArrayAppender:
         n = sum(len(b) for b in pending)
         take = n if final else (n // rows) * rows
         if take == 0:
+            # Keep nothing that may be the caller's array (ascontiguousarray returns it as it is
+            # when it can): the caller may reuse its memory once append returns.
+            if pending:
+                pending[-1] = pending[-1].copy()
             return
         # Only the rows that complete the leftover's chunk are copied; whole chunks are
         # written straight from the new batch (copying a batch costs as much as writing it).

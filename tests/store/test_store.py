@@ -223,3 +223,19 @@ def test_unknown_compression_is_refused_before_the_part_is_written(tmp_path):
     with pytest.raises(ClipsaeError, match="compression must be one of none, zstd, not 'lz4'"):
         PartWriter(root, "p0", "src", [HookLayout("h", 1, 4)], "float32", compression="lz4")
     assert not (tmp_path / "s.zarr" / "parts" / "p0").exists()
+
+
+def test_part_writer_keeps_no_view_of_a_batch_the_caller_reuses(tmp_path):
+    write_store(tmp_path / "s.zarr", {"h": _acts(1)}, keys=["first"], attrs={"model": "m"}, part="p0")
+    root = open_root(tmp_path / "s.zarr", ActivationStore.open(tmp_path / "s.zarr").config, {})
+    w = PartWriter(root, "p1", "src", [HookLayout("h", 3, 4)], "float32")
+    buf = np.zeros((2, 3, 4), dtype=np.float32)
+    want = []
+    for i in range(5):  # batches smaller than a chunk, all in one reused buffer
+        buf[:] = np.arange(24, dtype=np.float32).reshape(2, 3, 4) + 100 * i
+        want.append(buf.copy())
+        w.append([f"k{i}a", f"k{i}b"], [0, 0], {"h": buf})
+    buf[:] = -1
+    w.close({})
+    stored = ActivationStore.open(tmp_path / "s.zarr").read("h", slice(1, None))
+    np.testing.assert_array_equal(stored, np.concatenate(want))
