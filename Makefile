@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU build instead.
 TORCH_INDEX ?=
 
-.PHONY: demo test bench bench-peers clean
+.PHONY: demo test bench bench-peers bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/correlate.py
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/report_index.py  # needs Debian's chromium and chromium-driver
+	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/train_run.py
 
 # The peers' own training steps, in a venv of their own so their pins never touch ours.
 PEERS := .venv-peers
@@ -43,6 +45,17 @@ $(PEERS)/.installed:
 
 bench-peers: $(STAMP) $(PEERS)/.installed
 	$(BIN)/python bench/train_step.py --peers-python $(PEERS)/bin/python
+
+# The GPU figures of docs/benchmarks.md, on a machine with CUDA (ViT-L-14 at bf16, SAEs at d=1024).
+bench-gpu: $(STAMP) $(PEERS)/.installed
+	$(BIN)/python bench/extract_vs_forward.py --model ViT-L-14 --layers 20,22 --tokens all --batch 256 --images 4096 --image-size 400 --loader-workers 14 --device cuda --precision bf16
+	$(BIN)/python bench/extract_vs_forward.py --model ViT-L-14 --layers embed --tokens cls --batch 256 --images 4096 --image-size 400 --loader-workers 14 --device cuda --precision bf16
+	$(BIN)/python bench/train_step.py --d 1024 --expansion 16 --batch 4096 --device cuda --precision bf16 --peers-python $(PEERS)/bin/python
+	$(BIN)/python bench/train_step.py --d 1024 --expansion 64 --batch 4096 --device cuda --precision bf16
+	$(BIN)/python bench/train_run.py --d 1024 --tokens 257 --images 8192 --steps 600 --device cuda --precision bf16 --threads 16
+	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/encode.py --d 1024 --expansion 16 --device cuda
+	$(BIN)/python bench/correlate.py --device cuda
 
 clean:
 	rm -rf $(VENV) $(PEERS) demo_out

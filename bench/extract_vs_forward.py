@@ -19,22 +19,34 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipsae.pipeline.config import ExtractConfig, ModelConfig  # noqa: E402
-from clipsae.pipeline.extract import run_extract  # noqa: E402
+from clipsae.device import resolve_device  # noqa: E402
+from clipsae.pipeline.extract import autocast_for, run_extract  # noqa: E402
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks  # noqa: E402
 from clipsae.pipeline.model import load_model  # noqa: E402
 from clipsae.pipeline.synthetic import make_synthetic_shards  # noqa: E402
 
 
-def bare_forward_rate(model: str, layers: list[str], tokens: str, images: torch.Tensor, batch: int) -> float:
+def bare_forward_rate(model: str, layers: list[str], tokens: str, images: torch.Tensor, batch: int,
+                      device: torch.device, precision: str) -> float:
+    """Images/s of the hooked forward and the float16 cast on tensors already on ``device``."""
     loaded = load_model(ModelConfig(model))
-    fwd = HookedForward(loaded.visual, resolve_hooks(loaded.visual, layers, tokens), tokens)
-    fwd(images[:batch])  # warm-up
-    t = time.perf_counter()
-    for s in range(0, len(images), batch):
-        out = fwd(images[s : s + batch])
-        for a in out.values():
-            a.to(torch.float16)
+    fwd = HookedForward(loaded.visual.to(device), resolve_hooks(loaded.visual, layers, tokens), tokens)
+    images = images.to(device)
+    with autocast_for(device, precision):
+        fwd(images[:batch])  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        for s in range(0, len(images), batch):
+            out = fwd(images[s : s + batch])
+            for a in out.values():
+                a.to(torch.float16)
+        _sync(device)
     return len(images) / (time.perf_counter() - t)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main():
@@ -46,6 +58,8 @@ def main():
     ap.add_argument("--image-size", type=int, default=320, help="side of the synthetic JPEGs")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--loader-workers", default="0,1")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     a = ap.parse_args()
     layers = a.layers.split(",")
     work = Path(tempfile.mkdtemp())
@@ -58,14 +72,16 @@ def main():
                 images += [pre(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB"))
                            for m in tf.getmembers() if m.name.endswith(".jpg")]
         images = torch.stack(images)
-        ref = bare_forward_rate(a.model, layers, a.tokens, images, a.batch)
+        device = resolve_device(a.device)
+        ref = bare_forward_rate(a.model, layers, a.tokens, images, a.batch, device, a.precision)
         print(f"{a.model} layers={a.layers} tokens={a.tokens} batch={a.batch} images={a.images} "
-              f"({a.image_size}px JPEG) threads={torch.get_num_threads()}")
+              f"({a.image_size}px JPEG) threads={torch.get_num_threads()} device={device} precision={a.precision}")
         print(f"bare forward on decoded tensors   {ref:7.1f} images/s")
         for lw in (int(x) for x in a.loader_workers.split(",")):
             r = run_extract(ExtractConfig(
                 model=ModelConfig(a.model), layers=layers, tokens=a.tokens, shards=str(work / "shards"),
-                store=str(work / f"s{lw}.zarr"), batch_size=a.batch, loader_workers=lw, progress=False))
+                store=str(work / f"s{lw}.zarr"), batch_size=a.batch, loader_workers=lw, progress=False,
+                device=a.device, precision=a.precision))
             rate = r.images / r.seconds_streaming
             print(f"pipeline, --loader-workers {lw}      {rate:7.1f} images/s   ratio {rate / ref:.2f}  (goal >= 0.9)")
     finally:

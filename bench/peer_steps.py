@@ -23,20 +23,26 @@ from bench.common import add_step_options  # noqa: E402
 def _rate(step, batch: int, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return batch * steps / (time.perf_counter() - t)
 
 
-def sparsify_step(d, n, k, x):
+def sparsify_step(d, n, k, x, bf16=False):
     from sparsify import SparseCoder, SparseCoderConfig
 
     sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=k), device=x.device, dtype=torch.float32)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
     def step():
-        out = sae(x)
+        # sparsify's own trainer runs the forward under bf16 autocast on a GPU.
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = sae(x)
         opt.zero_grad(set_to_none=True)
         out.fvu.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
@@ -47,7 +53,7 @@ def sparsify_step(d, n, k, x):
     return step
 
 
-def sae_lens_step(d, n, k, x):
+def sae_lens_step(d, n, k, x, bf16=False):
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
@@ -56,7 +62,8 @@ def sae_lens_step(d, n, k, x):
     inp = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
 
     def step():
-        out = sae.training_forward_pass(inp)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = sae.training_forward_pass(inp)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
@@ -68,13 +75,15 @@ def sae_lens_step(d, n, k, x):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     add_step_options(ap)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0)).to(a.device)
     rates = {}
     for name, make in (("sparsify", sparsify_step), ("sae_lens", sae_lens_step)):
         try:
-            step = make(a.d, a.expansion * a.d, a.k, x)
+            step = make(a.d, a.expansion * a.d, a.k, x, a.precision == "bf16")
         except ImportError as exc:
             rates[name] = f"not installed ({exc})"
             continue

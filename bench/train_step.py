@@ -36,10 +36,14 @@ def rate(step, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - t)
 
 
-def ours(spec: SAESpec, x: torch.Tensor, bf16: bool):
+def ours(spec: SAESpec, x: torch.Tensor, bf16: bool, dead_fraction: float = 0.0):
     sae = TrainingSAE(spec, torch.Generator().manual_seed(0), bf16_matmul=bf16).to(x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    return lambda: optimise(sae, opt, x, None, 1.0)
+    dead = None
+    if dead_fraction:
+        # Dead latents spread over the dictionary, as in a real run: AuxK ranks and decodes them.
+        dead = torch.rand(spec.n, generator=torch.Generator().manual_seed(1)).to(x.device) < dead_fraction
+    return lambda: optimise(sae, opt, x, dead, 1.0)
 
 
 def dense(spec: SAESpec, x: torch.Tensor, bf16: bool):
@@ -66,6 +70,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="matmul precision of both steps")
     ap.add_argument("--peers-python", default=None, help="Python of a venv with eai-sparsify and sae-lens")
+    ap.add_argument("--dead-fraction", type=float, default=0.25,
+                    help="Share of latents dead for the AuxK line (k_aux = d/2); 0 skips it")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = SAESpec("topk", a.d, a.expansion, k=a.k)
@@ -77,9 +83,14 @@ def main():
     r_ours = rate(ours(spec, x, bf16), a.batch, a.steps)
     print(f"dense PyTorch TopK step  {r_dense:10,.0f} tokens/s")
     print(f"clipsae sparse TopK step {r_ours:10,.0f} tokens/s   ratio vs dense {r_ours / r_dense:.2f}")
-    if a.peers_python and not bf16:
+    if a.dead_fraction:
+        r_aux = rate(ours(spec, x, bf16, a.dead_fraction), a.batch, a.steps)
+        print(f"clipsae step, {a.dead_fraction:.0%} dead (AuxK k_aux={spec.aux_k}) {r_aux:10,.0f} tokens/s   "
+              f"ratio vs dense {r_aux / r_dense:.2f}, vs no dead {r_aux / r_ours:.2f}")
+    if a.peers_python:
         cmd = [a.peers_python, str(Path(__file__).with_name("peer_steps.py")), "--d", str(a.d), "--expansion",
-               str(a.expansion), "--k", str(a.k), "--batch", str(a.batch), "--threads", str(a.threads), "--steps", str(a.steps)]
+               str(a.expansion), "--k", str(a.k), "--batch", str(a.batch), "--threads", str(a.threads), "--steps",
+               str(a.steps), "--device", a.device, "--precision", a.precision]
         peers = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
         for name, r in peers.items():
             if isinstance(r, float):

@@ -37,7 +37,8 @@ class ExtractResult:
     seconds_streaming: float = 0.0  # reading, decoding, forward and writing only
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context of ``--precision`` (none for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -145,7 +146,7 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
                 images = item["images"].to(device, non_blocking=True)
                 if split is not None:
                     images = split.finish(images)
-                with _autocast(device, cfg.precision):
+                with autocast_for(device, cfg.precision):
                     acts = forward(images)
                 stored = {h: a.to(out_dtype) for h, a in acts.items()}
                 # Statistics of the batch as stored, reduced where it is (the GPU, if any); they

@@ -101,7 +101,10 @@ class Run:
         self.metrics.truncate(int(ckpt["metrics_bytes"]))
 
     def checkpoint(self) -> None:
+        """Write the checkpoint, and log how long it took (``split: checkpoint``)."""
+        t = time.perf_counter()
         save_checkpoint(self.cfg.out, self.state())
+        self.metrics.log({"step": self.step, "split": "checkpoint", "seconds": time.perf_counter() - t})
 
     def _nonfinite(self, sae: TrainingSAE, what: str, step: int | None = None) -> ClipsaeError:
         return ClipsaeError(
