@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import run_clipsae, scratch  # noqa: E402
+from bench.common import add_step_options, run_clipsae, scratch  # noqa: E402
 from bench.train_step import ours, rate  # noqa: E402
 from clipsae.store import write_store  # noqa: E402
 from clipsae.train.spec import SAESpec  # noqa: E402
@@ -24,16 +24,12 @@ from clipsae.train.spec import SAESpec  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_options(p)
     p.add_argument("--images", type=int, default=4096)
     p.add_argument("--tokens", type=int, default=50)
-    p.add_argument("--d", type=int, default=768)
-    p.add_argument("--expansion", type=int, default=16)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=60)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(steps=60)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     with scratch("clipsae-bench-train-run-") as tmp:
