@@ -112,9 +112,11 @@ def test_stream_resumed_from_a_checkpoint_of_rows_serves_the_same_batches(store)
     for _ in range(13):
         a.next_batch()
     state = a.state_dict()
+    # The same position as an older clipsae saved it, the rows themselves (read back from this
+    # consistent snapshot: the producer thread runs on as soon as state_dict returns).
     old = {k: v for k, v in state.items() if not k.endswith("_src")}
-    old["pool"], old["spill"] = a.buffer.pool.clone(), a.buffer.spill.clone()
-    old["queued"] = [b.clone() for b, _ in a.queued]
+    old["pool"], old["spill"] = a.buffer.rows_at(state["pool_src"]), a.buffer.rows_at(state["spill_src"])
+    old["queued"] = [a.buffer.rows_at(src) for src in state["queued_src"]]
     expected = [_ids(a.next_batch()) for _ in range(60)]
     a.close()
     b = ShuffleStream(_source(store), batch_size=16, buffer_rows=100, seed=5)
