@@ -19,7 +19,7 @@ from tqdm import tqdm
 from clipsae.analysis.class_names import read_class_names
 from clipsae.analysis.images import iter_image_batches
 from clipsae.analysis.joint_space import directions_to_joint, text_embeddings
-from clipsae.analysis.output import write_csv
+from clipsae.analysis.output import NAMES_FILE, write_csv
 from clipsae.analysis.top_images import TopImages, check_k, top_images
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
@@ -133,7 +133,7 @@ def run_name_features(t, vocab: Path | None = None, n_words: int = 5, k: int = 1
     rows = ((int(f), r + 1, words[int(names.words_FR[i, r])], float(names.scores_FR[i, r]), method)
             for method, names in (("decoder", by_decoder), ("top-images", by_images))
             for i, f in enumerate(live) for r in range(names.words_FR.shape[1]))
-    path = write_csv(t.out / "names.csv", NAMES_COLUMNS, rows)
+    path = write_csv(t.out / NAMES_FILE, NAMES_COLUMNS, rows)
     exact = t.codes.hook in ("embed", "attnpool", "ln_post")
     agree = float((by_decoder.words_FR[:, 0] == by_images.words_FR[:, 0]).float().mean()) if len(live) else 0.0
     lines = [f"{t.title}: {len(words)} words ('{words[0]}', …) through {cfg.name}'s text tower "

@@ -8,8 +8,11 @@ from typing import Iterable, Sequence
 
 from clipsae.store.codes import default_analysis_dir
 
+# Files one analysis writes and another (the report) reads.
 CORRELATE_PREFIX = "correlate-"
 CORRELATE_PAIR = "pair.json"
+NAMES_FILE = "names.csv"
+SPLICE_FILE = "splice.json"
 
 
 def out_dir(out: Path | None, store: Path, codes: str) -> Path:

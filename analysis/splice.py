@@ -25,14 +25,13 @@ from tqdm import tqdm
 from clipsae.analysis.class_names import class_names
 from clipsae.analysis.images import iter_image_batches
 from clipsae.analysis.joint_space import PROMPT, directions_to_joint, text_embeddings
-from clipsae.analysis.output import write_json
+from clipsae.analysis.output import SPLICE_FILE, write_json
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks, tower_kind
 from clipsae.train.model import SparseAutoencoder
 
 POOLED = ("ln_post", "embed", "attnpool")
-SPLICE_FILE = "splice.json"
 
 
 def _module(visual: nn.Module, hook: str) -> nn.Module:

@@ -7,12 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX
+from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, NAMES_FILE, SPLICE_FILE
 from clipsae.store.codes import default_analysis_dir
 
 REPORT_DIR = "report"
-NAMES_FILE = "names.csv"
-SPLICE_FILE = "splice.json"
 NAMES_SHOWN = 3
 
 
