@@ -23,11 +23,14 @@ def select_topk(z_BN: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def select_batch_topk(z_BN: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, cols, offsets) of the k·B largest positive pre-activations of the whole batch."""
+    """(rows, cols, offsets) of the k·B largest pre-activations of the whole batch.
+
+    Always k·B entries, so nothing waits on the device for a count: where fewer than k·B are
+    positive, the rest are kept too and their codes, ReLU(z) = 0, add nothing to the loss or
+    its gradients (callers count a latent active only where its code is positive).
+    """
     B, n = z_BN.shape
-    flat = z_BN.reshape(-1)
-    top = flat.topk(k * B, sorted=False)
-    idx = top.indices[top.values > 0].sort().values
+    idx = z_BN.reshape(-1).topk(k * B, sorted=False).indices.sort().values
     rows, cols = idx // n, idx % n
     return rows, cols, row_offsets(rows, B)
 

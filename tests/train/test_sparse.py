@@ -145,3 +145,26 @@ def test_topk_training_step_reads_nothing_back_from_the_device():
         optimise(sae, opt, x, None, 1.0)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_batch_topk_step_with_few_positive_preactivations_equals_dense(arch):
+    sae = _sae(arch)
+    with torch.no_grad():
+        sae.b_enc.fill_(-3.5)  # most pre-activations negative: fewer than k·B positive ones
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(9))
+    out = sae(x)
+    assert 0 < float(out.l0) < sae.spec.k
+    out.loss.backward()
+    dense_loss, dense_grads = _dense_loss(sae, x)
+    assert torch.allclose(out.loss, dense_loss, rtol=1e-5, atol=1e-6)
+    for name, p in sae.named_parameters():
+        assert torch.allclose(p.grad, dense_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_row_offsets_equal_counts_cumulated():
+    from clipsae.train.codes import row_offsets
+
+    rows = torch.tensor([0, 0, 2, 2, 2, 5, 6, 6])
+    counts = torch.bincount(rows, minlength=8)
+    assert torch.equal(row_offsets(rows, 8), torch.cumsum(counts, 0) - counts)

@@ -20,12 +20,12 @@ class BatchTopK(SparseFamily):
 
     @torch.no_grad()
     def after_step(self, sae, codes):
-        pos = codes.vals.detach()
-        pos = pos[pos > 0]
-        if not len(pos):
-            return
-        m = pos.min().double()
-        sae.threshold.copy_(m if sae.threshold < 0 else THRESHOLD_MOMENTUM * sae.threshold + (1 - THRESHOLD_MOMENTUM) * m)
+        # Computed on the device without reading back: the smallest positive code (inf if none, and
+        # then θ stays), and θ's first value where it is still unset (negative).
+        vals = codes.vals.detach()
+        m = torch.where(vals > 0, vals, torch.inf).min().double()
+        moved = torch.where(sae.threshold < 0, m, THRESHOLD_MOMENTUM * sae.threshold + (1 - THRESHOLD_MOMENTUM) * m)
+        sae.threshold.copy_(torch.where(torch.isfinite(m), moved, sae.threshold))
 
     def export_options(self, sae):
         return {"threshold": torch.full((sae.spec.n,), float(max(sae.threshold.item(), 0.0)))}
