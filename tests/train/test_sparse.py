@@ -132,10 +132,11 @@ def test_auxk_loss_and_gradients_equal_a_dense_masked_reference():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch's sync debug mode watches device-to-host reads")
-def test_topk_training_step_reads_nothing_back_from_the_device():
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_training_step_reads_nothing_back_from_the_device(arch):
     from clipsae.train.sae import optimise
 
-    sae = _sae("topk", d=64, expansion=8, k=8).cuda()
+    sae = _sae(arch, d=64, expansion=8, k=8).cuda()
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     x = torch.randn(256, 64, device="cuda")
     optimise(sae, opt, x, None, 1.0)  # Adam's state is created on the first step
