@@ -30,16 +30,20 @@ def _dense_loss(sae: TrainingSAE, x: torch.Tensor):
     return loss, {n: p.grad for n, p in P.items()}
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
-def test_sparse_step_equals_dense_computation_in_value_and_gradient(arch):
-    sae = _sae(arch)
-    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
+def _assert_step_equals_dense(sae: TrainingSAE, x: torch.Tensor):
+    """The sparse step's loss and every gradient equal the dense computation's; returns its output."""
     out = sae(x)
     out.loss.backward()
     dense_loss, dense_grads = _dense_loss(sae, x)
     assert torch.allclose(out.loss, dense_loss, rtol=1e-5, atol=1e-6)
     for name, p in sae.named_parameters():
         assert torch.allclose(p.grad, dense_grads[name], rtol=1e-4, atol=1e-6), name
+    return out
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_sparse_step_equals_dense_computation_in_value_and_gradient(arch):
+    _assert_step_equals_dense(_sae(arch), torch.randn(64, 16, generator=torch.Generator().manual_seed(3)))
 
 
 def test_topk_codes_have_exactly_k_latents_per_row():
@@ -153,14 +157,8 @@ def test_batch_topk_step_with_few_positive_preactivations_equals_dense(arch):
     sae = _sae(arch)
     with torch.no_grad():
         sae.b_enc.fill_(-3.5)  # most pre-activations negative: fewer than k·B positive ones
-    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(9))
-    out = sae(x)
+    out = _assert_step_equals_dense(sae, torch.randn(64, 16, generator=torch.Generator().manual_seed(9)))
     assert 0 < float(out.l0) < sae.spec.k
-    out.loss.backward()
-    dense_loss, dense_grads = _dense_loss(sae, x)
-    assert torch.allclose(out.loss, dense_loss, rtol=1e-5, atol=1e-6)
-    for name, p in sae.named_parameters():
-        assert torch.allclose(p.grad, dense_grads[name], rtol=1e-4, atol=1e-6), name
 
 
 def test_row_offsets_equal_counts_cumulated():
