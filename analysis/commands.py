@@ -244,17 +244,13 @@ def _pairs_figure(sa, sb, join, shown, pa, pb, match_corr, top_a, top_b, name_a,
 def run_neuron_alignment(t: Target, sae: Path | None = None, model: str | None = None, pretrained: str | None = None,
                          seed: int = 0) -> list[str]:
     """neuron_alignment.csv and its histogram: each encoder direction's best |cosine| with an MLP neuron."""
-    from dataclasses import replace
-
     from clipsae.analysis import neuron_alignment as na
     from clipsae.analysis.codes_sae import codes_sae
     from clipsae.pipeline.model import load_model, store_model_config
 
     block = na.block_of(t.codes.hook)
     model_sae = codes_sae(t.codes, sae)
-    cfg = store_model_config(t.store.config, t.store.provenance, pretrained)
-    if model is not None:
-        cfg = replace(cfg, name=model)
+    cfg = store_model_config(t.store.config, t.store.provenance, pretrained, model)
     loaded = load_model(cfg)
     neurons = na.mlp_out_directions(loaded.visual, block)
     if neurons.shape[1] != model_sae.d_in:

@@ -9,7 +9,7 @@ For each word w of a vocabulary, t_w is the unit text embedding of "a photo of a
 names.csv holds, for every live feature and each method, its best words by cosine.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +113,7 @@ def run_name_features(t, vocab: Path | None = None, n_words: int = 5, k: int = 1
         raise ClipsaeError(f"--words must be at least 1, not {n_words}")
     words = read_vocabulary(vocab)
     model_sae = codes_sae(t.codes, sae)
-    cfg = store_model_config(t.store.config, t.store.provenance, pretrained)
-    if model is not None:
-        cfg = replace(cfg, name=model)
+    cfg = store_model_config(t.store.config, t.store.provenance, pretrained, model)
     dev = str(resolve_device(device))
     clip = load_clip(cfg)
     clip.model.to(dev)

@@ -14,7 +14,6 @@ Residual and ResNet stage hooks are spliced inside the model with a forward hook
 """
 
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +108,7 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
     hook = t.codes.hook
     dev = resolve_device(device)
     model_sae = codes_sae(t.codes, sae, device=str(dev))
-    cfg = store_model_config(t.store.config, t.store.provenance, pretrained)
-    if model is not None:
-        cfg = replace(cfg, name=model)
+    cfg = store_model_config(t.store.config, t.store.provenance, pretrained, model)
     clip = load_clip(cfg)
     clip.model.to(dev)
     visual = clip.vision.visual

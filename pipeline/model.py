@@ -150,13 +150,15 @@ def _create(cfg: ModelConfig) -> tuple[nn.Module, LoadedModel]:
     return model, LoadedModel(visual, preprocess, identity, provenance)
 
 
-def store_model_config(config: dict, provenance: dict, pretrained: str | None = None) -> ModelConfig:
-    """The ModelConfig that loads the weights a store was extracted with (``pretrained`` overrides them).
+def store_model_config(config: dict, provenance: dict, pretrained: str | None = None,
+                       model: str | None = None) -> ModelConfig:
+    """The ModelConfig that loads the model and weights a store was extracted with (``model`` and
+    ``pretrained``, the `--model` and `--pretrained` options, override them).
 
     Reverses what :func:`load_model` recorded: ``random-init(seed=N)``, ``file:sha256:…`` (the
     checkpoint's recorded path, which must still hold those bytes), or an open_clip tag / hf-hub id.
     """
-    name = str(config.get("model", ""))
+    name = model if model is not None else str(config.get("model", ""))
     if pretrained is not None:
         return ModelConfig(name, pretrained)
     weights = str(config.get("pretrained", ""))

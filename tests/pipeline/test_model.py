@@ -17,6 +17,8 @@ def test_store_model_config_reloads_the_recorded_weights(tmp_path):
     assert store_model_config({"model": "ViT-B-32", "pretrained": f"file:sha256:{digest}"},
                               {"checkpoint_path": str(ckpt)}) == ModelConfig("ViT-B-32", str(ckpt))
     assert store_model_config({"model": "ViT-B-32", "pretrained": "x"}, {}, pretrained="y") == ModelConfig("ViT-B-32", "y")
+    assert store_model_config({"model": "ViT-B-32", "pretrained": "random-init(seed=3)"}, {}, model="RN50") == \
+        ModelConfig("RN50", None, 3)
 
 
 @pytest.mark.parametrize("content, message", [(None, "which is not there now"), (b"changed", "no longer the checkpoint")])
