@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from clipsae.slurm import slurm_config, slurm_options
+
 
 @click.command("encode")
 @click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Activation store.")
@@ -23,16 +25,27 @@ import click
 @click.option("--num-workers", type=int, default=None, help="Jobs sharing the store (default: SLURM_ARRAY_TASK_COUNT, else 1).")
 @click.option("--worker-index", type=int, default=None, help="This job's index (default: SLURM_ARRAY_TASK_ID, else 0).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def encode_cmd(store_path, sae_path, name, hook, tokens, max_active, batch_size, device, num_workers, worker_index, quiet):
-    """Encode a store's activations with an SAE and cache the codes in the store."""
+@slurm_options(array=True)
+def encode_cmd(store_path, sae_path, name, hook, tokens, max_active, batch_size, device, num_workers, worker_index, quiet,
+               slurm_array, **slurm):
+    """Encode a store's activations with an SAE and cache the codes in the store.
+
+    With --slurm-array N, the codes group is created here and N Slurm array tasks share the parts.
+    """
     from clipsae.analysis.encode import EncodeConfig, run_encode
 
-    cfg = EncodeConfig(store_path, sae_path, name, hook, tokens, device, batch_size, max_active, num_workers,
-                       worker_index, progress=not quiet)
+    # Absolute, so that jobs started elsewhere (Slurm tasks) read and write the same files.
+    cfg = EncodeConfig(store_path.absolute(), sae_path.absolute(), name, hook, tokens, device, batch_size, max_active,
+                       num_workers, worker_index, progress=not quiet)
+    if slurm_array is not None:
+        from clipsae.analysis.encode_submit import submit_encode
+
+        job = submit_encode(cfg, slurm_config(slurm), slurm_array)
+        click.echo(f"submitted job {job.job_id}: {job.n_tasks} array tasks encoding {store_path} as codes "
+                   f"{cfg.codes_name!r}; logs in {job.logs}; follow it with `clipsae status --store {store_path}`")
+        return
     r = run_encode(cfg)
-    capped = f"; {r.tokens_capped} token rows had more active latents than the cap (see --max-active)" if r.tokens_capped else ""
-    click.echo(f"encoded {r.images} images ({len(r.parts_written)} parts written, {len(r.parts_skipped)} already done) "
-               f"of hook {r.hook} ({r.tokens} tokens) as codes {r.name!r} in {store_path}{capped}")
+    click.echo(r.summary(store_path))
     click.echo(f"next: clipsae analyze top-images --store {store_path} --codes {r.name}")
 
 

@@ -62,6 +62,8 @@ class EncodeConfig:
 
 @dataclass
 class EncodeResult:
+    """What one worker's run did."""
+
     name: str
     hook: str
     tokens: str
@@ -69,6 +71,13 @@ class EncodeResult:
     parts_skipped: list[str] = field(default_factory=list)
     images: int = 0
     tokens_capped: int = 0
+
+    def summary(self, store) -> str:
+        """One line for people: what was encoded, and how many token rows the cap cut."""
+        capped = (f"; {self.tokens_capped} token rows had more active latents than the cap (see --max-active)"
+                  if self.tokens_capped else "")
+        return (f"encoded {self.images} images ({len(self.parts_written)} parts written, {len(self.parts_skipped)} "
+                f"already done) of hook {self.hook} ({self.tokens} tokens) as codes {self.name!r} in {store}{capped}")
 
 
 def _recorded(sae: SparseAutoencoder, key: str) -> str | None:
@@ -138,18 +147,29 @@ def _encode_part(store: ActivationStore, part_index: int, hook: str, positions: 
     return PartSums(**host, n_images=part.n_images, tokens_capped=capped)
 
 
-@torch.no_grad()
-def run_encode(cfg: EncodeConfig) -> EncodeResult:
-    """Encode every store part this worker owns that has no complete codes part yet."""
+@dataclass(frozen=True)
+class OpenedCodes:
+    """A store, an SAE and the codes group they write, with what was chosen for them."""
+
+    store: ActivationStore
+    sae: SparseAutoencoder
+    hook: str
+    tokens: str
+    positions: np.ndarray
+    cls_position: int | None
+    width: int
+    path: Path
+
+
+def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
+    """Check the store and SAE, choose hook, tokens and cap, and create (or check) the codes group."""
     store = ActivationStore.open(cfg.store)
     if store.incomplete_parts:
         raise ClipsaeError(f"{cfg.store} has {len(store.incomplete_parts)} incomplete parts (extract is running or was "
                            f"interrupted); finish `clipsae extract` first, so that workers agree on the parts")
     if not store.parts:
         raise ClipsaeError(f"{cfg.store} has no complete parts to encode")
-    n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
-    dev = resolve_device(cfg.device)
-    sae = load_sae(cfg.sae, device=str(dev)).eval()
+    sae = load_sae(cfg.sae, device=str(device)).eval()
     hook = _choose_hook(store, sae, cfg.hook)
     if store.d(hook) != sae.d_in:
         raise ClipsaeError(f"the SAE reads {sae.d_in}-dimensional inputs but hook {hook} of {cfg.store} has d={store.d(hook)}")
@@ -158,10 +178,21 @@ def run_encode(cfg: EncodeConfig) -> EncodeResult:
     lay = store.layout(hook)
     cls_position = 0 if (lay.cls_token or lay.n_tokens == 1) and positions[0] == 0 else None
     width = cfg.max_active or (sae.k if sae.architecture == "topk" else DEFAULT_MAX_ACTIVE)
-    name = cfg.codes_name
-    path = codes_store.open_codes(store.path, name, _identity(sae, hook, tokens, positions, width, cls_position is not None),
+    path = codes_store.open_codes(store.path, cfg.codes_name,
+                                  _identity(sae, hook, tokens, positions, width, cls_position is not None),
                                   {"sae_path": sae.identity["path"]})
-    result = EncodeResult(name, hook, tokens)
+    return OpenedCodes(store, sae, hook, tokens, positions, cls_position, width, path)
+
+
+@torch.no_grad()
+def run_encode(cfg: EncodeConfig) -> EncodeResult:
+    """Encode every store part this worker owns that has no complete codes part yet."""
+    n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
+    dev = resolve_device(cfg.device)
+    o = open_encode(cfg, dev)
+    store, sae, positions, width, path = o.store, o.sae, o.positions, o.width, o.path
+    name = cfg.codes_name
+    result = EncodeResult(name, o.hook, o.tokens)
     done = codes_store.complete_code_parts(path)
     mine = list(range(len(store.parts)))[index::n_workers]
     todo = [i for i in mine if store.parts[i].name not in done]
@@ -171,8 +202,10 @@ def run_encode(cfg: EncodeConfig) -> EncodeResult:
     with tqdm(total=total, unit="img", desc=f"encode {name}", disable=not cfg.progress, dynamic_ncols=True) as bar:
         for i in todo:
             part = store.parts[i]
-            writer = CodesPartWriter(path, part.name, len(positions), width, cls_position is not None)
-            sums = _encode_part(store, i, hook, positions, sae, writer, width, cls_position, images_per_batch, dev, bar)
+            writer = CodesPartWriter(path, part.name, part.n_images, len(positions), width, sae.d_sae,
+                                     o.cls_position is not None)
+            sums = _encode_part(store, i, o.hook, positions, sae, writer, width, o.cls_position, images_per_batch,
+                                dev, bar)
             writer.close(sums)
             result.parts_written.append(part.name)
             result.images += part.n_images

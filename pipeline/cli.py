@@ -1,9 +1,12 @@
 """``clipsae extract`` and ``clipsae shards make``."""
 
+import os
+
 import click
 
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.config import PRECISIONS, TOKEN_MODES, ExtractConfig, ModelConfig, parse_layers
+from clipsae.slurm import slurm_config, slurm_options
 from clipsae.store.layout import COMPRESSIONS, DTYPES
 
 
@@ -40,12 +43,14 @@ def _triple(value: str | None, name: str) -> tuple[float, float, float] | None:
 @click.option("--image-mean", default=None, help="Override normalisation mean, e.g. 0.5,0.5,0.5.")
 @click.option("--image-std", default=None, help="Override normalisation std.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@slurm_options(array=True)
 def extract_cmd(model, pretrained, layers, tokens, shards, store_path, batch_size, device, dtype, precision,
                 num_workers, worker_index, loader_workers, label_key, compression, seed, preprocess_like,
-                image_mean, image_std, no_progress):
+                image_mean, image_std, no_progress, slurm_array, **slurm):
     """Run a CLIP vision tower over webdataset tars and store per-token activations.
 
-    One store part per tar; a rerun skips finished tars and redoes unfinished ones.
+    One store part per tar; a rerun skips finished tars and redoes unfinished ones. With
+    --slurm-array N, the store is created here and N Slurm array tasks share the tars.
     """
     cfg = ExtractConfig(
         model=ModelConfig(
@@ -58,8 +63,9 @@ def extract_cmd(model, pretrained, layers, tokens, shards, store_path, batch_siz
         ),
         layers=parse_layers(layers),
         tokens=tokens,
-        shards=shards,
-        store=store_path,
+        # Absolute, so that jobs started elsewhere (Slurm tasks) read and write the same files.
+        shards=shards if "://" in shards else os.path.abspath(shards),
+        store=store_path if "://" in store_path else os.path.abspath(store_path),
         batch_size=batch_size,
         device=device,
         dtype=dtype,
@@ -71,16 +77,16 @@ def extract_cmd(model, pretrained, layers, tokens, shards, store_path, batch_siz
         compression=compression,
         progress=not no_progress,
     )
+    if slurm_array is not None:
+        from clipsae.pipeline.extract_submit import submit_extract
+
+        job = submit_extract(cfg, slurm_config(slurm), slurm_array)
+        click.echo(f"submitted job {job.job_id}: {job.n_tasks} array tasks extracting into {store_path}; "
+                   f"logs in {job.logs}; follow it with `clipsae status --store {store_path}`")
+        return
     from clipsae.pipeline.extract import run_extract
 
-    r = run_extract(cfg)
-    rate = r.images / r.seconds if r.seconds else 0.0
-    click.echo(
-        f"extracted {r.images} images from {len(r.parts_written)} tars into {store_path} "
-        f"({rate:.1f} images/s overall); skipped {len(r.parts_skipped)} finished tars; "
-        f"{r.failed} unreadable images skipped"
-        + (f"; truncated tars: {', '.join(r.truncated)}" if r.truncated else "")
-    )
+    click.echo(run_extract(cfg).summary(store_path))
 
 
 @click.group("shards")

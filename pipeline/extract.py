@@ -16,7 +16,7 @@ from clipsae.pipeline.loader import make_loader
 from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.model import load_model
 from clipsae.pipeline.preprocess import split_preprocess
-from clipsae.pipeline.shards import expand_shards, my_shards, name_parts
+from clipsae.pipeline.shards import Shard, expand_shards, my_shards, name_parts
 from clipsae.workers import worker_slot
 from clipsae.pipeline.tario import count_samples
 from clipsae.store.layout import HookLayout
@@ -35,6 +35,14 @@ class ExtractResult:
     truncated: list[str] = field(default_factory=list)
     seconds: float = 0.0  # the whole run, model loading included
     seconds_streaming: float = 0.0  # reading, decoding, forward and writing only
+
+    def summary(self, store: str) -> str:
+        """One line for people: what was written, how fast, what was skipped."""
+        rate = self.images / self.seconds if self.seconds else 0.0
+        return (f"extracted {self.images} images from {len(self.parts_written)} tars into {store} "
+                f"({rate:.1f} images/s overall); skipped {len(self.parts_skipped)} finished tars; "
+                f"{self.failed} unreadable images skipped"
+                + (f"; truncated tars: {', '.join(self.truncated)}" if self.truncated else ""))
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -63,16 +71,8 @@ def _layouts(forward: HookedForward, device: torch.device, tokens: str) -> list[
     return layouts
 
 
-def run_extract(cfg: ExtractConfig) -> ExtractResult:
-    """Extract this worker's share of the tars into ``cfg.store``; complete parts are skipped."""
-    t0 = time.perf_counter()
-    shards = name_parts(expand_shards(cfg.shards))
-    check_store_path(cfg.store)
-    n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
-    device = resolve_device(cfg.device)
-    loaded = load_model(cfg.model)
-    hooks = resolve_hooks(loaded.visual, cfg.layers, cfg.tokens)
-    forward = HookedForward(loaded.visual.to(device), hooks, cfg.tokens)
+def _open_store(cfg: ExtractConfig, loaded, forward: HookedForward, device: torch.device) -> tuple:
+    """Create the store's root or check that it was made the same way: (root, hook layouts)."""
     layouts = _layouts(forward, device, cfg.tokens)
     config = {
         **loaded.identity,
@@ -85,7 +85,35 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
         "created_by": "clipsae extract",
         "token_order": "CLS first, then patches row-major (ViT); spatial positions row-major (ResNet)",
     }
-    root = open_root(cfg.store, config, provenance)
+    return open_root(cfg.store, config, provenance), layouts
+
+
+def create_store(cfg: ExtractConfig) -> list[Shard]:
+    """Create (or check) the store's root on the CPU, before any worker starts; returns the tars.
+
+    Workers of an array then only open it: on object stores creation is check-then-write, so
+    one process, not many racing ones, must make it.
+    """
+    shards = name_parts(expand_shards(cfg.shards))
+    check_store_path(cfg.store)
+    device = torch.device("cpu")
+    loaded = load_model(cfg.model)
+    forward = HookedForward(loaded.visual, resolve_hooks(loaded.visual, cfg.layers, cfg.tokens), cfg.tokens)
+    _open_store(cfg, loaded, forward, device)
+    return shards
+
+
+def run_extract(cfg: ExtractConfig) -> ExtractResult:
+    """Extract this worker's share of the tars into ``cfg.store``; complete parts are skipped."""
+    t0 = time.perf_counter()
+    shards = name_parts(expand_shards(cfg.shards))
+    check_store_path(cfg.store)
+    n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
+    device = resolve_device(cfg.device)
+    loaded = load_model(cfg.model)
+    hooks = resolve_hooks(loaded.visual, cfg.layers, cfg.tokens)
+    forward = HookedForward(loaded.visual.to(device), hooks, cfg.tokens)
+    root, layouts = _open_store(cfg, loaded, forward, device)
 
     result = ExtractResult()
     done = complete_parts(cfg.store)

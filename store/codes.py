@@ -138,15 +138,19 @@ class PartSums:
 class CodesPartWriter:
     """Writes the codes of one store part; nothing counts until :meth:`close` sets ``complete``."""
 
-    def __init__(self, path: Path, part: str, n_positions: int, width: int, with_cls: bool):
+    def __init__(self, path: Path, part: str, n_images: int, n_positions: int, width: int, d_sae: int,
+                 with_cls: bool):
         self.dir = path / layout.PARTS / part
-        zb.create_group(self.dir, {layout.COMPLETE: False})
+        zb.create_group(self.dir, {layout.COMPLETE: False, layout.STARTED_BY: writer_identity()})
         self.n_positions, self.width = n_positions, width
-        rows = max(1, layout.TARGET_CHUNK_BYTES // (8 * width))
+        # An array's last chunk is stored at full size, so chunks are fitted to the part: a small
+        # part must not cost megabytes per array. Per-image entries are bounded, not known, up front.
+        rows = layout.fitted_rows(max(1, layout.TARGET_CHUNK_BYTES // (8 * width)), n_images * n_positions)
+        entries = layout.fitted_rows(_ENTRY_CHUNK, n_images * min(n_positions * width, d_sae))
         self._token = {name: ArrayAppender(self.dir / name, (width,) if name != "token_active" else (), rows, dt)
                        for name, dt in TOKEN_ARRAYS.items()}
-        self._counts = ArrayAppender(self.dir / "image_counts", (), _ENTRY_CHUNK, "int32")
-        self._image = {name: ArrayAppender(self.dir / name, (), _ENTRY_CHUNK, dt) for name, dt in IMAGE_ARRAYS.items()
+        self._counts = ArrayAppender(self.dir / "image_counts", (), layout.fitted_rows(_ENTRY_CHUNK, n_images), "int32")
+        self._image = {name: ArrayAppender(self.dir / name, (), entries, dt) for name, dt in IMAGE_ARRAYS.items()
                        if with_cls or name != "image_cls"}
 
     def append(self, block: CodesBlock) -> None:

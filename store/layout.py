@@ -13,6 +13,7 @@ ACTS = "acts"
 KEYS = "keys"
 LABELS = "labels"
 COMPLETE = "complete"
+STARTED_BY = "started_by"  # part attribute: host, pid, time (and Slurm job) of the writer that began it
 CHUNKS = "chunks"  # part attribute: per hook, rows per chunk and each chunk's CRC32C
 
 # Chunks are the unit of reading: big enough that a shuffled read runs at disk speed,
@@ -30,11 +31,15 @@ def chunk_rows(n_tokens: int, d: int, itemsize: int, target_bytes: int = TARGET_
     wastes up to c − 1 rows. Knowing n, we take the fewest chunks of at most the target size and
     spread n evenly over them: the padding is then under one row per chunk.
     """
-    rows = max(1, target_bytes // (n_tokens * d * itemsize))
-    if expected_images:
-        n_chunks = -(-expected_images // rows)
-        rows = -(-expected_images // n_chunks)
-    return rows
+    return fitted_rows(max(1, target_bytes // (n_tokens * d * itemsize)), expected_images)
+
+
+def fitted_rows(rows: int, expected: int | None) -> int:
+    """At most ``rows`` rows per chunk, spread evenly over the fewest chunks that hold ``expected`` rows."""
+    if not expected:
+        return rows
+    n_chunks = -(-expected // rows)
+    return -(-expected // n_chunks)
 
 
 @dataclass(frozen=True)

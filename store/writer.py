@@ -179,7 +179,7 @@ class PartWriter:
         self.dtype = np.dtype(dtype)
         if compression not in layout.COMPRESSIONS:
             raise ClipsaeError(f"compression must be one of {', '.join(layout.COMPRESSIONS)}, not {compression!r}")
-        zb.create_group(self.dir, {layout.COMPLETE: False, "source": source})
+        zb.create_group(self.dir, {layout.COMPLETE: False, "source": source, layout.STARTED_BY: writer_identity()})
         zb.create_group(self.dir / layout.ACTS, {})
         self._arrays: dict[str, ArrayAppender] = {}
         self.stats: dict[str, HookStats] = {}
@@ -241,8 +241,14 @@ class PartWriter:
 
 
 def writer_identity() -> dict:
-    """Who wrote a part and when: host, process and time."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    """Who wrote a part and when: host, process, time, and the Slurm job (``1234_5`` for an array task)."""
+    who = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env:
+        who["slurm_job"] = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    elif "SLURM_JOB_ID" in env:
+        who["slurm_job"] = env["SLURM_JOB_ID"]
+    return who
 
 
 def record_store_stats(path: str | Path, all_parts: set[str]) -> None:

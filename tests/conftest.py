@@ -72,3 +72,26 @@ def codes(encoded):
     from clipsae.store.reader import ActivationStore
 
     return Codes(ActivationStore.open(encoded[0]), "sae")
+
+
+def wait_until(predicate, what: str, limit_s: float = 300.0, every_s: float = 0.1):
+    """Poll ``predicate`` until it holds; fail naming ``what`` if it still does not after ``limit_s``.
+
+    The limit only bounds a hung test; no assertion depends on how long anything took.
+    """
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(every_s)
+
+
+def submitted_job(stdout: str) -> str:
+    """The job id a ``--slurm…`` submission printed."""
+    import re
+
+    m = re.search(r"submitted job ([\d,]+)", stdout)
+    assert m, stdout
+    return m.group(1)

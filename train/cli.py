@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from clipsae.slurm import slurm_config, slurm_options
 from clipsae.train import archs
 from clipsae.train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WARMUP, PRECISIONS
 
@@ -50,10 +51,26 @@ from clipsae.train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WAR
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
 @click.option("--wandb", "wandb_project", default=None, help="Also log to this wandb project (WANDB_MODE=offline works).")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress messages.")
+@slurm_options(array=False)
 def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file, lr, batch_size, tokens_total, steps, seed, device,
               precision, holdout, out, warmup_steps, dead_tokens, aux_alpha, matryoshka_weighting, resample_every, buffer_rows,
-              loader_threads, eval_every, eval_rows, checkpoint_every, checkpoint_minutes, threads, wandb_project, quiet):
-    """Train sparse autoencoders on one hook of an activation store (several at once on a sweep)."""
+              loader_threads, eval_every, eval_rows, checkpoint_every, checkpoint_minutes, threads, wandb_project, quiet,
+              slurm_submit, **slurm):
+    """Train sparse autoencoders on one hook of an activation store (several at once on a sweep).
+
+    With --slurm, the options are checked here and training runs as a Slurm job that checkpoints
+    and requeues itself on preemption or time-out.
+    """
+    options = dict(
+        store=store_path, hook=hook, tokens=tokens, arch=arch, expansion=expansion, k=k_list, l1=l1, sweep=sweep_file, lr=lr,
+        batch_size=batch_size, tokens_total=tokens_total, steps=steps, seed=seed, device=device, precision=precision,
+        holdout=holdout, out=out, warmup_steps=warmup_steps, dead_tokens=dead_tokens, aux_alpha=aux_alpha,
+        matryoshka_weighting=matryoshka_weighting, resample_every=resample_every, buffer_rows=buffer_rows,
+        loader_threads=loader_threads, eval_every=eval_every, eval_rows=eval_rows, checkpoint_every=checkpoint_every,
+        checkpoint_minutes=checkpoint_minutes, wandb_project=wandb_project)
+    if slurm_submit:
+        _submit(options, threads, slurm_config(slurm))
+        return
     import torch
 
     from clipsae.train.configure import configure_training
@@ -62,13 +79,7 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
 
     if threads:
         torch.set_num_threads(threads)
-    plan = configure_training(
-        store_path, hook=hook, tokens=tokens, arch=arch, expansion=expansion, k=k_list, l1=l1, sweep=sweep_file, lr=lr,
-        batch_size=batch_size, tokens_total=tokens_total, steps=steps, seed=seed, device=device, precision=precision,
-        holdout=holdout, out=out, warmup_steps=warmup_steps, dead_tokens=dead_tokens, aux_alpha=aux_alpha,
-        matryoshka_weighting=matryoshka_weighting, resample_every=resample_every, buffer_rows=buffer_rows,
-        loader_threads=loader_threads, eval_every=eval_every, eval_rows=eval_rows, checkpoint_every=checkpoint_every,
-        checkpoint_minutes=checkpoint_minutes, wandb_project=wandb_project)
+    plan = configure_training(**options)
     cfg = plan.cfg
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
@@ -86,6 +97,17 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
                    f"the trainer waited for data {100 * t['wait_fraction']:.0f}% of the time", err=True)
     for line in format_result(result):
         click.echo(line)
+
+
+def _submit(options: dict, threads: int | None, slurm) -> None:
+    from clipsae.slurm import check_can_submit
+
+    check_can_submit(slurm)
+    from clipsae.train.slurm_job import submit_train
+
+    job, out = submit_train(options, threads, slurm)
+    click.echo(f"submitted job {job.job_id}: training into {out} (requeued on preemption or time-out); "
+               f"logs in {job.logs}; progress in {out / 'metrics.jsonl'}")
 
 
 @click.group("sae")

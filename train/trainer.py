@@ -4,6 +4,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,6 +31,14 @@ class TrainResult:
     resumed_from: int
     already_done: bool
     throughput: dict | None = None  # this session's tokens/s, loader rows/s, loader-wait share
+
+
+class TrainingStopped(Exception):
+    """Training stopped on request (a preemption signal) right after checkpointing at ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped at step {step} after checkpointing")
+        self.step = step
 
 
 def _seed_of(seed: int, label: str) -> int:
@@ -175,10 +184,12 @@ def _finalize(run: Run, x_eval: torch.Tensor | None) -> tuple[dict[str, Path], d
 
 
 def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | None = None,
-              held: np.ndarray | None = None) -> TrainResult:
+              held: np.ndarray | None = None, stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train every SAE of ``cfg`` to ``cfg.steps``, resuming from ``cfg.out``'s checkpoint if any.
 
     ``store`` (``cfg.store`` opened) and ``held`` (its holdout mask) save the caller's work twice.
+    ``stop`` is asked between steps; once it says yes, the run checkpoints and raises
+    :class:`TrainingStopped`, and the same call later resumes exactly there.
     """
     store = store or ActivationStore.open(cfg.store)
     if store.n_images == 0:
@@ -211,6 +222,9 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
     throughput: dict = {}
     try:
         while run.step < cfg.steps:
+            if stop is not None and stop():
+                run.checkpoint()
+                raise TrainingStopped(run.step)
             x = _to_device(run.stream.next_batch(), run.device) * run.scale
             run.train_step(x, sums)
             run.step += 1

@@ -18,6 +18,7 @@ COMMANDS = {
     "extract": ("clipsae.pipeline.cli", "extract_cmd", "Run a CLIP vision tower over webdataset tars and store per-token activations."),
     "shards": ("clipsae.pipeline.cli", "shards_group", "Make webdataset tars."),
     "store": ("clipsae.store.cli", "store_group", "Inspect and check an activation store."),
+    "status": ("clipsae.cli.status", "status_cmd", "Which parts of a store and its codes are complete, in progress or missing."),
     "train": ("clipsae.train.cli", "train_cmd", "Train sparse autoencoders on one hook of an activation store."),
     "sae": ("clipsae.train.cli", "sae_group", "Inspect trained SAEs."),
     "encode": ("clipsae.analysis.cli", "encode_cmd", "Encode a store with an SAE and cache the codes in the store."),

@@ -48,3 +48,12 @@ def test_verify_names_an_altered_and_a_lost_codes_chunk(encoded, tmp_path):
     problems = verify(ActivationStore.open(store)).problems
     assert any("codes sae, part part-000, token_latents: chunk 0 is missing" in p for p in problems)
     assert any("codes sae, part part-002, image_sum: chunk 0 was altered" in p for p in problems)
+
+
+def test_a_small_part_is_stored_in_chunks_fitted_to_it(encoded):
+    # Each 10-image part holds 10 × 5 token rows and at most 10 × 5 × 4 per-image entries: an
+    # array's last chunk is stored at full size, so chunks sized for big parts would cost MiB each.
+    part = encoded[0] / "codes" / "sae" / "parts" / "part-000"
+    files = [f for f in part.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 64 * 1024
+    assert (part / "token_values" / "c" / "0" / "0").stat().st_size == 10 * 5 * 4 * 4
