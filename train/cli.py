@@ -5,6 +5,7 @@ the options' values happens in ``train/configure.py``.
 """
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -79,6 +80,8 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
 
     if threads:
         torch.set_num_threads(threads)
+    # Under torchrun, process 0 speaks for all.
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
     plan = configure_training(**options)
     cfg = plan.cfg
     for note in plan.notes:
@@ -87,6 +90,8 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
         click.echo(f"training {len(cfg.saes)} SAE(s) on {cfg.hook} ({cfg.tokens} tokens, d={plan.store.d(cfg.hook)}) "
                    f"for {cfg.steps} steps of {cfg.batch_size} → {cfg.out}", err=True)
     result = run_train(cfg, quiet=quiet, store=plan.store, held=plan.held)
+    if os.environ.get("RANK", "0") != "0":
+        return
     if result.already_done:
         click.echo(f"{cfg.out}: already trained ({result.resumed_from} steps); nothing to do")
     elif result.resumed_from and not quiet:

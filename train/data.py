@@ -124,12 +124,19 @@ class ShuffleBuffer:
     The buffer holds ``capacity`` rows. Each round serves a random half of its slots, in random
     order, then refills exactly those slots with the next rows read: the same mixing as "shuffle,
     serve half, keep half", with each row copied once in and once out.
+
+    Process ``rank`` of ``world`` reads positions rank, rank + world, … of each epoch's chunk
+    order, which every process computes alike: the processes share each epoch without overlap.
     """
 
     def __init__(self, source: RowSource, batch_size: int, buffer_rows: int, seed: int,
-                 threads: int = 2, lookahead: int = 8):
+                 threads: int = 2, lookahead: int = 8, rank: int = 0, world: int = 1):
         if source.n_rows == 0:
             raise ClipsaeError("no training rows: the store is empty or every image is held out")
+        if len(source.chunks) < world:
+            raise ClipsaeError(f"the store has {len(source.chunks)} chunks of {source.hook}, fewer than the {world} "
+                               f"training processes; use fewer processes")
+        self.rank, self.world = rank, world
         self.source = source
         self.batch_size = batch_size
         self.capacity = max(2 * batch_size, min(buffer_rows, source.n_rows))
@@ -146,12 +153,14 @@ class ShuffleBuffer:
         self.holds_unnamed_rows = False
         self.serve = torch.empty(0, dtype=torch.int64)  # this round's slots, in serving order
         self.pos = 0  # slots of this round already served
-        self.gen = torch.Generator().manual_seed(seed)
+        # Each process shuffles its share with its own generator; process 0's is the one a lone process uses.
+        self.gen = torch.Generator().manual_seed(
+            seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] >> 1))
         self._reader: _Prefetcher | None = None
 
     def order(self, epoch: int) -> np.ndarray:
-        """The chunk order of ``epoch``: a permutation fixed by (seed, epoch)."""
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.source.chunks))
+        """This process's chunks in ``epoch``'s order: its share of a permutation fixed by (seed, epoch)."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.source.chunks))[self.rank::self.world]
 
     def _take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next ``n`` rows in reading order (spill first, then chunks), with their provenance."""
@@ -160,7 +169,7 @@ class ShuffleBuffer:
         parts, srcs, have = [self.spill], [self.spill_src], len(self.spill)
         while have < n:
             epoch, pos, rows = self._reader.next()
-            n_chunks = len(self.source.chunks)
+            n_chunks = len(self.order(epoch))
             self.epoch, self.cursor = (epoch, pos + 1) if pos + 1 < n_chunks else (epoch + 1, 0)
             parts.append(torch.from_numpy(rows))
             srcs.append(_provenance(epoch, pos, len(rows)))
@@ -251,8 +260,8 @@ class ShuffleStream:
     """
 
     def __init__(self, source: RowSource, batch_size: int, buffer_rows: int, seed: int,
-                 threads: int = 2, lookahead: int = 8, queue: int = 4):
-        self.buffer = ShuffleBuffer(source, batch_size, buffer_rows, seed, threads, lookahead)
+                 threads: int = 2, lookahead: int = 8, queue: int = 4, rank: int = 0, world: int = 1):
+        self.buffer = ShuffleBuffer(source, batch_size, buffer_rows, seed, threads, lookahead, rank, world)
         self.source = source
         self.queue_size = queue
         self.queued: deque[tuple[torch.Tensor, torch.Tensor]] = deque()  # (batch, provenance)

@@ -39,15 +39,42 @@ def write_identity(cfg: TrainConfig) -> None:
     (cfg.out / RUN_FILE).write_text(json.dumps({"identity": cfg.identity()}, indent=2))
 
 
-def save_checkpoint(out: Path, state: dict) -> None:
-    """Atomically replace ``out/checkpoint.pt``: a kill leaves the previous one intact."""
-    path = out / CHECKPOINT_FILE
+def _save_atomically(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         torch.save(state, fh)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+def save_checkpoint(out: Path, state: dict) -> None:
+    """Atomically replace ``out/checkpoint.pt``: a kill leaves the previous one intact."""
+    _save_atomically(out / CHECKPOINT_FILE, state)
+
+
+def _stream_file(out: Path, rank: int, step: int) -> Path:
+    return out / f"stream-rank{rank}-step{step}.pt"
+
+
+def save_stream_state(out: Path, rank: int, step: int, state: dict) -> None:
+    """One training process's stream position at ``step`` (several processes: one file each)."""
+    _save_atomically(_stream_file(out, rank, step), state)
+
+
+def load_stream_state(out: Path, rank: int, step: int) -> dict:
+    """The stream position process ``rank`` saved at ``step``."""
+    path = _stream_file(out, rank, step)
+    if not path.is_file():
+        raise ClipsaeError(f"{path} is missing: the checkpoint at step {step} cannot be resumed by process {rank}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def remove_stream_states(out: Path, rank: int, keep: int) -> None:
+    """Remove process ``rank``'s positions of steps other than ``keep`` (the checkpoint's)."""
+    for path in out.glob(f"stream-rank{rank}-step*.pt"):
+        if path != _stream_file(out, rank, keep):
+            path.unlink(missing_ok=True)
 
 
 def load_checkpoint(out: Path) -> dict | None:
@@ -61,13 +88,14 @@ def load_checkpoint(out: Path) -> dict | None:
 class MetricsLog:
     """``metrics.jsonl``, one JSON record a line, mirrored to wandb when asked."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, enabled: bool = True):
         self.path = cfg.out / METRICS_LOG
         self.wandb = None
         self._cfg = cfg
+        self.enabled = enabled  # one training process of several writes the log
 
     def start_wandb(self) -> None:
-        if not self._cfg.wandb_project:
+        if not self._cfg.wandb_project or not self.enabled:
             return
         try:
             import wandb
@@ -79,6 +107,8 @@ class MetricsLog:
         self.wandb = wandb
 
     def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.wandb is not None:
@@ -90,7 +120,7 @@ class MetricsLog:
 
     def truncate(self, size: int) -> None:
         """Drop what was logged after a checkpoint, so a resumed run logs nothing twice."""
-        if self.path.exists():
+        if self.enabled and self.path.exists():
             with open(self.path, "r+b") as fh:
                 fh.truncate(size)
 

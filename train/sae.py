@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsae.train import archs
+from clipsae.train.ranks import Ranks
 from clipsae.train.archs.base import StepOutput
 from clipsae.train.spec import SAESpec
 
@@ -38,9 +39,10 @@ class TrainingSAE(nn.Module):
                 return F.linear(x_c_BD, self.W_enc, self.b_enc).float()
         return F.linear(x_c_BD, self.W_enc, self.b_enc)
 
-    def forward(self, x_BD: torch.Tensor, dead_N: torch.Tensor | None = None) -> StepOutput:
-        """Loss of a batch of scaled inputs; ``dead_N`` marks latents AuxK should revive."""
-        return self.arch.loss(self, x_BD, dead_N)
+    def forward(self, x_BD: torch.Tensor, dead_N: torch.Tensor | None = None, ranks: Ranks = Ranks()) -> StepOutput:
+        """Loss of a batch of scaled inputs; ``dead_N`` marks latents AuxK should revive; ``ranks``
+        says which share of the global batch ``x_BD`` is."""
+        return self.arch.loss(self, x_BD, dead_N, ranks)
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
@@ -62,20 +64,24 @@ class TrainingSAE(nn.Module):
 
 
 def optimise(sae: TrainingSAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_N: torch.Tensor | None,
-             clip: float) -> StepOutput:
+             clip: float, ranks: Ranks = Ranks()) -> StepOutput:
     """One training step of one SAE on a scaled batch: loss, backward, constrained Adam step.
 
     Nothing is read back to the host, so the step never waits for the device. A non-finite loss
     is not checked here: it spoils the weights, and the trainer, which tracks the loss's
     finiteness on the device, stops the run before anything of it is saved. ``loss`` comes back detached.
+    With several processes, ``x_BD`` is this one's share of the global batch and its loss this
+    share's part of the global loss: gradients are summed and firing combined across processes,
+    so every copy takes the global batch's step.
     """
-    out = sae(x_BD, dead_N)
+    out = sae(x_BD, dead_N, ranks)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
+    ranks.sum_all_([p.grad for p in sae.parameters() if p.grad is not None])
     sae.project_decoder_grad()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), clip)
     opt.step()
     sae.normalize_decoder()
-    sae.track_firing(out.fired_N, len(x_BD))
+    sae.track_firing(ranks.any_(out.fired_N), len(x_BD) * ranks.world)
     out.loss = out.loss.detach()
     return out

@@ -17,7 +17,9 @@ from clipsae.train.data import RowSource, ShuffleStream, holdout_mask
 from clipsae.train.export import to_inference
 from clipsae.train.load import CFG_FILE
 from clipsae.train.metrics import evaluate
-from clipsae.train.rundir import MetricsLog, check_out_dir, export_sae, load_checkpoint, save_checkpoint, write_identity
+from clipsae.train.ranks import Ranks, join_ranks, leave_ranks
+from clipsae.train.rundir import (MetricsLog, check_out_dir, export_sae, load_checkpoint, load_stream_state,
+                                  remove_stream_states, save_checkpoint, save_stream_state, write_identity)
 from clipsae.train.sae import TrainingSAE, optimise
 from clipsae.train.statistics import input_statistics
 
@@ -46,17 +48,25 @@ def _seed_of(seed: int, label: str) -> int:
 
 
 class Run:
-    """The state of one training run: stream, SAEs, optimisers, held-out rows, logs."""
+    """The state of one training run: stream, SAEs, optimisers, held-out rows, logs.
 
-    def __init__(self, cfg: TrainConfig, store: ActivationStore, held: np.ndarray | None = None):
+    With several processes (``ranks``), each holds a Run: the same SAEs and optimisers, its own
+    share of the data and of each global batch; process 0 evaluates, logs and writes the files.
+    """
+
+    def __init__(self, cfg: TrainConfig, store: ActivationStore, held: np.ndarray | None = None,
+                 ranks: Ranks = Ranks()):
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.ranks = ranks
+        on_gpu = cfg.device.startswith("cuda") and ranks.world > 1
+        self.device = torch.device(f"cuda:{ranks.local_rank}" if on_gpu else cfg.device)
         token_idx = store.token_indices(cfg.hook, cfg.tokens)
         held = holdout_mask(store.keys(), cfg.holdout, cfg.seed) if held is None else held
         self.train_source = RowSource(store, cfg.hook, token_idx, ~held)
         self.heldout_source = RowSource(store, cfg.hook, token_idx, held)
         self.store = store
-        self.stream = ShuffleStream(self.train_source, cfg.batch_size, cfg.buffer_rows, cfg.seed, cfg.loader_threads)
+        self.stream = ShuffleStream(self.train_source, cfg.batch_size // ranks.world, cfg.buffer_rows, cfg.seed,
+                                    cfg.loader_threads, rank=ranks.rank, world=ranks.world)
         # Each SAE's initialisation depends on the seed and its own settings only, so an SAE
         # trained alone equals the same SAE trained inside a sweep.
         self.saes = [TrainingSAE(spec, torch.Generator().manual_seed(_seed_of(cfg.seed, spec.label)),
@@ -66,7 +76,7 @@ class Run:
         self.resample_gen = torch.Generator().manual_seed(cfg.seed + 17)
         self.scale = 1.0
         self.step = 0
-        self.metrics = MetricsLog(cfg)
+        self.metrics = MetricsLog(cfg, enabled=ranks.is_main)
         # Per SAE, on the device: the first step whose loss was not finite, −1 while none was.
         self.first_bad = [torch.full((), -1, dtype=torch.int64, device=self.device) for _ in self.saes]
 
@@ -75,15 +85,20 @@ class Run:
         return min(self.cfg.dead_tokens, max(self.cfg.batch_size, self.cfg.steps * self.cfg.batch_size // 10))
 
     def initialise(self) -> None:
-        scale, median = input_statistics(self.train_source, self.cfg.scale_rows, self.cfg.seed)
-        self.scale = scale
+        """The input scale and b_dec's initial value (the median), computed once and sent to every process."""
+        stats = torch.zeros(1 + self.train_source.d, dtype=torch.float64, device=self.device)
+        if self.ranks.is_main:
+            scale, median = input_statistics(self.train_source, self.cfg.scale_rows, self.cfg.seed)
+            stats[0], stats[1:] = scale, median.to(self.device, torch.float64)
+        self.ranks.broadcast_(stats)
+        self.scale = float(stats[0])
         with torch.no_grad():
             for sae in self.saes:
-                sae.b_dec.copy_(median.to(self.device))
+                sae.b_dec.copy_(stats[1:].to(sae.b_dec.dtype))
 
     def check_finite(self) -> None:
-        """Raise if some SAE's loss was not finite since the start (one read of the device)."""
-        for sae, bad in zip(self.saes, torch.stack(self.first_bad).tolist()):
+        """Raise if some SAE's loss was not finite since the start, on any process (one read of the device)."""
+        for sae, bad in zip(self.saes, self.ranks.max_(torch.stack(self.first_bad)).tolist()):
             if bad >= 0:
                 raise self._nonfinite(sae, "the loss", bad)
 
@@ -94,26 +109,64 @@ class Run:
                 if not torch.isfinite(p).all():
                     raise self._nonfinite(sae, "its weights")
         return {
-            "step": self.step, "scale": self.scale,
+            "step": self.step, "scale": self.scale, "world": self.ranks.world,
             "saes": [s.state_dict() for s in self.saes], "opts": [o.state_dict() for o in self.opts],
             "stream": self.stream.state_dict(), "resample_rng": self.resample_gen.get_state(),
             "metrics_bytes": self.metrics.size(),
         }
 
     def restore(self, ckpt: dict) -> None:
+        world = int(ckpt.get("world", 1))
+        if world != self.ranks.world:
+            raise ClipsaeError(
+                f"{self.cfg.out} was checkpointed by {world} training process{'es' if world > 1 else ''}, and this "
+                f"run has {self.ranks.world}; resume it with the same number (torchrun --nproc-per-node {world}"
+                f"{', or plain clipsae train' if world == 1 else ''}): another number would change its batches")
         self.step, self.scale = int(ckpt["step"]), float(ckpt["scale"])
         for sae, opt, s, o in zip(self.saes, self.opts, ckpt["saes"], ckpt["opts"]):
             sae.load_state_dict(s)
             opt.load_state_dict(o)
-        self.stream.load_state_dict(ckpt["stream"])
+        stream = ckpt["stream"] if world == 1 else load_stream_state(self.cfg.out, self.ranks.rank, self.step)
+        self.stream.load_state_dict(stream)
         self.resample_gen.set_state(ckpt["resample_rng"])
         self.metrics.truncate(int(ckpt["metrics_bytes"]))
 
     def checkpoint(self) -> None:
-        """Write the checkpoint, and log how long it took (``split: checkpoint``)."""
+        """Write the checkpoint, and log how long it took (``split: checkpoint``).
+
+        With several processes, each first writes its stream's position for this step; once all
+        have, process 0 writes the shared checkpoint, which names the step; only then are older
+        positions removed. A kill at any moment leaves a checkpoint whose positions all exist.
+        """
         t = time.perf_counter()
-        save_checkpoint(self.cfg.out, self.state())
+        state = self.state()
+        if self.ranks.world > 1:
+            save_stream_state(self.cfg.out, self.ranks.rank, self.step, state.pop("stream"))
+            self.ranks.barrier()
+        if self.ranks.is_main:
+            save_checkpoint(self.cfg.out, state)
+        if self.ranks.world > 1:
+            self.ranks.barrier()
+            remove_stream_states(self.cfg.out, self.ranks.rank, keep=self.step)
         self.metrics.log({"step": self.step, "split": "checkpoint", "seconds": time.perf_counter() - t})
+
+    def agree_any(self, flag: bool, synchronised: bool) -> bool:
+        """``flag`` alone; with several processes, whether it holds on any of them, asked only
+        where they synchronise anyway (elsewhere False), so that all decide alike without waiting."""
+        if self.ranks.world == 1:
+            return flag
+        if not synchronised:
+            return False
+        return bool(self.ranks.max_(torch.tensor([int(flag)], device=self.device)).item())
+
+    def mean_over_ranks(self, acc: dict) -> dict:
+        """The accumulated metrics averaged over the processes (each holds its share's means)."""
+        keys = [k for k in ("loss", "mse", "l0", "aux") if k in acc]
+        if self.ranks.world == 1 or not keys:
+            return acc
+        t = torch.stack([torch.as_tensor(acc[k], dtype=torch.float32, device=self.device) for k in keys])
+        t = self.ranks.sum_(t) / self.ranks.world
+        return {**acc, **dict(zip(keys, t.unbind()))}
 
     def _nonfinite(self, sae: TrainingSAE, what: str, step: int | None = None) -> ClipsaeError:
         return ClipsaeError(
@@ -129,7 +182,7 @@ class Run:
             for g in opt.param_groups:
                 g["lr"] = lr
             dead = sae.tokens_since_fired >= dead_limit if sae.arch.revives_with_auxk else None
-            out = optimise(sae, opt, x, dead, cfg.clip)
+            out = optimise(sae, opt, x, dead, cfg.clip, self.ranks)
             self.first_bad[i] = torch.where((self.first_bad[i] < 0) & ~torch.isfinite(out.loss),
                                             self.step, self.first_bad[i])
             if cfg.resample_every and sae.arch.resamples and (self.step + 1) % cfg.resample_every == 0 \
@@ -142,7 +195,10 @@ class Run:
             acc["n"] = acc.get("n", 0) + 1
 
     def evaluate(self, x_eval: torch.Tensor | None, final: bool = False) -> dict[str, dict]:
+        """Held-out metrics of every SAE, logged; process 0 alone evaluates, the others return nothing."""
         results = {}
+        if not self.ranks.is_main:
+            return results
         for sae in self.saes:
             dead = int((sae.tokens_since_fired >= self.dead_after()).sum())
             record = {"step": self.step, "tokens": self.step * self.cfg.batch_size, "sae": sae.spec.label,
@@ -159,7 +215,7 @@ class Run:
 
 def _heldout_rows(run: Run) -> torch.Tensor | None:
     src = run.heldout_source
-    if src.n_rows == 0:
+    if src.n_rows == 0 or not run.ranks.is_main:
         return None
     return torch.from_numpy(src.sample(run.cfg.eval_rows, run.cfg.seed + 1)).float().to(run.device)
 
@@ -174,6 +230,8 @@ def _finalize(run: Run, x_eval: torch.Tensor | None) -> tuple[dict[str, Path], d
     """Final evaluation and export of every SAE: (directory, held-out metrics) by label."""
     results = run.evaluate(x_eval, final=True)
     dirs, metrics = {}, {}
+    if not run.ranks.is_main:
+        return {sae.spec.label: run.cfg.sae_dir(sae.spec) for sae in run.saes}, metrics
     for sae in run.saes:
         rec = results[sae.spec.label]
         density = rec.pop("_density", None)
@@ -189,18 +247,35 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
 
     ``store`` (``cfg.store`` opened) and ``held`` (its holdout mask) save the caller's work twice.
     ``stop`` is asked between steps; once it says yes, the run checkpoints and raises
-    :class:`TrainingStopped`, and the same call later resumes exactly there.
+    :class:`TrainingStopped`, and the same call later resumes exactly there. Started by torchrun,
+    the processes train one set of SAEs together (``train/ranks.py``).
     """
+    ranks = join_ranks(cfg.device)
+    try:
+        return _train(cfg, quiet or not ranks.is_main, store, held, stop, ranks)
+    finally:
+        leave_ranks(ranks)
+
+
+def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: np.ndarray | None,
+           stop: Callable[[], bool] | None, ranks: Ranks) -> TrainResult:
     store = store or ActivationStore.open(cfg.store)
     if store.n_images == 0:
         raise ClipsaeError(f"{cfg.store} holds no complete images; run `clipsae extract` first")
+    if cfg.batch_size % ranks.world:
+        raise ClipsaeError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly among the "
+                           f"{ranks.world} training processes")
+    if cfg.resample_every and ranks.world > 1:
+        raise ClipsaeError("--resample-every works in one process only; train relu SAEs with resampling without torchrun")
     check_out_dir(cfg)
-    run = Run(cfg, store, held)
+    ranks.barrier()  # every process has checked the directory before process 0 writes to it
+    run = Run(cfg, store, held, ranks)
     ckpt = load_checkpoint(cfg.out)
     if ckpt is not None and ckpt["step"] >= cfg.steps and all((cfg.sae_dir(s) / CFG_FILE).is_file() for s in cfg.saes):
         return TrainResult({s.label: cfg.sae_dir(s) for s in cfg.saes}, {}, int(ckpt["step"]), True)
     if ckpt is None:
-        write_identity(cfg)
+        if ranks.is_main:
+            write_identity(cfg)
         run.initialise()
         run.checkpoint()
         resumed_from = 0
@@ -218,18 +293,22 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
                disable=quiet, dynamic_ncols=True, smoothing=0.05)
     t_loop = time.perf_counter()
     first_step = run.step
+    logged = False
     wait = 0.0
     throughput: dict = {}
     try:
         while run.step < cfg.steps:
-            if stop is not None and stop():
+            # Processes must agree on when to stop or checkpoint; they compare only at logging
+            # steps, where they wait for one another anyway.
+            if stop is not None and run.agree_any(stop(), logged):
                 run.checkpoint()
                 raise TrainingStopped(run.step)
             x = _to_device(run.stream.next_batch(), run.device) * run.scale
             run.train_step(x, sums)
             run.step += 1
             bar.update(B)
-            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+            logged = run.step % cfg.log_every == 0 or run.step == cfg.steps
+            if logged:
                 elapsed = max(time.perf_counter() - t_loop, 1e-9)
                 wait = run.stream.wait_s / elapsed
                 throughput = {"train_tokens_per_s": (run.step - first_step) * B / elapsed,
@@ -237,8 +316,9 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
                 run.check_finite()
                 for sae, acc in zip(run.saes, sums):
                     n = acc.pop("n", 1)
+                    mean = run.mean_over_ranks(acc)
                     run.metrics.log({"step": run.step, "tokens": run.step * B, "sae": sae.spec.label, "split": "train",
-                             **{k: (float(v) / n if k != "resampled" else v) for k, v in acc.items()}})
+                             **{k: (float(v) / n if k != "resampled" else v) for k, v in mean.items()}})
                     acc.clear()
                 run.metrics.log({"step": run.step, "split": "loader", **throughput})
                 bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
@@ -247,7 +327,8 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
                 last_eval = run.evaluate(x_eval)
                 bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
             due = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
-            if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60 or run.step == cfg.steps:
+            late = run.agree_any(time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60, logged)
+            if due or late or run.step == cfg.steps:
                 run.checkpoint()
                 last_ckpt = time.monotonic()
     finally:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from clipsae.errors import ClipsaeError
+from clipsae.train.ranks import Ranks
 from clipsae.train.spec import SAESpec
 
 
@@ -59,8 +60,12 @@ class Architecture:
         """A directory-safe name that tells SAEs of a sweep apart."""
         return f"{self.name}-x{spec.expansion}-k{spec.k}"
 
-    def loss(self, sae, x_BD: torch.Tensor, dead_N: torch.Tensor | None) -> StepOutput:
-        """Loss of a batch of scaled inputs; ``dead_N`` marks the latents AuxK should revive."""
+    def loss(self, sae, x_BD: torch.Tensor, dead_N: torch.Tensor | None, ranks: Ranks = Ranks()) -> StepOutput:
+        """Loss of a batch of scaled inputs; ``dead_N`` marks the latents AuxK should revive.
+
+        With several processes (``ranks``), ``x_BD`` is one share of the global batch and the loss
+        is that share's part of the global batch's loss: its parts sum to the global loss.
+        """
         raise NotImplementedError
 
     def resample(self, sae, x_BD: torch.Tensor, dead_N: torch.Tensor, gen: torch.Generator, opt) -> int:

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from clipsae.train.archs.base import Architecture, StepOutput
+from clipsae.train.ranks import Ranks
 
 
 class ReLU(Architecture):
@@ -15,12 +16,14 @@ class ReLU(Architecture):
     def label(self, spec):
         return f"relu-x{spec.expansion}-l1_{spec.l1:g}"
 
-    def loss(self, sae, x, dead_N):
+    def loss(self, sae, x, dead_N, ranks=Ranks()):
         f = F.relu(sae.pre_acts(x - sae.b_dec))
         x_hat = f @ sae.W_dec + sae.b_dec
         mse = (x - x_hat).pow(2).sum(1).mean()
         l1 = (f * sae.W_dec.norm(dim=1)).sum(1).mean()
-        return StepOutput(mse + sae.spec.l1 * l1, mse.detach(), (f > 0).sum(1).float().mean(), (f > 0).any(0))
+        # Means over this share's rows; times the share, they are its part of the global batch's means.
+        loss = (mse + sae.spec.l1 * l1) * ranks.share
+        return StepOutput(loss, mse.detach(), (f > 0).sum(1).float().mean(), (f > 0).any(0))
 
     @torch.no_grad()
     def resample(self, sae, x_BD: torch.Tensor, dead_N: torch.Tensor, gen: torch.Generator,

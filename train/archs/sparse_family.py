@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from clipsae.train.archs.base import Architecture, StepOutput
 from clipsae.train.codes import SparseCodes
+from clipsae.train.ranks import Ranks
 from clipsae.train.sparse import decode_sparse, encode_sparse, select_topk_in
 
 
@@ -38,13 +39,13 @@ class SparseFamily(Architecture):
     def after_step(self, sae, codes: SparseCodes) -> None:
         """Bookkeeping after the forward pass (BatchTopK's running threshold)."""
 
-    def loss(self, sae, x, dead_N):
+    def loss(self, sae, x, dead_N, ranks=Ranks()):
         spec = sae.spec
         x_c = x - sae.b_dec
         with torch.no_grad():
             z = sae.pre_acts(x_c)
         codes = gathered_codes(sae, x_c, z, self.select(z, spec.k))
-        total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+        total_var = ranks.total_variance(x)
         main, x_hat = self.reconstruction(sae, x, codes)
         e = x - x_hat
         sse = e.pow(2).sum()
@@ -56,7 +57,7 @@ class SparseFamily(Architecture):
             aux_codes = gathered_codes(sae, x_c, z, select_topk_in(z, dead_cols, spec.aux_k))
             e_hat = decode_sparse(aux_codes, sae.W_dec)
             target = e.detach()
-            l_aux = (target - e_hat).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+            l_aux = (target - e_hat).pow(2).sum() / ranks.total_variance(target)
             loss = loss + spec.aux_alpha * l_aux
             aux = l_aux.detach()
         self.after_step(sae, codes)

@@ -1,0 +1,133 @@
+"""Training with torchrun: two processes (gloo, CPU) train what one process trains on the same global batches."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipsae.store.writer import write_store
+from clipsae.train.configure import configure_training
+from clipsae.train.data import ShuffleStream
+from clipsae.train.trainer import Run
+from tests.conftest import ROOT, wait_until
+
+STEPS, BATCH = 120, 128
+ARGS = ["--expansion", "4", "--k", "4", "--l1", "0.5", "--steps", str(STEPS), "--batch-size", str(BATCH),
+        "--checkpoint-every", "20", "--device", "cpu", "--threads", "1", "--holdout", "0.05", "--lr", "3e-3", "--quiet"]
+
+
+def _torchrun(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "clipsae", "train", *map(str, args)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """Six parts (six chunks) of 700 images × 4 tokens, d = 16."""
+    path = tmp_path_factory.mktemp("ranks") / "s.zarr"
+    rng = np.random.default_rng(0)
+    for p in range(6):
+        write_store(path, {"x": rng.standard_normal((700, 4, 16)).astype(np.float32)},
+                    [f"k{p}-{i}" for i in range(700)], attrs={"model": "test"}, part=f"p{p}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_processes(store, tmp_path_factory):
+    """The run directory of an uninterrupted two-process run of an architecture, made once."""
+    runs = {}
+
+    def run(arch: str) -> Path:
+        if arch not in runs:
+            out = tmp_path_factory.mktemp("ddp") / arch
+            p = _torchrun("--store", store, *ARGS, "--arch", arch, "--out", out)
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err
+            runs[arch] = out
+        return runs[arch]
+
+    return run
+
+
+def _saes(out: Path) -> list[dict]:
+    return torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["saes"]
+
+
+# TopK normalises by the batch's total variance, relu by its row count: both must be the global batch's.
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_two_processes_train_what_one_trains_on_the_same_global_batches(store, two_processes, tmp_path, arch):
+    plan = configure_training(store, arch=arch, expansion="4", k="4", l1="0.5", steps=STEPS, batch_size=BATCH,
+                              device="cpu", holdout=0.05, lr=3e-3, out=tmp_path / "one")
+    run = Run(plan.cfg, plan.store, plan.held)
+    run.initialise()
+    # The global batch of each step: process 0's share, then process 1's.
+    shares = [ShuffleStream(run.train_source, BATCH // 2, plan.cfg.buffer_rows, plan.cfg.seed, rank=r, world=2)
+              for r in range(2)]
+    sums = [{} for _ in run.saes]
+    try:
+        for _ in range(STEPS):
+            run.train_step(torch.cat([s.next_batch() for s in shares]).float() * run.scale, sums)
+            run.step += 1
+    finally:
+        for s in shares:
+            s.close()
+        run.stream.close()
+    out = two_processes(arch)
+    for sae, state in zip(run.saes, _saes(out)):
+        for name, value in sae.state_dict().items():
+            torch.testing.assert_close(value, state[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert sorted(p.name for p in out.glob("stream-*")) == [f"stream-rank0-step{STEPS}.pt",
+                                                                      f"stream-rank1-step{STEPS}.pt"]
+
+
+def _rank_pids(agent: int) -> dict[int, int]:
+    """{rank: pid} of the training processes torchrun's agent ``agent`` started (Linux /proc)."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if ppid == agent:
+            ranks = [int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")]
+            if ranks:
+                found[ranks[0]] = int(d.name)
+    return found
+
+
+def _checkpoint_step(out: Path) -> int:
+    log = out / "metrics.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return max((json.loads(x)["step"] for x in lines if '"checkpoint"' in x), default=0)
+
+
+def test_kill_9_of_one_process_resumes_with_the_same_command_and_no_other_count(store, two_processes, tmp_path, run_cli):
+    out = tmp_path / "run"
+    p = _torchrun("--store", store, *ARGS, "--arch", "topk", "--out", out)
+    wait_until(lambda: p.poll() is not None or (_checkpoint_step(out) >= 40 and len(_rank_pids(p.pid)) == 2),
+               "the two processes to checkpoint step 40")
+    assert p.poll() is None, "the run ended before it could be killed"
+    os.kill(_rank_pids(p.pid)[1], signal.SIGKILL)
+    p.communicate(timeout=300)
+    assert p.returncode != 0
+    assert _checkpoint_step(out) < STEPS
+
+    code, _, err = run_cli("train", "--store", store, *ARGS, "--arch", "topk", "--out", out)
+    assert code == 1 and "checkpointed by 2 training processes" in err and len(err.strip().splitlines()) == 1
+
+    p = _torchrun("--store", store, *ARGS, "--arch", "topk", "--out", out)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    for resumed, clean in zip(_saes(out), _saes(two_processes("topk"))):
+        for name in clean:
+            torch.testing.assert_close(resumed[name], clean[name], rtol=0, atol=0, msg=name)
