@@ -9,9 +9,9 @@ machine (its local executor), which is how a submission is tried without a clust
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -161,6 +161,38 @@ def _submitted(jobs: list, logs: str) -> Submitted:
     if len(ids) == 1:
         return Submitted(ids[0], len(jobs), Path(logs) / ids[0])
     return Submitted(",".join(ids), len(jobs), Path(logs))
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """One array task: ``run(cfg)`` on the node, ``cfg`` carrying the task's worker index; prints the
+    result's summary line into the task's log. ``run`` is a module-level function, so it pickles."""
+
+    run: Callable
+    cfg: Any
+
+    def __call__(self) -> str:
+        line = self.run(self.cfg).summary(self.cfg.store)
+        print(line, flush=True)
+        return line
+
+
+def check_array(slurm: SlurmConfig, cfg: Any, n_tasks: int, n_items: int, items: str) -> None:
+    """Refuse an array that could not be submitted or would leave tasks idle, before any work."""
+    check_can_submit(slurm)
+    if n_tasks < 1:
+        raise ClipsaeError(f"--slurm-array must be at least 1, got {n_tasks}")
+    if cfg.num_workers is not None or cfg.worker_index is not None:
+        raise ClipsaeError("--slurm-array sets each task's --num-workers and --worker-index; leave them out")
+    if n_tasks > n_items:
+        raise ClipsaeError(f"--slurm-array {n_tasks} is more tasks than the {n_items} {items}; use at most {n_items}")
+
+
+def submit_workers(slurm: SlurmConfig, name: str, cfg: Any, n_tasks: int, run: Callable) -> Submitted:
+    """Submit ``run`` as an array of ``n_tasks`` workers sharing the work (``--num-workers`` N,
+    ``--worker-index`` I). Tasks show progress through `clipsae status`, not a bar redrawn into a log."""
+    tasks = [WorkerTask(run, replace(cfg, num_workers=n_tasks, worker_index=i, progress=False)) for i in range(n_tasks)]
+    return submit_array(slurm, name, tasks)
 
 
 def submit_array(cfg: SlurmConfig, name: str, tasks: Sequence[Callable[[], object]]) -> Submitted:

@@ -39,5 +39,5 @@ def test_more_tasks_than_parts_is_refused_before_submitting(tmp_path, run_cli):
     sae = saelens_dir(tmp_path / "sae", TOPK, sae_weights(1))
     code, _, err = run_cli("encode", "--store", store, "--sae", sae, "--slurm-array", "3", "--slurm-cluster", "local",
                            "--slurm-logs", tmp_path / "logs")
-    assert code == 1 and "more tasks than the store's 2 parts" in err
+    assert code == 1 and "more tasks than the 2 store parts" in err
     assert not (tmp_path / "logs").exists() and codes_store.codes_names(store) == []
