@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from clipsae.slurm import slurm_config, slurm_options
+from clipsae.store.location import absolute
 
 
 @click.command("encode")
-@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Activation store.")
+@click.option("--store", "store_path", required=True, help="Activation store: a folder, s3://bucket/… or gs://bucket/….")
 @click.option("--sae", "sae_path", required=True, type=click.Path(path_type=Path),
               help="A `clipsae train` SAE folder, or a SAELens or sparsify SAE folder.")
 @click.option("--name", default=None, help="Name of the cached codes [default: the SAE folder's name].")
@@ -35,7 +36,7 @@ def encode_cmd(store_path, sae_path, name, hook, tokens, max_active, batch_size,
     from clipsae.analysis.encode import EncodeConfig, run_encode
 
     # Absolute, so that jobs started elsewhere (Slurm tasks) read and write the same files.
-    cfg = EncodeConfig(store_path.absolute(), sae_path.absolute(), name, hook, tokens, device, batch_size, max_active,
+    cfg = EncodeConfig(absolute(store_path), sae_path.absolute(), name, hook, tokens, device, batch_size, max_active,
                        num_workers, worker_index, progress=not quiet)
     if slurm_array is not None:
         from clipsae.analysis.encode_submit import submit_encode
@@ -65,7 +66,7 @@ def _codes_options(f):
     f = click.option("--out", type=click.Path(path_type=Path), default=None,
                      help="Output folder [default: <store>/codes/<codes>-analysis].")(f)
     f = click.option("--codes", "codes_name", required=True, help="Name of the cached codes (`clipsae encode --name`).")(f)
-    f = click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Activation store.")(f)
+    f = click.option("--store", "store_path", required=True, help="Activation store: a folder, s3://bucket/… or gs://bucket/….")(f)
     return f
 
 
@@ -171,7 +172,7 @@ def neuron_alignment_cmd(store_path, codes_name, out, sae_path, model, pretraine
 
 
 @analyze_group.command("report")
-@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Activation store.")
+@click.option("--store", "store_path", required=True, help="Activation store: a folder, s3://bucket/… or gs://bucket/….")
 @click.option("--codes", "codes_name", required=True, help="Name of the cached codes (`clipsae encode --name`).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Report folder [default: <store>/codes/<codes>-analysis/report].")

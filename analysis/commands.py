@@ -18,6 +18,7 @@ from clipsae.analysis.top_images import check_k, top_images
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes
+from clipsae.store.location import absolute, store_path
 from clipsae.store.reader import ActivationStore
 
 TOP_IMAGES_COLUMNS = ("feature", "rank", "image", "key", "label", "value", "token")
@@ -140,7 +141,7 @@ def parse_codes_ref(text: str, option: str) -> tuple[Path, str]:
     store, sep, name = text.rpartition(":")
     if not sep or not store or not name:
         raise ClipsaeError(f"{option} must be STORE:CODES (a store path, a colon, a codes name), not {text!r}")
-    return Path(store), name
+    return store_path(store), name
 
 
 def _side_label(a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) -> tuple[str, str]:
@@ -153,13 +154,13 @@ def _side_label(a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) ->
 
 def _side_record(s: ActivationStore, c: Codes) -> dict:
     """What pair.json says of one side, so the report can link to the other side's report."""
-    return {"store": str(s.path.resolve()), "codes": c.name, "hook": c.hook, "model": s.config.get("model")}
+    return {"store": str(absolute(s.path)), "codes": c.name, "hook": c.hook, "model": s.config.get("model")}
 
 
 def _correlate_out(out: Path | None, a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) -> Path:
     if out is not None:
         return out_dir(out, a.path, ca.name)
-    same = a.path.resolve() == b.path.resolve()
+    same = str(absolute(a.path)) == str(absolute(b.path))
     other = cb.name if same else f"{b.path.name}-{cb.name}"
     path = out_dir(None, a.path, ca.name) / f"{CORRELATE_PREFIX}{other}"
     path.mkdir(exist_ok=True)

@@ -28,7 +28,7 @@ def _triple(value: str | None, name: str) -> tuple[float, float, float] | None:
 @click.option("--layers", required=True, help="Comma-separated hooks: block indices (20,22,-1) or ln_pre, ln_post, embed; layer1..layer4, attnpool for ResNets.")
 @click.option("--tokens", type=click.Choice(TOKEN_MODES), default="all", show_default=True, help="Which tokens of each hook to store.")
 @click.option("--shards", required=True, help="Input tars: brace pattern 'data/{00000..00099}.tar', a directory, or a text file listing them.")
-@click.option("--store", "store_path", required=True, help="Output Zarr store (created, or extended by a rerun).")
+@click.option("--store", "store_path", required=True, help="Output Zarr store (created, or extended by a rerun): a folder, s3://… or gs://….")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cuda, cuda:1, cpu, or auto.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True, help="Stored dtype.")

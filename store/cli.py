@@ -13,7 +13,7 @@ def store_group():
 
 
 @store_group.command("info")
-@click.argument("path", type=click.Path())
+@click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path, as_json):
     """Summarise a store: model, hooks, shapes, counts, statistics."""
@@ -25,7 +25,7 @@ def info_cmd(path, as_json):
 
 
 @store_group.command("verify")
-@click.argument("path", type=click.Path())
+@click.argument("path")
 def verify_cmd(path):
     """Read every complete part; exit non-zero if any is inconsistent or holds non-finite values."""
     from clipsae.store.reader import ActivationStore

@@ -29,7 +29,8 @@ import numpy as np
 from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
-from clipsae.store.reader import ActivationStore
+from clipsae.store.location import is_remote, store_path
+from clipsae.store.reader import ActivationStore, list_dirs
 from clipsae.store.writer import ArrayAppender, config_differences, writer_identity
 
 CODES = "codes"
@@ -48,18 +49,23 @@ _ENTRY_CHUNK = 2**20  # entries per chunk of the per-image arrays (4 MiB)
 
 
 def codes_dir(store: str | Path, name: str) -> Path:
-    return Path(store) / CODES / name
+    return store_path(store) / CODES / name
 
 
 def default_analysis_dir(store: str | Path, name: str) -> Path:
-    """Where ``clipsae analyze`` writes by default: a folder beside the codes it reads."""
-    return Path(store) / CODES / f"{name}{ANALYSIS_SUFFIX}"
+    """Where ``clipsae analyze`` writes by default: a folder beside the codes it reads, or, for a
+    store on an object store, ``<store name>-<codes>-analysis`` in the working directory (tables,
+    plots and pages are for people to open here)."""
+    store = store_path(store)
+    if is_remote(store):
+        return Path(f"{store.name.removesuffix('.zarr')}-{name}{ANALYSIS_SUFFIX}")
+    return store / CODES / f"{name}{ANALYSIS_SUFFIX}"
 
 
 def codes_names(store: str | Path) -> list[str]:
     """The names of the codes cached in a store."""
-    root = Path(store) / CODES
-    return sorted(p.name for p in root.iterdir() if zb.is_node(p)) if root.is_dir() else []
+    root = store_path(store) / CODES
+    return [n for n in list_dirs(root) if zb.is_node(root / n)]
 
 
 def open_codes(store: str | Path, name: str, identity: dict, provenance: dict) -> Path:
@@ -71,8 +77,8 @@ def open_codes(store: str | Path, name: str, identity: dict, provenance: dict) -
     identity = json.loads(json.dumps(identity))
     path = codes_dir(store, name)
     if not zb.is_node(path):
-        if not zb.is_node(Path(store) / CODES):
-            zb.create_root(Path(store) / CODES, {})  # atomic: workers may race to make it
+        if not zb.is_node(store_path(store) / CODES):
+            zb.create_root(store_path(store) / CODES, {})  # atomic: workers may race to make it
         zb.create_root(path, {ATTR: {"format_version": FORMAT_VERSION, **identity, "provenance": provenance}},
                        subgroups=(layout.PARTS,))
     have = (zb.read_attributes(path) or {}).get(ATTR)
@@ -89,9 +95,7 @@ def open_codes(store: str | Path, name: str, identity: dict, provenance: dict) -
 def complete_code_parts(path: Path) -> set[str]:
     """Names of the codes parts under ``codes/<name>`` that carry the complete marker."""
     parts = path / layout.PARTS
-    if not parts.is_dir():
-        return set()
-    return {p.name for p in parts.iterdir() if (zb.read_attributes(p) or {}).get(layout.COMPLETE) is True}
+    return {n for n in list_dirs(parts) if (zb.read_attributes(parts / n) or {}).get(layout.COMPLETE) is True}
 
 
 @dataclass

@@ -4,10 +4,13 @@ from pathlib import Path
 
 import numpy as np
 
+from clipsae.store.location import is_remote
 from clipsae.store.reader import ActivationStore
 
 
 def _disk_bytes(path: Path) -> int:
+    if is_remote(path):
+        return int(path.fs.du(path.path))  # one listing, not a request per object
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 

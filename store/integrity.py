@@ -8,7 +8,7 @@ import numpy as np
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.codes import codes_dir, codes_names
-from clipsae.store.reader import ActivationStore
+from clipsae.store.reader import ActivationStore, list_dirs
 from clipsae.store.writer import chunk_checksum
 
 
@@ -72,7 +72,7 @@ def _check_codes(store: ActivationStore, report: VerifyReport) -> None:
     """Every chunk of every complete codes part is there and has the CRC32C recorded when it was written."""
     for name in codes_names(store.path):
         parts = codes_dir(store.path, name) / layout.PARTS
-        for part in sorted(p for p in parts.iterdir() if p.is_dir()) if parts.is_dir() else []:
+        for part in (parts / n for n in list_dirs(parts)):
             attrs = zb.read_attributes(part)
             if attrs is None:
                 report.problems.append(f"codes {name}, part {part.name}: its metadata ({zb.META}) is unreadable")

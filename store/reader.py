@@ -13,6 +13,7 @@ from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.layout import HookLayout
+from clipsae.store.location import check_reachable, is_remote, store_path
 from clipsae.store.stats import HookStats
 
 
@@ -49,16 +50,33 @@ class RowBlock:
     acts_MD: np.ndarray
 
 
+def list_dirs(path: Path) -> list[str]:
+    """Names of the folders in ``path`` (none when it does not exist), sorted."""
+    if is_remote(path):
+        # One listing says which entries are prefixes; asking each entry would cost a request each.
+        try:
+            entries = path.fs.ls(path.path, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+    return sorted(x.name for x in path.iterdir() if x.is_dir()) if path.is_dir() else []
+
+
 def _scan_parts(path: Path) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
     """(complete (name, attrs) sorted by name, incomplete names, names whose metadata is unreadable)."""
     parts_dir = path / layout.PARTS
-    names = sorted(x.name for x in parts_dir.iterdir() if x.is_dir()) if parts_dir.is_dir() else []
+    names = list_dirs(parts_dir)
+    # Remote metadata is read many at a time: each read is a round trip.
+    with ThreadPoolExecutor(max_workers=16 if is_remote(path) else 1) as pool:
+        metas = list(pool.map(lambda n: zb.read_metadata(parts_dir / n), names))
     complete, incomplete, damaged = [], [], []
-    for name in names:
-        if not zb.is_node(parts_dir / name):
+    for name, meta in zip(names, metas):
+        if meta is None and not zb.is_node(parts_dir / name):
             incomplete.append(name)  # a writer died before the part's metadata existed
             continue
-        attrs = zb.read_attributes(parts_dir / name)
+        attrs = meta.get("attributes", {}) if meta is not None else None
+        if not isinstance(attrs, dict):
+            attrs = None
         if attrs is None:
             # Metadata files are replaced atomically, so an unreadable one was damaged afterwards.
             damaged.append(name)
@@ -71,7 +89,7 @@ def _scan_parts(path: Path) -> tuple[list[tuple[str, dict]], list[str], list[str
 
 def complete_parts(path: str | Path) -> set[str]:
     """Names of the parts of the store at ``path`` that carry the complete marker."""
-    return {name for name, _ in _scan_parts(Path(path))[0]}
+    return {name for name, _ in _scan_parts(store_path(path))[0]}
 
 
 class ActivationStore:
@@ -100,7 +118,8 @@ class ActivationStore:
     @classmethod
     def open(cls, path: str | Path) -> "ActivationStore":
         """Open a store read-only; raises ClipsaeError if ``path`` is not one."""
-        p = Path(path)
+        p = store_path(path)
+        check_reachable(p)
         if not zb.is_node(p):
             raise ClipsaeError(f"{p} is not an activation store (no zarr.json)")
         attrs = zb.read_attributes(p)

@@ -15,7 +15,9 @@ from pathlib import Path
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.codes import CODES, codes_names
+from clipsae.store.location import store_path
 from clipsae.store.plan import read_plan
+from clipsae.store.reader import list_dirs
 
 COMPLETE, IN_PROGRESS, INTERRUPTED, MISSING = "complete", "in progress", "interrupted", "missing"
 
@@ -45,8 +47,7 @@ def _alive(started_by: dict | None) -> bool | None:
 
 def _scan(parts_dir: Path) -> dict[str, PartStatus]:
     found = {}
-    names = sorted(p.name for p in parts_dir.iterdir() if p.is_dir()) if parts_dir.is_dir() else []
-    for name in names:
+    for name in list_dirs(parts_dir):
         attrs = zb.read_attributes(parts_dir / name) if zb.is_node(parts_dir / name) else None
         if attrs is not None and attrs.get(layout.COMPLETE) is True:
             found[name] = PartStatus(name, COMPLETE)
@@ -77,7 +78,7 @@ def store_status(store: str | Path, expected: list[str] | None = None) -> dict:
     ``expected``: the part names the store should have (from a tar list); without it, the recorded
     plan's; without either, parts not begun cannot be known and ``missing`` is None.
     """
-    store = Path(store)
+    store = store_path(store)
     plan = read_plan(store)
     n_tasks = None
     if expected is None and plan is not None:

@@ -20,6 +20,7 @@ from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.layout import HookLayout
+from clipsae.store.location import check_reachable, store_path
 from clipsae.store.stats import HookStats
 
 
@@ -32,7 +33,7 @@ def chunk_checksum(rows: np.ndarray) -> int:
 
 def check_store_path(path: str | Path) -> None:
     """Refuse a store path that is a file, or a directory that is not a clipsae store."""
-    p = Path(path)
+    p = store_path(path)
     if p.is_file():
         raise ClipsaeError(f"store path {p} is a file, not a store directory")
     if p.is_dir() and any(p.iterdir()):
@@ -72,8 +73,9 @@ def open_root(path: str | Path, config: dict, provenance: dict) -> Path:
     preprocessing); a mismatch raises, naming every difference, and writes nothing.
     Concurrent workers may race to create the root: it appears whole or not at all.
     """
-    path = Path(path)
+    path = store_path(path)
     check_store_path(path)
+    check_reachable(path)
     config = json.loads(json.dumps(config))  # so that tuples compare equal to stored lists
     provenance = {**provenance, "zarr_version": zb.zarr_version(), "numpy_version": np.__version__}
     attrs = {"clipsae": {"format_version": layout.FORMAT_VERSION, "config": config, "provenance": provenance}}
@@ -175,7 +177,7 @@ class PartWriter:
         expected_images: int | None = None,
     ):
         self.name = name
-        self.dir = Path(root) / layout.PARTS / name
+        self.dir = store_path(root) / layout.PARTS / name
         self.dtype = np.dtype(dtype)
         if compression not in layout.COMPRESSIONS:
             raise ClipsaeError(f"compression must be one of {', '.join(layout.COMPRESSIONS)}, not {compression!r}")
@@ -262,7 +264,7 @@ def record_store_stats(path: str | Path, all_parts: set[str]) -> None:
     if not all_parts <= complete_parts(path):
         return
     s = ActivationStore.open(path)
-    zb.update_attributes(Path(path), {"hook_stats": {h: s.hook_stats(h).to_json() for h in s.hooks},
+    zb.update_attributes(store_path(path), {"hook_stats": {h: s.hook_stats(h).to_json() for h in s.hooks},
                                       "n_images": s.n_images})
 
 

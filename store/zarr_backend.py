@@ -26,13 +26,15 @@ import numpy as np
 import zarr
 import zarr.codecs
 
+from clipsae.store.location import is_remote, read_bytes, store_path
+
 META = "zarr.json"
 
 
 def read_metadata(node: Path) -> dict | None:
     """A node's ``zarr.json`` as a dict; None when it is missing or unreadable (a torn write)."""
     try:
-        meta = json.loads((Path(node) / META).read_text())
+        meta = json.loads(read_bytes(store_path(node) / META))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
@@ -48,7 +50,7 @@ def read_attributes(node: Path) -> dict | None:
 
 def is_node(path: Path) -> bool:
     """True when ``path`` holds a Zarr v3 node (a ``zarr.json``)."""
-    return (Path(path) / META).is_file()
+    return (store_path(path) / META).is_file()
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class Array:
     """
 
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.path = store_path(path)
         meta = read_metadata(self.path)
         if meta is None or meta.get("node_type") != "array":
             raise FileNotFoundError(f"no Zarr array at {self.path}")
@@ -148,7 +150,8 @@ class Array:
     @property
     def zarr_array(self) -> zarr.Array:
         if self._zarr is None:
-            self._zarr = zarr.open_array(str(self.path), mode="r+" if os.access(self.path, os.W_OK) else "r")
+            writable = is_remote(self.path) or os.access(self.path, os.W_OK)
+            self._zarr = zarr.open_array(str(self.path), mode="r+" if writable else "r")
         return self._zarr
 
     @property
@@ -170,6 +173,8 @@ class Array:
         i = start // self.rows_per_chunk
         lo = i * self.rows_per_chunk
         f = self.chunk_file(i)
+        if is_remote(self.path):
+            return self._read_remote_rows(f, i, start - lo, stop - lo, start, stop)
         if f is not None and not f.is_file():
             raise ChunkMissing(f"chunk {i} is missing ({f})")
         if self.raw is not None:
@@ -179,6 +184,20 @@ class Array:
                 raise ChunkMissing(f"chunk {i} has {data.nbytes} bytes, expected {self.raw.chunk_nbytes} ({f})")
             return data.reshape(self.raw.chunk_shape)[start - lo : stop - lo]
         return np.asarray(self.zarr_array[start:stop])
+
+    def _read_remote_rows(self, f, i: int, a: int, b: int, start: int, stop: int) -> np.ndarray:
+        if self.raw is None:
+            if f is not None and not f.exists():
+                raise ChunkMissing(f"chunk {i} is missing ({f})")
+            return np.asarray(self.zarr_array[start:stop])
+        # One GET, without an existence check first: each request costs a round trip.
+        try:
+            blob = bytearray(read_bytes(f))  # writable, as a local read is
+        except FileNotFoundError:
+            raise ChunkMissing(f"chunk {i} is missing ({f})") from None
+        if len(blob) != self.raw.chunk_nbytes:
+            raise ChunkMissing(f"chunk {i} has {len(blob)} bytes, expected {self.raw.chunk_nbytes} ({f})")
+        return np.frombuffer(blob, dtype=self.raw.dtype).reshape(self.raw.chunk_shape)[a:b]
 
     def read_span(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` across as many chunks as they cover; a missing chunk raises ChunkMissing."""
@@ -217,9 +236,13 @@ class Array:
             pad = np.zeros((rows - len(block), *block.shape[1:]), dtype=block.dtype)
             block = np.concatenate([block, pad])
         f = self.chunk_file(i)
+        data = memoryview(np.ascontiguousarray(block, dtype=self.raw.dtype)).cast("B")
+        if is_remote(f):
+            f.write_bytes(bytes(data))  # one PUT: the object appears whole or not at all
+            return
         f.parent.mkdir(parents=True, exist_ok=True)
         with open(f, "wb") as fh:
-            fh.write(memoryview(np.ascontiguousarray(block, dtype=self.raw.dtype)).cast("B"))
+            fh.write(data)
 
     def set_length(self, n: int) -> None:
         """Set the first axis's length (after direct chunk writes), through zarr-python."""
@@ -244,8 +267,17 @@ def create_root(path: Path, attributes: dict, subgroups: tuple[str, ...] = ()) -
 
     The group is built in a temporary sibling directory and renamed into place, so no other
     process ever sees it half made. Returns False when another process created it first.
+    An object store has no rename: there the root is written in place, check-then-write, which
+    is why a job array's root is created once by the submitting command before any task starts.
     """
-    path = Path(path)
+    path = store_path(path)
+    if is_remote(path):
+        if is_node(path):
+            return False
+        group = zarr.create_group(str(path), attributes=attributes)
+        for name in subgroups:
+            group.create_group(name)
+        return True
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
     try:
@@ -275,7 +307,11 @@ def require_group(path: Path) -> None:
 
 def create_group(path: Path, attributes: dict) -> None:
     """Create a group, replacing whatever node was at ``path``."""
-    if Path(path).exists():
+    path = store_path(path)
+    if is_remote(path):
+        if path.exists():
+            path.fs.rm(path.path, recursive=True)
+    elif path.exists():
         shutil.rmtree(path)
     zarr.create_group(str(path), attributes=attributes)
 

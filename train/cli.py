@@ -16,7 +16,7 @@ from clipsae.train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WAR
 
 
 @click.command("train")
-@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Activation store from `clipsae extract`.")
+@click.option("--store", "store_path", required=True, help="Activation store from `clipsae extract`: a folder, s3://… or gs://….")
 @click.option("--hook", default=None, help="Hook to train on; may be left out when the store has one hook.")
 @click.option("--tokens", type=click.Choice(["cls", "patches", "all"]), default="all", show_default=True,
               help="Which stored tokens become training rows.")

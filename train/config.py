@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipsae.errors import ClipsaeError
+from clipsae.store.location import absolute
 from clipsae.train.spec import SAESpec
 
 DEFAULT_BATCH = 4096
@@ -96,7 +97,7 @@ class TrainConfig:
     def identity(self) -> dict:
         """The settings that decide the result (not where logs go or how often it checkpoints)."""
         return {
-            "store": str(Path(self.store).resolve()), "store_images": self.store_images, "hook": self.hook, "tokens": self.tokens,
+            "store": str(absolute(self.store)), "store_images": self.store_images, "hook": self.hook, "tokens": self.tokens,
             "saes": [s.to_json() for s in self.saes], "steps": self.steps, "batch_size": self.batch_size,
             "lr": self.lr, "precision": self.precision, "seed": self.seed, "holdout": self.holdout, "warmup_steps": self.warmup_steps,
             "decay_fraction": self.decay_fraction, "clip": self.clip, "dead_tokens": self.dead_tokens,

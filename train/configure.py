@@ -131,8 +131,8 @@ def configure_training(
         notes.append("--holdout 0: no image is held out, so there is no held-out evaluation and no held-out metrics")
     dev = resolve_device(device)
     cfg = TrainConfig(
-        store=Path(store), store_images=st.n_images, hook=hook, tokens=tokens,
-        out=Path(out) if out is not None else Path("runs") / f"{Path(store).name.removesuffix('.zarr')}-{hook}-{tokens}",
+        store=st.path, store_images=st.n_images, hook=hook, tokens=tokens,
+        out=Path(out) if out is not None else Path("runs") / f"{st.path.name.removesuffix('.zarr')}-{hook}-{tokens}",
         saes=tuple(specs), steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=str(dev),
         precision=precision or ("bf16" if dev.type == "cuda" else "fp32"), holdout=holdout, warmup_steps=warmup_steps,
         dead_tokens=dead_tokens, resample_every=resample_every, buffer_rows=buffer_rows, loader_threads=loader_threads,

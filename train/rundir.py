@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from clipsae.errors import ClipsaeError
+from clipsae.store.location import absolute
 from clipsae.store.writer import config_differences
 from clipsae.train.config import TrainConfig
 from clipsae.train.export import save_sae, to_inference
@@ -136,7 +137,7 @@ def export_sae(cfg: TrainConfig, store_config: dict, sae, scale: float, context_
     label = sae.spec.label
     cfg_extra = {
         "meta": {"model_name": store_config.get("model"), "hook_name": cfg.hook,
-                 "dataset_path": str(Path(cfg.store).resolve()), "context_size": context_size},
+                 "dataset_path": str(absolute(cfg.store)), "context_size": context_size},
         "clipsae": {"spec": sae.spec.to_json(), "label": label, "scale": scale, "hook": cfg.hook,
                     "tokens": cfg.tokens, "model": store_config.get("model"),
                     "pretrained": store_config.get("pretrained"), "steps": cfg.steps,

@@ -15,6 +15,7 @@ import submitit
 
 from clipsae.errors import ClipsaeError
 from clipsae.slurm import SlurmConfig, Submitted, submit_one
+from clipsae.store.location import absolute
 
 
 def _preempt_signal() -> int:
@@ -66,7 +67,7 @@ def submit_train(options: dict, threads: int | None, slurm: SlurmConfig) -> tupl
 
     plan = configure_training(**options)
     out = Path(plan.cfg.out).absolute()
-    options = {**options, "out": out, "store": Path(options["store"]).absolute()}
+    options = {**options, "out": out, "store": str(absolute(options["store"]))}
     if options.get("sweep"):
         options["sweep"] = Path(options["sweep"]).absolute()
     return submit_one(slurm, "clipsae-train", TrainJob(options, threads)), out

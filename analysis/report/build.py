@@ -21,6 +21,7 @@ from clipsae.analysis.report.thumbnails import write_thumbnails
 from clipsae.analysis.top_images import TopImages, check_k, top_images
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes, PartSums
+from clipsae.store.location import absolute
 from clipsae.store.reader import ActivationStore
 from clipsae.train.load import load_metrics
 
@@ -166,7 +167,7 @@ def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Pa
                                "pairs": len(m.b_of_a)} for m in matchings]}
     site.write_index(partial, index)
     site.copy_assets(partial)
-    site.write_json_marker(partial, {"store": str(store.path.resolve()), "codes": codes.name, "features": len(live),
+    site.write_json_marker(partial, {"store": str(absolute(store.path)), "codes": codes.name, "features": len(live),
                                      "images": n_thumbs, "k": cfg.k, "by": cfg.by})
     site.replace_report(partial, out)
     return lines + [f"{title}: {len(live):,} live features of {codes.d_sae:,} ({codes.d_sae - len(live):,} never fired), "

@@ -7,7 +7,7 @@ import click
 
 
 @click.command("status")
-@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Activation store.")
+@click.option("--store", "store_path", required=True, help="Activation store: a folder, s3://… or gs://….")
 @click.option("--shards", default=None,
               help="The tars the store should hold (as given to extract) [default: the plan recorded by --slurm-array].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -21,6 +21,10 @@ def status_cmd(store_path, shards, as_json):
     from clipsae.store import zarr_backend as zb
     from clipsae.store.status import format_status, store_status
 
+    from clipsae.store.location import check_reachable, store_path as location
+
+    store_path = location(store_path)
+    check_reachable(store_path)
     if not zb.is_node(store_path):
         raise ClipsaeError(f"{store_path} is not a store (no zarr.json); nothing has been extracted there yet")
     expected = None
