@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 import zarr.codecs
+import zarr.errors
 
 from clipsae.store.location import is_remote, read_bytes, store_path
 
@@ -274,9 +275,12 @@ def create_root(path: Path, attributes: dict, subgroups: tuple[str, ...] = ()) -
     if is_remote(path):
         if is_node(path):
             return False
-        group = zarr.create_group(str(path), attributes=attributes)
+        try:
+            zarr.create_group(str(path), attributes=attributes)
+        except zarr.errors.ContainsGroupError:
+            return False  # another worker's check passed at the same moment; its root stands
         for name in subgroups:
-            group.create_group(name)
+            require_group(path / name)
         return True
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
@@ -302,7 +306,10 @@ def update_attributes(node: Path, attributes: dict) -> None:
 
 def require_group(path: Path) -> None:
     """Make ``path`` a group if it is not one, keeping whatever it already holds."""
-    zarr.open_group(str(path), mode="a")
+    try:
+        zarr.open_group(str(path), mode="a")
+    except zarr.errors.ContainsGroupError:
+        pass  # made by another process between zarr's own check and its write
 
 
 def create_group(path: Path, attributes: dict) -> None:

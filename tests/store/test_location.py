@@ -61,11 +61,13 @@ def _same_store(a, b):
 
 @pytest.fixture(scope="module")
 def s3_store(s3, shards, local_store):
-    """An S3 store written by `clipsae extract` (a process of its own), checked against the local one."""
+    """An S3 store written by two `clipsae extract` workers at once, checked against the local one."""
     url = f"{s3}/acts.zarr"
-    p = cli_process("extract", *EXTRACT, "--shards", shards, "--store", url)
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err
+    procs = [cli_process("extract", *EXTRACT, "--shards", shards, "--store", url, "--num-workers", "2",
+                         "--worker-index", str(i)) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
     _same_store(url, local_store)
     return url
 
