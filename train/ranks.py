@@ -30,15 +30,6 @@ class Ranks:
         """The process that evaluates, logs and writes the run's files."""
         return self.rank == 0
 
-    def sum_all_(self, tensors: list[torch.Tensor]) -> None:
-        """Replace each tensor by its sum over the processes, in place."""
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        for t in tensors:
-            dist.all_reduce(t)
-
     @property
     def share(self) -> float:
         """This process's fraction of the global batch (every process holds as many rows)."""
@@ -115,11 +106,12 @@ def join_ranks(device: str) -> Ranks:
     return Ranks(rank, world, local)
 
 
-def leave_ranks(ranks: Ranks) -> None:
-    """Leave the process group once every process is done."""
+def leave_ranks(ranks: Ranks, wait: bool = True) -> None:
+    """Leave the process group, once every process is done unless ``wait`` is False (a failure)."""
     if ranks.world > 1:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            dist.barrier()
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()

@@ -77,7 +77,9 @@ def optimise(sae: TrainingSAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, d
     out = sae(x_BD, dead_N, ranks)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
-    ranks.sum_all_([p.grad for p in sae.parameters() if p.grad is not None])
+    for p in sae.parameters():
+        if p.grad is not None:
+            ranks.sum_(p.grad)
     sae.project_decoder_grad()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), clip)
     opt.step()

@@ -252,9 +252,14 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
     """
     ranks = join_ranks(cfg.device)
     try:
-        return _train(cfg, quiet or not ranks.is_main, store, held, stop, ranks)
-    finally:
-        leave_ranks(ranks)
+        result = _train(cfg, quiet or not ranks.is_main, store, held, stop, ranks)
+    except BaseException:
+        # No waiting for the others on the way out: they may be inside a step this process left;
+        # torchrun stops them once this process exits.
+        leave_ranks(ranks, wait=False)
+        raise
+    leave_ranks(ranks)
+    return result
 
 
 def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: np.ndarray | None,
