@@ -62,13 +62,20 @@ def list_dirs(path: Path) -> list[str]:
     return sorted(x.name for x in path.iterdir() if x.is_dir()) if path.is_dir() else []
 
 
+def read_metadata_many(nodes: list[Path]) -> list[dict | None]:
+    """Each node's ``zarr.json`` (None where missing or torn); remote ones 16 at a time, since
+    each read is a round trip."""
+    if not nodes or not is_remote(nodes[0]):
+        return [zb.read_metadata(n) for n in nodes]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(zb.read_metadata, nodes))
+
+
 def _scan_parts(path: Path) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
     """(complete (name, attrs) sorted by name, incomplete names, names whose metadata is unreadable)."""
     parts_dir = path / layout.PARTS
     names = list_dirs(parts_dir)
-    # Remote metadata is read many at a time: each read is a round trip.
-    with ThreadPoolExecutor(max_workers=16 if is_remote(path) else 1) as pool:
-        metas = list(pool.map(lambda n: zb.read_metadata(parts_dir / n), names))
+    metas = read_metadata_many([parts_dir / n for n in names])
     complete, incomplete, damaged = [], [], []
     for name, meta in zip(names, metas):
         if meta is None and not zb.is_node(parts_dir / name):

@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clipsae.store import layout
-from clipsae.store import zarr_backend as zb
 from clipsae.store.codes import CODES, codes_names
 from clipsae.store.location import store_path
 from clipsae.store.plan import read_plan
-from clipsae.store.reader import list_dirs
+from clipsae.store.reader import list_dirs, read_metadata_many
 
 COMPLETE, IN_PROGRESS, INTERRUPTED, MISSING = "complete", "in progress", "interrupted", "missing"
 
@@ -47,12 +46,13 @@ def _alive(started_by: dict | None) -> bool | None:
 
 def _scan(parts_dir: Path) -> dict[str, PartStatus]:
     found = {}
-    for name in list_dirs(parts_dir):
-        attrs = zb.read_attributes(parts_dir / name) if zb.is_node(parts_dir / name) else None
-        if attrs is not None and attrs.get(layout.COMPLETE) is True:
+    names = list_dirs(parts_dir)
+    for name, meta in zip(names, read_metadata_many([parts_dir / n for n in names])):
+        attrs = (meta or {}).get("attributes") or {}
+        if attrs.get(layout.COMPLETE) is True:
             found[name] = PartStatus(name, COMPLETE)
             continue
-        started = (attrs or {}).get(layout.STARTED_BY)
+        started = attrs.get(layout.STARTED_BY)
         state = INTERRUPTED if _alive(started) is False else IN_PROGRESS
         found[name] = PartStatus(name, state, started_by=started)
     return found
