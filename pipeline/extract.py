@@ -71,8 +71,23 @@ def _layouts(forward: HookedForward, device: torch.device, tokens: str) -> list[
     return layouts
 
 
-def _open_store(cfg: ExtractConfig, loaded, forward: HookedForward, device: torch.device) -> tuple:
-    """Create the store's root or check that it was made the same way: (root, hook layouts)."""
+@dataclass(frozen=True)
+class _Opened:
+    """The tars, the model with its hooks on the device, and the store's root with each hook's layout."""
+
+    shards: list[Shard]
+    loaded: object
+    forward: HookedForward
+    root: object
+    layouts: list[HookLayout]
+
+
+def _open(cfg: ExtractConfig, device: torch.device) -> _Opened:
+    """Load the model onto ``device`` and create the store's root, or check it was made the same way."""
+    shards = name_parts(expand_shards(cfg.shards))
+    check_store_path(cfg.store)
+    loaded = load_model(cfg.model)
+    forward = HookedForward(loaded.visual.to(device), resolve_hooks(loaded.visual, cfg.layers, cfg.tokens), cfg.tokens)
     layouts = _layouts(forward, device, cfg.tokens)
     config = {
         **loaded.identity,
@@ -85,7 +100,7 @@ def _open_store(cfg: ExtractConfig, loaded, forward: HookedForward, device: torc
         "created_by": "clipsae extract",
         "token_order": "CLS first, then patches row-major (ViT); spatial positions row-major (ResNet)",
     }
-    return open_root(cfg.store, config, provenance), layouts
+    return _Opened(shards, loaded, forward, open_root(cfg.store, config, provenance), layouts)
 
 
 def create_store(cfg: ExtractConfig) -> list[Shard]:
@@ -94,37 +109,25 @@ def create_store(cfg: ExtractConfig) -> list[Shard]:
     Workers of an array then only open it: on object stores creation is check-then-write, so
     one process, not many racing ones, must make it.
     """
-    shards = name_parts(expand_shards(cfg.shards))
-    check_store_path(cfg.store)
-    device = torch.device("cpu")
-    loaded = load_model(cfg.model)
-    forward = HookedForward(loaded.visual, resolve_hooks(loaded.visual, cfg.layers, cfg.tokens), cfg.tokens)
-    _open_store(cfg, loaded, forward, device)
-    return shards
+    return _open(cfg, torch.device("cpu")).shards
 
 
 def run_extract(cfg: ExtractConfig) -> ExtractResult:
     """Extract this worker's share of the tars into ``cfg.store``; complete parts are skipped."""
     t0 = time.perf_counter()
-    shards = name_parts(expand_shards(cfg.shards))
-    check_store_path(cfg.store)
     n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
     device = resolve_device(cfg.device)
-    loaded = load_model(cfg.model)
-    hooks = resolve_hooks(loaded.visual, cfg.layers, cfg.tokens)
-    forward = HookedForward(loaded.visual.to(device), hooks, cfg.tokens)
-    root, layouts = _open_store(cfg, loaded, forward, device)
-
+    o = _open(cfg, device)
     result = ExtractResult()
     done = complete_parts(cfg.store)
-    mine = my_shards(shards, n_workers, index)
+    mine = my_shards(o.shards, n_workers, index)
     todo = [s for s in mine if s.part not in done]
     result.parts_skipped = [s.part for s in mine if s.part in done]
     if todo:
         t1 = time.perf_counter()
-        _extract_parts(cfg, root, todo, forward, loaded.preprocess, layouts, device, result)
+        _extract_parts(cfg, o.root, todo, o.forward, o.loaded.preprocess, o.layouts, device, result)
         result.seconds_streaming = time.perf_counter() - t1
-    record_store_stats(cfg.store, {s.part for s in shards})
+    record_store_stats(cfg.store, {s.part for s in o.shards})
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -81,9 +81,7 @@ def _scan_parts(path: Path) -> tuple[list[tuple[str, dict]], list[str], list[str
         if meta is None and not zb.is_node(parts_dir / name):
             incomplete.append(name)  # a writer died before the part's metadata existed
             continue
-        attrs = meta.get("attributes", {}) if meta is not None else None
-        if not isinstance(attrs, dict):
-            attrs = None
+        attrs = zb.attributes_of(meta)
         if attrs is None:
             # Metadata files are replaced atomically, so an unreadable one was damaged afterwards.
             damaged.append(name)

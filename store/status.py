@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clipsae.store import layout
+from clipsae.store import zarr_backend as zb
 from clipsae.store.codes import CODES, codes_names
 from clipsae.store.location import store_path
 from clipsae.store.plan import read_plan
@@ -48,7 +49,7 @@ def _scan(parts_dir: Path) -> dict[str, PartStatus]:
     found = {}
     names = list_dirs(parts_dir)
     for name, meta in zip(names, read_metadata_many([parts_dir / n for n in names])):
-        attrs = (meta or {}).get("attributes") or {}
+        attrs = zb.attributes_of(meta) or {}
         if attrs.get(layout.COMPLETE) is True:
             found[name] = PartStatus(name, COMPLETE)
             continue

@@ -41,12 +41,16 @@ def read_metadata(node: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def read_attributes(node: Path) -> dict | None:
-    """A node's user attributes, or None when its metadata is missing or unreadable."""
-    meta = read_metadata(node)
+def attributes_of(meta: dict | None) -> dict | None:
+    """The user attributes in a node's metadata, or None when the metadata is missing or unreadable."""
     if meta is None or not isinstance(meta.get("attributes", {}), dict):
         return None
     return meta.get("attributes", {})
+
+
+def read_attributes(node: Path) -> dict | None:
+    """A node's user attributes, or None when its metadata is missing or unreadable."""
+    return attributes_of(read_metadata(node))
 
 
 def is_node(path: Path) -> bool:
@@ -175,7 +179,7 @@ class Array:
         lo = i * self.rows_per_chunk
         f = self.chunk_file(i)
         if is_remote(self.path):
-            return self._read_remote_rows(f, i, start - lo, stop - lo, start, stop)
+            return self._read_remote_rows(f, i, lo, start, stop)
         if f is not None and not f.is_file():
             raise ChunkMissing(f"chunk {i} is missing ({f})")
         if self.raw is not None:
@@ -186,7 +190,7 @@ class Array:
             return data.reshape(self.raw.chunk_shape)[start - lo : stop - lo]
         return np.asarray(self.zarr_array[start:stop])
 
-    def _read_remote_rows(self, f, i: int, a: int, b: int, start: int, stop: int) -> np.ndarray:
+    def _read_remote_rows(self, f, i: int, lo: int, start: int, stop: int) -> np.ndarray:
         if self.raw is None:
             if f is not None and not f.exists():
                 raise ChunkMissing(f"chunk {i} is missing ({f})")
@@ -198,7 +202,7 @@ class Array:
             raise ChunkMissing(f"chunk {i} is missing ({f})") from None
         if len(blob) != self.raw.chunk_nbytes:
             raise ChunkMissing(f"chunk {i} has {len(blob)} bytes, expected {self.raw.chunk_nbytes} ({f})")
-        return np.frombuffer(blob, dtype=self.raw.dtype).reshape(self.raw.chunk_shape)[a:b]
+        return np.frombuffer(blob, dtype=self.raw.dtype).reshape(self.raw.chunk_shape)[start - lo : stop - lo]
 
     def read_span(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` across as many chunks as they cover; a missing chunk raises ChunkMissing."""
