@@ -7,6 +7,7 @@ import click
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.config import PRECISIONS, TOKEN_MODES, ExtractConfig, ModelConfig, parse_layers
 from clipsae.slurm import slurm_config, slurm_options
+from clipsae.store.location import absolute
 from clipsae.store.layout import COMPRESSIONS, DTYPES
 
 
@@ -65,7 +66,7 @@ def extract_cmd(model, pretrained, layers, tokens, shards, store_path, batch_siz
         tokens=tokens,
         # Absolute, so that jobs started elsewhere (Slurm tasks) read and write the same files.
         shards=shards if "://" in shards else os.path.abspath(shards),
-        store=store_path if "://" in store_path else os.path.abspath(store_path),
+        store=str(absolute(store_path)),
         batch_size=batch_size,
         device=device,
         dtype=dtype,
