@@ -195,21 +195,20 @@ def submit_workers(slurm: SlurmConfig, name: str, cfg: Any, n_tasks: int, run: C
     return submit_array(slurm, name, tasks)
 
 
-def submit_array(cfg: SlurmConfig, name: str, tasks: Sequence[Callable[[], object]]) -> Submitted:
-    """Submit one array job with a task per callable (each pickled, so picklable)."""
+def _submit(cfg: SlurmConfig, name: str, submit: Callable) -> Submitted:
     ex = _executor(cfg, name)
     try:
-        jobs = ex.submit_array(list(tasks))
+        jobs = submit(ex)
     except Exception as exc:  # sbatch's refusal (partition, account, limits) arrives as several exception types
         raise ClipsaeError(f"the submission failed: {exc}") from None
     return _submitted(jobs, cfg.logs)
 
 
+def submit_array(cfg: SlurmConfig, name: str, tasks: Sequence[Callable[[], object]]) -> Submitted:
+    """Submit one array job with a task per callable (each pickled, so picklable)."""
+    return _submit(cfg, name, lambda ex: ex.submit_array(list(tasks)))
+
+
 def submit_one(cfg: SlurmConfig, name: str, task: Callable[[], object]) -> Submitted:
     """Submit one job running ``task``; a task with a ``checkpoint`` method is requeued on preemption."""
-    ex = _executor(cfg, name)
-    try:
-        job = ex.submit(task)
-    except Exception as exc:
-        raise ClipsaeError(f"the submission failed: {exc}") from None
-    return _submitted([job], cfg.logs)
+    return _submit(cfg, name, lambda ex: [ex.submit(task)])
