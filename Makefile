@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/extract_vs_forward.py
 	$(BIN)/python bench/store_write.py
 	$(BIN)/python bench/store_read.py
+	$(BIN)/python bench/checksum.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/train_loader.py
 	$(BIN)/python bench/encode.py

@@ -171,6 +171,7 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
         raise ClipsaeError(f"{cfg.store} has no complete parts to encode")
     sae = load_sae(cfg.sae, device=str(device)).eval()
     hook = _choose_hook(store, sae, cfg.hook)
+    store.require_finite(hook)
     if store.d(hook) != sae.d_in:
         raise ClipsaeError(f"the SAE reads {sae.d_in}-dimensional inputs but hook {hook} of {cfg.store} has d={store.d(hook)}")
     tokens = cfg.tokens or _recorded(sae, "tokens") or "all"

@@ -33,6 +33,8 @@ def verify_cmd(path):
 
     store = ActivationStore.open(path)
     report = verify(store)
+    for line in report.checked:
+        click.echo(f"checked {line}")
     for name in report.incomplete:
         click.echo(f"note: part {name} is incomplete (a rerun of extract rewrites it)")
     if report.unchecksummed:
@@ -41,6 +43,23 @@ def verify_cmd(path):
     if not report.ok:
         for p in report.problems:
             click.echo(f"problem: {p}")
-        raise ClipsaeError(f"{path}: {len(report.problems)} problem(s); first: {report.problems[0]}. To rebuild a "
-                           f"damaged part, delete {path}/parts/<part> and rerun the extract command that made the store")
-    click.echo(f"ok: {len(store.parts)} parts, {store.n_images} images, hooks {', '.join(store.hooks)}")
+        raise ClipsaeError(f"{path}: {len(report.problems)} problem(s); first: {report.problems[0]}. "
+                           f"{'; '.join(_fixes(path, report))}")
+    codes = [line.split(":")[0] for line in report.checked if line.startswith("codes ")]
+    click.echo(f"ok: {len(store.parts)} parts, {store.n_images} images, hooks {', '.join(store.hooks)}"
+               + "".join(f"; {c}" for c in codes))
+
+
+def _fixes(path: str, report) -> list[str]:
+    """How to rebuild what is damaged: an activation part by rerunning extract, a codes part by
+    rerunning encode; deleting a damaged part first makes the rerun rewrite it."""
+    fixes = []
+    if report.damaged_parts:
+        fixes.append(f"to rebuild activations, delete {path}/parts/<part> for part(s) "
+                     f"{', '.join(sorted(report.damaged_parts))} and rerun the extract command that made the store")
+    for name, parts in sorted(report.damaged_codes.items()):
+        fixes.append(f"to rebuild codes {name!r}, delete {path}/codes/{name}/parts/<part> for part(s) "
+                     f"{', '.join(sorted(parts))} and rerun the encode command with --name {name}")
+    if not fixes:
+        fixes.append("keys repeated across parts mean two tars hold the same images: remove one and re-extract")
+    return fixes

@@ -30,7 +30,7 @@ from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.location import is_remote, store_path
-from clipsae.store.reader import ActivationStore, list_dirs, read_metadata_many
+from clipsae.store.reader import ActivationStore, list_dirs, read_metadata_many, recorded_checksums
 from clipsae.store.writer import ArrayAppender, config_differences, writer_identity
 
 CODES = "codes"
@@ -171,9 +171,7 @@ class CodesPartWriter:
         """Write the sums and the chunk records, then mark the part complete."""
         chunks = {name: a.close() for name, a in {**self._token, "image_counts": self._counts, **self._image}.items()}
         for name in (*LATENT_ARRAYS, *POSITION_ARRAYS):
-            values = np.asarray(getattr(sums, name))
-            arr = zb.create_array(self.dir / name, values.shape, values.shape, values.dtype.name)
-            arr.write_chunk(0, values)
+            chunks[name] = zb.write_small(self.dir / name, np.asarray(getattr(sums, name)))
         zb.update_attributes(self.dir, {"n_images": sums.n_images, "tokens_capped": sums.tokens_capped,
                                         layout.CHUNKS: chunks, "written_by": writer_identity()})
         # The marker goes last and alone: a reader trusts nothing of a part before it.
@@ -240,7 +238,7 @@ class Codes:
 
     def _array(self, i: int, name: str) -> zb.Array:
         try:
-            return zb.Array(self._part_dir(i) / name)
+            return zb.Array(self._part_dir(i) / name, recorded_checksums(self._part_attrs[i], name))
         except FileNotFoundError:
             raise ClipsaeError(f"codes {self.name!r}, part {self.store.parts[i].name}: {name} is missing; "
                                f"delete {self._part_dir(i)} and rerun `clipsae encode`") from None
@@ -251,9 +249,9 @@ class Codes:
             if start is None:
                 return arr.read_all()
             return arr.read_span(start, stop)
-        except zb.ChunkMissing as exc:
-            raise ClipsaeError(f"codes {self.name!r}, part {self.store.parts[i].name}, {name}: {exc}; "
-                               f"delete {self._part_dir(i)} and rerun `clipsae encode`") from None
+        except zb.ChunkDamaged as exc:
+            raise ClipsaeError(f"codes {self.name!r}, part {self.store.parts[i].name}, {name}: {exc}; nothing was used "
+                               f"from it; delete {self._part_dir(i)} and rerun `clipsae encode`") from None
 
     def sums(self) -> PartSums:
         """Per-latent and per-position sums over the whole store."""

@@ -62,6 +62,13 @@ def list_dirs(path: Path) -> list[str]:
     return sorted(x.name for x in path.iterdir() if x.is_dir()) if path.is_dir() else []
 
 
+def recorded_checksums(attrs: dict, array: str) -> list[int] | None:
+    """The CRC32C of each chunk of ``array`` that a part (or codes part) recorded, or None where
+    it recorded none (parts written before store format 2, and their keys and labels)."""
+    record = attrs.get(layout.CHUNKS, {}).get(array)
+    return None if record is None else [int(c) for c in record["crc32c"]]
+
+
 def read_metadata_many(nodes: list[Path]) -> list[dict | None]:
     """Each node's ``zarr.json`` (None where missing or torn); remote ones 16 at a time, since
     each read is a round trip."""
@@ -195,7 +202,8 @@ class ActivationStore:
         if key not in self._arrays:
             name = self.parts[part].name
             try:
-                self._arrays[key] = zb.Array(self.path / layout.PARTS / name / layout.ACTS / hook)
+                self._arrays[key] = zb.Array(self.path / layout.PARTS / name / layout.ACTS / hook,
+                                             recorded_checksums(self.parts[part].attrs, hook))
             except FileNotFoundError:
                 raise ClipsaeError(f"{self.path}: part {name} is marked complete but has no array for hook {hook}; "
                                    f"run `clipsae store verify {self.path}`") from None
@@ -214,14 +222,15 @@ class ActivationStore:
     def _labels(self) -> np.ndarray:
         if not self.parts:
             return np.empty(0, dtype=np.int64)
-        return np.concatenate([self._read_small(p, layout.LABELS, lambda f: zb.Array(f).read_all())
+        return np.concatenate([self._read_small(p, layout.LABELS, lambda f, crc: zb.Array(f, crc).read_all())
                                for p in self.parts]).astype(np.int64)
 
     def _read_small(self, part: Part, name: str, read) -> np.ndarray:
-        """A part's keys or labels; a lost or broken array is a one-line error naming it."""
+        """A part's keys or labels, checked against their recorded checksums; a lost, broken or
+        altered array is a one-line error naming it."""
         try:
-            return read(self._part_file(part, name))
-        except (FileNotFoundError, zb.ChunkMissing) as exc:
+            return read(self._part_file(part, name), recorded_checksums(part.attrs, name))
+        except (FileNotFoundError, zb.ChunkDamaged) as exc:
             raise ClipsaeError(f"{self.path}: part {part.name}: {name}: {exc}; run `clipsae store verify {self.path}`") from None
 
     def keys(self) -> np.ndarray:
@@ -278,18 +287,20 @@ class ActivationStore:
         return [c for i in range(len(self.parts)) for c in self.part_chunks(hook, i)]
 
     def read_chunk(self, hook: str, chunk: Chunk) -> np.ndarray:
-        """One chunk's activations (len(chunk), n_tokens, d), read as a single chunk file.
+        """One chunk's activations (len(chunk), n_tokens, d), read as a single chunk file and
+        checked against the CRC32C its part recorded.
 
-        A chunk that a complete part should have and does not (lost or cut short) raises a
-        ClipsaeError: it is never read back as zarr's fill value.
+        A chunk that a complete part should have and does not (lost or cut short), or whose bytes
+        changed after it was written, raises a ClipsaeError: it is never used, nor read back as
+        zarr's fill value.
         """
         arr = self.array(hook, chunk.part)
         base = self.parts[chunk.part].offset
         try:
             return arr.read_rows(chunk.start - base, chunk.stop - base)
-        except zb.ChunkMissing as exc:
-            raise ClipsaeError(f"{self.path}: part {self.parts[chunk.part].name}, hook {hook}: {exc}; the store lost "
-                               f"data, run `clipsae store verify {self.path}`") from None
+        except zb.ChunkDamaged as exc:
+            raise ClipsaeError(f"{self.path}: part {self.parts[chunk.part].name}, hook {hook}: {exc}; nothing was "
+                               f"used from it; `clipsae store verify {self.path}` lists every damaged chunk") from None
 
     def iter_chunks(self, hook: str, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[Chunk, np.ndarray]]:
         """Yield ``(chunk, acts)`` for every chunk, in global order or a seeded random one."""
@@ -321,6 +332,22 @@ class ActivationStore:
                 yield RowBlock(np.repeat(np.arange(c.start, c.stop, dtype=np.int64), t),
                                np.tile(token_idx.astype(np.int64), n),
                                np.ascontiguousarray(acts_NTD).reshape(n * t, -1))
+
+    def require_finite(self, hook: str) -> None:
+        """Raise, naming the parts and their images, if extraction recorded non-finite values in ``hook``.
+
+        The counts were taken as each part was written; a value changed afterwards is caught by the
+        chunk checksums of every read instead.
+        """
+        bad = [(p, HookStats.from_json(p.attrs["hook_stats"][hook]).nonfinite) for p in self.parts
+               if "hook_stats" in p.attrs and hook in p.attrs["hook_stats"]]
+        bad = [(p, n) for p, n in bad if n]
+        if bad:
+            where = ", ".join(f"{p.name} (images {p.offset}-{p.offset + p.n_images - 1}: {n})" for p, n in bad[:3])
+            raise ClipsaeError(
+                f"hook {hook} of {self.path} holds {sum(n for _, n in bad)} non-finite values, recorded when "
+                f"{len(bad)} part(s) were extracted: {where}{' and more' if len(bad) > 3 else ''}; float16 overflows "
+                f"above 65504: extract the hook into a new store with --dtype float32, or use another hook")
 
     def hook_stats(self, hook: str) -> HookStats:
         """Statistics of ``hook`` over all complete parts, as recorded when they were written."""

@@ -119,7 +119,8 @@ def _section(title: str, parts: list[dict], expected_known: bool, plan: dict | N
     head += f", {len(by_state[MISSING])} missing" if expected_known else " (parts not begun are unknown: no plan; pass --shards)"
     lines = [head]
     if plan:
-        lines.append(f"  plan: {plan.get('n_tasks')} array tasks, logs in {plan.get('logs')}")
+        job = f" of job {plan['job_id']}" if plan.get("job_id") else ""
+        lines.append(f"  plan: {plan.get('n_tasks')} array tasks{job}, logs in {plan.get('logs')}")
     for state in (IN_PROGRESS, INTERRUPTED):
         lines += [f"  {state}: {_describe(p)}" for p in by_state[state]]
     if by_state[MISSING]:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import google_crc32c
 import numpy as np
 
 from clipsae.errors import ClipsaeError
@@ -22,13 +21,6 @@ from clipsae.store import zarr_backend as zb
 from clipsae.store.layout import HookLayout
 from clipsae.store.location import check_reachable, store_path
 from clipsae.store.stats import HookStats
-
-
-def chunk_checksum(rows: np.ndarray) -> int:
-    """CRC32C of a chunk's rows (those inside the array) as little-endian C-order bytes."""
-    view = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<")).view()
-    view.flags.writeable = False  # google_crc32c reads read-only buffers without a copy
-    return int(google_crc32c.value(view))
 
 
 def check_store_path(path: str | Path) -> None:
@@ -147,7 +139,7 @@ class ArrayAppender:
         for s in range(0, len(block), rows):
             chunk = block[s : s + rows]
             self.array.write_chunk(self.n_rows // rows, chunk)
-            self.crc32c.append(chunk_checksum(chunk))
+            self.crc32c.append(zb.chunk_checksum(chunk))
             self.n_rows += len(chunk)
 
     def close(self) -> dict:
@@ -226,10 +218,9 @@ class PartWriter:
         """Write what is buffered, the keys and labels, then mark the part complete."""
         chunks = {name: arr.close() for name, arr in self._arrays.items()}
         n = len(self._keys)
-        zb.write_text(self.dir / layout.KEYS, self._keys)
-        labels = zb.create_array(self.dir / layout.LABELS, (n,), (max(n, 1),), "int64", fill_value=-1)
-        if n:
-            labels.write_chunk(0, np.asarray(self._labels, dtype=np.int64))
+        chunks[layout.KEYS] = zb.write_text(self.dir / layout.KEYS, self._keys)
+        chunks[layout.LABELS] = zb.write_small(self.dir / layout.LABELS, np.asarray(self._labels, dtype=np.int64),
+                                               fill_value=-1)
         attrs = {
             **(extra_attrs or {}),
             "n_images": n,

@@ -36,6 +36,7 @@ class RowSource:
     """Rows (tokens) of one hook, for the images where ``image_mask`` is true, chunk by chunk."""
 
     def __init__(self, store: ActivationStore, hook: str, token_idx: np.ndarray, image_mask: np.ndarray):
+        store.require_finite(hook)
         self.store = store
         self.hook = hook
         self.token_idx = token_idx
@@ -60,14 +61,14 @@ class RowSource:
         return np.ascontiguousarray(acts_NTD[sel]).reshape(-1, self.d)
 
     def iter_sample(self, seed: int):
-        """Each chunk's rows, chunks taken in a seeded random order (for statistics and evaluation)."""
+        """(chunk, its rows) for each chunk, chunks taken in a seeded random order (for statistics and evaluation)."""
         for i in np.random.default_rng(seed).permutation(len(self.chunks)):
-            yield self.rows(int(i))
+            yield self.chunks[int(i)], self.rows(int(i))
 
     def sample(self, max_rows: int, seed: int) -> np.ndarray:
         """Up to ``max_rows`` rows of :meth:`iter_sample`, held in memory."""
         out, have = [], 0
-        for r in self.iter_sample(seed):
+        for _, r in self.iter_sample(seed):
             out.append(r)
             have += len(r)
             if have >= max_rows:

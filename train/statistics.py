@@ -29,13 +29,16 @@ def input_statistics(source: RowSource, max_rows: int, seed: int) -> tuple[float
     """(s, geometric median of s·x): s = √d / E‖x‖ over up to ``max_rows`` training rows."""
     rng = np.random.default_rng(seed)
     total, count, keep = 0.0, 0, []
-    for chunk_rows in source.iter_sample(seed):
+    for chunk, chunk_rows in source.iter_sample(seed):
         rows = torch.from_numpy(chunk_rows).float()
         if not len(rows):
             continue
         norms = rows.norm(dim=1)
         if not torch.isfinite(norms).all():
-            raise ClipsaeError(f"hook {source.hook} has non-finite activations (see `clipsae store info`); cannot train")
+            part = source.store.parts[chunk.part].name
+            raise ClipsaeError(f"hook {source.hook} has non-finite activations in images {chunk.start}-{chunk.stop - 1} "
+                               f"(part {part}); cannot train. `clipsae store verify {source.store.path}` names every "
+                               f"part that holds them")
         total += float(norms.double().sum())
         count += len(rows)
         keep.append(rows[torch.from_numpy(rng.permutation(len(rows))[: GM_ROWS // 8])])

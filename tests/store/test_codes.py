@@ -57,3 +57,24 @@ def test_a_small_part_is_stored_in_chunks_fitted_to_it(encoded):
     files = [f for f in part.rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files) < 64 * 1024
     assert (part / "token_values" / "c" / "0" / "0").stat().st_size == 10 * 5 * 4 * 4
+
+
+def test_an_altered_codes_chunk_is_refused_by_every_read(encoded, tmp_path):
+    import shutil
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(encoded[0], store)
+    parts = store / "codes" / "sae" / "parts"
+    for part, array, chunk in (("part-001", "image_max", "0"), ("part-002", "position_sq_err", "0"),
+                               ("part-003", "token_values", "0/0")):
+        f = parts / part / array / "c" / chunk
+        data = bytearray(f.read_bytes())
+        data[5] ^= 0x01
+        f.write_bytes(bytes(data))
+    c = Codes(ActivationStore.open(store), "sae")
+    with pytest.raises(ClipsaeError, match="part-001, image_max: chunk 0 was altered after it was written"):
+        list(c.iter_images("max"))
+    with pytest.raises(ClipsaeError, match="part-002, position_sq_err: chunk 0 was altered"):
+        c.sums()
+    with pytest.raises(ClipsaeError, match="part-003, token_values: chunk 0 was altered"):
+        c.token_codes(35)

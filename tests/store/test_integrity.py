@@ -99,3 +99,50 @@ def test_lost_keys_chunk_is_reported_and_refused_in_one_line(store):
     assert any(p.startswith("part p1: keys: chunk 0 is missing") for p in verify(s).problems)
     with pytest.raises(ClipsaeError, match="part p1: keys"):
         s.keys()
+
+
+def _flip(f, at=3):
+    data = bytearray(f.read_bytes())
+    data[at] ^= 0x40
+    f.write_bytes(bytes(data))
+
+
+def test_an_altered_chunk_is_refused_by_every_read_with_verifys_line(store):
+    _flip(_chunk(store, "p1", 1))
+    s = ActivationStore.open(store)
+    line = "part p1, hook h: chunk 1 was altered after it was written (CRC32C differs)"
+    assert verify(s).problems == [line]
+    for read in (lambda: s.read("h", [14]), lambda: list(s.iter_rows("h")),
+                 lambda: list(s.iter_chunks("h", shuffle=True))):
+        with pytest.raises(ClipsaeError, match=line.replace("(", r"\(").replace(")", r"\)")):
+            read()
+    assert s.read("h", [0, 19]).shape == (2, 2, 8)  # the intact chunks still read
+
+
+def test_an_altered_keys_or_labels_chunk_is_refused(store):
+    _flip(store / "parts" / "p0" / "keys" / "c" / "0" / "0", at=0)
+    _flip(store / "parts" / "p1" / "labels" / "c" / "0", at=0)
+    s = ActivationStore.open(store)
+    problems = verify(s).problems
+    assert "part p0: keys: chunk 0 was altered after it was written (CRC32C differs)" in problems
+    assert "part p1: labels: chunk 0 was altered after it was written (CRC32C differs)" in problems
+    with pytest.raises(ClipsaeError, match="part p0: keys: chunk 0 was altered"):
+        s.keys()
+    with pytest.raises(ClipsaeError, match="part p1: labels: chunk 0 was altered"):
+        s.labels()
+
+
+def test_verify_cli_says_what_it_checked_and_how_to_rebuild_codes(encoded, tmp_path, run_cli):
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(encoded[0], path)
+    code, out, _ = run_cli("store", "verify", path)
+    assert code == 0
+    assert "checked activations: 4 complete part(s), 40 images" in out
+    assert "checked codes sae: 4 complete part(s)" in out
+    _flip(path / "codes" / "sae" / "parts" / "part-002" / "latent_sum" / "c" / "0", at=0)
+    code, out, err = run_cli("store", "verify", path)
+    assert code == 1 and "problem: codes sae, part part-002, latent_sum: chunk 0 was altered" in out
+    assert f"delete {path}/codes/sae/parts/<part> for part(s) part-002 and rerun the encode command with --name sae" in err
+    assert "extract" not in err
