@@ -90,7 +90,9 @@ def load_sae(path: str | Path, device: str = "cpu") -> SparseAutoencoder:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
     model.identity = {"path": str(p.resolve()), "format": fmt, "weights_sha256": digest,
                       "architecture": model.architecture, "d_in": model.d_in, "d_sae": model.d_sae}
-    return model.to(device)
+    # An SAE loaded for inference: no autograd graph behind encode/decode (fine-tuning code may
+    # call requires_grad_(True) itself).
+    return model.to(device).requires_grad_(False)
 
 
 def load_metrics(path: str | Path) -> dict | None:

@@ -49,6 +49,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="clipsae", prog_name="clipsae", message="%(prog)s %(version)s")
 def cli():
     """Sparse autoencoders on CLIP vision activations: extract, train, analyse."""
 
@@ -68,11 +69,15 @@ def main() -> None:
     Exit status: 1 bad input or environment (options included), 2 internal error, 130 interrupted.
     """
     try:
-        rc = cli.main(standalone_mode=False)
+        rc = cli.main(prog_name="clipsae", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         # click turns Ctrl-C into Abort; every long command resumes where it stopped.
         click.echo("interrupted; rerun the same command to continue", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A group named with no subcommand: its help, as `--help` prints it, is the answer.
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.UsageError as exc:
         where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
         _fail(exc.format_message() + where)

@@ -78,3 +78,18 @@ def test_ctrl_c_says_how_to_continue(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130
     assert err.strip().splitlines()[-1] == "interrupted; rerun the same command to continue"
+
+
+@pytest.mark.parametrize("argv", [[], ["analyze"], ["store"], ["sae"], ["shards"]])
+def test_a_group_without_a_subcommand_prints_its_help_and_exits_0(argv, run_cli):
+    code, out, err = run_cli(*argv)
+    assert code == 0 and err == ""
+    assert out.startswith(f"Usage: clipsae{''.join(' ' + a for a in argv)} [OPTIONS] COMMAND [ARGS]...")
+    assert "\nCommands:\n" in out and len(out.splitlines()) > 5
+
+
+def test_version_prints_the_installed_release(run_cli):
+    from importlib.metadata import version
+
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.strip() == f"clipsae {version('clipsae')}"

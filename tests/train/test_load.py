@@ -144,3 +144,10 @@ def test_analysis_side_imports_no_training_code():
             "SparseCodes; print(sorted(m for m in sys.modules if m.startswith('clipsae.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert eval(out) == ["clipsae.train", "clipsae.train.codes", "clipsae.train.load", "clipsae.train.model"]
+
+
+def test_a_loaded_sae_builds_no_autograd_graph(tmp_path):
+    sae = load_sae(_saelens_dir(tmp_path / "sae", {"architecture": "topk", "k": 5}, _weights()))
+    assert not any(p.requires_grad for p in sae.parameters())
+    x_hat = sae.decode(sae.encode(_x()))
+    assert x_hat.grad_fn is None and not x_hat.requires_grad
