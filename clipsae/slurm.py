@@ -7,6 +7,8 @@ is submitted. ``cluster="local"`` makes submitit run the same submission as proc
 machine (its local executor), which is how a submission is tried without a cluster.
 """
 
+import contextlib
+import io
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -198,10 +200,33 @@ def submit_workers(slurm: SlurmConfig, name: str, cfg: Any, n_tasks: int, run: C
 def _submit(cfg: SlurmConfig, name: str, submit: Callable) -> Submitted:
     ex = _executor(cfg, name)
     try:
-        jobs = submit(ex)
+        # submitit prints sbatch's refusal on stderr and then raises it: say it once, in our line.
+        with contextlib.redirect_stderr(io.StringIO()):
+            jobs = submit(ex)
     except Exception as exc:  # sbatch's refusal (partition, account, limits) arrives as several exception types
-        raise ClipsaeError(f"the submission failed: {exc}") from None
+        raise ClipsaeError(f"the submission failed, nothing was queued: {exc}") from None
     return _submitted(jobs, cfg.logs)
+
+
+def submit_into(node, made_here: bool, submit: Callable[[], Submitted], plan: dict) -> Submitted:
+    """Submit work that writes into the group at ``node`` and record its plan there once queued.
+
+    A refused submission leaves nothing behind: no plan (there is no job to follow), and not the
+    group itself where this submission created it (``made_here``) and no task can have written to it.
+    The plan names the job and its log folder by absolute path, so `clipsae status` finds them from
+    anywhere. It is written right after sbatch returns, long before any task could finish.
+    """
+    from clipsae.store import zarr_backend as zb
+    from clipsae.store.plan import record_plan
+
+    try:
+        job = submit()
+    except ClipsaeError:
+        if made_here:
+            zb.remove_node(node)
+        raise
+    record_plan(node, {**plan, "job_id": job.job_id, "n_tasks": job.n_tasks, "logs": str(job.logs.absolute())})
+    return job
 
 
 def submit_array(cfg: SlurmConfig, name: str, tasks: Sequence[Callable[[], object]]) -> Submitted:

@@ -95,3 +95,23 @@ def submitted_job(stdout: str) -> str:
     m = re.search(r"submitted job ([\d,]+)", stdout)
     assert m, stdout
     return m.group(1)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node Slurm cluster (tests/slurm_cluster.py) for the session; skipped, saying why,
+    where Slurm is not installed or does not start."""
+    from tests.slurm_cluster import SlurmCluster
+
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm") / "cluster").start()
+    if cluster.why_not:
+        pytest.skip(cluster.why_not)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def on_slurm(slurm_cluster, monkeypatch):
+    """The cluster, with SLURM_CONF set so that submitit's sbatch (and the jobs it starts) use it."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    return slurm_cluster

@@ -94,8 +94,6 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
         return
     if result.already_done:
         click.echo(f"{cfg.out}: already trained ({result.resumed_from} steps); nothing to do")
-    elif result.resumed_from and not quiet:
-        click.echo(f"resumed from step {result.resumed_from}", err=True)
     if result.throughput and not quiet:
         t = result.throughput
         click.echo(f"trainer {t['train_tokens_per_s']:,.0f} tokens/s; loader {t['loader_rows_per_s']:,.0f} rows/s; "

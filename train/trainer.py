@@ -1,6 +1,7 @@
 """The training loop: several SAEs trained on the same shuffled batches, checkpointed, resumable."""
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,6 +288,9 @@ def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: n
     else:
         run.restore(ckpt)
         resumed_from = run.step
+        if ranks.is_main:
+            # Said at once, whatever --quiet: a requeued job's log and a rerun's terminal must show it.
+            print(f"resumed from step {run.step} of {cfg.steps} (checkpoint in {cfg.out})", file=sys.stderr, flush=True)
     run.metrics.start_wandb()
     x_eval = _heldout_rows(run)
     eval_every = cfg.eval_every or max(1, cfg.steps // 10)
