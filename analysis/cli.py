@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
 from clipsae.slurm import slurm_config, slurm_options
 from clipsae.store.location import absolute
 
@@ -85,7 +86,7 @@ def _run(fn, store_path, codes_name, out, *args):
 
 @analyze_group.command("top-images")
 @_codes_options
-@click.option("-k", "k", type=int, default=16, show_default=True, help="Images per feature.")
+@click.option("-k", "k", type=int, default=TOP_IMAGES_K, show_default=True, help="Images per feature.")
 @_BY
 @click.option("--features", default=None, help="Only these features, e.g. 12,625 (their top images are printed too).")
 def top_images_cmd(store_path, codes_name, out, k, by, features):
@@ -101,7 +102,7 @@ def top_images_cmd(store_path, codes_name, out, k, by, features):
 
 @analyze_group.command("label-entropy")
 @_codes_options
-@click.option("-k", "k", type=int, default=20, show_default=True, help="Top images per feature that the entropy covers.")
+@click.option("-k", "k", type=int, default=ENTROPY_K, show_default=True, help="Top images per feature that the entropy covers.")
 @_BY
 @_MIN_HITS
 def label_entropy_cmd(store_path, codes_name, out, k, by, min_hits):
@@ -225,7 +226,8 @@ def _model_options(f):
 @analyze_group.command("name-features")
 @_codes_options
 @click.option("--vocab", type=click.Path(path_type=Path), default=None,
-              help="Words, one per line (or a JSON list) [default: the 1,000 ImageNet class names].")
+              help="Words, one per line (or a JSON list) [default: the store's class names from the classes.json "
+                   "beside its tars, else the 1,000 ImageNet class names].")
 @click.option("--words", "n_words", type=int, default=5, show_default=True, help="Best words kept per feature and method.")
 @click.option("-k", "k", type=int, default=12, show_default=True, help="Top images whose mean embedding names a feature.")
 @_BY

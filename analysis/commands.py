@@ -12,7 +12,8 @@ import torch
 from clipsae.analysis import correlate as corr_mod
 from clipsae.analysis import density as density_mod
 from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
-from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, out_dir, write_csv, write_json
+from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
+from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, by_setting, out_dir, write_csv, write_json
 from clipsae.analysis.token_mse import plot_token_mse, token_mse
 from clipsae.analysis.top_images import check_k, top_images
 from clipsae.device import resolve_device
@@ -74,7 +75,7 @@ def run_top_images(t: Target, k: int, by: str, features: list[int] | None = None
     f_idx, r_idx = np.nonzero((top.images_FK >= 0) & wanted[:, None])
     rows = ((int(f), int(r) + 1, int(img), keys[img], int(labels[img]), float(top.values_FK[f, r]), int(top.tokens_FK[f, r]))
             for f, r in zip(f_idx, r_idx) for img in [top.images_FK[f, r]])
-    path = write_csv(t.out / "top_images.csv", TOP_IMAGES_COLUMNS, rows)
+    path = write_csv(t.out / by_setting("top_images", ".csv", by, k, TOP_IMAGES_K), TOP_IMAGES_COLUMNS, rows)
     filled = top.filled_F()
     lines = [f"{t.title}: top {k} images by {by} for {int((filled > 0).sum())} of {t.codes.d_sae} features "
              f"({int((filled == 0).sum())} never fired)"]
@@ -90,7 +91,7 @@ def run_label_entropy(t: Target, k: int, by: str, min_hits: int = DEFAULT_MIN_HI
     ent = label_entropy(top_images(t.codes, k, by), t.store.labels(), min_hits)
     rows = ((f, ent.entropy_F[f], ent.entropy_norm_F[f], int(ent.n_F[f]),
              int(ent.top_label_F[f]) if ent.n_F[f] else None, ent.top_label_share_F[f]) for f in range(t.codes.d_sae))
-    path = write_csv(t.out / "label_entropy.csv", LABEL_ENTROPY_COLUMNS, rows)
+    path = write_csv(t.out / by_setting("label_entropy", ".csv", by, k, ENTROPY_K), LABEL_ENTROPY_COLUMNS, rows)
     known = ~np.isnan(ent.entropy_F)
     lines = [f"{t.title}: label entropy over the top {k} images by {by}, {ent.n_labels} distinct labels in the store"]
     if known.any():
@@ -110,8 +111,8 @@ def run_density(t: Target, by: str, min_hits: int = DEFAULT_MIN_HITS) -> list[st
     rows = ((f, int(dens.tokens_fired_F[f]), int(dens.images_fired_F[f]), float(dens.density_tokens_F[f]),
              float(dens.density_images_F[f]), dens.mean_top_F[f], int(dens.dead_F[f]), int(dens.dense_F[f]))
             for f in range(t.codes.d_sae))
-    path = write_csv(t.out / "density.csv", DENSITY_COLUMNS, rows)
-    hist, scatter = t.out / "density_hist.png", t.out / "density_scatter.png"
+    path = write_csv(t.out / by_setting("density", ".csv", by), DENSITY_COLUMNS, rows)
+    hist, scatter = t.out / by_setting("density_hist", ".png", by), t.out / by_setting("density_scatter", ".png", by)
     density_mod.plot_density_histogram(dens, hist, t.title)
     density_mod.plot_density_scatter(dens, ent.entropy_F, scatter, t.title)
     live = ~dens.dead_F
@@ -131,7 +132,8 @@ def run_token_mse(t: Target) -> list[str]:
     png = t.out / "token_mse.png"
     plot_token_mse(res, lay.grid, png, t.title)
     worst = int(np.argmax(res.mse_T))
-    return [f"{t.title}: MSE {res.mse:.4g}, FVU {res.fvu:.4f}; worst token {int(res.positions_T[worst])} "
+    worse = " (worse than predicting the mean: FVU > 1)" if res.fvu > 1 else ""
+    return [f"{t.title}: MSE {res.mse:.4g}, FVU {res.fvu:.4f}{worse}; worst token {int(res.positions_T[worst])} "
             f"(MSE {res.mse_T[worst]:.4g}), best {int(res.positions_T[np.argmin(res.mse_T)])} (MSE {res.mse_T.min():.4g})",
             f"wrote {path}, {png}"]
 

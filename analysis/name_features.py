@@ -111,7 +111,16 @@ def run_name_features(t, vocab: Path | None = None, n_words: int = 5, k: int = 1
     check_k(k)
     if n_words < 1:
         raise ClipsaeError(f"--words must be at least 1, not {n_words}")
-    words = read_vocabulary(vocab)
+    from clipsae.analysis.class_names import class_names
+    from clipsae.analysis.random_weights import WARNING as RANDOM_WEIGHTS_WARNING
+    from clipsae.analysis.random_weights import model_has_random_weights
+
+    # Without --vocab, the store's own class names (classes.json beside its tars) are the words a
+    # researcher expects first; ImageNet's only where the store has none.
+    own = class_names(t.store, None, shards) if vocab is None else {}
+    words = list(dict.fromkeys(w for w in own.values() if w.strip())) if own else read_vocabulary(vocab)
+    vocab_note = "the store's class names (classes.json beside its tars)" if own else (
+        f"{vocab}" if vocab is not None else "the 1,000 ImageNet class names")
     model_sae = codes_sae(t.codes, sae)
     cfg = store_model_config(t.store.config, t.store.provenance, pretrained, model)
     dev = str(resolve_device(device))
@@ -134,7 +143,7 @@ def run_name_features(t, vocab: Path | None = None, n_words: int = 5, k: int = 1
     path = write_csv(t.out / NAMES_FILE, NAMES_COLUMNS, rows)
     exact = t.codes.hook in ("embed", "attnpool", "ln_post")
     agree = float((by_decoder.words_FR[:, 0] == by_images.words_FR[:, 0]).float().mean()) if len(live) else 0.0
-    lines = [f"{t.title}: {len(words)} words ('{words[0]}', …) through {cfg.name}'s text tower "
+    lines = [f"{t.title}: {len(words)} words ('{words[0]}', …) from {vocab_note} through {cfg.name}'s text tower "
              f"({clip.vision.identity['pretrained']}); {len(live)} live features named",
              f"decoder directions carried into the joint space {'exactly' if exact else 'approximately (resid: ln_post scale and proj, later blocks ignored)'}; "
              f"top-images: value-weighted mean embedding of each feature's top {k}; the two agree on the best word "
@@ -142,4 +151,6 @@ def run_name_features(t, vocab: Path | None = None, n_words: int = 5, k: int = 1
     for i, f in enumerate(live[:3]):
         lines.append(f"feature {f}: decoder {words[int(by_decoder.words_FR[i, 0])]} ({float(by_decoder.scores_FR[i, 0]):.3f}), "
                      f"top-images {words[int(by_images.words_FR[i, 0])]} ({float(by_images.scores_FR[i, 0]):.3f})")
+    if model_has_random_weights(clip):
+        lines.append(f"warning: {RANDOM_WEIGHTS_WARNING}")
     return lines + [f"wrote {path}"]

@@ -15,6 +15,16 @@ NAMES_FILE = "names.csv"
 SPLICE_FILE = "splice.json"
 
 
+DEFAULT_BY = "max"
+
+
+def by_setting(stem: str, suffix: str, by: str = DEFAULT_BY, k: int | None = None, default_k: int | None = None) -> str:
+    """A file name that carries the settings it was made with where they are not the defaults
+    (``top_images_by-cls_k32.csv``), so that runs with other settings never overwrite each other."""
+    tag = (f"_by-{by}" if by != DEFAULT_BY else "") + (f"_k{k}" if k is not None and k != default_k else "")
+    return f"{stem}{tag}{suffix}"
+
+
 def out_dir(out: Path | None, store: Path, codes: str) -> Path:
     """``--out``, or the folder beside the codes; created if missing."""
     path = Path(out) if out is not None else default_analysis_dir(store, codes)

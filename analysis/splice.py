@@ -102,6 +102,8 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
                device: str = "auto", batch: int = 32, progress: bool = True) -> list[str]:
     """splice.json: embeddings cosines with and without the SAE, and zero-shot accuracy where labels allow."""
     from clipsae.analysis.codes_sae import codes_sae
+    from clipsae.analysis.random_weights import WARNING as RANDOM_WEIGHTS_WARNING
+    from clipsae.analysis.random_weights import model_has_random_weights
     from clipsae.pipeline.model import load_clip, store_model_config
 
     check_images(images)
@@ -156,6 +158,10 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
                      f"agree on {zs['agreement']:.1%}")
     else:
         lines.append("no zero-shot accuracy: the images have no labels with class names (see --classes)")
+    if model_has_random_weights(clip):
+        result["random_weights"] = True
+        summary = f"random weights: {summary}"
+        lines.append(f"warning: {RANDOM_WEIGHTS_WARNING}")
     result["summary"] = summary
     path = write_json(t.out / SPLICE_FILE, result)
     return lines + [f"wrote {path}"]

@@ -78,6 +78,11 @@ def _sweep_specs(path: Path, defaults: dict, d: int, options: dict) -> list[SAES
     return specs
 
 
+# Fewer steps than the default warm-up: the learning rate never reaches its peak, and the metrics
+# say little about what the SAE would learn.
+MEANINGFUL_STEPS = DEFAULT_WARMUP
+
+
 def configure_training(
     store: str | Path, hook: str | None = None, tokens: str = "all", arch: str | Sequence[str] = "topk",
     expansion: str | Sequence[int] = "16", k: str | Sequence[int] = "32", l1: str | Sequence[float] = "5",
@@ -127,6 +132,11 @@ def configure_training(
         steps = math.ceil(wanted / batch_size)
         if tokens_total is not None and steps * batch_size != tokens_total:
             notes.append(f"--tokens-total {tokens_total:g} rounded up to {steps} whole batches: {steps * batch_size:,} tokens")
+    if steps < MEANINGFUL_STEPS:
+        notes.append(f"{steps} steps is too short to mean anything: the learning rate warms up over {MEANINGFUL_STEPS:,} "
+                     f"steps and SAEs are trained for 10^4-10^5 steps; use --steps {MEANINGFUL_STEPS:,} or more (with "
+                     f"{train_rows:,} training rows, {math.ceil(MEANINGFUL_STEPS * batch_size / train_rows):,} passes "
+                     f"over them at --batch-size {batch_size}), or a bigger store")
     if holdout == 0:
         notes.append("--holdout 0: no image is held out, so there is no held-out evaluation and no held-out metrics")
     dev = resolve_device(device)

@@ -15,8 +15,9 @@ def format_result(result) -> list[str]:
     for label, path in result.dirs.items():
         m = result.metrics.get(label, {})
         if "fvu" in m:
+            worse = "  (worse than predicting the mean: FVU > 1)" if m["fvu"] > 1 else ""
             lines.append(f"{label}: FVU {m['fvu']:.4f}  cosine {m['cosine']:.4f}  L0 {m['l0']:.1f}  "
-                         f"dead {m['dead']}  dense {m['dense']}  → {path}")
+                         f"dead {m['dead']}  dense {m['dense']}  → {path}{worse}")
         else:
             lines.append(f"{label} → {path}")
     return lines

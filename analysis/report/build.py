@@ -15,6 +15,8 @@ from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
 from clipsae.analysis.nearest_features import nearest_features
 from clipsae.analysis.output import out_dir
 from clipsae.analysis.patch_maps import patch_maps
+from clipsae.analysis.random_weights import WARNING as RANDOM_WEIGHTS_WARNING
+from clipsae.analysis.random_weights import store_has_random_weights as random_weights
 from clipsae.analysis.report import siblings, site
 from clipsae.analysis.report.content import FeatureContent, PatchMaps
 from clipsae.analysis.report.thumbnails import write_thumbnails
@@ -79,6 +81,7 @@ def _summary(store: ActivationStore, codes: Codes, sums: PartSums, dens, sae_not
              splice: dict | None) -> list[list[str]]:
     sae = codes.identity["sae"]
     rows = [["model", f"{store.config.get('model')} ({store.config.get('pretrained') or 'random weights'})"],
+            *([["warning", RANDOM_WEIGHTS_WARNING]] if random_weights(store) else []),
             ["hook", codes.hook],
             ["tokens", f"{codes.identity['tokens']} ({codes.n_positions} per image)"],
             ["images", f"{store.n_images:,}"],
@@ -150,7 +153,7 @@ def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Pa
     matchings = siblings.matchings(analysis)
     content = FeatureContent(top, samples, dens, ent, top20, store.labels(), store.keys(),
                              class_names(store, cfg.classes, cfg.shards), nearest, siblings.feature_names(analysis),
-                             matchings, PatchMaps(grid, feat_P, img_P, maps))
+                             matchings, PatchMaps(grid, feat_P, img_P, maps), random_weights=random_weights(store))
     folder = partial / "features"
     folder.mkdir()
     match_folders = [siblings.relative_link(m.other_report / "features", out / "features") for m in matchings]

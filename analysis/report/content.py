@@ -62,6 +62,7 @@ class FeatureContent:
     names: dict[int, list[tuple[str, float, str]]]
     matchings: list[Matching]
     maps: PatchMaps
+    random_weights: bool = False  # the store's model was not pretrained: names and zero-shot figures mean nothing
 
     @property
     def live(self) -> np.ndarray:
@@ -113,7 +114,7 @@ class FeatureContent:
             "labels": self._label_histogram(f),
             "top": top, "intervals": intervals, "grid": list(self.maps.grid) if self.maps.grid else None,
             "names": [{"word": w, "score": sig(s), "method": meth} for w, s, meth in self.names.get(f, [])],
-            "nearest": None, "matches": [], "links": links,
+            "nearest": None, "matches": [], "links": links, "random_weights": self.random_weights,
         }
         if self.nearest is not None:
             rec["nearest"] = [{"feature": int(j), "cosine": sig(c), "live": bool(not d.dead_F[j])}

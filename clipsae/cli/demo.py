@@ -1,5 +1,8 @@
 """``clipsae demo``: the whole pipeline on built-in synthetic data, in about two minutes on a laptop CPU."""
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import click
@@ -80,16 +83,18 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     for name in (early.name, enc.name):
         click.echo("\n".join(run_report(ReportConfig(store_path, name, progress=False))))
     report = report_dir(store_path, enc.name) / "index.html"
+    # The hints must run as printed: `clipsae` is on PATH only inside an activated venv.
+    exe = "clipsae" if shutil.which("clipsae") else os.path.relpath(Path(sys.executable).parent / "clipsae")
     click.echo(f"""
 what to look at and do next:
   {target.out}   the analyses: top_images.csv, label_entropy.csv, density.csv, token_mse.csv,
       neuron_alignment.csv, names.csv, splice.json, PNG plots, and correlate-{early.name}/
       (the resid.10 features matched to resid.6's)
   {run_dir / 'density.png'}   the SAE's held-out feature-density histogram
-  clipsae store verify {store_path}   checks every chunk of the store
-  clipsae train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 200
+  {exe} store verify {store_path}   checks every chunk of the store
+  {exe} train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 1000
                                       a sweep of two SAEs on another layer
-  your own images: clipsae shards make --from-folder DIR --out tars, then clipsae extract and clipsae train
+  your own images: {exe} shards make --from-folder DIR --out tars, then {exe} extract and {exe} train
   (see README.md and docs/commands.md)
 
 the report of the resid.10 SAE's features (open it in a browser):

@@ -17,7 +17,7 @@ def test_top_images_csv_has_the_promised_columns_and_keys(encoded, tmp_path, run
     store, _ = encoded
     code, out, err = run_cli("analyze", "top-images", "--store", store, "--codes", "sae", "-k", "3", "--out", tmp_path)
     assert code == 0, err
-    rows = _read(tmp_path / "top_images.csv")
+    rows = _read(tmp_path / "top_images_k3.csv")
     assert list(rows[0]) == ["feature", "rank", "image", "key", "label", "value", "token"]
     s = ActivationStore.open(store)
     for r in rows:
@@ -30,7 +30,7 @@ def test_top_images_of_chosen_features_are_written_and_printed(encoded, tmp_path
     code, out, err = run_cli("analyze", "top-images", "--store", encoded[0], "--codes", "sae", "-k", "2",
                              "--features", "3,0", "--out", tmp_path)
     assert code == 0, err
-    assert {r["feature"] for r in _read(tmp_path / "top_images.csv")} <= {"0", "3"}
+    assert {r["feature"] for r in _read(tmp_path / "top_images_k2.csv")} <= {"0", "3"}
     assert "feature 3: " in out and "feature 0: " in out
 
 
@@ -55,6 +55,16 @@ def test_token_mse_csv_places_patches_on_the_grid(encoded, tmp_path, run_cli):
     assert [(r["token"], r["row"], r["col"]) for r in rows] == [("0", "-1", "-1"), ("1", "0", "0"), ("2", "0", "1"),
                                                                  ("3", "1", "0"), ("4", "1", "1")]
     assert (tmp_path / "token_mse.png").is_file()
+
+
+def test_outputs_of_other_settings_do_not_overwrite_each_other(encoded, tmp_path, run_cli):
+    for args in ([], ["--by", "cls"], ["--by", "mean", "-k", "4"]):
+        assert run_cli("analyze", "top-images", "--store", encoded[0], "--codes", "sae", "--out", tmp_path, *args)[0] == 0
+    assert run_cli("analyze", "density", "--store", encoded[0], "--codes", "sae", "--out", tmp_path, "--by", "cls")[0] == 0
+    made = {f.name for f in tmp_path.iterdir()}
+    assert {"top_images.csv", "top_images_by-cls.csv", "top_images_by-mean_k4.csv", "density_by-cls.csv",
+            "density_hist_by-cls.png", "density_scatter_by-cls.png"} <= made
+    assert _read(tmp_path / "top_images.csv") != _read(tmp_path / "top_images_by-cls.csv")
 
 
 def test_label_entropy_leaves_features_with_few_hits_empty(encoded, tmp_path, run_cli):

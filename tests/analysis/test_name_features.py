@@ -78,3 +78,23 @@ def test_planted_features_are_named_by_their_word_both_ways(clip, text, tmp_path
         for method in ("decoder", "top-images"):
             best = next(r for r in rows if r["feature"] == str(f) and r["method"] == method and r["rank"] == "1")
             assert best["word"] == WORDS[w] and float(best["score"]) > 0.99, (f, method, best)
+
+
+def test_random_weights_are_said_and_the_stores_class_names_are_the_default_words(tmp_path, run_cli):
+    from tests.analysis.helpers import sae_weights
+
+    (tmp_path / "tars").mkdir()
+    (tmp_path / "tars" / "000.tar").write_bytes(b"")  # where the store says its images came from
+    (tmp_path / "tars" / "classes.json").write_text('{"0": "red square", "1": "green circle"}')
+    acts = np.random.default_rng(0).standard_normal((6, 1, 512)).astype(np.float32)
+    write_store(tmp_path / "s.zarr", {"embed": acts}, [f"k{i}" for i in range(6)],
+                attrs={"model": "ViT-B-32", "pretrained": "random-init(seed=0)"}, dtype="float32", part="p0",
+                source=str(tmp_path / "tars" / "000.tar"), layouts={"embed": {"cls_token": True, "grid": None}})
+    sae = saelens_dir(tmp_path / "sae", {"architecture": "topk", "k": 2}, sae_weights(0, d=512, n=16))
+    assert run_cli("encode", "--store", tmp_path / "s.zarr", "--sae", sae, "--quiet")[0] == 0
+    code, out, err = run_cli("analyze", "name-features", "--store", tmp_path / "s.zarr", "--codes", "sae", "--quiet")
+    assert code == 0, err
+    assert "2 words ('red square', …) from the store's class names" in out
+    assert "warning: the model has random weights" in out
+    rows = list(csv.DictReader(open(tmp_path / "s.zarr" / "codes" / "sae-analysis" / "names.csv")))
+    assert rows and {r["word"] for r in rows} <= {"red square", "green circle"}

@@ -69,6 +69,8 @@ def test_an_exact_sae_spliced_in_changes_nothing(extracted, tmp_path, run_cli):
     assert code == 0, err
     res = json.loads((extracted / "codes" / "exact-analysis" / "splice.json").read_text())
     assert res["images"] == 6 and res["tokens_replaced"] == 50
+    assert res["random_weights"] and res["summary"].startswith("random weights: ")
+    assert "warning: the model has random weights" in out
     assert res["cosine_spliced"]["min"] > 0.9999
     assert res["cosine_mean_ablated"]["mean"] < 0.999
     assert res["zero_shot"]["agreement"] == 1.0 and res["zero_shot"]["classes"] == 12

@@ -270,3 +270,21 @@ def test_run_files_share_the_permissions_of_every_other_file(small, tmp_path, ru
     os.umask(umask)
     modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir() if f.is_file()}
     assert modes["sae_weights.safetensors"] == modes["sparsity.safetensors"] == modes["cfg.json"] == 0o666 & ~umask
+
+
+def test_a_run_too_short_to_mean_anything_is_said_with_what_would_be_enough(small, tmp_path, run_cli):
+    code, _, err = run_cli("train", "--store", small, "--hook", "b", "--steps", "5", "--batch-size", "64",
+                           "--expansion", "2", "--k", "2", "--out", tmp_path / "short")
+    assert code == 0, err
+    assert "note: 5 steps is too short to mean anything" in err and "--steps 1,000 or more" in err
+
+
+def test_an_sae_worse_than_the_mean_is_said_so():
+    from types import SimpleNamespace
+
+    from clipsae.train.report import format_result
+
+    metrics = {"fvu": 1.27, "cosine": 0.1, "l0": 3.0, "dead": 0, "dense": 0}
+    worse, fine = (format_result(SimpleNamespace(dirs={"a": "run/a"}, metrics={"a": {**metrics, "fvu": f}}))[0]
+                   for f in (1.27, 0.4))
+    assert "worse than predicting the mean: FVU > 1" in worse and "worse" not in fine

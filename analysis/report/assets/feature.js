@@ -11,7 +11,13 @@
   const nav = el("div", { class: "nav" }, el("a", { href: L.index, text: "← all features" }));
   if (L.prev) nav.append(el("a", { href: L.prev, id: "prev-feature", text: "‹ previous live feature" }));
   if (L.next) nav.append(el("a", { href: L.next, id: "next-feature", text: "next live feature ›" }));
-  app.append(nav, el("h1", { text: `Feature ${R.feature}` + (R.names.length ? ` — ${R.names[0].word}` : "") }));
+  // With random weights a name is noise: it stays out of the title, and the page says why.
+  const named = R.names.length && !R.random_weights;
+  app.append(nav, el("h1", { text: `Feature ${R.feature}` + (named ? ` — ${R.names[0].word}` : "") }));
+  if (R.random_weights) {
+    app.append(el("p", { class: "warning", id: "random-weights", text: "The store's model has random weights " +
+      "(no --pretrained): feature names and zero-shot figures are not evidence of any concept." }));
+  }
 
   const stats = [
     ["density (images)", `${fmt(R.density_images)} (${R.images_fired.toLocaleString()} images)`],
