@@ -26,8 +26,15 @@ def run_cli(monkeypatch, capsys):
 
     def run(*args: str):
         monkeypatch.setattr(sys, "argv", ["clipsae", *map(str, args)])
-        with pytest.raises(SystemExit) as exc:
-            main()
+        # A command's --threads sets torch's thread count for the whole process; a later test in this
+        # process must not inherit it (a convolution's float sums depend on it).
+        threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+        try:
+            with pytest.raises(SystemExit) as exc:
+                main()
+        finally:
+            if threads is not None:
+                sys.modules["torch"].set_num_threads(threads)
         out = capsys.readouterr()
         return exc.value.code, out.out, out.err
 

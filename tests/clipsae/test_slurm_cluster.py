@@ -46,7 +46,8 @@ def _job_gone_or_done(cluster, job: str) -> bool:
     return not any(s in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED") for s in states)
 
 
-def test_an_extract_array_of_two_tasks_equals_one_local_process(on_slurm, shards, reference, tmp_path, run_cli):
+def test_an_extract_array_of_two_tasks_equals_one_local_process(on_slurm, shards, reference, tmp_path, run_cli,
+                                                                monkeypatch):
     store = tmp_path / "s.zarr"
     code, out, err = run_cli("extract", *EXTRACT, "--shards", shards, "--store", store, "--slurm-array", "2",
                              "--slurm-logs", tmp_path / "logs")
@@ -55,7 +56,7 @@ def test_an_extract_array_of_two_tasks_equals_one_local_process(on_slurm, shards
     wait_until(lambda: len(complete_parts(store)) == 3, "both Slurm array tasks to finish")
     wait_until(lambda: _job_gone_or_done(on_slurm, job), "the array to leave the queue")
     _same_store(store, reference)
-    os.chdir(tmp_path.parent)  # the plan names its logs absolutely: status reads the same from anywhere
+    monkeypatch.chdir(tmp_path.parent)  # the plan names its logs absolutely: status reads the same from anywhere
     code, out, _ = run_cli("status", "--store", store)
     assert f"plan: 2 array tasks of job {job}, logs in {tmp_path / 'logs' / job}" in out
 
