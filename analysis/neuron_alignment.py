@@ -76,13 +76,21 @@ def neuron_alignment(encoder_DF: torch.Tensor, neurons_ND: torch.Tensor, seed: i
     return Alignment(best, arg, max_abs_cosine(rand, neurons_ND)[0])
 
 
+def alignment_bins(al: Alignment, n: int = 60) -> np.ndarray:
+    """Histogram edges over where the cosines lie (typically 0.1-0.2, not 0-1), features and baseline alike."""
+    both = np.concatenate([np.asarray(al.random_R, dtype=float), np.asarray(al.max_cos_F, dtype=float)])
+    lo, hi = float(both.min()), float(both.max())
+    pad = max(0.02 * (hi - lo), 1e-3)
+    return np.linspace(max(0.0, lo - pad), min(1.0, hi + pad), n + 1)
+
+
 def plot_alignment(al: Alignment, path, title: str):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    bins = np.linspace(0, 1, 101)
-    ax.hist(al.random_R, bins=bins, alpha=0.6, label="random directions", color="0.55")
-    ax.hist(al.max_cos_F, bins=bins, alpha=0.7, label="SAE encoder directions", color="tab:blue")
-    ax.axvline(al.threshold, color="k", lw=0.8, ls="--", label=f"random {BASELINE_QUANTILE:.0%} quantile")
+    bins = alignment_bins(al)
+    ax.hist(al.max_cos_F, bins=bins, alpha=0.6, label="SAE encoder directions", color="tab:blue")
+    # The baseline as an outline drawn last, so the features' bars never hide it.
+    ax.hist(al.random_R, bins=bins, histtype="step", lw=1.6, label="random directions", color="tab:orange")
     ax.set_xlabel("max |cosine| with an MLP neuron's output direction")
     ax.set_ylabel("directions")
     ax.set_yscale("log")

@@ -63,6 +63,14 @@ def density_histogram(density_N: torch.Tensor) -> dict:
     return {"edges_log10": HIST_EDGES.tolist(), "counts": counts.tolist(), "never": int((density_N == 0).sum())}
 
 
+def density_xlim(hist: dict) -> tuple[float, float]:
+    """The x-range of the density plot: from half a unit below the first bin with latents (not the bins' −8) to 0."""
+    nonzero = np.flatnonzero(hist["counts"])
+    if not len(nonzero):
+        return hist["edges_log10"][0], hist["edges_log10"][-1]
+    return hist["edges_log10"][nonzero[0]] - 0.5, max(0.0, hist["edges_log10"][nonzero[-1] + 1])
+
+
 def plot_density(density_N: torch.Tensor, path: Path, title: str) -> None:
     """Save the log10 feature-density histogram as a PNG."""
     import matplotlib
@@ -73,6 +81,8 @@ def plot_density(density_N: torch.Tensor, path: Path, title: str) -> None:
     hist = density_histogram(density_N)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.stairs(hist["counts"], hist["edges_log10"], fill=True)
+    ax.set_xlim(*density_xlim(hist))
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("log10 feature density (fraction of held-out tokens)")
     ax.set_ylabel("latents")
     ax.set_title(f"{title}\n{hist['never']} latents never fired", fontsize=9)

@@ -79,3 +79,9 @@ def test_a_moved_sae_is_found_through_sae_and_a_different_one_refused(vit_codes,
 def test_codes_on_a_hook_other_than_the_residual_stream_are_refused(encoded, run_cli):
     code, out, err = run_cli("analyze", "neuron-alignment", "--store", encoded[0], "--codes", "sae")
     assert code != 0 and "residual-stream hook (resid.N)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_histogram_spans_the_cosines_not_zero_to_one():
+    al = na.Alignment(torch.tensor([0.12, 0.19]).numpy(), np.zeros(2, dtype=np.int64), np.array([0.105, 0.15]))
+    bins = na.alignment_bins(al)
+    assert 0.1 < bins[0] <= 0.105 and 0.19 <= bins[-1] < 0.2 and len(bins) == 61

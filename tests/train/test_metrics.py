@@ -43,3 +43,11 @@ def test_density_histogram_counts_every_latent_once():
 def test_density_plot_is_written_as_png(tmp_path):
     plot_density(torch.tensor([0.0, 1e-4, 1e-2, 0.3]), tmp_path / "d.png", "title")
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_density_plot_starts_where_the_latents_are():
+    from clipsae.train.metrics import density_histogram, density_xlim
+
+    density = torch.cat([torch.zeros(5), torch.tensor([10**-3.1, 10**-2.0, 10**-0.6])])
+    lo, hi = density_xlim(density_histogram(density))
+    assert lo == pytest.approx(-3.75) and hi == 0.0

@@ -75,7 +75,8 @@
     const [x0, x1] = range(logTok);
     const bins = new Array(40).fill(0);
     for (const x of logTok) bins[Math.min(39, Math.floor((x - x0) / (x1 - x0) * 40))]++;
-    const top = Math.max(1, ...bins);
+    // A whole number of features per tick: four ticks of ceil(max / 4) each.
+    const top = 4 * Math.max(1, Math.ceil(Math.max(...bins) / 4));
     ctx.fillStyle = "#4c78a8";
     const bw = (W - M.l - M.r) / 40;
     bins.forEach((c, i) => {
@@ -102,6 +103,18 @@
       ctx.fillRect(toX(px[i]) - 1.5, toY(py[i]) - 1.5, 3, 3);
     }
     axes(ctx, sx0, sx1, sy0, sy1, "log10 image density", "log10 mean top-20 value");
+    // The colour scale, top right over a white box: label entropy from 0 to its largest value.
+    const cw = 120, cx0 = W - M.r - cw - 10, cy0 = M.t + 6;
+    ctx.fillStyle = "rgba(255,255,255,0.9)"; ctx.fillRect(cx0 - 8, cy0 - 2, cw + 16, 42);
+    ctx.fillStyle = "#333"; ctx.font = "10px sans-serif"; ctx.textAlign = "center";
+    ctx.fillText("label entropy (nats)", cx0 + cw / 2, cy0 + 9);
+    for (let j = 0; j < cw; j++) {
+      ctx.fillStyle = `hsl(${270 - 200 * j / (cw - 1)}, 70%, 45%)`;
+      ctx.fillRect(cx0 + j, cy0 + 13, 1, 9);
+    }
+    ctx.fillStyle = "#333";
+    ctx.textAlign = "left"; ctx.fillText("0", cx0, cy0 + 34);
+    ctx.textAlign = "right"; ctx.fillText(eMax.toFixed(2), cx0 + cw, cy0 + 34);
   }
   scatter.style.cursor = "pointer";
   scatter.addEventListener("click", (ev) => {
@@ -117,7 +130,7 @@
   });
   app.append(el("h2", { text: "Density" }), el("div", { class: "plots" },
     el("figure", {}, hist, el("figcaption", { text: "How often each live feature fires, over encoded tokens (dense: above 10%, log10 = −1)." })),
-    el("figure", {}, scatter, el("figcaption", { text: "Fry's scatter: image density against mean top-20 value, coloured by label entropy (purple lowest, green highest; grey: too few labelled top images). Click a point to open its feature." }))));
+    el("figure", {}, scatter, el("figcaption", { text: "Fry's scatter: image density against mean top-20 value, coloured by label entropy (scale at top right, purple lowest; grey: too few labelled top images). Click a point to open its feature." }))));
 
   // The table: sortable by any column, paginated.
   const cols = [

@@ -89,3 +89,30 @@ def test_sorting_the_table_by_density_puts_the_densest_feature_first(browser, re
     recs = {f: json.loads((report / "features" / f"{f}.json").read_text()) for f in live_features(report)}
     top = max(r["density_images"] for r in recs.values())
     assert recs[first]["density_images"] == top
+
+
+def test_a_random_weights_store_keeps_names_out_of_titles_and_says_why(browser, report, tar_encoded, tmp_path):
+    from clipsae.analysis.report.build import ReportConfig, run_report
+    from clipsae.analysis.report.siblings import report_dir
+    from clipsae.store import zarr_backend as zb
+
+    f = live_features(report)[0]
+    open_page(browser, report / "features" / f"{f}.html")
+    assert browser.execute_script("return document.getElementById('random-weights')") is None
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(tar_encoded[0], store)
+    attrs = zb.read_attributes(store)
+    attrs["clipsae"]["config"]["pretrained"] = "random-init(seed=0)"  # as extract records a model it did not load
+    zb.update_attributes(store, attrs)
+    analysis = store / "codes" / "sae-analysis"
+    analysis.mkdir(exist_ok=True)
+    (analysis / "names.csv").write_text(f"feature,rank,word,score,method\n{f},1,tench,0.31,decoder\n")
+    run_report(ReportConfig(store, "sae", k=3, per_interval=2, progress=False))
+    random_report = report_dir(store, "sae")
+    assert open_page(browser, random_report / "features" / f"{f}.html") == []
+    assert browser.find_element("tag name", "h1").text == f"Feature {f}"
+    assert "random weights" in browser.find_element("id", "random-weights").text
+    assert "tench" in browser.find_element("tag name", "main").text  # still listed, below the warning
+    open_page(browser, random_report / "index.html")
+    assert "random weights" in browser.find_element("tag name", "table").text
