@@ -203,7 +203,6 @@ class Array:
         """Chunk ``i``'s rows from ``lo``: the chunk's full stored shape on the raw paths, the rows
         inside the array through zarr-python."""
         f = self.chunk_file(i)
-        remote = is_remote(self.path)
         if self.raw is None:
             if f is not None and not f.exists():
                 raise ChunkDamaged(f"chunk {i} is missing ({f})")
@@ -211,7 +210,7 @@ class Array:
                 return np.asarray(self.zarr_array[lo : lo + self.rows_per_chunk])
             except Exception as exc:  # a damaged compressed chunk fails in zarr's decoder
                 raise ChunkDamaged(f"chunk {i} cannot be decoded ({type(exc).__name__}: {exc})") from None
-        if remote:
+        if is_remote(self.path):
             # One GET, without an existence check first: each request costs a round trip.
             try:
                 data = np.frombuffer(bytearray(read_bytes(f)), dtype=self.raw.dtype)  # writable, as a local read is
