@@ -53,6 +53,33 @@ def cli_process(*args: str, **kw) -> subprocess.Popen:
     )
 
 
+@pytest.fixture(scope="session")
+def rn50_store(shards, tmp_path_factory) -> Path:
+    """What one local process extracts from :func:`shards` (RN50 layer4 and attnpool, all tokens,
+    batch 2): the store that parallel, remote and Slurm extractions must equal."""
+    from clipsae.pipeline.config import ExtractConfig, ModelConfig
+    from clipsae.pipeline.extract import run_extract
+
+    path = tmp_path_factory.mktemp("rn50") / "ref.zarr"
+    run_extract(ExtractConfig(ModelConfig("RN50"), ["layer4", "attnpool"], "all", str(shards), str(path), batch_size=2,
+                              progress=False))
+    return path
+
+
+def assert_same_store(a, b) -> None:
+    """Two stores hold the same parts, hooks, keys, labels and activations, bit for bit."""
+    import numpy as np
+
+    from clipsae.store.reader import ActivationStore
+
+    sa, sb = ActivationStore.open(a), ActivationStore.open(b)
+    assert [p.name for p in sa.parts] == [p.name for p in sb.parts] and sa.hooks == sb.hooks
+    np.testing.assert_array_equal(sa.keys(), sb.keys())
+    np.testing.assert_array_equal(sa.labels(), sb.labels())
+    for h in sa.hooks:
+        np.testing.assert_array_equal(sa.read(h, slice(None)), sb.read(h, slice(None)))
+
+
 def tree_snapshot(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` with its bytes: to show that nothing changed."""
     return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}

@@ -1,7 +1,6 @@
 """``clipsae status``: which parts of a store and of its cached codes are complete, in progress or missing."""
 
 import json
-from pathlib import Path
 
 import click
 

@@ -11,34 +11,14 @@ import pytest
 from safetensors.numpy import load_file
 
 from clipsae.analysis.encode import EncodeConfig, run_encode
-from clipsae.pipeline.config import ExtractConfig, ModelConfig
-from clipsae.pipeline.extract import run_extract
 from clipsae.store import codes as codes_store
 from clipsae.store import zarr_backend as zb
-from clipsae.store.reader import ActivationStore, complete_parts
+from clipsae.store.reader import complete_parts
 from clipsae.store.writer import write_store
 from tests.analysis.helpers import make_store, sae_weights, saelens_dir
-from tests.conftest import submitted_job, wait_until
+from tests.conftest import assert_same_store, submitted_job, wait_until
 
 EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def reference(shards, tmp_path_factory):
-    """The store one local process writes from the three tars."""
-    ref = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    run_extract(ExtractConfig(ModelConfig("RN50"), ["layer4", "attnpool"], "all", str(shards), str(ref), batch_size=2,
-                              progress=False))
-    return ref
-
-
-def _same_store(a, b):
-    a, b = ActivationStore.open(a), ActivationStore.open(b)
-    assert [p.name for p in a.parts] == [p.name for p in b.parts]
-    np.testing.assert_array_equal(a.keys(), b.keys())
-    np.testing.assert_array_equal(a.labels(), b.labels())
-    for h in b.hooks:
-        np.testing.assert_array_equal(a.read(h, slice(None)), b.read(h, slice(None)))
 
 
 def _job_gone_or_done(cluster, job: str) -> bool:
@@ -46,7 +26,7 @@ def _job_gone_or_done(cluster, job: str) -> bool:
     return not any(s in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED") for s in states)
 
 
-def test_an_extract_array_of_two_tasks_equals_one_local_process(on_slurm, shards, reference, tmp_path, run_cli,
+def test_an_extract_array_of_two_tasks_equals_one_local_process(on_slurm, shards, rn50_store, tmp_path, run_cli,
                                                                 monkeypatch):
     store = tmp_path / "s.zarr"
     code, out, err = run_cli("extract", *EXTRACT, "--shards", shards, "--store", store, "--slurm-array", "2",
@@ -55,13 +35,13 @@ def test_an_extract_array_of_two_tasks_equals_one_local_process(on_slurm, shards
     job = submitted_job(out)
     wait_until(lambda: len(complete_parts(store)) == 3, "both Slurm array tasks to finish")
     wait_until(lambda: _job_gone_or_done(on_slurm, job), "the array to leave the queue")
-    _same_store(store, reference)
+    assert_same_store(store, rn50_store)
     monkeypatch.chdir(tmp_path.parent)  # the plan names its logs absolutely: status reads the same from anywhere
     code, out, _ = run_cli("status", "--store", store)
     assert f"plan: 2 array tasks of job {job}, logs in {tmp_path / 'logs' / job}" in out
 
 
-def test_a_task_killed_mid_part_is_finished_by_the_same_command(on_slurm, shards, reference, tmp_path, run_cli):
+def test_a_task_killed_mid_part_is_finished_by_the_same_command(on_slurm, shards, rn50_store, tmp_path, run_cli):
     store, args = tmp_path / "s.zarr", ["extract", *EXTRACT, "--shards", shards]
     args += ["--store", str(tmp_path / "s.zarr"), "--slurm-array", "1", "--slurm-logs", str(tmp_path / "logs")]
     code, out, err = run_cli(*args)
@@ -83,7 +63,7 @@ def test_a_task_killed_mid_part_is_finished_by_the_same_command(on_slurm, shards
     assert code == 0, err
     wait_until(lambda: len(complete_parts(store)) == 3, "the second submission to finish the store")
     wait_until(lambda: _job_gone_or_done(on_slurm, submitted_job(out)), "the second task to leave the queue")
-    _same_store(store, reference)
+    assert_same_store(store, rn50_store)
 
 
 TRAIN = ["--expansion", "4", "--k", "4", "--steps", "2500", "--batch-size", "64", "--checkpoint-every", "100",

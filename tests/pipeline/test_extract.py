@@ -16,7 +16,7 @@ from clipsae.pipeline.extract import run_extract
 from clipsae.pipeline.synthetic import draw, jpeg_bytes, make_synthetic_shards
 from clipsae.pipeline.tarwrite import write_tar
 from clipsae.store import ActivationStore, verify
-from tests.conftest import cli_process
+from tests.conftest import assert_same_store, cli_process
 
 
 def extract(shards, store, layers=("2", "5"), tokens="all", model="ViT-B-32", **kw):
@@ -25,15 +25,6 @@ def extract(shards, store, layers=("2", "5"), tokens="all", model="ViT-B-32", **
         store=str(store), batch_size=kw.pop("batch_size", 4), progress=False, **kw,
     )
     return run_extract(cfg)
-
-
-def assert_same_store(a: Path, b: Path):
-    sa, sb = ActivationStore.open(a), ActivationStore.open(b)
-    assert sa.hooks == sb.hooks
-    np.testing.assert_array_equal(sa.keys(), sb.keys())
-    np.testing.assert_array_equal(sa.labels(), sb.labels())
-    for h in sa.hooks:
-        np.testing.assert_array_equal(sa.read(h, slice(None)), sb.read(h, slice(None)))
 
 
 def reference_activations(model_name, images_bytes, layers, tokens):

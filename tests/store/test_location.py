@@ -8,14 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file
 
-from clipsae.pipeline.config import ExtractConfig, ModelConfig
-from clipsae.pipeline.extract import run_extract
 from clipsae.store.location import store_path
 from clipsae.store.reader import ActivationStore, complete_parts
-from tests.conftest import ROOT, cli_process, wait_until
+from tests.conftest import ROOT, assert_same_store, cli_process, wait_until
 
 BUCKET = "clipsae-test"
 EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--no-progress"]
@@ -42,21 +39,9 @@ def s3():
 
 
 @pytest.fixture(scope="module")
-def local_store(shards, tmp_path_factory):
+def local_store(rn50_store):
     """The same extraction into a local folder: what the S3 store must equal."""
-    path = tmp_path_factory.mktemp("local") / "s.zarr"
-    run_extract(ExtractConfig(ModelConfig("RN50"), ["layer4", "attnpool"], "all", str(shards), str(path), batch_size=2,
-                              progress=False))
-    return path
-
-
-def _same_store(a, b):
-    sa, sb = ActivationStore.open(a), ActivationStore.open(b)
-    assert [p.name for p in sa.parts] == [p.name for p in sb.parts]
-    np.testing.assert_array_equal(sa.keys(), sb.keys())
-    np.testing.assert_array_equal(sa.labels(), sb.labels())
-    for h in sb.hooks:
-        np.testing.assert_array_equal(sa.read(h, slice(None)), sb.read(h, slice(None)))
+    return rn50_store
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +53,7 @@ def s3_store(s3, shards, local_store):
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
-    _same_store(url, local_store)
+    assert_same_store(url, local_store)
     return url
 
 
@@ -98,7 +83,7 @@ def test_a_part_a_killed_writer_left_on_s3_is_redone(s3, shards, local_store):
     p = cli_process("extract", *EXTRACT, "--shards", shards, "--store", url)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
-    _same_store(url, local_store)
+    assert_same_store(url, local_store)
 
 
 def test_training_and_encoding_from_s3_give_what_the_local_store_gives(s3_store, local_store, tmp_path, run_cli):
