@@ -143,8 +143,9 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
               "cosine_mean_ablated": {"mean": cm.mean(), "median": float(np.median(cm))},
               "recovered": recovered, "zero_shot": None}
     result = _floats(result)
+    worse = ", worse than replacing the tokens by their mean" if recovered < 0 else ""
     summary = (f"cos(original, spliced) {cs.mean():.4f} mean over {len(chosen)} images (mean-ablated {cm.mean():.4f}; "
-               f"recovered {recovered:.3f})")
+               f"recovered {recovered:.3f}{worse})")
     known = np.array([lab in names for lab in labels.tolist()], dtype=bool)
     lines = [f"{t.title}: spliced the SAE's reconstruction into {cfg.name} ({clip.vision.identity['pretrained']}) at "
              f"{hook} on {len(t.codes.token_positions)} token(s) per image", summary]

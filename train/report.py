@@ -47,6 +47,8 @@ def format_sae_info(info: dict) -> str:
     if info["heldout"]:
         lines.append("held-out metrics:")
         lines += [f"{key:>22}: {_fmt(value)}" for key, value in info["heldout"].items()]
+        if info["heldout"].get("fvu", 0) > 1:
+            lines.append("FVU > 1: this SAE reconstructs worse than predicting the mean of its inputs")
     else:
         lines.append("no held-out metrics (trained with --holdout 0, or not by clipsae)")
     return "\n".join(lines)

@@ -87,6 +87,19 @@ def test_pooled_embed_codes_are_spliced_on_the_embedding(extracted, tmp_path, ru
     assert res["tokens_replaced"] == 1 and res["cosine_spliced"]["mean"] < 0.9999
 
 
+def test_an_sae_worse_than_the_mean_is_said_so(extracted, tmp_path, run_cli):
+    # Reconstructs −x: far worse than putting each token's mean in its place.
+    eye = torch.eye(D)
+    sae = saelens_dir(tmp_path / "neg", {"architecture": "standard"},
+                      {"W_enc": torch.cat([eye, -eye], 1), "b_enc": torch.zeros(2 * D),
+                       "W_dec": -torch.cat([eye, -eye], 0), "b_dec": torch.zeros(D)})
+    run_encode(EncodeConfig(extracted, sae, name="neg", hook="resid.5", progress=False))
+    code, out, err = run_cli("analyze", "splice", "--store", extracted, "--codes", "neg", "--images", "3", "--quiet")
+    assert code == 0, err
+    res = json.loads((extracted / "codes" / "neg-analysis" / "splice.json").read_text())
+    assert res["recovered"] < 0 and "worse than replacing the tokens by their mean" in res["summary"]
+
+
 def test_splice_bad_input_is_one_line(extracted, tmp_path, run_cli):
     code, _, err = run_cli("analyze", "splice", "--store", extracted, "--codes", "nope", "--images", "3")
     assert code != 0 and "no codes named 'nope'" in err and len(err.strip().splitlines()) == 1

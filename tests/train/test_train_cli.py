@@ -291,3 +291,11 @@ def test_an_sae_worse_than_the_mean_is_said_so():
     worse, fine = (format_result(SimpleNamespace(dirs={"a": "run/a"}, metrics={"a": {**metrics, "fvu": f}}))[0]
                    for f in (1.27, 0.4))
     assert "worse than predicting the mean: FVU > 1" in worse and "worse" not in fine
+
+
+def test_sae_info_says_when_the_heldout_fvu_is_above_one():
+    from clipsae.train.report import format_sae_info
+
+    info = {"path": "run", "heldout": {"fvu": 19.9}}
+    assert "worse than predicting the mean" in format_sae_info(info)
+    assert "worse" not in format_sae_info({**info, "heldout": {"fvu": 0.2}})
