@@ -9,13 +9,16 @@ import click
 
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
 from clipsae.slurm import slurm_config, slurm_options
+from clipsae.train.formats import SAE_FORMAT
 from clipsae.store.location import absolute
 
 
 @click.command("encode")
 @click.option("--store", "store_path", required=True, help="Activation store: a folder, s3://bucket/… or gs://bucket/….")
 @click.option("--sae", "sae_path", required=True, type=click.Path(path_type=Path),
-              help="A `clipsae train` SAE folder, or a SAELens or sparsify SAE folder.")
+              help="An SAE: a `clipsae train` folder, or one published by SAELens, sparsify, dictionary_learning "
+                   "or CLIP-Scope (detected from the files).")
+@SAE_FORMAT
 @click.option("--name", default=None, help="Name of the cached codes [default: the SAE folder's name].")
 @click.option("--hook", default=None, help="Hook to encode [default: the SAE's, or the store's only hook of its width].")
 @click.option("--tokens", type=click.Choice(["cls", "patches", "all"]), default=None,
@@ -28,7 +31,7 @@ from clipsae.store.location import absolute
 @click.option("--worker-index", type=int, default=None, help="This job's index (default: SLURM_ARRAY_TASK_ID, else 0).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @slurm_options(array=True)
-def encode_cmd(store_path, sae_path, name, hook, tokens, max_active, batch_size, device, num_workers, worker_index, quiet,
+def encode_cmd(store_path, sae_path, sae_format, name, hook, tokens, max_active, batch_size, device, num_workers, worker_index, quiet,
                slurm_array, **slurm):
     """Encode a store's activations with an SAE and cache the codes in the store.
 
@@ -38,7 +41,7 @@ def encode_cmd(store_path, sae_path, name, hook, tokens, max_active, batch_size,
 
     # Absolute, so that jobs started elsewhere (Slurm tasks) read and write the same files.
     cfg = EncodeConfig(absolute(store_path), sae_path.absolute(), name, hook, tokens, device, batch_size, max_active,
-                       num_workers, worker_index, progress=not quiet)
+                       num_workers, worker_index, progress=not quiet, sae_format=sae_format)
     if slurm_array is not None:
         from clipsae.analysis.encode_submit import submit_encode
 

@@ -11,9 +11,11 @@ from clipsae.train.model import SparseAutoencoder
 def codes_sae(codes: Codes, sae: Path | None = None, device: str = "cpu") -> SparseAutoencoder:
     """``sae`` (or the folder encode recorded) loaded, if its weights hash to the codes' recorded sha256."""
     path = Path(sae) if sae is not None else Path(codes.identity.get("provenance", {}).get("sae_path", ""))
-    if sae is None and not path.is_dir():
+    if sae is None and not path.exists():
         raise ClipsaeError(f"codes {codes.name!r} were made by the SAE in {path}, which is not there now; pass --sae DIR")
-    model = load_sae(path, device=device)
+    recorded = codes.identity["sae"].get("format")
+    # The format encode recorded (a clipsae run is read as the SAELens folder it is).
+    model = load_sae(path, device=device, sae_format="saelens" if recorded == "clipsae" else recorded)
     want = codes.identity["sae"]["weights_sha256"]
     if model.identity["weights_sha256"] != want:
         raise ClipsaeError(f"the SAE in {path} is not the one that made codes {codes.name!r} (weights sha256 "

@@ -43,6 +43,7 @@ class EncodeConfig:
     num_workers: int | None = None
     worker_index: int | None = None
     progress: bool = True
+    sae_format: str | None = None  # None: detected from the SAE's files
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -169,7 +170,7 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
                            f"interrupted); finish `clipsae extract` first, so that workers agree on the parts")
     if not store.parts:
         raise ClipsaeError(f"{cfg.store} has no complete parts to encode")
-    sae = load_sae(cfg.sae, device=str(device)).eval()
+    sae = load_sae(cfg.sae, device=str(device), sae_format=cfg.sae_format).eval()
     hook = _choose_hook(store, sae, cfg.hook)
     store.require_finite(hook)
     if store.d(hook) != sae.d_in:

@@ -13,6 +13,7 @@ import click
 from clipsae.slurm import slurm_config, slurm_options
 from clipsae.train import archs
 from clipsae.train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WARMUP, PRECISIONS
+from clipsae.train.formats import SAE_FORMAT
 
 
 @click.command("train")
@@ -120,10 +121,11 @@ def sae_group():
 
 @sae_group.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
+@SAE_FORMAT
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def sae_info_cmd(path, as_json):
-    """What the SAE in PATH is (clipsae, SAELens or sparsify), and its held-out metrics."""
+def sae_info_cmd(path, sae_format, as_json):
+    """What the SAE at PATH is (clipsae, SAELens, sparsify, dictionary_learning, CLIP-Scope), and its held-out metrics."""
     from clipsae.train.report import format_sae_info, sae_info
 
-    info = sae_info(path)
+    info = sae_info(path, sae_format)
     click.echo(json.dumps(info, indent=2) if as_json else format_sae_info(info))

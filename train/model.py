@@ -26,6 +26,13 @@ def _topk(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes(rows, top.indices[keep], top.values[keep], row_offsets(rows, z_BN.shape[0]))
 
 
+def _topk_signed(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    # CLIP-Scope's TopK: the k largest pre-activations whatever their sign, no ReLU.
+    top = z_BN.topk(model.k, dim=1)
+    rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(model.k)
+    return SparseCodes(rows, top.indices.reshape(-1), top.values.reshape(-1), row_offsets(rows, z_BN.shape[0]))
+
+
 def _jumprelu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes.from_mask(z_BN, (z_BN > model.threshold) & (z_BN > 0))
 
@@ -39,10 +46,12 @@ class Activation:
     needs_threshold: bool = False
 
 
-# The three inference forms every trained SAE is saved as (SAELens's names): ReLU, TopK, JumpReLU.
+# The inference forms SAEs are saved as: ReLU, TopK and JumpReLU (SAELens's names), and the TopK
+# without a ReLU that CLIP-Scope published (its codes may be negative).
 ACTIVATIONS = {
     "standard": Activation(_relu),
     "topk": Activation(_topk, needs_k=True),
+    "topk_signed": Activation(_topk_signed, needs_k=True),
     "jumprelu": Activation(_jumprelu, needs_threshold=True),
 }
 
@@ -50,7 +59,8 @@ ACTIVATIONS = {
 class SparseAutoencoder(nn.Module):
     """An SAE on raw activations: ``encode`` (dense codes), ``encode_sparse``, ``decode``, ``forward``.
 
-    ``architecture`` is ``standard`` (f = ReLU(z)), ``topk`` (the k largest of ReLU(z)) or
+    ``architecture`` is ``standard`` (f = ReLU(z)), ``topk`` (the k largest of ReLU(z)),
+    ``topk_signed`` (the k largest of z, negative ones included) or
     ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent), with
     z = (x − b_dec·apply_b_dec_to_input) W_enc + b_enc, scaled by ‖W_dec row‖ when
     ``rescale_acts_by_decoder_norm`` (a SAELens TopK option; decoding then divides by it).

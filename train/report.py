@@ -23,9 +23,9 @@ def format_result(result) -> list[str]:
     return lines
 
 
-def sae_info(path: str | Path) -> dict:
-    """What the SAE in ``path`` is (whoever trained it) and, for a clipsae run, its held-out metrics."""
-    model = load_sae(path)
+def sae_info(path: str | Path, sae_format: str | None = None) -> dict:
+    """What the SAE at ``path`` is (whoever trained it) and, for a clipsae run, its held-out metrics."""
+    model = load_sae(path, sae_format=sae_format)
     metrics = load_metrics(path) or {}
     cfg = model.cfg
     ours = cfg.get("clipsae", {})

@@ -101,7 +101,8 @@ def test_sparse_encoding_equals_dense_encoding(arch, kw):
 
 def test_directory_without_cfg_names_what_is_missing(tmp_path):
     (tmp_path / "x").mkdir()
-    with pytest.raises(ClipsaeError, match=r"lacks cfg.json and sae_weights.safetensors \(SAELens, clipsae\) or sae.safetensors"):
+    with pytest.raises(ClipsaeError, match=r"holds none of cfg.json and sae_weights.safetensors \(SAELens, clipsae\); "
+                                           r"cfg.json and sae.safetensors \(sparsify\); ae.pt and config.json"):
         load_sae(tmp_path / "x")
 
 
@@ -143,7 +144,8 @@ def test_analysis_side_imports_no_training_code():
     code = ("import sys; from clipsae.train import load_sae, SparseAutoencoder, SparseCodes; load_sae; SparseAutoencoder; "
             "SparseCodes; print(sorted(m for m in sys.modules if m.startswith('clipsae.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert eval(out) == ["clipsae.train", "clipsae.train.codes", "clipsae.train.load", "clipsae.train.model"]
+    assert eval(out) == ["clipsae.train", "clipsae.train.codes", "clipsae.train.formats", "clipsae.train.formats.saelens",
+                         "clipsae.train.load", "clipsae.train.model"]
 
 
 def test_a_loaded_sae_builds_no_autograd_graph(tmp_path):

@@ -1,0 +1,91 @@
+"""dictionary_learning folders load and code as each dict_class's own encode and decode do."""
+
+import json
+
+import pytest
+import torch
+
+from clipsae.errors import ClipsaeError
+from clipsae.train import load_sae
+
+D, N, K = 10, 32, 3
+
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def state_dict(dict_class, seed=0):
+    """The state dict each class saves (its parameter and buffer names and shapes), random weights."""
+    g = _g(seed)
+    enc_w, enc_b = torch.randn(N, D, generator=g) / D**0.5, torch.randn(N, generator=g) * 0.1
+    dec_w = torch.randn(D, N, generator=g) * 0.8  # nn.Linear(dict, act).weight: (D, N), columns not unit norm
+    b = torch.randn(D, generator=g) * 0.2
+    if dict_class == "AutoEncoder":
+        return {"bias": b, "encoder.weight": enc_w, "encoder.bias": enc_b, "decoder.weight": dec_w}
+    if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
+        return {"k": torch.tensor(K, dtype=torch.int), "threshold": torch.tensor(0.15), "decoder.weight": dec_w,
+                "encoder.weight": enc_w, "encoder.bias": enc_b, "b_dec": b}
+    common = {"W_enc": enc_w.T.contiguous(), "b_enc": enc_b, "W_dec": dec_w.T.contiguous(), "b_dec": b}
+    if dict_class == "MatryoshkaBatchTopKSAE":
+        return {"k": torch.tensor(K, dtype=torch.int), "threshold": torch.tensor(0.15),
+                "group_sizes": torch.tensor([8, 8, 16]), **common}
+    return {**common, "threshold": torch.linspace(0.0, 0.4, N)}  # JumpReluAutoEncoder
+
+
+def folder(path, dict_class, w):
+    path.mkdir()
+    torch.save(w, path / "ae.pt")
+    (path / "config.json").write_text(json.dumps({"trainer": {"dict_class": dict_class, "activation_dim": D,
+                                                              "dict_size": N, "layer": 22}, "buffer": {}}))
+    return path
+
+
+def reference(dict_class, w, x):
+    """(codes, reconstruction) as the class's encode and decode compute them (after from_pretrained)."""
+    relu = torch.relu
+    if dict_class == "AutoEncoder":
+        norms = w["decoder.weight"].norm(dim=0)  # from_pretrained(normalize_decoder=True)
+        enc_w, enc_b, dec_w = w["encoder.weight"] * norms[:, None], w["encoder.bias"] * norms, w["decoder.weight"] / norms
+        f = relu((x - w["bias"]) @ enc_w.T + enc_b)
+        return f, f @ dec_w.T + w["bias"]
+    if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
+        post = relu((x - w["b_dec"]) @ w["encoder.weight"].T + w["encoder.bias"])
+        if dict_class == "AutoEncoderTopK":
+            top = post.topk(K, dim=-1)
+            f = torch.zeros_like(post).scatter_(-1, top.indices, top.values)
+        else:
+            f = post * (post > w["threshold"])
+        return f, f @ w["decoder.weight"].T + w["b_dec"]
+    if dict_class == "MatryoshkaBatchTopKSAE":
+        post = relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
+        f = post * (post > w["threshold"])
+        return f, f @ w["W_dec"] + w["b_dec"]
+    pre = x @ w["W_enc"] + w["b_enc"]
+    f = relu(pre * (pre > w["threshold"]))
+    return f, f @ w["W_dec"] + w["b_dec"]
+
+
+CLASSES = ["AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder"]
+
+
+@pytest.mark.parametrize("dict_class", CLASSES)
+def test_codes_and_reconstruction_equal_the_classes_own(tmp_path, dict_class):
+    w = state_dict(dict_class)
+    sae = load_sae(folder(tmp_path / "trainer_0", dict_class, w))
+    x = torch.randn(50, D, generator=_g(1))
+    x[0] = -10.0  # a row with few positive pre-activations
+    f, recon = reference(dict_class, w, x)
+    torch.testing.assert_close(sae.encode(x), f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), recon, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.decode_sparse(sae.encode_sparse(x)), recon, atol=1e-5, rtol=1e-5)
+    assert sae.identity["format"] == "dictionary_learning" and sae.cfg["layer"] == 22
+
+
+def test_an_unsupported_class_or_missing_tensor_gets_one_line(tmp_path):
+    with pytest.raises(ClipsaeError, match="dict_class 'GatedAutoEncoder' is not supported"):
+        load_sae(folder(tmp_path / "gated", "GatedAutoEncoder", state_dict("AutoEncoder")))
+    w = state_dict("AutoEncoderTopK")
+    del w["b_dec"]
+    with pytest.raises(ClipsaeError, match="lacks the tensors b_dec"):
+        load_sae(folder(tmp_path / "topk", "AutoEncoderTopK", w))

@@ -1,0 +1,42 @@
+"""Published SAEs go through the commands as clipsae's own do: sae info, encode, analyze top-images, and the
+SAE found again by the analyses that reload it."""
+
+import csv
+
+import pytest
+
+from tests.analysis.helpers import make_store
+from tests.train.formats import test_clipscope as clipscope
+from tests.train.formats import test_dictionary_learning as dl
+
+
+def _clipscope(tmp_path):
+    return clipscope.clipscope_file(tmp_path / "22_resid.pt")[0], clipscope.D, "clipscope"
+
+
+def _dictionary_learning(tmp_path):
+    return dl.folder(tmp_path / "trainer_0", "AutoEncoderTopK", dl.state_dict("AutoEncoderTopK")), dl.D, \
+        "dictionary_learning"
+
+
+@pytest.mark.parametrize("make", [_clipscope, _dictionary_learning])
+def test_info_encode_and_top_images_run_on_a_published_sae(tmp_path, run_cli, make):
+    sae, d, fmt = make(tmp_path)
+    code, out, err = run_cli("sae", "info", sae)
+    assert code == 0 and f"format: {fmt}" in out, err
+    store = make_store(tmp_path / "s.zarr", n_parts=2, per_part=6, d=d)
+    code, out, err = run_cli("encode", "--store", store, "--sae", sae, "--hook", "blocks.0", "--name", "pub", "--quiet")
+    assert code == 0 and "encoded 12 images" in out, err
+    code, _, err = run_cli("analyze", "top-images", "--store", store, "--codes", "pub", "-k", "3", "--out", tmp_path / "a")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "a" / "top_images_k3.csv")))
+    assert rows and all(float(r["value"]) > 0 for r in rows)
+    code, _, err = run_cli("analyze", "token-mse", "--store", store, "--codes", "pub", "--out", tmp_path / "a")
+    assert code == 0, err
+
+
+def test_a_named_format_that_does_not_fit_gets_one_line(tmp_path, run_cli):
+    sae, d, _ = _clipscope(tmp_path)
+    store = make_store(tmp_path / "s.zarr", n_parts=1, per_part=3, d=d)
+    code, _, err = run_cli("encode", "--store", store, "--sae", sae, "--sae-format", "dictionary_learning")
+    assert code == 1 and "config.json is missing" in err and len(err.strip().splitlines()) == 1

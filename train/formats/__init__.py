@@ -1,0 +1,88 @@
+"""SAE file formats: one module per tool that publishes SAEs, registered by its module's name.
+
+Each module defines ``FORMAT``, a :class:`SAEFormat`: how to recognise the tool's files from their
+contents (``detect``), what a folder of them holds (``needs``, for the error when nothing matches)
+and how to load them as a :class:`~clipsae.train.model.SparseAutoencoder` on raw activations,
+following that tool's own code for keys, orientation and formula. Adding a format is one file
+here (and its test). ``load_sae`` tries them in :data:`ORDER`; ``--sae-format`` names one.
+"""
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from clipsae.errors import ClipsaeError
+
+# Detection order: the most specific layouts first (a clipsae run is also a SAELens folder).
+ORDER = ("saelens", "sparsify", "dictionary_learning", "clipscope")
+
+
+@dataclass(frozen=True)
+class SAEFormat:
+    """One tool's SAE files: ``load(path, device)`` returns the model and the file its weights came from."""
+
+    name: str
+    needs: str  # what the tool's files are, for the error when no format recognises a path
+    detect: Callable[[Path], bool]
+    load: Callable[[Path, str], tuple]
+
+
+def _sae_format_option(f):
+    import click
+
+    return click.option("--sae-format", type=click.Choice(names()), default=None,
+                        help="The SAE's format, where detection from its files should not decide.")(f)
+
+
+SAE_FORMAT = _sae_format_option  # the --sae-format option of every command that loads an SAE
+
+
+def names() -> list[str]:
+    """Every format's name, found without importing any of them."""
+    found = {m.name for m in pkgutil.iter_modules(__path__)}
+    return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
+
+
+def get(name: str) -> SAEFormat:
+    """The format called ``name``; a ClipsaeError lists the known ones otherwise."""
+    if name not in names():
+        raise ClipsaeError(f"--sae-format {name!r} is not one of {', '.join(names())}")
+    return importlib.import_module(f"{__name__}.{name}").FORMAT
+
+
+def detect(path: Path) -> SAEFormat:
+    """The format whose files ``path`` holds; a ClipsaeError says what each format would need."""
+    for name in names():
+        fmt = get(name)
+        if fmt.detect(path):
+            return fmt
+    needs = "; ".join(get(n).needs for n in names())
+    hint = _sweep_hint(path) if path.is_dir() else ""
+    kind = "an SAE directory" if path.is_dir() else "an SAE file"
+    raise ClipsaeError(f"{path} is not {kind}: it holds none of {needs}{hint}")
+
+
+def _sweep_hint(p: Path) -> str:
+    members = sorted(x.name for x in p.iterdir() if x.is_dir() and (x / "cfg.json").is_file())
+    return f"; it is a sweep run directory, whose SAEs are in {', '.join(str(p / m) for m in members)}" if members else ""
+
+
+def need_tensors(weights: dict, names_: tuple[str, ...], where: Path) -> None:
+    """Raise naming the tensors a file lacks (and what it has)."""
+    missing = [n for n in names_ if n not in weights]
+    if missing:
+        raise ClipsaeError(f"{where} lacks the tensors {', '.join(missing)} (it has {', '.join(sorted(weights)) or 'none'})")
+
+
+def torch_load(path: Path, device: str):
+    """A ``torch.save`` file of tensors and plain values, read without running pickled code."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        raise ClipsaeError(f"cannot read {path}: {' '.join(str(exc).split())[:300]}") from None

@@ -1,0 +1,65 @@
+"""SAELens directories, which ``clipsae train`` also writes: ``cfg.json`` + ``sae_weights.safetensors``.
+
+Architectures ``standard`` (ReLU), ``topk``, ``jumprelu`` and ``batchtopk`` (a SAELens training
+checkpoint: its ``topk_threshold`` becomes a JumpReLU threshold, as SAELens does when it saves one
+for inference). z = (x − b_dec) W_enc + b_enc, with W_enc (d_in, d_sae) and W_dec (d_sae, d_in).
+"""
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from clipsae.errors import ClipsaeError
+from clipsae.train.formats import SAEFormat, need_tensors
+from clipsae.train.model import SparseAutoencoder
+
+CFG_FILE = "cfg.json"
+WEIGHTS = "sae_weights.safetensors"
+
+
+def read_folder(p: Path, weights: str, device: str) -> tuple[dict, dict]:
+    """(cfg.json, tensors) of a folder in SAELens's or sparsify's layout; one line if unreadable."""
+    try:
+        cfg = json.loads((p / CFG_FILE).read_text())
+        w = load_file(str(p / weights), device=str(device))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise ClipsaeError(f"cannot read the SAE in {p}: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise ClipsaeError(f"{p / CFG_FILE} is not a JSON object")
+    return cfg, w
+
+
+def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
+    cfg, w = read_folder(p, WEIGHTS, device)
+    arch = cfg.get("architecture", "standard")
+    need_tensors(w, ("W_enc", "b_enc", "W_dec", "b_dec"), p)
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", None):
+        raise ClipsaeError(f"{p}: normalize_activations {norm!r} is not supported; clipsae reads SAEs with 'none'")
+    if cfg.get("reshape_activations", "none") not in ("none", None):
+        raise ClipsaeError(f"{p}: reshape_activations {cfg['reshape_activations']!r} is not supported")
+    threshold = None
+    if arch in ("jumprelu", "batchtopk"):
+        if "threshold" in w:
+            threshold = w["threshold"]
+        elif "log_threshold" in w:
+            threshold = w["log_threshold"].exp()
+        elif "topk_threshold" in w:
+            threshold = w["topk_threshold"].reshape(-1)[:1].expand(w["b_enc"].shape)
+        else:
+            raise ClipsaeError(f"{p} is a {arch} SAE but holds no threshold, log_threshold or topk_threshold")
+        arch = "jumprelu"
+    model = SparseAutoencoder(arch, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], k=cfg.get("k"), threshold=threshold,
+                              cfg=cfg, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+                              rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)))
+    return model, p / WEIGHTS
+
+
+FORMAT = SAEFormat(
+    name="saelens",
+    needs=f"{CFG_FILE} and {WEIGHTS} (SAELens, clipsae)",
+    detect=lambda p: p.is_dir() and (p / CFG_FILE).is_file() and (p / WEIGHTS).is_file(),
+    load=load,
+)
