@@ -139,7 +139,7 @@ def _encode_part(store: ActivationStore, part_index: int, hook: str, positions: 
                 x_RD = batch.reshape(b * n_pos, d).float()
                 codes = sae.encode_sparse(x_RD)
                 block, latent_sums = pool_batch(codes, b, positions_T, sae.d_sae, width, cls_position)
-                for name, value in (latent_sums | reconstruction_sums(x_RD, sae.decode_sparse(codes), n_pos)).items():
+                for name, value in (latent_sums | reconstruction_sums(x_RD, sae.reconstruct_sparse(x_RD, codes), n_pos)).items():
                     sums[name] += value
                 capped += int((block.token_active_R > width).sum())
                 writer.append(block)

@@ -68,7 +68,7 @@ def replaced(visual: nn.Module, hook: str, positions: np.ndarray, fn):
 def reconstruct(sae: SparseAutoencoder, x_NPD: torch.Tensor) -> torch.Tensor:
     """SAE(x) row by row through the sparse codes (no dense (rows, latents) matrix)."""
     flat = x_NPD.reshape(-1, x_NPD.shape[-1])
-    return sae.decode_sparse(sae.encode_sparse(flat)).to(x_NPD.dtype).reshape(x_NPD.shape)
+    return sae.reconstruct_sparse(flat, sae.encode_sparse(flat)).to(x_NPD.dtype).reshape(x_NPD.shape)
 
 
 @torch.no_grad()

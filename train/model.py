@@ -56,6 +56,13 @@ ACTIVATIONS = {
 }
 
 
+# How an SAE's inputs are normalised before encoding, and its reconstructions mapped back (the tool
+# that trained it did so): per row (ViT-Prisma's ``constant_norm_rescale`` and ``layer_norm``) or
+# with fixed statistics (``affine``: x' = (x − mean)·scale, as MSAE's mean_center and scaling_factor).
+INPUT_NORMS = ("none", "constant_norm_rescale", "layer_norm", "affine")
+_LN_EPS = 1e-5
+
+
 class SparseAutoencoder(nn.Module):
     """An SAE on raw activations: ``encode`` (dense codes), ``encode_sparse``, ``decode``, ``forward``.
 
@@ -65,12 +72,21 @@ class SparseAutoencoder(nn.Module):
     z = (x − b_dec·apply_b_dec_to_input) W_enc + b_enc, scaled by ‖W_dec row‖ when
     ``rescale_acts_by_decoder_norm`` (a SAELens TopK option; decoding then divides by it).
     ``identity`` says where the weights came from (path, format, sha256) once loaded from disk.
+
+    ``input_norm`` (:data:`INPUT_NORMS`) is applied to x before z is computed: codes and ``decode``
+    live in the normalised space, and ``reconstruct_sparse``/``forward`` map back to raw activations.
+    ``constant_norm_rescale``: x' = x·√d/‖x‖; ``layer_norm``: x' = (x − mean(x))/(std(x) + 1e-5),
+    mapped back as x̂·std + mean (ViT-Prisma's two); ``affine``: x' = (x − norm_mean)·norm_scale.
     """
 
     def __init__(self, architecture: str, W_enc, b_enc, W_dec, b_dec, k: int | None = None, threshold=None,
                  cfg: dict | None = None, apply_b_dec_to_input: bool = True,
-                 rescale_acts_by_decoder_norm: bool = False):
+                 rescale_acts_by_decoder_norm: bool = False, input_norm: str = "none", norm_mean=None, norm_scale=None):
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ClipsaeError(f"input normalisation {input_norm!r} is not one of {', '.join(INPUT_NORMS)}")
+        if input_norm == "affine" and (norm_mean is None or norm_scale is None):
+            raise ClipsaeError("an affine input normalisation needs its mean and scale")
         if architecture not in ACTIVATIONS:
             raise ClipsaeError(f"unsupported SAE architecture {architecture!r}; clipsae reads {', '.join(ACTIVATIONS)}")
         act = ACTIVATIONS[architecture]
@@ -93,6 +109,10 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(b_dec)
         if threshold is not None:
             self.register_buffer("threshold", torch.as_tensor(threshold, dtype=W_enc.dtype).expand(d_sae).clone())
+        self.input_norm = input_norm
+        if input_norm == "affine":
+            self.register_buffer("norm_mean", torch.as_tensor(norm_mean, dtype=W_enc.dtype).expand(d_in).clone())
+            self.register_buffer("norm_scale", torch.as_tensor(norm_scale, dtype=W_enc.dtype).expand(d_in).clone())
 
     @property
     def d_in(self) -> int:
@@ -102,9 +122,33 @@ class SparseAutoencoder(nn.Module):
     def d_sae(self) -> int:
         return self.W_enc.shape[1]
 
+    def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """(x in the SAE's input space, what :meth:`denormalize` needs to map a reconstruction back)."""
+        x = x.to(self.W_enc.dtype)
+        if self.input_norm == "constant_norm_rescale":
+            c = self.d_in**0.5 / x.norm(dim=-1, keepdim=True)
+            return x * c, (c,)
+        if self.input_norm == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            std = (x - mu).std(dim=-1, keepdim=True)
+            return (x - mu) / (std + _LN_EPS), (mu, std)
+        if self.input_norm == "affine":
+            return (x - self.norm_mean) * self.norm_scale, ()
+        return x, ()
+
+    def denormalize(self, x_hat: torch.Tensor, ctx: tuple) -> torch.Tensor:
+        """A reconstruction in the SAE's input space mapped back to raw activations."""
+        if self.input_norm == "constant_norm_rescale":
+            return x_hat / ctx[0]
+        if self.input_norm == "layer_norm":
+            return x_hat * ctx[1] + ctx[0]
+        if self.input_norm == "affine":
+            return x_hat / self.norm_scale + self.norm_mean
+        return x_hat
+
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """z (..., d_sae) of raw activations (..., d_in)."""
-        x = x.to(self.W_enc.dtype)
+        x = self.normalize(x)[0]
         if self.apply_b_dec_to_input:
             x = x - self.b_dec
         z = x @ self.W_enc + self.b_enc
@@ -134,5 +178,12 @@ class SparseAutoencoder(nn.Module):
         w = self._decoder_scale(codes.vals.to(self.W_dec.dtype), codes.cols)
         return F.embedding_bag(codes.cols, self.W_dec, codes.offsets, mode="sum", per_sample_weights=w) + self.b_dec
 
+    def reconstruct_sparse(self, x_BD: torch.Tensor, codes: SparseCodes) -> torch.Tensor:
+        """The reconstruction of raw rows ``x_BD`` from their ``codes``, in raw activations' space."""
+        if self.input_norm == "none":
+            return self.decode_sparse(codes)
+        return self.denormalize(self.decode_sparse(codes), self.normalize(x_BD)[1])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        """Raw activations (..., d_in) reconstructed."""
+        return self.denormalize(self.decode(self.encode(x)), self.normalize(x)[1])

@@ -16,7 +16,7 @@ from typing import Callable
 from clipsae.errors import ClipsaeError
 
 # Detection order: the most specific layouts first (a clipsae run is also a SAELens folder).
-ORDER = ("saelens", "sparsify", "dictionary_learning", "clipscope")
+ORDER = ("saelens", "sparsify", "dictionary_learning", "prisma", "clipscope")
 
 
 @dataclass(frozen=True)
