@@ -77,11 +77,13 @@ class SparseAutoencoder(nn.Module):
     live in the normalised space, and ``reconstruct_sparse``/``forward`` map back to raw activations.
     ``constant_norm_rescale``: x' = x·√d/‖x‖; ``layer_norm``: x' = (x − mean(x))/(std(x) + 1e-5),
     mapped back as x̂·std + mean (ViT-Prisma's two); ``affine``: x' = (x − norm_mean)·norm_scale.
+    ``soft_cap`` c > 0 caps each code as c·tanh(f/c) (MSAE's); the cap keeps zeros zero and order.
     """
 
     def __init__(self, architecture: str, W_enc, b_enc, W_dec, b_dec, k: int | None = None, threshold=None,
                  cfg: dict | None = None, apply_b_dec_to_input: bool = True,
-                 rescale_acts_by_decoder_norm: bool = False, input_norm: str = "none", norm_mean=None, norm_scale=None):
+                 rescale_acts_by_decoder_norm: bool = False, input_norm: str = "none", norm_mean=None, norm_scale=None,
+                 soft_cap: float = 0.0):
         super().__init__()
         if input_norm not in INPUT_NORMS:
             raise ClipsaeError(f"input normalisation {input_norm!r} is not one of {', '.join(INPUT_NORMS)}")
@@ -110,6 +112,7 @@ class SparseAutoencoder(nn.Module):
         if threshold is not None:
             self.register_buffer("threshold", torch.as_tensor(threshold, dtype=W_enc.dtype).expand(d_sae).clone())
         self.input_norm = input_norm
+        self.soft_cap = float(soft_cap)
         if input_norm == "affine":
             self.register_buffer("norm_mean", torch.as_tensor(norm_mean, dtype=W_enc.dtype).expand(d_in).clone())
             self.register_buffer("norm_scale", torch.as_tensor(norm_scale, dtype=W_enc.dtype).expand(d_in).clone())
@@ -156,7 +159,11 @@ class SparseAutoencoder(nn.Module):
 
     def encode_sparse(self, x_BD: torch.Tensor) -> SparseCodes:
         """The active latents of each row of ``x_BD``, without a dense (rows, d_sae) code matrix."""
-        return self._activation.codes(self, self.pre_acts(x_BD))
+        codes = self._activation.codes(self, self.pre_acts(x_BD))
+        if self.soft_cap > 0:
+            codes = SparseCodes(codes.rows, codes.cols, self.soft_cap * torch.tanh(codes.vals / self.soft_cap),
+                                codes.offsets)
+        return codes
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense codes (..., d_sae) of raw activations (..., d_in)."""

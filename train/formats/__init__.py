@@ -9,6 +9,7 @@ here (and its test). ``load_sae`` tries them in :data:`ORDER`; ``--sae-format`` 
 
 import importlib
 import pkgutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,7 @@ from typing import Callable
 from clipsae.errors import ClipsaeError
 
 # Detection order: the most specific layouts first (a clipsae run is also a SAELens folder).
-ORDER = ("saelens", "sparsify", "dictionary_learning", "prisma", "clipscope")
+ORDER = ("saelens", "sparsify", "dictionary_learning", "prisma", "clipscope", "msae")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,17 @@ def need_tensors(weights: dict, names_: tuple[str, ...], where: Path) -> None:
     missing = [n for n in names_ if n not in weights]
     if missing:
         raise ClipsaeError(f"{where} lacks the tensors {', '.join(missing)} (it has {', '.join(sorted(weights)) or 'none'})")
+
+
+def pickle_mentions(p: Path, *names: bytes) -> bool:
+    """True for a ``torch.save`` archive whose pickle names every one of ``names``: a look at the file's
+    keys without loading a tensor (a published SAE may be gigabytes)."""
+    if not zipfile.is_zipfile(p):
+        return False
+    with zipfile.ZipFile(p) as z:
+        pickles = [n for n in z.namelist() if n.endswith("data.pkl")]
+        head = z.read(pickles[0]) if pickles else b""
+    return all(n in head for n in names)
 
 
 def torch_load(path: Path, device: str):

@@ -6,24 +6,13 @@ may be negative), x̂ = codes·dec + pre_b. CLIP-Scope trained on activations st
 dimension with statistics it did not ship; on raw activations the codes differ from theirs.
 """
 
-import zipfile
 from pathlib import Path
 
 import torch
 
 from clipsae.errors import ClipsaeError
-from clipsae.train.formats import SAEFormat, need_tensors, torch_load
+from clipsae.train.formats import SAEFormat, need_tensors, pickle_mentions, torch_load
 from clipsae.train.model import SparseAutoencoder
-
-
-def detect(p: Path) -> bool:
-    """A torch.save archive whose pickle names ``model_state_dict`` and ``pre_b`` (read without loading tensors)."""
-    if not p.is_file() or not zipfile.is_zipfile(p):
-        return False
-    with zipfile.ZipFile(p) as z:
-        pickles = [n for n in z.namelist() if n.endswith("data.pkl")]
-        head = z.read(pickles[0]) if pickles else b""
-    return b"model_state_dict" in head and b"pre_b" in head
 
 
 def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
@@ -46,6 +35,6 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
 FORMAT = SAEFormat(
     name="clipscope",
     needs="a CLIP-Scope .pt file (model_state_dict with pre_b, enc, dec; k, d_in, n_features)",
-    detect=detect,
+    detect=lambda p: p.is_file() and pickle_mentions(p, b"model_state_dict", b"pre_b", b"n_features"),
     load=load,
 )

@@ -8,6 +8,8 @@ import pytest
 from tests.analysis.helpers import make_store
 from tests.train.formats import test_clipscope as clipscope
 from tests.train.formats import test_dictionary_learning as dl
+from tests.train.formats import test_msae as msae
+from tests.train.formats import test_prisma as prisma
 
 
 def _clipscope(tmp_path):
@@ -19,7 +21,15 @@ def _dictionary_learning(tmp_path):
         "dictionary_learning"
 
 
-@pytest.mark.parametrize("make", [_clipscope, _dictionary_learning])
+def _prisma(tmp_path):
+    return prisma.prisma_folder(tmp_path / "prisma", "topk", "layer_norm")[0], prisma.D, "prisma"
+
+
+def _msae(tmp_path):
+    return msae.msae_file(tmp_path)[0], msae.D, "msae"
+
+
+@pytest.mark.parametrize("make", [_clipscope, _dictionary_learning, _prisma, _msae])
 def test_info_encode_and_top_images_run_on_a_published_sae(tmp_path, run_cli, make):
     sae, d, fmt = make(tmp_path)
     code, out, err = run_cli("sae", "info", sae)
