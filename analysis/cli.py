@@ -17,7 +17,7 @@ from clipsae.store.location import absolute
 @click.option("--store", "store_path", required=True, help="Activation store: a folder, s3://bucket/… or gs://bucket/….")
 @click.option("--sae", "sae_path", required=True, type=click.Path(path_type=Path),
               help="An SAE: a `clipsae train` folder, or one published by SAELens, sparsify, dictionary_learning, "
-                   "ViT-Prisma, CLIP-Scope or MSAE (detected from the files).")
+                   "ViT-Prisma, saev, CLIP-Scope or MSAE (detected from the files).")
 @SAE_FORMAT
 @click.option("--name", default=None, help="Name of the cached codes [default: the SAE folder's name].")
 @click.option("--hook", default=None, help="Hook to encode [default: the SAE's, or the store's only hook of its width].")

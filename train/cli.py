@@ -124,7 +124,7 @@ def sae_group():
 @SAE_FORMAT
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def sae_info_cmd(path, sae_format, as_json):
-    """What the SAE at PATH is (clipsae, SAELens, sparsify, dictionary_learning, ViT-Prisma, CLIP-Scope, MSAE), and
+    """What the SAE at PATH is (clipsae, SAELens, sparsify, dictionary_learning, ViT-Prisma, saev, CLIP-Scope, MSAE), and
     its held-out metrics."""
     from clipsae.train.report import format_sae_info, sae_info
 

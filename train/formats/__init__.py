@@ -17,7 +17,7 @@ from typing import Callable
 from clipsae.errors import ClipsaeError
 
 # Detection order: the most specific layouts first (a clipsae run is also a SAELens folder).
-ORDER = ("saelens", "sparsify", "dictionary_learning", "prisma", "clipscope", "msae")
+ORDER = ("saelens", "sparsify", "dictionary_learning", "prisma", "saev", "clipscope", "msae")
 
 
 @dataclass(frozen=True)

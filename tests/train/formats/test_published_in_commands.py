@@ -10,6 +10,7 @@ from tests.train.formats import test_clipscope as clipscope
 from tests.train.formats import test_dictionary_learning as dl
 from tests.train.formats import test_msae as msae
 from tests.train.formats import test_prisma as prisma
+from tests.train.formats import test_saev as saev
 
 
 def _clipscope(tmp_path):
@@ -29,7 +30,12 @@ def _msae(tmp_path):
     return msae.msae_file(tmp_path)[0], msae.D, "msae"
 
 
-@pytest.mark.parametrize("make", [_clipscope, _dictionary_learning, _prisma, _msae])
+def _saev(tmp_path):
+    header = saev.current_header("TopK", top_k=saev.K)
+    return saev.saev_file(tmp_path / "sae.pt", header)[0], saev.D, "saev"
+
+
+@pytest.mark.parametrize("make", [_clipscope, _dictionary_learning, _prisma, _msae, _saev])
 def test_info_encode_and_top_images_run_on_a_published_sae(tmp_path, run_cli, make):
     sae, d, fmt = make(tmp_path)
     code, out, err = run_cli("sae", "info", sae)
