@@ -70,6 +70,11 @@ def _sweep_hint(p: Path) -> str:
     return f"; it is a sweep run directory, whose SAEs are in {', '.join(str(p / m) for m in members)}" if members else ""
 
 
+def folder_with(*files: str) -> Callable[[Path], bool]:
+    """A ``detect`` for formats that are a folder holding these files."""
+    return lambda p: p.is_dir() and all((p / f).is_file() for f in files)
+
+
 def need_tensors(weights: dict, names_: tuple[str, ...], where: Path) -> None:
     """Raise naming the tensors a file lacks (and what it has)."""
     missing = [n for n in names_ if n not in weights]

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from clipsae.errors import ClipsaeError
-from clipsae.train.formats import SAEFormat, need_tensors
+from clipsae.train.formats import SAEFormat, folder_with, need_tensors
 from clipsae.train.model import SparseAutoencoder
 
 CFG_FILE = "cfg.json"
@@ -60,6 +60,6 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
 FORMAT = SAEFormat(
     name="saelens",
     needs=f"{CFG_FILE} and {WEIGHTS} (SAELens, clipsae)",
-    detect=lambda p: p.is_dir() and (p / CFG_FILE).is_file() and (p / WEIGHTS).is_file(),
+    detect=folder_with(CFG_FILE, WEIGHTS),
     load=load,
 )

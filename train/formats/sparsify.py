@@ -4,7 +4,7 @@
 from pathlib import Path
 
 from clipsae.errors import ClipsaeError
-from clipsae.train.formats import SAEFormat, need_tensors
+from clipsae.train.formats import SAEFormat, folder_with, need_tensors
 from clipsae.train.formats.saelens import CFG_FILE, read_folder
 from clipsae.train.model import SparseAutoencoder
 
@@ -25,6 +25,6 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
 FORMAT = SAEFormat(
     name="sparsify",
     needs=f"{CFG_FILE} and {WEIGHTS} (sparsify)",
-    detect=lambda p: p.is_dir() and (p / CFG_FILE).is_file() and (p / WEIGHTS).is_file(),
+    detect=folder_with(CFG_FILE, WEIGHTS),
     load=load,
 )
