@@ -17,7 +17,7 @@ from clipsae.store.location import absolute
 @click.option("--store", "store_path", required=True, help="Activation store: a folder, s3://bucket/… or gs://bucket/….")
 @click.option("--sae", "sae_path", required=True, type=click.Path(path_type=Path),
               help="An SAE: a `clipsae train` folder, or one published by SAELens, sparsify, dictionary_learning, "
-                   "ViT-Prisma, saev, CLIP-Scope or MSAE (detected from the files).")
+                   "ViT-Prisma, saev, CLIP-Scope or MSAE (detected from the files); hf-hub:ORG/REPO[/PATH] downloads one.")
 @SAE_FORMAT
 @click.option("--name", default=None, help="Name of the cached codes [default: the SAE folder's name].")
 @click.option("--hook", default=None, help="Hook to encode [default: the SAE's, or the store's only hook of its width].")
@@ -40,7 +40,9 @@ def encode_cmd(store_path, sae_path, sae_format, name, hook, tokens, max_active,
     from clipsae.analysis.encode import EncodeConfig, run_encode
 
     # Absolute, so that jobs started elsewhere (Slurm tasks) read and write the same files.
-    cfg = EncodeConfig(absolute(store_path), sae_path.absolute(), name, hook, tokens, device, batch_size, max_active,
+    # Hub ids stay as they are; a local SAE is made absolute like the store.
+    sae = sae_path if str(sae_path).startswith("hf-hub:") else sae_path.absolute()
+    cfg = EncodeConfig(absolute(store_path), sae, name, hook, tokens, device, batch_size, max_active,
                        num_workers, worker_index, progress=not quiet, sae_format=sae_format)
     if slurm_array is not None:
         from clipsae.analysis.encode_submit import submit_encode

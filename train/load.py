@@ -15,10 +15,34 @@ __all__ = ["CFG_FILE", "SAELENS_WEIGHTS", "METRICS_FILE", "load_sae", "load_metr
 METRICS_FILE = "metrics.json"
 
 
+HUB = "hf-hub:"
+
+
+def from_hub(spec: str) -> Path:
+    """The local copy of ``hf-hub:ORG/REPO[/PATH]`` (PATH a file or a folder in the repository), as
+    open_clip names hub weights: downloaded into the Hugging Face cache, or found there offline
+    (``HF_HUB_OFFLINE=1``). A failed download is one line saying why, never a silent fallback."""
+    parts = [x for x in spec[len(HUB):].split("/") if x]
+    if len(parts) < 2:
+        raise ClipsaeError(f"{spec!r} must be hf-hub:ORG/REPO or hf-hub:ORG/REPO/PATH")
+    repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import snapshot_download
+
+    try:
+        root = snapshot_download(repo, allow_patterns=[sub, f"{sub}/*"] if sub else None)
+    except Exception as exc:  # network, authorisation and missing-repository errors are each their own type
+        raise ClipsaeError(f"cannot get {spec} from the Hugging Face hub ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:240]})") from None
+    local = Path(root) / sub
+    if not local.exists():
+        raise ClipsaeError(f"{spec}: the repository {repo} has no {sub}")
+    return local
+
+
 def load_sae(path: str | Path, device: str = "cpu", sae_format: str | None = None) -> SparseAutoencoder:
-    """Load the SAE at ``path`` (a folder, or a file for formats that are one) onto ``device``,
-    ready for inference: no gradients. ``sae_format`` names the format instead of detecting it."""
-    p = Path(path)
+    """Load the SAE at ``path`` (a folder, a file for formats that are one, or ``hf-hub:ORG/REPO[/PATH]``)
+    onto ``device``, ready for inference: no gradients. ``sae_format`` names the format instead of detecting it."""
+    p = from_hub(str(path)) if str(path).startswith(HUB) else Path(path)
     if not p.exists():
         raise ClipsaeError(f"{p} does not exist: pass an SAE directory or file")
     fmt = formats.get(sae_format) if sae_format is not None else formats.detect(p)

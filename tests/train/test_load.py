@@ -153,3 +153,47 @@ def test_a_loaded_sae_builds_no_autograd_graph(tmp_path):
     assert not any(p.requires_grad for p in sae.parameters())
     x_hat = sae.decode(sae.encode(_x()))
     assert x_hat.grad_fn is None and not x_hat.requires_grad
+
+
+def _hub_cache(root, repo, sub, make):
+    """A Hugging Face cache holding one snapshot of ``repo`` with an SAE at ``sub``, as a download leaves it."""
+    base = root / f"models--{repo.replace('/', '--')}"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text("0123abc")
+    make(base / "snapshots" / "0123abc" / sub)
+    return root
+
+
+def _clipsae(*args, env):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "clipsae", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **env})
+
+
+def test_an_sae_is_read_from_the_hub_by_its_hf_hub_name(tmp_path):
+    def make(path):
+        path.parent.mkdir(parents=True)
+        _saelens_dir(path, {"architecture": "topk", "k": 3}, _weights())
+
+    cache = _hub_cache(tmp_path / "cache", "someone/clip-saes", "layer_22", make)
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    p = _clipsae("sae", "info", "hf-hub:someone/clip-saes/layer_22", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "format: saelens" in p.stdout and "d_sae: 40" in p.stdout
+    from tests.analysis.helpers import make_store
+
+    store = make_store(tmp_path / "s.zarr", n_parts=1, per_part=4, d=D)
+    p = _clipsae("encode", "--store", store, "--sae", "hf-hub:someone/clip-saes/layer_22", "--quiet", env=env)
+    assert p.returncode == 0 and "as codes 'layer_22'" in p.stdout, p.stderr
+
+
+def test_a_hub_sae_that_cannot_be_had_is_one_line(tmp_path):
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
+    p = _clipsae("sae", "info", "hf-hub:someone/not-there", env=env)
+    assert p.returncode == 1 and p.stderr.startswith("error: cannot get hf-hub:someone/not-there from the Hugging Face hub")
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = _clipsae("sae", "info", "hf-hub:justone", env=env)
+    assert p.returncode == 1 and "must be hf-hub:ORG/REPO" in p.stderr
