@@ -19,6 +19,9 @@ from clipsae.store.location import absolute
               help="An SAE: a `clipsae train` folder, or one published by SAELens, sparsify, dictionary_learning, "
                    "ViT-Prisma, saev, CLIP-Scope or MSAE (detected from the files); hf-hub:ORG/REPO[/PATH] downloads one.")
 @SAE_FORMAT
+@click.option("--input-norm", type=click.Choice(["none", "store"]), default="none", show_default=True,
+              help="store: standardise each dimension with the store's mean and std first, for SAEs trained on "
+                   "standardised activations that did not ship their statistics (CLIP-Scope, early saev).")
 @click.option("--name", default=None, help="Name of the cached codes [default: the SAE folder's name].")
 @click.option("--hook", default=None, help="Hook to encode [default: the SAE's, or the store's only hook of its width].")
 @click.option("--tokens", type=click.Choice(["cls", "patches", "all"]), default=None,
@@ -31,7 +34,7 @@ from clipsae.store.location import absolute
 @click.option("--worker-index", type=int, default=None, help="This job's index (default: SLURM_ARRAY_TASK_ID, else 0).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @slurm_options(array=True)
-def encode_cmd(store_path, sae_path, sae_format, name, hook, tokens, max_active, batch_size, device, num_workers, worker_index, quiet,
+def encode_cmd(store_path, sae_path, sae_format, input_norm, name, hook, tokens, max_active, batch_size, device, num_workers, worker_index, quiet,
                slurm_array, **slurm):
     """Encode a store's activations with an SAE and cache the codes in the store.
 
@@ -43,7 +46,7 @@ def encode_cmd(store_path, sae_path, sae_format, name, hook, tokens, max_active,
     # Hub ids stay as they are; a local SAE is made absolute like the store.
     sae = sae_path if str(sae_path).startswith("hf-hub:") else sae_path.absolute()
     cfg = EncodeConfig(absolute(store_path), sae, name, hook, tokens, device, batch_size, max_active,
-                       num_workers, worker_index, progress=not quiet, sae_format=sae_format)
+                       num_workers, worker_index, progress=not quiet, sae_format=sae_format, input_norm=input_norm)
     if slurm_array is not None:
         from clipsae.analysis.encode_submit import submit_encode
 

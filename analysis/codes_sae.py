@@ -20,4 +20,8 @@ def codes_sae(codes: Codes, sae: Path | None = None, device: str = "cpu") -> Spa
     if model.identity["weights_sha256"] != want:
         raise ClipsaeError(f"the SAE in {path} is not the one that made codes {codes.name!r} (weights sha256 "
                            f"{model.identity['weights_sha256'][:12]}…, codes recorded {want[:12]}…)")
+    if "input_norm" in codes.identity:  # the standardisation encode applied (analysis/input_norm.py)
+        from clipsae.analysis import input_norm
+
+        input_norm.apply(model, codes.identity["input_norm"])
     return model

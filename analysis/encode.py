@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clipsae.analysis import input_norm
 from clipsae.analysis.pooling import pool_batch, reconstruction_sums
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
@@ -44,12 +45,15 @@ class EncodeConfig:
     worker_index: int | None = None
     progress: bool = True
     sae_format: str | None = None  # None: detected from the SAE's files
+    input_norm: str = "none"  # "store": standardise each dimension with the store's statistics (input_norm.py)
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ClipsaeError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.max_active is not None and self.max_active < 1:
             raise ClipsaeError(f"--max-active must be at least 1, not {self.max_active}")
+        if self.input_norm not in input_norm.CHOICES:
+            raise ClipsaeError(f"--input-norm must be one of {', '.join(input_norm.CHOICES)}, not {self.input_norm!r}")
         if self.tokens is not None and self.tokens not in TOKENS:
             raise ClipsaeError(f"--tokens must be one of {', '.join(TOKENS)}, not {self.tokens!r}")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")
@@ -104,11 +108,13 @@ def _choose_hook(store: ActivationStore, sae: SparseAutoencoder, asked: str | No
 
 
 def _identity(sae: SparseAutoencoder, hook: str, tokens: str, positions: np.ndarray, width: int,
-              cls_encoded: bool) -> dict:
-    """What makes two encodes the same; the SAE's path is recorded but may change (a moved folder)."""
+              cls_encoded: bool, norm: dict | None) -> dict:
+    """What makes two encodes the same; the SAE's path is recorded but may change (a moved folder).
+    An input normalisation from the store is part of it (absent, as before it existed, when none)."""
     sae_id = {k: v for k, v in sae.identity.items() if k != "path"} | {"k": sae.k}
-    return {"sae": sae_id, "hook": hook, "tokens": tokens, "token_positions": positions.tolist(), "width": width,
-            "cls_encoded": cls_encoded}
+    identity = {"sae": sae_id, "hook": hook, "tokens": tokens, "token_positions": positions.tolist(), "width": width,
+                "cls_encoded": cls_encoded}
+    return identity | ({"input_norm": norm} if norm is not None else {})
 
 
 def _encode_part(store: ActivationStore, part_index: int, hook: str, positions: np.ndarray, sae: SparseAutoencoder,
@@ -179,9 +185,13 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
     positions = store.token_indices(hook, tokens)
     lay = store.layout(hook)
     cls_position = 0 if (lay.cls_token or lay.n_tokens == 1) and positions[0] == 0 else None
-    width = cfg.max_active or (sae.k if sae.architecture == "topk" else DEFAULT_MAX_ACTIVE)
+    width = cfg.max_active or (sae.k if sae.architecture in ("topk", "topk_signed") else DEFAULT_MAX_ACTIVE)
+    norm = None
+    if cfg.input_norm == "store":
+        norm = input_norm.store_statistics(store, hook, tokens)
+        input_norm.apply(sae, norm)
     path = codes_store.open_codes(store.path, cfg.codes_name,
-                                  _identity(sae, hook, tokens, positions, width, cls_position is not None),
+                                  _identity(sae, hook, tokens, positions, width, cls_position is not None, norm),
                                   {"sae_path": sae.identity["path"]})
     return OpenedCodes(store, sae, hook, tokens, positions, cls_position, width, path)
 

@@ -111,11 +111,11 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(b_dec)
         if threshold is not None:
             self.register_buffer("threshold", torch.as_tensor(threshold, dtype=W_enc.dtype).expand(d_sae).clone())
-        self.input_norm = input_norm
+        self.input_norm = "none"
         self.soft_cap = float(soft_cap)
         if input_norm == "affine":
-            self.register_buffer("norm_mean", torch.as_tensor(norm_mean, dtype=W_enc.dtype).expand(d_in).clone())
-            self.register_buffer("norm_scale", torch.as_tensor(norm_scale, dtype=W_enc.dtype).expand(d_in).clone())
+            self.set_affine_input_norm(norm_mean, norm_scale)
+        self.input_norm = input_norm
 
     @property
     def d_in(self) -> int:
@@ -124,6 +124,16 @@ class SparseAutoencoder(nn.Module):
     @property
     def d_sae(self) -> int:
         return self.W_enc.shape[1]
+
+    def set_affine_input_norm(self, mean, scale) -> None:
+        """Standardise inputs as x' = (x − mean)·scale (per dimension or scalar), for an SAE that had none."""
+        if self.input_norm != "none":
+            raise ClipsaeError(f"this SAE already normalises its inputs ({self.input_norm}); a second normalisation "
+                               f"would not be the one it was trained with")
+        dtype, d = self.W_enc.dtype, self.d_in
+        self.register_buffer("norm_mean", torch.as_tensor(mean, dtype=dtype, device=self.W_enc.device).expand(d).clone())
+        self.register_buffer("norm_scale", torch.as_tensor(scale, dtype=dtype, device=self.W_enc.device).expand(d).clone())
+        self.input_norm = "affine"
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """(x in the SAE's input space, what :meth:`denormalize` needs to map a reconstruction back)."""
