@@ -85,20 +85,11 @@ class EncodeResult:
                 f"already done) of hook {self.hook} ({self.tokens} tokens) as codes {self.name!r} in {store}{capped}")
 
 
-def _recorded(sae: SparseAutoencoder, key: str) -> str | None:
-    """A training setting recorded in the SAE's cfg.json (clipsae's, then SAELens's fields)."""
-    cfg = sae.cfg
-    for where in (cfg.get("clipsae", {}), cfg, cfg.get("metadata", {}), cfg.get("meta", {})):
-        if isinstance(where, dict) and where.get(key):
-            return where[key]
-    return None
-
-
 def _choose_hook(store: ActivationStore, sae: SparseAutoencoder, asked: str | None) -> str:
     if asked is not None:
         store.layout(asked)
         return asked
-    for recorded in (_recorded(sae, "hook"), _recorded(sae, "hook_name")):
+    for recorded in (sae.recorded("hook"), sae.recorded("hook_name")):
         if recorded in store.hooks:
             return recorded
     fits = [h for h in store.hooks if store.d(h) == sae.d_in]
@@ -181,7 +172,7 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
     store.require_finite(hook)
     if store.d(hook) != sae.d_in:
         raise ClipsaeError(f"the SAE reads {sae.d_in}-dimensional inputs but hook {hook} of {cfg.store} has d={store.d(hook)}")
-    tokens = cfg.tokens or _recorded(sae, "tokens") or "all"
+    tokens = cfg.tokens or sae.recorded("tokens") or "all"
     positions = store.token_indices(hook, tokens)
     lay = store.layout(hook)
     cls_position = 0 if (lay.cls_token or lay.n_tokens == 1) and positions[0] == 0 else None

@@ -117,6 +117,14 @@ class SparseAutoencoder(nn.Module):
             self.set_affine_input_norm(norm_mean, norm_scale)
         self.input_norm = input_norm
 
+    def recorded(self, key: str):
+        """A setting the SAE's files record (clipsae's section of its cfg, then the tool's own fields:
+        SAELens's ``metadata``/``meta``), or None."""
+        for where in (self.cfg.get("clipsae", {}), self.cfg, self.cfg.get("metadata", {}), self.cfg.get("meta", {})):
+            if isinstance(where, dict) and where.get(key):
+                return where[key]
+        return None
+
     @property
     def d_in(self) -> int:
         return self.W_enc.shape[0]

@@ -35,7 +35,9 @@ def sae_info(path: str | Path, sae_format: str | None = None) -> dict:
         "d_in": model.d_in, "d_sae": model.d_sae, "k": model.k,
         "threshold": float(model.threshold.max()) if model.architecture == "jumprelu" else None,
         "trained_as": ours.get("spec", {}).get("arch"), "model": meta.get("model_name"),
-        "hook": meta.get("hook_name"), "tokens": ours.get("tokens"), "store": meta.get("dataset_path"),
+        "hook": model.recorded("hook") or model.recorded("hook_name"), "tokens": model.recorded("tokens"),
+        "store": meta.get("dataset_path"),
+        "input_norm": None if model.input_norm == "none" else model.input_norm, "soft_cap": model.soft_cap or None,
         "steps": ours.get("steps"), "tokens_trained": ours.get("tokens_trained"), "input_scale": ours.get("scale"),
         "weights_sha256": model.identity.get("weights_sha256"),
         "heldout": {k: v for k, v in metrics.items() if k not in ("density_hist", "sae", "split")},
@@ -44,6 +46,9 @@ def sae_info(path: str | Path, sae_format: str | None = None) -> dict:
 
 def format_sae_info(info: dict) -> str:
     lines = [f"{key:>15}: {_fmt(value)}" for key, value in info.items() if key != "heldout" and value is not None]
+    if "hook" in info and info["hook"] is None:
+        lines.append(f"{'hook':>15}: not recorded by its files; encode takes the store's only hook of width "
+                     f"{info['d_in']}, or --hook")
     if info["heldout"]:
         lines.append("held-out metrics:")
         lines += [f"{key:>22}: {_fmt(value)}" for key, value in info["heldout"].items()]

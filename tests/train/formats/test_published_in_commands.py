@@ -51,6 +51,16 @@ def test_info_encode_and_top_images_run_on_a_published_sae(tmp_path, run_cli, ma
     assert code == 0, err
 
 
+def test_sae_info_says_the_hook_and_normalisation_each_format_records(tmp_path, run_cli):
+    path, *_ = _prisma(tmp_path)
+    code, out, _ = run_cli("sae", "info", path)
+    assert code == 0 and "hook: resid.3" in out and "input_norm: layer_norm" in out
+    code, out, _ = run_cli("sae", "info", _clipscope(tmp_path)[0])
+    assert code == 0 and f"hook: not recorded by its files; encode takes the store's only hook of width {clipscope.D}" in out
+    code, out, _ = run_cli("sae", "info", _msae(tmp_path)[0])
+    assert code == 0 and "input_norm: affine" in out and "soft_cap: 8" in out
+
+
 def test_a_named_format_that_does_not_fit_gets_one_line(tmp_path, run_cli):
     sae, d, _ = _clipscope(tmp_path)
     store = make_store(tmp_path / "s.zarr", n_parts=1, per_part=3, d=d)
