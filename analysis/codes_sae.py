@@ -4,7 +4,7 @@ from pathlib import Path
 
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes
-from clipsae.train.load import load_sae
+from clipsae.train.load import load_sae, reader_format
 from clipsae.train.model import SparseAutoencoder
 
 
@@ -13,9 +13,7 @@ def codes_sae(codes: Codes, sae: Path | None = None, device: str = "cpu") -> Spa
     path = Path(sae) if sae is not None else Path(codes.identity.get("provenance", {}).get("sae_path", ""))
     if sae is None and not path.exists():
         raise ClipsaeError(f"codes {codes.name!r} were made by the SAE in {path}, which is not there now; pass --sae DIR")
-    recorded = codes.identity["sae"].get("format")
-    # The format encode recorded (a clipsae run is read as the SAELens folder it is).
-    model = load_sae(path, device=device, sae_format="saelens" if recorded == "clipsae" else recorded)
+    model = load_sae(path, device=device, sae_format=reader_format(codes.identity["sae"].get("format")))
     want = codes.identity["sae"]["weights_sha256"]
     if model.identity["weights_sha256"] != want:
         raise ClipsaeError(f"the SAE in {path} is not the one that made codes {codes.name!r} (weights sha256 "

@@ -5,9 +5,10 @@ import time
 import torch
 
 from clipsae.analysis.encode import EncodeConfig, open_encode, run_encode
-from clipsae.slurm import SlurmConfig, Submitted, check_array, submit_into, submit_workers
+from clipsae.slurm import SlurmConfig, Submitted, check_array, submit_workers
 from clipsae.store import zarr_backend as zb
 from clipsae.store.codes import codes_dir
+from clipsae.store.plan import submit_with_plan
 from clipsae.store.reader import ActivationStore
 
 
@@ -16,5 +17,5 @@ def submit_encode(cfg: EncodeConfig, slurm: SlurmConfig, n_tasks: int) -> Submit
     check_array(slurm, cfg, n_tasks, len(ActivationStore.open(cfg.store).parts), "store parts")
     made_here = not zb.is_node(codes_dir(cfg.store, cfg.codes_name))
     opened = open_encode(cfg, torch.device("cpu"))
-    return submit_into(opened.path, made_here, lambda: submit_workers(slurm, "clipsae-encode", cfg, n_tasks, run_encode),
+    return submit_with_plan(opened.path, made_here, lambda: submit_workers(slurm, "clipsae-encode", cfg, n_tasks, run_encode),
                        {"command": "encode", "time": time.time()})

@@ -35,4 +35,4 @@ def store_statistics(store: ActivationStore, hook: str, tokens: str) -> dict:
 def apply(sae: SparseAutoencoder, stats: dict) -> None:
     """Make ``sae`` standardise its inputs with ``stats`` (a dimension that never varies is only centred)."""
     std = np.asarray(stats["std"])
-    sae.set_affine_input_norm(np.asarray(stats["mean"]), np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0))
+    sae.set_affine_input_norm(np.asarray(stats["mean"]), 1.0 / np.where(std > 0, std, 1.0))

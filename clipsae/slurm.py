@@ -208,27 +208,6 @@ def _submit(cfg: SlurmConfig, name: str, submit: Callable) -> Submitted:
     return _submitted(jobs, cfg.logs)
 
 
-def submit_into(node, made_here: bool, submit: Callable[[], Submitted], plan: dict) -> Submitted:
-    """Submit work that writes into the group at ``node`` and record its plan there once queued.
-
-    A refused submission leaves nothing behind: no plan (there is no job to follow), and not the
-    group itself where this submission created it (``made_here``) and no task can have written to it.
-    The plan names the job and its log folder by absolute path, so `clipsae status` finds them from
-    anywhere. It is written right after sbatch returns, long before any task could finish.
-    """
-    from clipsae.store import zarr_backend as zb
-    from clipsae.store.plan import record_plan
-
-    try:
-        job = submit()
-    except ClipsaeError:
-        if made_here:
-            zb.remove_node(node)
-        raise
-    record_plan(node, {**plan, "job_id": job.job_id, "n_tasks": job.n_tasks, "logs": str(job.logs.absolute())})
-    return job
-
-
 def submit_array(cfg: SlurmConfig, name: str, tasks: Sequence[Callable[[], object]]) -> Submitted:
     """Submit one array job with a task per callable (each pickled, so picklable)."""
     return _submit(cfg, name, lambda ex: ex.submit_array(list(tasks)))

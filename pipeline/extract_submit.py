@@ -4,8 +4,9 @@ import time
 
 from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.shards import expand_shards
-from clipsae.slurm import SlurmConfig, Submitted, check_array, submit_into, submit_workers
+from clipsae.slurm import SlurmConfig, Submitted, check_array, submit_workers
 from clipsae.store import zarr_backend as zb
+from clipsae.store.plan import submit_with_plan
 
 
 def submit_extract(cfg: ExtractConfig, slurm: SlurmConfig, n_tasks: int) -> Submitted:
@@ -15,6 +16,6 @@ def submit_extract(cfg: ExtractConfig, slurm: SlurmConfig, n_tasks: int) -> Subm
     check_array(slurm, cfg, n_tasks, len(expand_shards(cfg.shards)), "tars")
     made_here = not zb.is_node(cfg.store)
     shards = create_store(cfg)
-    return submit_into(cfg.store, made_here, lambda: submit_workers(slurm, "clipsae-extract", cfg, n_tasks, run_extract),
+    return submit_with_plan(cfg.store, made_here, lambda: submit_workers(slurm, "clipsae-extract", cfg, n_tasks, run_extract),
                        {"command": "extract", "time": time.time(), "parts": [s.part for s in shards],
                         "sources": [s.path for s in shards]})

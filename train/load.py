@@ -61,6 +61,11 @@ def _identity_format(name: str, model: SparseAutoencoder) -> str:
     return "clipsae" if name == "saelens" and "clipsae" in model.cfg else name
 
 
+def reader_format(identity_format: str | None) -> str | None:
+    """The ``sae_format`` that reads an SAE again from the format its identity records."""
+    return "saelens" if identity_format == "clipsae" else identity_format
+
+
 def load_metrics(path: str | Path) -> dict | None:
     """The held-out metrics ``clipsae train`` saved next to an SAE, if any."""
     f = Path(path) / METRICS_FILE
