@@ -142,6 +142,19 @@ def token_mse_cmd(store_path, codes_name, out):
     _run(run_token_mse, store_path, codes_name, out)
 
 
+@analyze_group.command("monosemanticity")
+@_codes_options
+@_BY
+@click.option("--embed-hook", default=None,
+              help="The store's hook whose per-image vector (pooled or CLS) embeds the images [default: embed].")
+@click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto.")
+def monosemanticity_cmd(store_path, codes_name, out, by, embed_hook, device):
+    """Pach et al.'s monosemanticity score of each feature: how alike its images are (monosemanticity.csv, PNG)."""
+    from clipsae.analysis.commands import run_monosemanticity
+
+    _run(run_monosemanticity, store_path, codes_name, out, embed_hook, by, device)
+
+
 @analyze_group.command("correlate")
 @click.option("--a", "ref_a", required=True, metavar="STORE:CODES", help="Side A: a store and the name of its codes.")
 @click.option("--b", "ref_b", required=True, metavar="STORE:CODES", help="Side B: a store and the name of its codes.")
@@ -200,14 +213,16 @@ def neuron_alignment_cmd(store_path, codes_name, out, sae_path, model, pretraine
 @click.option("--classes", type=click.Path(path_type=Path), default=None,
               help="Class names: JSON list or {label: name}, or one name per line [default: classes.json beside the tars].")
 @click.option("--thumb-size", type=int, default=160, show_default=True, help="Longest side of the thumbnails, pixels.")
+@click.option("--embed-hook", default=None,
+              help="Hook embedding the images for the monosemanticity score [default: embed, left out if the store has none].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def report_cmd(store_path, codes_name, out, k, per_interval, n_intervals, nearest, by, min_hits, sae_path, shards,
-               classes, thumb_size, quiet):
+               classes, thumb_size, embed_hook, quiet):
     """A static site to browse the features: index with plots and a table, one page per live feature."""
     from clipsae.analysis.report.build import ReportConfig, run_report
 
     cfg = ReportConfig(store_path, codes_name, out, k, per_interval, n_intervals, nearest, by, min_hits, thumb_size,
-                       sae_path, shards, classes, progress=not quiet)
+                       sae_path, shards, classes, embed_hook=embed_hook, progress=not quiet)
     for line in run_report(cfg):
         click.echo(line)
 

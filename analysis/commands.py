@@ -30,6 +30,7 @@ TOKEN_MSE_COLUMNS = ("token", "row", "col", "mse", "fvu")
 BEST_MATCHES_COLUMNS = ("a", "rank", "b", "corr", "max_diff")
 MATCHING_COLUMNS = ("a", "b", "corr", "topk_overlap")
 NEURON_ALIGNMENT_COLUMNS = ("feature", "max_cos", "neuron", "above_random")
+MONOSEMANTICITY_COLUMNS = ("feature", "ms", "images")
 SHOWN_MATCHES, PAIRS_IN_FIGURE, IMAGES_PER_SIDE = 10, 4, 4
 
 
@@ -135,6 +136,24 @@ def run_token_mse(t: Target) -> list[str]:
     worse = " (worse than predicting the mean: FVU > 1)" if res.fvu > 1 else ""
     return [f"{t.title}: MSE {res.mse:.4g}, FVU {res.fvu:.4f}{worse}; worst token {int(res.positions_T[worst])} "
             f"(MSE {res.mse_T[worst]:.4g}), best {int(res.positions_T[np.argmin(res.mse_T)])} (MSE {res.mse_T.min():.4g})",
+            f"wrote {path}, {png}"]
+
+
+def run_monosemanticity(t: Target, embed_hook: str | None, by: str, device: str = "auto") -> list[str]:
+    """monosemanticity.csv and its histogram: Pach et al.'s score of every feature over the store's images."""
+    from clipsae.analysis import monosemanticity as ms_mod
+
+    hook = ms_mod.embedding_hook(t.store, embed_hook)
+    res = ms_mod.monosemanticity(t.codes, hook, by, resolve_device(device))
+    path = write_csv(t.out / by_setting("monosemanticity", ".csv", by), MONOSEMANTICITY_COLUMNS,
+                     zip(range(t.codes.d_sae), res.ms_F.tolist(), res.images_F.tolist()))
+    png = ms_mod.plot_monosemanticity(res, t.out / by_setting("monosemanticity", ".png", by), t.title)
+    scored = ~np.isnan(res.ms_F)
+    median = float(np.median(res.ms_F[scored])) if scored.any() else float("nan")
+    return [f"{t.title}: monosemanticity by {by} over {hook} embeddings: median {median:.4f} over the "
+            f"{int(scored.sum())} features firing on ≥ 2 images ({int((res.images_F == 1).sum())} fire on one, "
+            f"{int((res.images_F == 0).sum())} on none); {int((res.ms_F[scored] > res.baseline).sum())} above the "
+            f"store's baseline {res.baseline:.4f} (mean cosine of all image pairs)",
             f"wrote {path}, {png}"]
 
 

@@ -12,6 +12,7 @@ from clipsae.analysis.class_names import class_names
 from clipsae.analysis.codes_sae import codes_sae
 from clipsae.analysis.interval_samples import IntervalSamples, interval_samples
 from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
+from clipsae.analysis.monosemanticity import Monosemanticity, embedding_hook, monosemanticity
 from clipsae.analysis.nearest_features import nearest_features
 from clipsae.analysis.output import out_dir
 from clipsae.analysis.patch_maps import patch_maps
@@ -47,6 +48,7 @@ class ReportConfig:
     sae: Path | None = None
     shards: Path | None = None
     classes: Path | None = None
+    embed_hook: str | None = None
     progress: bool = True
 
     def check(self) -> None:
@@ -78,7 +80,7 @@ def _store_fit(sums: PartSums, n_positions: int) -> tuple[float, float]:
 
 
 def _summary(store: ActivationStore, codes: Codes, sums: PartSums, dens, sae_note: str, sae_path: Path | None,
-             splice: dict | None) -> list[list[str]]:
+             splice: dict | None, ms: Monosemanticity | None) -> list[list[str]]:
     sae = codes.identity["sae"]
     rows = [["model", f"{store.config.get('model')} ({store.config.get('pretrained') or 'random weights'})"],
             *([["warning", RANDOM_WEIGHTS_WARNING]] if random_weights(store) else []),
@@ -96,9 +98,27 @@ def _summary(store: ActivationStore, codes: Codes, sums: PartSums, dens, sae_not
     fvu, l0 = _store_fit(sums, codes.n_positions)
     rows.append(["on this store", f"FVU {fvu:.4f}, explained variance {1 - fvu:.4f}, L0 {l0:.1f}, "
                  f"dead {int(dens.dead_F.sum()):,}, dense {int(dens.dense_F.sum()):,} (> 10% of tokens)"])
+    if ms is not None:
+        scored = ms.ms_F[~np.isnan(ms.ms_F)]
+        median = f"{np.median(scored):.4f}" if len(scored) else "–"
+        rows.append(["monosemanticity", f"median {median} over {len(scored):,} features firing on ≥ 2 images, "
+                     f"embedded by {ms.embed_hook}; all image pairs {ms.baseline:.4f}"])
     if splice is not None:
         rows.append(["spliced", splice["summary"]])
     return rows
+
+
+def _monosemanticity(cfg: ReportConfig, store: ActivationStore, codes: Codes, lines: list[str]) -> Monosemanticity | None:
+    """The scores where the store has image embeddings; without them the report goes on and says so,
+    unless --embed-hook asked for a hook it cannot use."""
+    try:
+        hook = embedding_hook(store, cfg.embed_hook)
+    except ClipsaeError as exc:
+        if cfg.embed_hook is not None:
+            raise
+        lines.append(f"monosemanticity left out: {exc}")
+        return None
+    return monosemanticity(codes, hook, cfg.by)
 
 
 def _shown_pairs(top: TopImages, samples: IntervalSamples, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +151,7 @@ def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Pa
     dens = density_mod.density(sums, codes.n_positions, top20)
     ent = label_entropy(top20, store.labels(), cfg.min_hits)
     samples = interval_samples(codes, top, cfg.per_interval, cfg.by, cfg.n_intervals)
+    ms = _monosemanticity(cfg, store, codes, lines)
     nearest, sae_path, sae_note = None, None, ""
     try:
         sae = codes_sae(codes, cfg.sae)
@@ -153,7 +174,8 @@ def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Pa
     matchings = siblings.matchings(analysis)
     content = FeatureContent(top, samples, dens, ent, top20, store.labels(), store.keys(),
                              class_names(store, cfg.classes, cfg.shards), nearest, siblings.feature_names(analysis),
-                             matchings, PatchMaps(grid, feat_P, img_P, maps), random_weights=random_weights(store))
+                             matchings, PatchMaps(grid, feat_P, img_P, maps), None if ms is None else ms.ms_F,
+                             random_weights=random_weights(store))
     folder = partial / "features"
     folder.mkdir()
     match_folders = [siblings.relative_link(m.other_report / "features", out / "features") for m in matchings]
@@ -164,7 +186,7 @@ def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Pa
 
     splice = siblings.splice_result(analysis)
     title = f"{store.config.get('model')} {codes.hook}: {codes.name}"
-    index = {"title": title, "summary": _summary(store, codes, sums, dens, sae_note, sae_path, splice),
+    index = {"title": title, "summary": _summary(store, codes, sums, dens, sae_note, sae_path, splice, ms),
              "n_features": codes.d_sae, "n_live": len(live), "table": content.table(),
              "correlations": [{"other": m.label, "href": siblings.relative_link(m.other_report / "index.html", out),
                                "pairs": len(m.b_of_a)} for m in matchings]}

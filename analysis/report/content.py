@@ -62,6 +62,7 @@ class FeatureContent:
     names: dict[int, list[tuple[str, float, str]]]
     matchings: list[Matching]
     maps: PatchMaps
+    ms_F: np.ndarray | None = None  # monosemanticity scores, where the store has image embeddings
     random_weights: bool = False  # the store's model was not pretrained: names and zero-shot figures mean nothing
 
     @property
@@ -116,6 +117,8 @@ class FeatureContent:
             "names": [{"word": w, "score": sig(s), "method": meth} for w, s, meth in self.names.get(f, [])],
             "nearest": None, "matches": [], "links": links, "random_weights": self.random_weights,
         }
+        if self.ms_F is not None:
+            rec["ms"] = sig(self.ms_F[f])
         if self.nearest is not None:
             rec["nearest"] = [{"feature": int(j), "cosine": sig(c), "live": bool(not d.dead_F[j])}
                               for j, c in zip(self.nearest.features_FN[f].tolist(), self.nearest.cosine_FN[f].tolist())]
@@ -136,4 +139,5 @@ class FeatureContent:
             "entropy": [sig(x, 3) for x in e.entropy_F[live]],
             "top_label": [self.label_name(int(e.top_label_F[f])) if e.n_F[f] else None for f in live],
             "name": [self.names[f][0][0] if f in self.names else None for f in live],
+            "ms": None if self.ms_F is None else [sig(x, 3) for x in self.ms_F[live]],
         }

@@ -15,15 +15,19 @@ N_TOKENS = 1 + GRID[0] * GRID[1]
 
 
 def make_store(path: Path, n_parts: int = 3, per_part: int = 7, seed: int = 0, d: int = D, labels_mod: int = 4,
-               key_prefix: str = "img") -> Path:
-    """A store of ``n_parts`` parts of ``per_part`` images with CLS + 2×2 patch tokens; labels cycle."""
+               key_prefix: str = "img", embed_d: int | None = None) -> Path:
+    """A store of ``n_parts`` parts of ``per_part`` images with CLS + 2×2 patch tokens; labels cycle.
+    With ``embed_d``, also a pooled ``embed`` hook of that width."""
     rng = np.random.default_rng(seed)
     for p in range(n_parts):
         keys = [f"{key_prefix}{p * per_part + i:05d}" for i in range(per_part)]
-        acts = rng.standard_normal((per_part, N_TOKENS, d)).astype(np.float32)
-        write_store(path, {"blocks.0": acts}, keys, labels=[(p * per_part + i) % labels_mod for i in range(per_part)],
-                    attrs={"model": "test"}, dtype="float32", part=f"part-{p:03d}",
-                    layouts={"blocks.0": {"cls_token": True, "grid": list(GRID), "meaning": "CLS then patches"}})
+        hooks = {"blocks.0": rng.standard_normal((per_part, N_TOKENS, d)).astype(np.float32)}
+        layouts = {"blocks.0": {"cls_token": True, "grid": list(GRID), "meaning": "CLS then patches"}}
+        if embed_d:
+            hooks["embed"] = rng.standard_normal((per_part, embed_d)).astype(np.float32)
+            layouts["embed"] = {"cls_token": False, "grid": None, "meaning": "image embedding"}
+        write_store(path, hooks, keys, labels=[(p * per_part + i) % labels_mod for i in range(per_part)],
+                    attrs={"model": "test"}, dtype="float32", part=f"part-{p:03d}", layouts=layouts)
     return path
 
 
@@ -54,15 +58,19 @@ def reference_codes(cfg: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
     return torch.relu(z)
 
 
-def store_from_tars(path: Path, tars: list[Path], seed: int = 0) -> Path:
-    """A store with one part per webdataset tar (its keys, labels and path), random activations."""
+def store_from_tars(path: Path, tars: list[Path], seed: int = 0, embed_d: int | None = None) -> Path:
+    """A store with one part per webdataset tar (its keys, labels and path), random activations;
+    with ``embed_d``, also a pooled ``embed`` hook of that width."""
     from clipsae.pipeline.tario import TarReport, iter_samples
 
     rng = np.random.default_rng(seed)
     for i, tar in enumerate(sorted(tars)):
         samples = list(iter_samples(str(tar), None, TarReport()))
-        acts = rng.standard_normal((len(samples), N_TOKENS, D)).astype(np.float32)
-        write_store(path, {"blocks.0": acts}, [k for k, _, _ in samples], labels=[lb for _, _, lb in samples],
-                    attrs={"model": "test"}, dtype="float32", part=f"part-{i:03d}", source=str(tar),
-                    layouts={"blocks.0": {"cls_token": True, "grid": list(GRID)}})
+        hooks = {"blocks.0": rng.standard_normal((len(samples), N_TOKENS, D)).astype(np.float32)}
+        layouts = {"blocks.0": {"cls_token": True, "grid": list(GRID)}}
+        if embed_d:
+            hooks["embed"] = rng.standard_normal((len(samples), embed_d)).astype(np.float32)
+            layouts["embed"] = {"cls_token": False, "grid": None}
+        write_store(path, hooks, [k for k, _, _ in samples], labels=[lb for _, _, lb in samples],
+                    attrs={"model": "test"}, dtype="float32", part=f"part-{i:03d}", source=str(tar), layouts=layouts)
     return path

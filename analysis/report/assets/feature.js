@@ -26,6 +26,7 @@
     ["label entropy", R.entropy === null ? `– (only ${R.labelled_top} labelled top images)` : `${R.entropy} nats (normalised ${fmt(R.entropy_norm)})`],
     ["top label", fmt(R.top_label)],
   ];
+  if ("ms" in R) stats.push(["monosemanticity", R.ms === null ? "– (fires on one image)" : fmt(R.ms)]);
   const st = el("table", { class: "stats" });
   for (const [k, v] of stats) st.append(el("tr", {}, el("th", { text: k }), el("td", { text: v })));
   app.append(st);

@@ -137,6 +137,7 @@
     ["feature", "feature", true], ["density_images", "image density", true], ["density_tokens", "token density", true],
     ["mean_top20", "mean top-20 value", true], ["entropy", "label entropy", true], ["top_label", "top label", false],
   ];
+  if (T.ms) cols.splice(5, 0, ["ms", "monosemanticity", true]);
   if (T.name.some((x) => x !== null)) cols.push(["name", "name", false]);
   let order = Array.from({ length: N }, (_, i) => i);
   let sortKey = "feature", sortDir = 1, page = 0;

@@ -49,6 +49,8 @@ def test_index_loads_without_console_errors_and_lists_the_live_features(browser,
     rows = browser.execute_script("return document.querySelectorAll('#feature-table tbody tr').length")
     assert rows == min(50, len(live_features(report)))
     assert browser.execute_script("return document.getElementById('density-scatter').width") > 0
+    headers = browser.execute_script("return Array.from(document.querySelectorAll('#feature-table th')).map(t => t.textContent)")
+    assert "monosemanticity" in headers
 
 
 @pytest.mark.parametrize("which", [0, -1])
@@ -60,6 +62,9 @@ def test_feature_pages_load_without_errors_and_every_thumbnail_decodes(browser, 
     assert len(images) == len(rec["top"]) + sum(len(iv["images"]) for iv in rec["intervals"])
     assert all(width > 0 for _, width in images), images
     assert browser.execute_script("return document.querySelectorAll('.thumb canvas').length") == len(images)
+    stats = dict(browser.execute_script(
+        "return Array.from(document.querySelectorAll('table.stats tr')).map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert stats["monosemanticity"] == ("– (fires on one image)" if rec["ms"] is None else str(rec["ms"]))
 
 
 def test_jump_to_feature_opens_its_page_and_explains_a_dead_one(browser, report):

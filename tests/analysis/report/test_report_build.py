@@ -109,11 +109,26 @@ def test_report_cli_prints_where_the_index_is(tar_encoded, tmp_path, run_cli):
     (["-k", "0"], "-k must be at least 1"),
     (["--thumb-size", "8"], "--thumb-size must be between"),
     (["--per-interval", "-1"], "--per-interval must be at least 0"),
+    (["--embed-hook", "resid.9"], "has no hook 'resid.9'"),
 ])
 def test_report_cli_bad_input_is_one_line(tar_encoded, tmp_path, run_cli, args, message):
     code, _, err = run_cli("analyze", "report", "--store", tar_encoded[0], "--codes", "sae", "--out", tmp_path / "r", *args)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_pages_and_table_show_each_features_monosemanticity(report, tar_encoded):
+    from clipsae.analysis.monosemanticity import monosemanticity
+
+    ms = monosemanticity(Codes(ActivationStore.open(tar_encoded[0]), "sae"), "embed")
+    recs = records(report)
+    for f, rec in recs.items():
+        assert (rec["ms"] is None) == bool(np.isnan(ms.ms_F[f]))
+        if rec["ms"] is not None:
+            assert rec["ms"] == pytest.approx(ms.ms_F[f], rel=1e-3)
+    index = json.loads((report / "data" / "index.js").read_text().split("=", 1)[1].rstrip().rstrip(";"))
+    assert len(index["table"]["ms"]) == len(recs)
+    assert any(row[0] == "monosemanticity" and "embedded by embed" in row[1] for row in index["summary"])
 
 
 def test_cls_codes_make_pages_without_patch_maps(tar_encoded, tmp_path):
