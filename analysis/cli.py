@@ -178,6 +178,24 @@ def correlate_cmd(ref_a, ref_b, out, k, by, min_hits, shards, device):
         click.echo(line)
 
 
+@analyze_group.command("compare")
+@click.option("--codes", "refs", required=True, multiple=True, metavar="STORE:CODES",
+              help="Codes to compare, as a store and a codes name; repeat for each (layers of a store, or SAEs on a hook).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("compare"), show_default=True,
+              help="Folder for compare.csv and compare.png.")
+@_BY
+@_MIN_HITS
+@click.option("--embed-hook", default=None,
+              help="Hook embedding the images for the monosemanticity score [default: embed, left empty where a store has none].")
+@click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto.")
+def compare_cmd(refs, out, by, min_hits, embed_hook, device):
+    """Fit, sparsity, label entropy and monosemanticity of several codes side by side (compare.csv, PNG by layer)."""
+    from clipsae.analysis.commands import parse_codes_ref, run_compare
+
+    for line in run_compare([parse_codes_ref(r, "--codes") for r in refs], out, by, min_hits, embed_hook, device):
+        click.echo(line)
+
+
 @analyze_group.command("neuron-alignment")
 @_codes_options
 @click.option("--sae", "sae_path", type=click.Path(path_type=Path), default=None,

@@ -165,6 +165,32 @@ def parse_codes_ref(text: str, option: str) -> tuple[Path, str]:
     return store_path(store), name
 
 
+def run_compare(refs: list[tuple[Path, str]], out: Path, by: str, min_hits: int, embed_hook: str | None,
+                device: str = "auto") -> list[str]:
+    """compare.csv and compare.png: one row per codes (several layers of a store, or several SAEs on a hook)."""
+    from clipsae.analysis import compare as cmp
+
+    dev = resolve_device(device)
+    stores: dict[str, ActivationStore] = {}
+    codes = []
+    for store, name in refs:
+        key = str(absolute(store))
+        if key not in stores:
+            stores[key] = ActivationStore.open(store)
+        codes.append(Codes(stores[key], name))
+    rows = [cmp.summarise(c, by, min_hits, embed_hook, dev) for c in codes]
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_csv(out / by_setting("compare", ".csv", by), cmp.COLUMNS, (r.cells() for r in rows))
+    png = cmp.plot_compare(rows, out / by_setting("compare", ".png", by))
+    lines = [note for r in rows for note in r.notes]
+    lines.append(f"{'codes':<16} {'hook':<10} {'latents':>8} {'L0':>7} {'FVU':>7} {'dead':>6} {'entropy':>8} {'MS':>7}")
+    for r in rows:
+        v = r.values
+        lines.append(f"{v['codes']:<16} {v['hook']:<10} {v['latents']:>8} {v['l0']:>7.2f} {v['fvu']:>7.4f} "
+                     f"{v['dead_share']:>6.1%} {v['median_label_entropy']:>8.3f} {v['median_ms']:>7.4f}")
+    return lines + [f"wrote {path}, {png}"]
+
+
 def _side_label(a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) -> tuple[str, str]:
     """How the printed table names the two sides: models when they differ, else codes names, else A and B."""
     ma, mb = str(a.config.get("model")), str(b.config.get("model"))

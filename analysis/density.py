@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipsae.analysis.fit import DENSE_ABOVE
 from clipsae.analysis.top_images import TopImages
 from clipsae.store.codes import PartSums
 
-DENSE_ABOVE = 0.1
 TOP_FOR_MEAN = 20
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipsae.analysis.fit import overall_fvu
 from clipsae.analysis.patch_maps import grid_cells
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import PartSums
@@ -31,13 +32,11 @@ def token_mse(sums: PartSums, positions_T: np.ndarray, layout: HookLayout) -> To
         raise ClipsaeError("token-mse needs codes of several tokens per image; encode with --tokens all or patches")
     n, d = sums.n_images, sums.position_x_sum.shape[1]
     var_T = sums.position_x_sq - (sums.position_x_sum**2).sum(1) / n
-    mean_all = sums.position_x_sum.sum(0) / (n * len(positions_T))
-    var_all = sums.position_x_sq.sum() - n * len(positions_T) * (mean_all**2).sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         fvu_T = sums.position_sq_err / var_T
     rows, cols = grid_cells(positions_T, layout)
     return TokenMSE(positions_T, rows, cols, sums.position_sq_err / (n * d), fvu_T,
-                    float(sums.position_sq_err.sum() / (n * len(positions_T) * d)), float(sums.position_sq_err.sum() / var_all))
+                    float(sums.position_sq_err.sum() / (n * len(positions_T) * d)), overall_fvu(sums, len(positions_T)))
 
 
 def plot_token_mse(t: TokenMSE, grid: tuple[int, int] | None, path, title: str) -> None:

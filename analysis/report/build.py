@@ -10,6 +10,7 @@ from tqdm import tqdm
 from clipsae.analysis import density as density_mod
 from clipsae.analysis.class_names import class_names
 from clipsae.analysis.codes_sae import codes_sae
+from clipsae.analysis.fit import fit as store_fit
 from clipsae.analysis.interval_samples import IntervalSamples, interval_samples
 from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
 from clipsae.analysis.monosemanticity import Monosemanticity, embedding_hook, monosemanticity
@@ -71,14 +72,6 @@ def _prepare_out(out: Path) -> Path:
     return partial
 
 
-def _store_fit(sums: PartSums, n_positions: int) -> tuple[float, float]:
-    """(FVU, L0) of the SAE over every encoded token of the store, from the cached sums."""
-    n_tok = sums.n_images * n_positions
-    mean = sums.position_x_sum.sum(0) / n_tok
-    var = sums.position_x_sq.sum() - n_tok * (mean**2).sum()
-    return float(sums.position_sq_err.sum() / var), float(sums.latent_tokens_fired.sum() / n_tok)
-
-
 def _summary(store: ActivationStore, codes: Codes, sums: PartSums, dens, sae_note: str, sae_path: Path | None,
              splice: dict | None, ms: Monosemanticity | None) -> list[list[str]]:
     sae = codes.identity["sae"]
@@ -95,8 +88,8 @@ def _summary(store: ActivationStore, codes: Codes, sums: PartSums, dens, sae_not
                      f"L0 {metrics['l0']:.1f}, dead {metrics['dead_heldout']}, dense {metrics['dense']}"])
     else:
         rows.append(["held-out (training)", "no held-out metrics beside the SAE" if sae_path else sae_note])
-    fvu, l0 = _store_fit(sums, codes.n_positions)
-    rows.append(["on this store", f"FVU {fvu:.4f}, explained variance {1 - fvu:.4f}, L0 {l0:.1f}, "
+    fit = store_fit(sums, codes.n_positions)
+    rows.append(["on this store", f"FVU {fit.fvu:.4f}, explained variance {1 - fit.fvu:.4f}, L0 {fit.l0:.1f}, "
                  f"dead {int(dens.dead_F.sum()):,}, dense {int(dens.dense_F.sum()):,} (> 10% of tokens)"])
     if ms is not None:
         scored = ms.ms_F[~np.isnan(ms.ms_F)]
