@@ -191,6 +191,46 @@ def run_compare(refs: list[tuple[Path, str]], out: Path, by: str, min_hits: int,
     return lines + [f"wrote {path}, {png}"]
 
 
+SAE_COMPARE_COLUMNS = ("a", "best_b", "best_cos", "matched_b", "matched_cos")
+
+
+def run_sae_compare(path_a: Path, path_b: Path, out: Path, format_a: str | None = None, format_b: str | None = None,
+                    device: str = "auto", max_matching: int | None = None) -> list[str]:
+    """sae_compare.csv, sae_compare.json and the cosine histogram: A's decoder directions matched among B's."""
+    from clipsae.analysis import dictionary_match as dm
+    from clipsae.train.load import load_sae
+
+    dev = resolve_device(device)
+    a, b = load_sae(path_a, str(dev), format_a), load_sae(path_b, str(dev), format_b)
+    lines = []
+    hook_a, hook_b = (m.recorded("hook") or m.recorded("hook_name") for m in (a, b))
+    if hook_a and hook_b and hook_a != hook_b:
+        lines.append(f"warning: A was trained on {hook_a} and B on {hook_b}; their directions are comparable only "
+                     f"where the two hooks share a basis")
+    if a.d_sae != b.d_sae:
+        lines.append(f"note: A has {a.d_sae:,} latents and B {b.d_sae:,}; "
+                     + ("some A features stay unmatched one-to-one" if a.d_sae > b.d_sae else "some B features go unused"))
+    m = dm.match_dictionaries(a.W_dec, b.W_dec, dev, dm.MAX_MATCHING if max_matching is None else max_matching)
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_csv(out / "sae_compare.csv", SAE_COMPARE_COLUMNS,
+                     zip(range(a.d_sae), m.best_b_A.tolist(), m.best_cos_A.tolist(),
+                         [None if j < 0 else j for j in m.matched_b_A.tolist()], m.matched_cos_A.tolist()))
+    shares = m.shares()
+    summary = write_json(out / "sae_compare.json", {"a": a.identity, "b": b.identity, "matched": m.matched, **shares})
+    png = dm.plot_match(m, out / "sae_compare.png", f"A {a.identity['path']}\nB {b.identity['path']}")
+    lines.append(f"A: {a.architecture} ({a.identity['format']}), {a.d_sae:,} latents; B: {b.architecture} "
+                 f"({b.identity['format']}), {b.d_sae:,} latents; mean best-match cosine {m.best_cos_A.mean():.4f}")
+    lines.append("A features whose best B match is above " + ", ".join(
+        f"{t}: {shares[f'best_above_{t}']:.1%}" for t in dm.THRESHOLDS))
+    if m.matched:
+        lines.append("one-to-one (Hungarian) matches above " + ", ".join(
+            f"{t}: {shares[f'matched_above_{t}']:.1%}" for t in dm.THRESHOLDS))
+    else:
+        lines.append(f"one-to-one matching left out: more than {dm.MAX_MATCHING if max_matching is None else max_matching:,} "
+                     f"latents a side (--max-matching raises the limit; the solve needs the dense cosine matrix)")
+    return lines + [f"wrote {path}, {summary}, {png}"]
+
+
 def _side_label(a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) -> tuple[str, str]:
     """How the printed table names the two sides: models when they differ, else codes names, else A and B."""
     ma, mb = str(a.config.get("model")), str(b.config.get("model"))

@@ -1,10 +1,9 @@
-"""``clipsae train`` and ``clipsae sae info``: options in, one call to the API out.
+"""``clipsae train``: options in, one call to the API out.
 
 Only click is imported here, so that ``--help`` and option errors answer at once; every check of
 the options' values happens in ``train/configure.py``.
 """
 
-import json
 import os
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import click
 from clipsae.slurm import slurm_config, slurm_options
 from clipsae.train import archs
 from clipsae.train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WARMUP, PRECISIONS
-from clipsae.train.formats import SAE_FORMAT
 
 
 @click.command("train")
@@ -112,21 +110,3 @@ def _submit(options: dict, threads: int | None, slurm) -> None:
     job, out = submit_train(options, threads, slurm)
     click.echo(f"submitted job {job.job_id}: training into {out} (requeued on preemption or time-out); "
                f"logs in {job.logs}; progress in {out / 'metrics.jsonl'}")
-
-
-@click.group("sae")
-def sae_group():
-    """Inspect trained SAEs."""
-
-
-@sae_group.command("info")
-@click.argument("path", type=click.Path(path_type=Path))
-@SAE_FORMAT
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def sae_info_cmd(path, sae_format, as_json):
-    """What the SAE at PATH is (clipsae, SAELens, sparsify, dictionary_learning, ViT-Prisma, saev, CLIP-Scope, MSAE), and
-    its held-out metrics."""
-    from clipsae.train.report import format_sae_info, sae_info
-
-    info = sae_info(path, sae_format)
-    click.echo(json.dumps(info, indent=2) if as_json else format_sae_info(info))

@@ -20,7 +20,7 @@ COMMANDS = {
     "store": ("clipsae.store.cli", "store_group", "Inspect and check an activation store."),
     "status": ("clipsae.cli.status", "status_cmd", "Which parts of a store and its codes are complete, in progress or missing."),
     "train": ("clipsae.train.cli", "train_cmd", "Train sparse autoencoders on one hook of an activation store."),
-    "sae": ("clipsae.train.cli", "sae_group", "Inspect trained SAEs."),
+    "sae": ("clipsae.cli.sae", "sae_group", "Inspect SAEs and compare two dictionaries."),
     "encode": ("clipsae.analysis.cli", "encode_cmd", "Encode a store with an SAE and cache the codes in the store."),
     "analyze": ("clipsae.analysis.cli", "analyze_group", "Statistics, tables and plots from cached codes."),
     "demo": ("clipsae.cli.demo", "demo_cmd", "The whole pipeline on built-in synthetic data."),
