@@ -134,12 +134,21 @@ def density_cmd(store_path, codes_name, out, by, min_hits):
 
 
 @analyze_group.command("token-mse")
-@_codes_options
-def token_mse_cmd(store_path, codes_name, out):
-    """Reconstruction error per token position and its heat map (token_mse.csv, PNG)."""
-    from clipsae.analysis.commands import run_token_mse
+@click.option("--store", "store_path", required=True, help="Activation store: a folder, s3://bucket/… or gs://bucket/….")
+@click.option("--codes", "codes_names", required=True, multiple=True,
+              help="Name of the cached codes; repeat it for several (a run's snapshots) to draw their maps side by side.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: <store>/codes/<first codes>-analysis].")
+def token_mse_cmd(store_path, codes_names, out):
+    """Reconstruction error per token position and its heat map (token_mse.csv, PNG); with several
+    codes, their maps on one scale (token_mse_series.csv, PNG)."""
+    from clipsae.analysis.commands import run_token_mse, run_token_mse_series
 
-    _run(run_token_mse, store_path, codes_name, out)
+    if len(codes_names) == 1:
+        _run(run_token_mse, store_path, codes_names[0], out)
+        return
+    for line in run_token_mse_series(store_path, list(codes_names), out):
+        click.echo(line)
 
 
 @analyze_group.command("monosemanticity")

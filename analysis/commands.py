@@ -14,7 +14,7 @@ from clipsae.analysis import density as density_mod
 from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
 from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, by_setting, out_dir, write_csv, write_json
-from clipsae.analysis.token_mse import plot_token_mse, token_mse
+from clipsae.analysis.token_mse import plot_token_mse, plot_token_mse_series, snapshot_title, token_mse
 from clipsae.analysis.top_images import check_k, top_images
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
@@ -27,6 +27,7 @@ LABEL_ENTROPY_COLUMNS = ("feature", "entropy", "entropy_norm", "n", "top_label",
 DENSITY_COLUMNS = ("feature", "tokens_fired", "images_fired", "density_tokens", "density_images", "mean_top20",
                    "dead", "dense")
 TOKEN_MSE_COLUMNS = ("token", "row", "col", "mse", "fvu")
+TOKEN_MSE_SERIES_COLUMNS = ("codes", "token", "row", "col", "mse", "fvu")
 BEST_MATCHES_COLUMNS = ("a", "rank", "b", "corr", "max_diff")
 MATCHING_COLUMNS = ("a", "b", "corr", "topk_overlap")
 NEURON_ALIGNMENT_COLUMNS = ("feature", "max_cos", "neuron", "above_random")
@@ -155,6 +156,32 @@ def run_monosemanticity(t: Target, embed_hook: str | None, by: str, device: str 
             f"{int((res.images_F == 0).sum())} on none); {int((res.ms_F[scored] > res.baseline).sum())} above the "
             f"store's baseline {res.baseline:.4f} (mean cosine of all image pairs)",
             f"wrote {path}, {png}"]
+
+
+def run_token_mse_series(store: Path, names: list[str], out: Path | None) -> list[str]:
+    """token_mse_series.csv and CLIP-Scope's figure: the per-token MSE maps of several codes (a run's
+    snapshots, in the order given) on one colour scale. Written beside the first codes by default."""
+    s = ActivationStore.open(store)
+    codes = [Codes(s, n) for n in names]
+    first = codes[0]
+    for c in codes[1:]:
+        if c.hook != first.hook or not np.array_equal(c.token_positions, first.token_positions):
+            raise ClipsaeError(f"codes {c.name!r} ({c.hook}, {c.identity['tokens']} tokens) and {first.name!r} "
+                               f"({first.hook}, {first.identity['tokens']} tokens) do not cover the same tokens")
+    lay = s.layout(first.hook)
+    if lay.grid is None:
+        raise ClipsaeError(f"{first.hook} has no patch grid to draw the maps on; run token-mse on one codes at a time")
+    results = [token_mse(c.sums(), c.token_positions, lay) for c in codes]
+    folder = out_dir(out, store, first.name)
+    rows = ((c.name, int(p), int(r), int(col), float(m), float(f)) for c, res in zip(codes, results)
+            for p, r, col, m, f in zip(res.positions_T, res.rows_T, res.cols_T, res.mse_T, res.fvu_T))
+    path = write_csv(folder / "token_mse_series.csv", TOKEN_MSE_SERIES_COLUMNS, rows)
+    png = folder / "token_mse_series.png"
+    titles = [snapshot_title(c.name, c.identity.get("provenance", {}).get("sae_path")) for c in codes]
+    plot_token_mse_series(results, titles, tuple(lay.grid), png,
+                          f"per-token reconstruction MSE on {first.hook}, {s.n_images} images")
+    lines = [f"{t}: MSE {r.mse:.4g}, FVU {r.fvu:.4f}" for t, r in zip(titles, results)]
+    return lines + [f"wrote {path}, {png}"]
 
 
 def parse_codes_ref(text: str, option: str) -> tuple[Path, str]:

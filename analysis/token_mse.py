@@ -5,6 +5,7 @@ FVU_t = Σ‖x − x̂‖² / Σ‖x − x̄_t‖², with x̄_t the mean input a
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from clipsae.analysis.patch_maps import grid_cells
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import PartSums
 from clipsae.store.layout import HookLayout
+from clipsae.train.load import SNAPSHOTS
 
 
 @dataclass(frozen=True)
@@ -62,5 +64,43 @@ def plot_token_mse(t: TokenMSE, grid: tuple[int, int] | None, path, title: str) 
         ax.set_ylabel("reconstruction MSE")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def snapshot_title(name: str, sae_path: str | None) -> str:
+    """A panel's title: the codes' name, and the tokens trained where the SAE is a training snapshot
+    (``…/snapshots/<tokens>``)."""
+    if sae_path:
+        folder = Path(sae_path)
+        if folder.parent.name == SNAPSHOTS and folder.name.isdigit():
+            return f"{name}: {int(folder.name):,} tokens"
+    return name
+
+
+def plot_token_mse_series(results: list[TokenMSE], titles: list[str], grid: tuple[int, int], path, title: str) -> None:
+    """CLIP-Scope's figure: one MSE heat map over the patch grid per codes (snapshots of a run, in the
+    order given), on one colour scale so that training progress shows as the maps darken."""
+    from clipsae.analysis.output import pyplot
+
+    plt = pyplot()
+    n = len(results)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows + 0.6), squeeze=False)
+    on = [r.rows_T >= 0 for r in results]
+    vmax = max(float(r.mse_T[m].max()) for r, m in zip(results, on))
+    for ax, r, m, t in zip(axes.flat, results, on, titles):
+        heat = np.full(grid, np.nan)
+        heat[r.rows_T[m], r.cols_T[m]] = r.mse_T[m]
+        im = ax.imshow(heat, cmap="magma", vmin=0, vmax=vmax)
+        cls = r.mse_T[(r.positions_T == 0) & ~m]
+        ax.set_title(t + (f"\nCLS {cls[0]:.3g}" if len(cls) else ""), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="reconstruction MSE", shrink=0.8)
+    fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)

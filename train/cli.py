@@ -48,13 +48,15 @@ from clipsae.train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WAR
 @click.option("--eval-rows", type=int, default=2**16, show_default=True, help="Held-out rows used for evaluation.")
 @click.option("--checkpoint-every", type=int, default=0, help="Also checkpoint every N steps (0: by time only).")
 @click.option("--checkpoint-minutes", type=float, default=10.0, show_default=True)
+@click.option("--snapshot-every", type=float, default=0, show_default=True,
+              help="Also export each SAE every this many training tokens (e.g. 1e8) under snapshots/<tokens>/ (0: never).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
 @click.option("--wandb", "wandb_project", default=None, help="Also log to this wandb project (WANDB_MODE=offline works).")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress messages.")
 @slurm_options(array=False)
 def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file, lr, batch_size, tokens_total, steps, seed, device,
               precision, holdout, out, warmup_steps, dead_tokens, aux_alpha, matryoshka_weighting, resample_every, buffer_rows,
-              loader_threads, eval_every, eval_rows, checkpoint_every, checkpoint_minutes, threads, wandb_project, quiet,
+              loader_threads, eval_every, eval_rows, checkpoint_every, checkpoint_minutes, snapshot_every, threads, wandb_project, quiet,
               slurm_submit, **slurm):
     """Train sparse autoencoders on one hook of an activation store (several at once on a sweep).
 
@@ -67,7 +69,7 @@ def train_cmd(store_path, hook, tokens, arch, expansion, k_list, l1, sweep_file,
         holdout=holdout, out=out, warmup_steps=warmup_steps, dead_tokens=dead_tokens, aux_alpha=aux_alpha,
         matryoshka_weighting=matryoshka_weighting, resample_every=resample_every, buffer_rows=buffer_rows,
         loader_threads=loader_threads, eval_every=eval_every, eval_rows=eval_rows, checkpoint_every=checkpoint_every,
-        checkpoint_minutes=checkpoint_minutes, wandb_project=wandb_project)
+        checkpoint_minutes=checkpoint_minutes, snapshot_every=snapshot_every, wandb_project=wandb_project)
     if slurm_submit:
         _submit(options, threads, slurm_config(slurm))
         return

@@ -49,6 +49,7 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 0
     checkpoint_minutes: float = 10.0
+    snapshot_every: int = 0  # tokens between exported snapshots (0: none); not in identity(), like checkpointing
     wandb_project: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -60,7 +61,7 @@ class TrainConfig:
             if value < 1:
                 raise ClipsaeError(f"{name} must be at least 1, not {value}")
         for name, value in (("--eval-every", self.eval_every), ("--checkpoint-every", self.checkpoint_every),
-                            ("--resample-every", self.resample_every)):
+                            ("--resample-every", self.resample_every), ("--snapshot-every", self.snapshot_every)):
             if value < 0:
                 raise ClipsaeError(f"{name} must be at least 0, not {value}")
         if not 0 <= self.holdout < 1:

@@ -83,6 +83,13 @@ def _sweep_specs(path: Path, defaults: dict, d: int, options: dict) -> list[SAES
 MEANINGFUL_STEPS = DEFAULT_WARMUP
 
 
+def _whole(value: float, option: str) -> int:
+    """A token count given as a float (1e8) → int; fractions and negatives are refused."""
+    if value < 0 or value != int(value):
+        raise ClipsaeError(f"{option} must be a whole number of tokens, at least 0, not {value:g}")
+    return int(value)
+
+
 def configure_training(
     store: str | Path, hook: str | None = None, tokens: str = "all", arch: str | Sequence[str] = "topk",
     expansion: str | Sequence[int] = "16", k: str | Sequence[int] = "32", l1: str | Sequence[float] = "5",
@@ -92,6 +99,7 @@ def configure_training(
     warmup_steps: int = DEFAULT_WARMUP, dead_tokens: int = DEFAULT_DEAD_TOKENS, aux_alpha: float = 1 / 32,
     matryoshka_weighting: str = "uw", resample_every: int = 0, buffer_rows: int = 2**18, loader_threads: int = 2,
     eval_every: int = 0, eval_rows: int = 2**16, checkpoint_every: int = 0, checkpoint_minutes: float = 10.0,
+    snapshot_every: float = 0,
     wandb_project: str | None = None,
 ) -> TrainingPlan:
     """Check every option against the store and each other; see ``clipsae train --help`` for their meaning."""
@@ -137,6 +145,9 @@ def configure_training(
                      f"steps and SAEs are trained for 10^4-10^5 steps; use --steps {MEANINGFUL_STEPS:,} or more (with "
                      f"{train_rows:,} training rows, {math.ceil(MEANINGFUL_STEPS * batch_size / train_rows):,} passes "
                      f"over them at --batch-size {batch_size}), or a bigger store")
+    if snapshot_every and snapshot_every > steps * batch_size:
+        notes.append(f"--snapshot-every {snapshot_every:g} is more than the run's {steps * batch_size:,} tokens: no snapshot "
+                     f"will be written")
     if holdout == 0:
         notes.append("--holdout 0: no image is held out, so there is no held-out evaluation and no held-out metrics")
     dev = resolve_device(device)
@@ -147,6 +158,7 @@ def configure_training(
         precision=precision or ("bf16" if dev.type == "cuda" else "fp32"), holdout=holdout, warmup_steps=warmup_steps,
         dead_tokens=dead_tokens, resample_every=resample_every, buffer_rows=buffer_rows, loader_threads=loader_threads,
         eval_every=eval_every, eval_rows=eval_rows, checkpoint_every=checkpoint_every,
-        checkpoint_minutes=checkpoint_minutes, wandb_project=wandb_project,
+        checkpoint_minutes=checkpoint_minutes, snapshot_every=_whole(snapshot_every, "--snapshot-every"),
+        wandb_project=wandb_project,
     )
     return TrainingPlan(cfg, st, held, notes)

@@ -13,6 +13,7 @@ from clipsae.train.model import SparseAutoencoder
 
 __all__ = ["CFG_FILE", "SAELENS_WEIGHTS", "METRICS_FILE", "load_sae", "load_metrics"]
 METRICS_FILE = "metrics.json"
+SNAPSHOTS = "snapshots"  # a run's folder of snapshot exports, one per <tokens trained> (train --snapshot-every)
 
 
 HUB = "hf-hub:"

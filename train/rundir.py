@@ -12,6 +12,7 @@ from clipsae.store.location import absolute
 from clipsae.store.writer import config_differences
 from clipsae.train.config import TrainConfig
 from clipsae.train.export import save_sae, to_inference
+from clipsae.train.load import SNAPSHOTS
 from clipsae.train.metrics import plot_density
 
 RUN_FILE = "run.json"
@@ -130,18 +131,33 @@ class MetricsLog:
             self.wandb.finish()
 
 
+def snapshot_dir(cfg: TrainConfig, spec, tokens: int) -> Path:
+    """Where the snapshot of ``spec``'s SAE after ``tokens`` training tokens goes."""
+    return cfg.sae_dir(spec) / SNAPSHOTS / str(tokens)
+
+
+def snapshot_due(cfg: TrainConfig, step: int) -> bool:
+    """Whether step ``step`` is the first whose tokens reach the next multiple of ``--snapshot-every``."""
+    every, b = cfg.snapshot_every, cfg.batch_size
+    return bool(every) and step * b // every > (step - 1) * b // every
+
+
 def export_sae(cfg: TrainConfig, store_config: dict, sae, scale: float, context_size: int, record: dict,
-               density_N: torch.Tensor | None) -> Path:
-    """Write one trained SAE's folder: SAELens files, held-out metrics and the density histogram."""
-    out = cfg.sae_dir(sae.spec)
+               density_N: torch.Tensor | None, step: int | None = None) -> Path:
+    """Write one trained SAE's folder: SAELens files, held-out metrics and the density histogram.
+
+    With ``step``, the snapshot at that step instead, under ``snapshots/<tokens>``.
+    """
+    out = cfg.sae_dir(sae.spec) if step is None else snapshot_dir(cfg, sae.spec, step * cfg.batch_size)
+    step = cfg.steps if step is None else step
     label = sae.spec.label
     cfg_extra = {
         "meta": {"model_name": store_config.get("model"), "hook_name": cfg.hook,
                  "dataset_path": str(absolute(cfg.store)), "context_size": context_size},
         "clipsae": {"spec": sae.spec.to_json(), "label": label, "scale": scale, "hook": cfg.hook,
                     "tokens": cfg.tokens, "model": store_config.get("model"),
-                    "pretrained": store_config.get("pretrained"), "steps": cfg.steps,
-                    "tokens_trained": cfg.steps * cfg.batch_size, "seed": cfg.seed, "holdout": cfg.holdout,
+                    "pretrained": store_config.get("pretrained"), "steps": step,
+                    "tokens_trained": step * cfg.batch_size, "seed": cfg.seed, "holdout": cfg.holdout,
                     "lr": cfg.lr_of(sae.spec), "batch_size": cfg.batch_size},
     }
     log10 = None if density_N is None else torch.log10(density_N + 1e-10)

@@ -20,7 +20,8 @@ from clipsae.train.load import CFG_FILE
 from clipsae.train.metrics import evaluate
 from clipsae.train.ranks import Ranks, join_ranks, leave_ranks
 from clipsae.train.rundir import (MetricsLog, check_out_dir, export_sae, load_checkpoint, load_stream_state,
-                                  remove_stream_states, save_checkpoint, save_stream_state, write_identity)
+                                  remove_stream_states, save_checkpoint, save_stream_state, snapshot_due,
+                                  write_identity)
 from clipsae.train.sae import TrainingSAE, optimise
 from clipsae.train.statistics import input_statistics
 
@@ -242,6 +243,16 @@ def _finalize(run: Run, x_eval: torch.Tensor | None) -> tuple[dict[str, Path], d
     return dirs, metrics
 
 
+def _snapshot(run: Run, x_eval: torch.Tensor | None) -> None:
+    """Export every SAE as it is now, with its held-out metrics, under ``snapshots/<tokens>``."""
+    results = run.evaluate(x_eval)
+    if not run.ranks.is_main:
+        return
+    for sae in run.saes:
+        export_sae(run.cfg, run.store.config, sae, run.scale, len(run.train_source.token_idx), results[sae.spec.label],
+                   None, step=run.step)
+
+
 def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | None = None,
               held: np.ndarray | None = None, stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train every SAE of ``cfg`` to ``cfg.steps``, resuming from ``cfg.out``'s checkpoint if any.
@@ -335,6 +346,10 @@ def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: n
                 run.check_finite()
                 last_eval = run.evaluate(x_eval)
                 bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
+            if snapshot_due(cfg, run.step):
+                # Before the checkpoint of this step: a kill between the two retrains to here and
+                # writes the same snapshot again, so none is lost and none doubled.
+                _snapshot(run, x_eval)
             due = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
             late = run.agree_any(time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60, logged)
             if due or late or run.step == cfg.steps:

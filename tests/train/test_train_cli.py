@@ -86,7 +86,8 @@ def _lines(path, split):
 
 def test_kill_9_then_same_command_ends_with_the_uninterrupted_weights(small, tmp_path):
     args = ["train", "--store", small, "--hook", "a", "--arch", "batchtopk", "--expansion", "4", "--k", "4",
-            "--batch-size", "64", "--steps", "2000", "--holdout", "0.1", "--checkpoint-every", "25", "--quiet"]
+            "--batch-size", "64", "--steps", "2000", "--holdout", "0.1", "--checkpoint-every", "25", "--quiet",
+            "--snapshot-every", "6400"]
     ref = cli_process(*args, "--out", tmp_path / "ref")
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     out = tmp_path / "killed"
@@ -100,6 +101,7 @@ def test_kill_9_then_same_command_ends_with_the_uninterrupted_weights(small, tmp
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not (out / "cfg.json").exists(), "the run should have been killed before it finished"
+    assert (out / "snapshots" / "6400" / "cfg.json").is_file(), "a snapshot should have been written before the kill"
     p = cli_process(*args, "--out", out)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
@@ -107,11 +109,36 @@ def test_kill_9_then_same_command_ends_with_the_uninterrupted_weights(small, tmp
     a = load_file(tmp_path / "ref" / "sae_weights.safetensors")
     b = load_file(out / "sae_weights.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    names = sorted(int(p.name) for p in (out / "snapshots").iterdir())
+    assert names == [6400 * i for i in range(1, 21)], "no snapshot lost, none doubled"
+    assert not list((out / "snapshots").rglob("*.tmp"))
+    for n in names:
+        a = load_file(tmp_path / "ref" / "snapshots" / str(n) / "sae_weights.safetensors")
+        b = load_file(out / "snapshots" / str(n) / "sae_weights.safetensors")
+        assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a), n
     for split in ("train", "heldout"):
         ref_lines, lines = _lines(tmp_path / "ref" / "metrics.jsonl", split), _lines(out / "metrics.jsonl", split)
         assert [r["step"] for r in lines] == [r["step"] for r in ref_lines], "nothing lost, nothing twice"
         assert lines[-1]["loss" if split == "train" else "fvu"] == pytest.approx(
             ref_lines[-1]["loss" if split == "train" else "fvu"], rel=1e-4)
+
+
+def test_snapshots_are_loadable_exports_that_leave_the_run_unchanged(small, tmp_path, run_cli):
+    assert run_cli(*_train(small, tmp_path / "plain"))[0] == 0
+    code, _, err = run_cli(*_train(small, tmp_path / "snap", "--snapshot-every", "2500"))
+    assert code == 0, err
+    snaps = tmp_path / "snap" / "snapshots"
+    # 128 tokens a step: steps 20, 40 and 59 are the first to reach 2,500, 5,000 and 7,500 tokens.
+    assert sorted(int(p.name) for p in snaps.iterdir()) == [20 * 128, 40 * 128, 59 * 128]
+    for p in snaps.iterdir():
+        cfg = json.loads((p / "cfg.json").read_text())
+        assert cfg["clipsae"]["tokens_trained"] == int(p.name) and cfg["clipsae"]["steps"] == int(p.name) // 128
+        assert "fvu" in json.loads((p / "metrics.json").read_text())
+        assert load_sae(p).d_sae == 64
+    final = load_file(tmp_path / "snap" / "sae_weights.safetensors")
+    assert all(torch.equal(final[k], v) for k, v in load_file(tmp_path / "plain" / "sae_weights.safetensors").items())
+    early = load_file(snaps / "2560" / "sae_weights.safetensors")
+    assert not torch.equal(early["W_dec"], final["W_dec"])
 
 
 def test_rerun_of_a_finished_run_changes_nothing(small, tmp_path, run_cli):
@@ -134,6 +161,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small,
 
 
 @pytest.mark.parametrize("extra, message", [
+    (["--snapshot-every", "1.5"], "--snapshot-every must be a whole number of tokens"),
     (["--hook", "nope"], "hook 'nope' is not in"),
     (["--k", "64"], "--k 64 must be between 1 and"),
     (["--arch", "gated"], "--arch 'gated' is not one of"),
