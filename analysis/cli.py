@@ -50,11 +50,15 @@ def encode_cmd(store_path, sae_path, sae_format, input_norm, name, hook, tokens,
     if slurm_array is not None:
         from clipsae.analysis.encode_submit import submit_encode
 
-        job = submit_encode(cfg, slurm_config(slurm), slurm_array)
+        job, warning = submit_encode(cfg, slurm_config(slurm), slurm_array)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
         click.echo(f"submitted job {job.job_id}: {job.n_tasks} array tasks encoding {store_path} as codes "
                    f"{cfg.codes_name!r}; logs in {job.logs}; follow it with `clipsae status --store {store_path}`")
         return
     r = run_encode(cfg)
+    if r.warning:
+        click.echo(f"warning: {r.warning}", err=True)
     click.echo(r.summary(store_path))
     click.echo(f"next: clipsae analyze top-images --store {store_path} --codes {r.name}")
 

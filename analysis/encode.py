@@ -18,6 +18,7 @@ from clipsae.analysis.pooling import pool_batch, reconstruction_sums
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from clipsae.store import codes as codes_store
+from clipsae.store import layout
 from clipsae.store.codes import CodesPartWriter, PartSums
 from clipsae.store.reader import ActivationStore
 from clipsae.train.load import load_sae
@@ -76,6 +77,7 @@ class EncodeResult:
     parts_skipped: list[str] = field(default_factory=list)
     images: int = 0
     tokens_capped: int = 0
+    warning: str | None = None  # the hook was chosen against what the SAE records (see _choose_hook)
 
     def summary(self, store) -> str:
         """One line for people: what was encoded, and how many token rows the cap cut."""
@@ -85,16 +87,27 @@ class EncodeResult:
                 f"already done) of hook {self.hook} ({self.tokens} tokens) as codes {self.name!r} in {store}{capped}")
 
 
-def _choose_hook(store: ActivationStore, sae: SparseAutoencoder, asked: str | None) -> str:
+def _choose_hook(store: ActivationStore, sae: SparseAutoencoder, asked: str | None) -> tuple[str, str | None]:
+    """The hook to encode and a warning, if any: ``asked``, else the hook the SAE's files record, else the
+    store's only hook of the SAE's width. A recorded hook that names an extract hook the store lacks is
+    refused; one that maps to no extract hook name (the tool's own) only warns."""
+    recorded = sae.recorded("hook") or sae.recorded("hook_name")
+    known = bool(recorded) and layout.EXTRACT_HOOK_NAME.fullmatch(str(recorded)) is not None
     if asked is not None:
         store.layout(asked)
-        return asked
-    for recorded in (sae.recorded("hook"), sae.recorded("hook_name")):
-        if recorded in store.hooks:
-            return recorded
+        if known and recorded != asked:
+            return asked, f"the SAE was trained on {recorded}; encoding {asked} as --hook asks"
+        return asked, None
+    if recorded in store.hooks:
+        return recorded, None
+    if known:
+        raise ClipsaeError(f"the SAE was trained on {recorded}, which {store.path} does not hold (hooks: "
+                           f"{', '.join(store.hooks)}); pass --hook to encode another anyway")
     fits = [h for h in store.hooks if store.d(h) == sae.d_in]
     if len(fits) == 1:
-        return fits[0]
+        note = (f"the SAE records its hook as {recorded!r}, which names no store hook; encoding {fits[0]}, the store's "
+                f"only hook of width {sae.d_in} (pass --hook to choose)") if recorded else None
+        return fits[0], note
     raise ClipsaeError(f"pass --hook: the SAE does not name one of the store's hooks ({', '.join(store.hooks)})")
 
 
@@ -157,6 +170,7 @@ class OpenedCodes:
     cls_position: int | None
     width: int
     path: Path
+    warning: str | None = None
 
 
 def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
@@ -168,7 +182,7 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
     if not store.parts:
         raise ClipsaeError(f"{cfg.store} has no complete parts to encode")
     sae = load_sae(cfg.sae, device=str(device), sae_format=cfg.sae_format).eval()
-    hook = _choose_hook(store, sae, cfg.hook)
+    hook, warning = _choose_hook(store, sae, cfg.hook)
     store.require_finite(hook)
     if store.d(hook) != sae.d_in:
         raise ClipsaeError(f"the SAE reads {sae.d_in}-dimensional inputs but hook {hook} of {cfg.store} has d={store.d(hook)}")
@@ -184,7 +198,7 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
     path = codes_store.open_codes(store.path, cfg.codes_name,
                                   _identity(sae, hook, tokens, positions, width, cls_position is not None, norm),
                                   {"sae_path": sae.identity["path"]})
-    return OpenedCodes(store, sae, hook, tokens, positions, cls_position, width, path)
+    return OpenedCodes(store, sae, hook, tokens, positions, cls_position, width, path, warning)
 
 
 @torch.no_grad()
@@ -195,7 +209,7 @@ def run_encode(cfg: EncodeConfig) -> EncodeResult:
     o = open_encode(cfg, dev)
     store, sae, positions, width, path = o.store, o.sae, o.positions, o.width, o.path
     name = cfg.codes_name
-    result = EncodeResult(name, o.hook, o.tokens)
+    result = EncodeResult(name, o.hook, o.tokens, warning=o.warning)
     done = codes_store.complete_code_parts(path)
     mine = list(range(len(store.parts)))[index::n_workers]
     todo = [i for i in mine if store.parts[i].name not in done]

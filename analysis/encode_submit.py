@@ -12,10 +12,12 @@ from clipsae.store.plan import submit_with_plan
 from clipsae.store.reader import ActivationStore
 
 
-def submit_encode(cfg: EncodeConfig, slurm: SlurmConfig, n_tasks: int) -> Submitted:
-    """Check store and SAE, create the codes group, record the plan, and submit the array."""
+def submit_encode(cfg: EncodeConfig, slurm: SlurmConfig, n_tasks: int) -> tuple[Submitted, str | None]:
+    """Check store and SAE, create the codes group, record the plan, and submit the array; with the
+    warning the choice of hook gave, if any."""
     check_array(slurm, cfg, n_tasks, len(ActivationStore.open(cfg.store).parts), "store parts")
     made_here = not zb.is_node(codes_dir(cfg.store, cfg.codes_name))
     opened = open_encode(cfg, torch.device("cpu"))
-    return submit_with_plan(opened.path, made_here, lambda: submit_workers(slurm, "clipsae-encode", cfg, n_tasks, run_encode),
-                       {"command": "encode", "time": time.time()})
+    job = submit_with_plan(opened.path, made_here, lambda: submit_workers(slurm, "clipsae-encode", cfg, n_tasks, run_encode),
+                           {"command": "encode", "time": time.time()})
+    return job, opened.warning

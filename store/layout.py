@@ -16,6 +16,9 @@ COMPLETE = "complete"
 STARTED_BY = "started_by"  # part attribute: host, pid, time (and Slurm job) of the writer that began it
 CHUNKS = "chunks"  # part attribute: per hook, rows per chunk and each chunk's CRC32C
 
+# The hook names `clipsae extract` gives (pipeline/hooks.py); stores written by other code may use any.
+EXTRACT_HOOK_NAME = re.compile(r"resid\.\d+|ln_pre|ln_post|embed|layer[1-4]|attnpool")
+
 # Chunks are the unit of reading: big enough that a shuffled read runs at disk speed,
 # small enough that a shuffle buffer holds many of them.
 TARGET_CHUNK_BYTES = 8 * 2**20

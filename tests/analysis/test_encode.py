@@ -227,3 +227,40 @@ def test_memory_stays_flat_on_a_store_many_times_the_batch(tmp_path):
     sae = saelens_dir(tmp_path / "sae", TOPK, sae_weights(d=1024, n=2048))
     grow = _peak_rss_mib(big, sae, "m") - _peak_rss_mib(small, sae, "m")
     assert grow < 25, f"peak RSS grew by {grow:.0f} MiB on a store 10x larger"
+
+
+@pytest.fixture
+def resid_store(tmp_path):
+    """A store holding resid.3 and ln_post, both of the SAEs' width."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "r.zarr"
+    write_store(path, {"resid.3": rng.standard_normal((6, N_TOKENS, 8)).astype(np.float32),
+                       "ln_post": rng.standard_normal((6, 8)).astype(np.float32)}, [f"i{i}" for i in range(6)],
+                attrs={"model": "m"})
+    return path
+
+
+def test_an_sae_trained_on_a_hook_the_store_lacks_is_refused(resid_store, tmp_path, run_cli):
+    sae = saelens_dir(tmp_path / "sae", {**TOPK, "hook_name": "resid.5"}, sae_weights(0))
+    code, _, err = run_cli("encode", "--store", resid_store, "--sae", sae, "--quiet")
+    assert code == 1 and "trained on resid.5, which" in err and "pass --hook" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_encoding_another_hook_than_the_sae_was_trained_on_warns(resid_store, tmp_path, run_cli):
+    sae = saelens_dir(tmp_path / "sae", {**TOPK, "hook_name": "resid.5"}, sae_weights(0))
+    code, _, err = run_cli("encode", "--store", resid_store, "--sae", sae, "--hook", "resid.3", "--quiet")
+    assert code == 0 and "warning: the SAE was trained on resid.5; encoding resid.3" in err
+
+
+def test_a_hook_name_of_another_tool_warns_and_the_width_decides(tmp_path, run_cli):
+    rng = np.random.default_rng(0)
+    store = tmp_path / "w.zarr"
+    write_store(store, {"resid.3": rng.standard_normal((6, N_TOKENS, 8)).astype(np.float32),
+                        "embed": rng.standard_normal((6, 5)).astype(np.float32)}, [f"i{i}" for i in range(6)],
+                attrs={"model": "m"})
+    sae = saelens_dir(tmp_path / "sae", {**TOPK, "hook_name": "vision_model.encoder.layers.3"}, sae_weights(0))
+    code, out, err = run_cli("encode", "--store", store, "--sae", sae, "--quiet")
+    assert code == 0, err
+    assert "'vision_model.encoder.layers.3', which names no store hook; encoding resid.3" in err
+    assert "of hook resid.3" in out

@@ -94,3 +94,12 @@ def test_bad_hooks_are_refused_with_the_reason(vit, rn50, model, items, tokens, 
 
 def test_negative_layers_are_stored_under_their_positive_index(vit):
     assert [h.name for h in resolve_hooks(vit, ["-1", "-12"], "cls")] == ["resid.11", "resid.0"]
+
+
+def test_every_hook_extract_names_is_recognised_as_one(vit, rn50):
+    from clipsae.store.layout import EXTRACT_HOOK_NAME
+
+    vit_hooks = resolve_hooks(vit, ["0", "11", "ln_pre", "ln_post", "embed"], "all")
+    rn_hooks = resolve_hooks(rn50, ["layer1", "layer2", "layer3", "layer4", "attnpool"], "all")
+    assert all(EXTRACT_HOOK_NAME.fullmatch(h.name) for h in vit_hooks + rn_hooks)
+    assert not EXTRACT_HOOK_NAME.fullmatch("blocks.9.hook_resid_post")
