@@ -9,6 +9,8 @@ import click
 
 from clipsae.errors import ClipsaeError
 
+DEMO_BATCH = 512
+
 
 @click.command("demo")
 @click.option("--out", default="demo_out", show_default=True, type=click.Path(), help="Folder for shards and store.")
@@ -33,7 +35,9 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     from clipsae.pipeline.synthetic import make_synthetic_shards
     from clipsae.store.info import format_summary, summarize
     from clipsae.store.reader import ActivationStore
+    from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS
     from clipsae.train.configure import configure_training
+    from clipsae.train.load import SNAPSHOTS
     from clipsae.train.report import format_result, format_sae_info, sae_info
     from clipsae.train.trainer import run_train
 
@@ -44,7 +48,7 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     store_path = root / "acts.zarr"
     cfg = ExtractConfig(
         model=ModelConfig(name=model, pretrained=pretrained),
-        layers=["6", "10", "ln_post"],
+        layers=["6", "10", "ln_post", "embed"],
         tokens="all",
         shards=str(shards),
         store=str(store_path),
@@ -54,9 +58,12 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     click.echo(f"extracted {r.images} images in {r.seconds:.1f}s ({r.images / max(r.seconds, 1e-9):.1f} images/s)")
     click.echo(format_summary(summarize(ActivationStore.open(store_path))))
     run_dir = root / "runs" / "topk-resid.10"
-    click.echo(f"\ntraining a TopK SAE on resid.10, all tokens → {run_dir}")
+    # Three snapshots over the run, the last at its end, for the per-token error's progress.
+    every = max(1, train_steps * DEMO_BATCH // 3)
+    click.echo(f"\ntraining a TopK SAE on resid.10, all tokens, a snapshot every {every:,} tokens → {run_dir}")
     plan = configure_training(store_path, hook="resid.10", tokens="all", arch="topk", expansion=8, k=16,
-                              batch_size=512, steps=train_steps, holdout=0.1, out=run_dir, eval_every=50)
+                              batch_size=DEMO_BATCH, steps=train_steps, holdout=0.1, out=run_dir, eval_every=50,
+                              snapshot_every=every)
     result = run_train(plan.cfg, store=plan.store, held=plan.held)
     click.echo("\n".join(format_result(result)) + "\n")
     click.echo(format_sae_info(sae_info(run_dir)))
@@ -68,13 +75,33 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
                   commands.run_density(target, "max"), commands.run_token_mse(target),
                   commands.run_neuron_alignment(target)):
         click.echo("\n".join(lines))
+    click.echo("\nmonosemanticity of the resid.10 features, in the embed hook's space")
+    click.echo("\n".join(commands.run_monosemanticity(target, None, "max", "cpu")))
+    snapshots = sorted((run_dir / SNAPSHOTS).iterdir(), key=lambda p: int(p.name))
+    click.echo(f"\nencoding the {len(snapshots)} snapshots of the resid.10 SAE and drawing their per-token error")
+    snapshot_codes = []
+    for snap in snapshots:
+        snapshot_codes.append(run_encode(EncodeConfig(store_path, snap, name=f"{run_dir.name}-{snap.name}",
+                                                      device="cpu", progress=False)).name)
+    click.echo("\n".join(commands.run_token_mse_series(store_path, snapshot_codes, target.out)))
     early_dir = root / "runs" / "topk-resid.6"
     click.echo(f"\ntraining a second TopK SAE, on resid.6, to correlate its features with the first's → {early_dir}")
     plan = configure_training(store_path, hook="resid.6", tokens="all", arch="topk", expansion=8, k=16,
-                              batch_size=512, steps=train_steps, holdout=0.1, out=early_dir, eval_every=50)
+                              batch_size=DEMO_BATCH, steps=train_steps, holdout=0.1, out=early_dir, eval_every=50)
     run_train(plan.cfg, store=plan.store, held=plan.held)
     early = run_encode(EncodeConfig(store_path, early_dir, device="cpu"))
     click.echo("\n".join(commands.run_correlate((store_path, enc.name), (store_path, early.name), None, 16, "max")))
+    compare_dir = root / "compare"
+    click.echo(f"\nthe two layers side by side → {compare_dir}")
+    click.echo("\n".join(commands.run_compare([(store_path, early.name), (store_path, enc.name)], compare_dir, "max",
+                                              DEFAULT_MIN_HITS, None, "cpu")))
+    seed_dir = root / "runs" / "topk-resid.10-seed1"
+    click.echo(f"\ntraining the resid.10 SAE again with another seed, to see how many of its features recur → {seed_dir}")
+    plan = configure_training(store_path, hook="resid.10", tokens="all", arch="topk", expansion=8, k=16,
+                              batch_size=DEMO_BATCH, steps=train_steps, holdout=0.1, out=seed_dir, eval_every=50, seed=1)
+    run_train(plan.cfg, store=plan.store, held=plan.held)
+    sae_compare_dir = root / "sae-compare"
+    click.echo("\n".join(commands.run_sae_compare(run_dir, seed_dir, sae_compare_dir, device="cpu")))
     click.echo("\nnaming the resid.10 features through the text tower (vocabulary: the demo's class names), "
                "and splicing the SAE into the model")
     click.echo("\n".join(run_name_features(target, shards / "classes.json", progress=False)))
@@ -88,8 +115,11 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     click.echo(f"""
 what to look at and do next:
   {target.out}   the analyses: top_images.csv, label_entropy.csv, density.csv, token_mse.csv,
-      neuron_alignment.csv, names.csv, splice.json, PNG plots, and correlate-{early.name}/
-      (the resid.10 features matched to resid.6's)
+      monosemanticity.csv, neuron_alignment.csv, names.csv, splice.json, PNG plots,
+      correlate-{early.name}/ (the resid.10 features matched to resid.6's) and token_mse_series.png
+      (the snapshots' per-token error)
+  {compare_dir / 'compare.csv'}   resid.6 and resid.10 side by side (and compare.png)
+  {sae_compare_dir / 'sae_compare.csv'}   the resid.10 SAE's features matched to another seed's
   {run_dir / 'density.png'}   the SAE's held-out feature-density histogram
   {exe} store verify {store_path}   checks every chunk of the store
   {exe} train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 1000

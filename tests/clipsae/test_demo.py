@@ -14,8 +14,14 @@ def test_demo_writes_shards_extracts_trains_encodes_and_analyses(tmp_path, run_c
     for name in ("top_images.csv", "label_entropy.csv", "density.csv", "token_mse.csv", "density_hist.png",
                  "density_scatter.png", "token_mse.png", "neuron_alignment.csv", "neuron_alignment.png",
                  "correlate-topk-resid.6/best_matches.csv", "correlate-topk-resid.6/matching.csv", "names.csv",
-                 "splice.json", "report/index.html", "report/data/index.js"):
+                 "splice.json", "report/index.html", "report/data/index.js", "monosemanticity.csv",
+                 "token_mse_series.csv", "token_mse_series.png"):
         assert (analysis / name).stat().st_size > 0, name
+    snapshots = sorted(int(p.name) for p in (tmp_path / "demo" / "runs" / "topk-resid.10" / "snapshots").iterdir())
+    assert snapshots == [1024, 2048, 2560]  # 5 steps of 512: the first to pass each third of 2,560 tokens
+    compare = (tmp_path / "demo" / "compare" / "compare.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in compare[1:]] == ["topk-resid.6", "topk-resid.10"]
+    assert len((tmp_path / "demo" / "sae-compare" / "sae_compare.csv").read_text().splitlines()) == 8 * 768 + 1
     assert "encoded 12 images" in out and str(analysis) in out
     assert out.rstrip().splitlines()[-1].strip() == str(analysis / "report" / "index.html")
     assert "zero-shot over 12 labelled images" in out
