@@ -89,6 +89,25 @@ _MIN_HITS = click.option("--min-hits", type=int, default=10, show_default=True,
                          help="Labelled top images a feature needs for its label entropy.")
 
 
+_MODEL_OPTIONS = (
+    click.option("--sae", "sae_path", type=click.Path(path_type=Path), default=None,
+                 help="The SAE that made the codes [default: the folder encode recorded]."),
+    click.option("--model", default=None, help="open_clip model name [default: the store's]."),
+    click.option("--pretrained", default=None,
+                 help="Weights: open_clip tag, checkpoint file or hf-hub:org/repo [default: the store's]."),
+    click.option("--shards", type=click.Path(path_type=Path), default=None,
+                 help="Folder now holding the store's tars [default: where the store says]."),
+    click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto."),
+    click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass."),
+)
+
+
+def _model_options(f):
+    for opt in reversed(_MODEL_OPTIONS):
+        f = opt(f)
+    return f
+
+
 def _run(fn, store_path, codes_name, out, *args):
     from clipsae.analysis.commands import Target
 
@@ -152,6 +171,35 @@ def token_mse_cmd(store_path, codes_names, out):
         _run(run_token_mse, store_path, codes_names[0], out)
         return
     for line in run_token_mse_series(store_path, list(codes_names), out):
+        click.echo(line)
+
+
+@analyze_group.command("search")
+@_codes_options
+@click.option("--features", default=None, help="Rank by Σ weight × value of these features, e.g. 12,625:2.0 (weights default 1).")
+@click.option("--key", default=None, help="Rank by cosine with this stored image's features (it is left out of the hits).")
+@click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
+              help="Rank by cosine with this image file's features (repeat: their mean); runs the store's model.")
+@click.option("--text", default=None, help="Rank by the features whose decoder directions best match this text.")
+@click.option("--text-features", type=int, default=8, show_default=True, help="Features a --text query keeps.")
+@click.option("--edit", default=None, help="Change the query image's features first: 12:0 (remove), 625:x2 (scale), 7=5.0 (set).")
+@click.option("-k", "k", type=int, default=TOP_IMAGES_K, show_default=True, help="Images returned.")
+@_BY
+@_model_options
+def search_cmd(store_path, codes_name, out, features, key, images, text, text_features, edit, k, by, sae_path, model,
+               pretrained, shards, device, batch_size):
+    """Images whose features best match a query: features, a stored image, an image file or a text (search.csv, PNG)."""
+    from clipsae.analysis.commands import Target
+    from clipsae.analysis.query import ModelChoice
+    from clipsae.analysis.search import SearchRequest, run_search
+    from clipsae.analysis.top_images import check_k
+    from clipsae.device import resolve_device
+
+    check_k(k)
+    req = SearchRequest(features, key, tuple(images), text, text_features, edit)
+    t = Target.open(store_path, codes_name, out)
+    choice = ModelChoice(sae_path, model, pretrained, str(resolve_device(device)))
+    for line in run_search(t, req, k, by, choice, shards):
         click.echo(line)
 
 
@@ -256,25 +304,6 @@ def report_cmd(store_path, codes_name, out, k, per_interval, n_intervals, neares
                        sae_path, shards, classes, embed_hook=embed_hook, progress=not quiet)
     for line in run_report(cfg):
         click.echo(line)
-
-
-_MODEL_OPTIONS = (
-    click.option("--sae", "sae_path", type=click.Path(path_type=Path), default=None,
-                 help="The SAE that made the codes [default: the folder encode recorded]."),
-    click.option("--model", default=None, help="open_clip model name [default: the store's]."),
-    click.option("--pretrained", default=None,
-                 help="Weights: open_clip tag, checkpoint file or hf-hub:org/repo [default: the store's]."),
-    click.option("--shards", type=click.Path(path_type=Path), default=None,
-                 help="Folder now holding the store's tars [default: where the store says]."),
-    click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto."),
-    click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass."),
-)
-
-
-def _model_options(f):
-    for opt in reversed(_MODEL_OPTIONS):
-        f = opt(f)
-    return f
 
 
 @analyze_group.command("name-features")

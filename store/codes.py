@@ -263,16 +263,45 @@ class Codes:
             total.add(one)
         return total
 
+    def _check_by(self, by: str) -> None:
+        if by not in BY:
+            raise ClipsaeError(f"--by must be one of {', '.join(BY)}, not {by!r}")
+        if by == "cls" and not self.has_cls:
+            raise ClipsaeError(f"codes {self.name!r} were not made on a CLS token; use --by max or mean")
+
+    def _entries(self, i: int, by: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(latents, per-image values by ``by``, tokens) of entries lo:hi of part i's per-image arrays."""
+        latents = self._read(i, "image_latents", lo, hi)
+        tokens = self._read(i, "image_argmax", lo, hi)
+        if by == "max":
+            values = self._read(i, "image_max", lo, hi)
+        elif by == "mean":
+            values = self._read(i, "image_sum", lo, hi) / np.float32(self.n_positions)
+        else:
+            values = self._read(i, "image_cls", lo, hi)
+            tokens = np.zeros_like(tokens)
+        return latents, values, tokens
+
+    def image_values(self, image: int, by: str = "max") -> tuple[np.ndarray, np.ndarray]:
+        """(latents, values > 0) of one image, as :meth:`iter_images` gives them, read without a pass."""
+        self._check_by(by)
+        if not 0 <= image < self.n_images:
+            raise ClipsaeError(f"image {image} is out of range for a store of {self.n_images} images")
+        i = int(np.searchsorted([p.offset for p in self.store.parts], image, side="right")) - 1
+        local = image - self.store.parts[i].offset
+        counts = self._read(i, "image_counts").astype(np.int64)
+        lo = int(counts[:local].sum())
+        latents, values, _ = self._entries(i, by, lo, lo + int(counts[local]))
+        keep = values > 0
+        return latents[keep].astype(np.int64), values[keep].astype(np.float32)
+
     def iter_images(self, by: str = "max", max_entries: int = _ENTRY_CHUNK) -> Iterator[ImageValues]:
         """Every image's per-latent values in global order, about ``max_entries`` entries at a time.
 
         ``by``: ``max`` (largest code over the image's tokens, at its token), ``cls`` (token 0's
         code) or ``mean`` (the mean over the image's encoded tokens, at the maximum's token).
         """
-        if by not in BY:
-            raise ClipsaeError(f"--by must be one of {', '.join(BY)}, not {by!r}")
-        if by == "cls" and not self.has_cls:
-            raise ClipsaeError(f"codes {self.name!r} were not made on a CLS token; use --by max or mean")
+        self._check_by(by)
         for i, part in enumerate(self.store.parts):
             counts = self._read(i, "image_counts").astype(np.int64)
             offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -282,15 +311,7 @@ class Codes:
                 stop = max(start + 1, int(np.searchsorted(offsets, offsets[start] + max_entries, side="right")) - 1)
                 stop = min(stop, len(counts))
                 lo, hi = int(offsets[start]), int(offsets[stop])
-                latents = self._read(i, "image_latents", lo, hi)
-                tokens = self._read(i, "image_argmax", lo, hi)
-                if by == "max":
-                    values = self._read(i, "image_max", lo, hi)
-                elif by == "mean":
-                    values = self._read(i, "image_sum", lo, hi) / np.float32(self.n_positions)
-                else:
-                    values = self._read(i, "image_cls", lo, hi)
-                    tokens = np.zeros_like(tokens)
+                latents, values, tokens = self._entries(i, by, lo, hi)
                 keep = values > 0
                 local = offsets[start:stop + 1] - lo
                 if not keep.all():
