@@ -203,6 +203,33 @@ def search_cmd(store_path, codes_name, out, features, key, images, text, text_fe
         click.echo(line)
 
 
+@analyze_group.command("probe")
+@_codes_options
+@click.option("--attributes", "attributes_csv", type=click.Path(path_type=Path), default=None,
+              help="CSV of per-image attributes: a key column (key, __key__, or the first), then one column each.")
+@click.option("--attributes-json", default=None, help="Or these fields of each sample's .json in the store's tars, e.g. smiling,male.")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Folder now holding the store's tars, for --attributes-json [default: where the store says].")
+@_BY
+@click.option("--top", type=int, default=10, show_default=True, help="Features per attribute and direction in probe_top.csv.")
+@click.option("--max-entries", type=int, default=2**26, show_default=True,
+              help="Firings held in memory at once; more features than fit cost more passes over the codes.")
+def probe_cmd(store_path, codes_name, out, attributes_csv, attributes_json, shards, by, top, max_entries):
+    """Each feature as a one-feature probe of each attribute: AUROC and best F1, or Pearson and Spearman (probe.csv)."""
+    from clipsae.analysis.attributes import from_csv, from_tars
+    from clipsae.analysis.commands import Target
+    from clipsae.analysis.probe import run_probe
+    from clipsae.errors import ClipsaeError
+
+    if (attributes_csv is None) == (attributes_json is None):
+        raise ClipsaeError("give --attributes FILE or --attributes-json FIELDS (one of them)")
+    t = Target.open(store_path, codes_name, out)
+    attrs = (from_csv(t.store, attributes_csv) if attributes_csv is not None
+             else from_tars(t.store, [f.strip() for f in attributes_json.split(",") if f.strip()], shards))
+    for line in run_probe(t, attrs, by, top, max_entries):
+        click.echo(line)
+
+
 @analyze_group.command("monosemanticity")
 @_codes_options
 @_BY

@@ -13,6 +13,7 @@ CORRELATE_PREFIX = "correlate-"
 CORRELATE_PAIR = "pair.json"
 NAMES_FILE = "names.csv"
 SPLICE_FILE = "splice.json"
+PROBE_FILE = "probe.csv"
 
 
 DEFAULT_BY = "max"

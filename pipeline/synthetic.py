@@ -16,6 +16,12 @@ CLASSES = [f"{c} {s}" for s in SHAPES for c in COLOURS]
 
 def draw(label: int, rng: random.Random, size: int = 96) -> Image.Image:
     """One image of class ``label``: a coloured shape at a random place and scale on a noisy grey ground."""
+    return draw_with_attributes(label, rng, size)[0]
+
+
+def draw_with_attributes(label: int, rng: random.Random, size: int = 96) -> tuple[Image.Image, dict]:
+    """:func:`draw`'s image and what it shows: ``colour``, ``shape``, ``size`` (the shape's radius over
+    the image's side) and ``background`` (the ground's grey level over 255), for attribute probes."""
     shape, colour = SHAPES[label // len(COLOURS)], list(COLOURS.values())[label % len(COLOURS)]
     grey = rng.randint(90, 170)
     im = Image.new("RGB", (size, size), (grey, grey, grey))
@@ -36,7 +42,9 @@ def draw(label: int, rng: random.Random, size: int = 96) -> Image.Image:
         w = max(2, r // 3)
         d.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
         d.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
-    return im
+    attrs = {"colour": list(COLOURS)[label % len(COLOURS)], "shape": shape, "size": round(r / size, 4),
+             "background": round(grey / 255, 4)}
+    return im, attrs
 
 
 def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
@@ -46,7 +54,8 @@ def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
 
 
 def make_synthetic_shards(out: str | Path, n_images: int, per_shard: int, seed: int = 0, size: int = 96) -> list[Path]:
-    """Write ``n_images`` labelled JPEGs as tars of ``per_shard`` (keys ``s{shard}_{i}``), plus classes.json."""
+    """Write ``n_images`` labelled JPEGs as tars of ``per_shard`` (keys ``img0000000``…), plus classes.json;
+    each sample's .json holds its label, class name and what :func:`draw_with_attributes` drew."""
     if n_images < 1 or per_shard < 1:
         raise ClipsaeError(f"need at least one image and one image per tar (got {n_images} and {per_shard})")
     dest = Path(out)
@@ -57,11 +66,12 @@ def make_synthetic_shards(out: str | Path, n_images: int, per_shard: int, seed: 
         samples = []
         for i in range(start, min(start + per_shard, n_images)):
             label = rng.randrange(len(CLASSES))
+            im, attrs = draw_with_attributes(label, rng, size)
             samples.append({
                 "__key__": f"img{i:07d}",
-                "jpg": jpeg_bytes(draw(label, rng, size)),
+                "jpg": jpeg_bytes(im),
                 "cls": label,
-                "json": {"label": label, "class": CLASSES[label]},
+                "json": {"label": label, "class": CLASSES[label], **attrs},
             })
         paths.append(write_tar(dest / f"{s:05d}.tar", samples))
     write_classes(dest, CLASSES)

@@ -72,6 +72,23 @@ def iter_samples(path: str, label_key: str | None, report: TarReport) -> Iterato
         report.truncated = f"{type(exc).__name__}: {exc}"
 
 
+def iter_json(path: str) -> Iterator[tuple[str, dict | None]]:
+    """Yield ``(key, the sample's .json as a dict or None)`` for every sample of a tar, in order;
+    a json that does not parse, or is not an object, is None. A truncated tar ends the iteration."""
+    try:
+        with open(path, "rb") as f:
+            for sample in group_by_keys({**x, "__url__": path} for x in tar_file_iterator(f)):
+                meta = None
+                if "json" in sample:
+                    try:
+                        meta = json.loads(sample["json"])
+                    except (ValueError, UnicodeDecodeError):
+                        meta = None
+                yield sample["__key__"], meta if isinstance(meta, dict) else None
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        return
+
+
 def count_samples(path: str) -> int | None:
     """Samples in a tar (member names grouped by key, as webdataset groups them), read from its
     headers alone; None when the tar cannot be listed (it is truncated or unreadable)."""

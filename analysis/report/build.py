@@ -168,7 +168,7 @@ def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Pa
     content = FeatureContent(top, samples, dens, ent, top20, store.labels(), store.keys(),
                              class_names(store, cfg.classes, cfg.shards), nearest, siblings.feature_names(analysis),
                              matchings, PatchMaps(grid, feat_P, img_P, maps), None if ms is None else ms.ms_F,
-                             random_weights=random_weights(store))
+                             siblings.probed_attributes(analysis), random_weights=random_weights(store))
     folder = partial / "features"
     folder.mkdir()
     match_folders = [siblings.relative_link(m.other_report / "features", out / "features") for m in matchings]

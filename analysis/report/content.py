@@ -63,6 +63,7 @@ class FeatureContent:
     matchings: list[Matching]
     maps: PatchMaps
     ms_F: np.ndarray | None = None  # monosemanticity scores, where the store has image embeddings
+    attributes: dict | None = None  # from probe.csv: feature → [(attribute, statistic, value)]
     random_weights: bool = False  # the store's model was not pretrained: names and zero-shot figures mean nothing
 
     @property
@@ -119,6 +120,8 @@ class FeatureContent:
         }
         if self.ms_F is not None:
             rec["ms"] = sig(self.ms_F[f])
+        rec["attributes"] = [{"attribute": a, "statistic": st, "value": sig(v)}
+                             for a, st, v in (self.attributes or {}).get(f, [])]
         if self.nearest is not None:
             rec["nearest"] = [{"feature": int(j), "cosine": sig(c), "live": bool(not d.dead_F[j])}
                               for j, c in zip(self.nearest.features_FN[f].tolist(), self.nearest.cosine_FN[f].tolist())]

@@ -1,5 +1,5 @@
 """What other analyses of the same codes left beside them, for the report to show:
-correlate matchings, feature names and the spliced check."""
+correlate matchings, feature names, attribute probes and the spliced check."""
 
 import csv
 import json
@@ -7,11 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, NAMES_FILE, SPLICE_FILE
+from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, NAMES_FILE, PROBE_FILE, SPLICE_FILE
 from clipsae.store.codes import default_analysis_dir
 
 REPORT_DIR = "report"
 NAMES_SHOWN = 3
+ATTRIBUTES_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,24 @@ def feature_names(analysis: Path) -> dict[int, list[tuple[str, float, str]]]:
             if int(r["rank"]) <= NAMES_SHOWN:
                 out.setdefault(int(r["feature"]), []).append((r["word"], float(r["score"]), r["method"]))
     return out
+
+
+def probed_attributes(analysis: Path) -> dict[int, list[tuple[str, str, float]]]:
+    """probe.csv from ``analyze probe``: each feature's attributes it predicts best, (attribute, statistic,
+    value), by |AUROC − ½| for binary attributes and |Spearman's ρ| for numeric ones."""
+    path = analysis / PROBE_FILE
+    if not path.is_file():
+        return {}
+    ranked: dict[int, list[tuple[float, str, str, float]]] = {}
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            stat, value = ("AUROC", r["auroc"]) if r["auroc"] else ("Spearman", r["spearman"])
+            if not value:
+                continue
+            v = float(value)
+            strength = abs(v - 0.5) if stat == "AUROC" else abs(v)
+            ranked.setdefault(int(r["feature"]), []).append((-strength, r["attribute"], stat, v))
+    return {f: [(a, s, v) for _, a, s, v in sorted(rows)[:ATTRIBUTES_SHOWN]] for f, rows in ranked.items()}
 
 
 def splice_result(analysis: Path) -> dict | None:

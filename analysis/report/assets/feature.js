@@ -30,6 +30,10 @@
   const st = el("table", { class: "stats" });
   for (const [k, v] of stats) st.append(el("tr", {}, el("th", { text: k }), el("td", { text: v })));
   app.append(st);
+  if (R.attributes && R.attributes.length) {
+    app.append(el("p", { id: "attributes", text: "Predicts (analyze probe): " +
+      R.attributes.map((a) => `${a.attribute} (${a.statistic} ${a.value})`).join(", ") }));
+  }
   if (R.names.length) {
     app.append(el("p", { text: "Names (analyze name-features): " +
       R.names.map((n) => `${n.word} (${n.score}, ${n.method})`).join(", ") }));

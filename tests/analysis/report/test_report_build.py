@@ -144,13 +144,19 @@ def test_index_shows_the_splice_line_and_pages_the_names_left_beside_the_codes(t
     analysis = store / "codes" / "sae-analysis"
     (analysis / "splice.json").write_text(json.dumps({"summary": "cos(original, spliced) 0.9876 mean"}))
     (analysis / "names.csv").write_text("feature,rank,word,score,method\n5,1,tench,0.31,decoder\n5,2,goldfish,0.2,decoder\n")
+    (analysis / "probe.csv").write_text(
+        "attribute,feature,auroc,f1,threshold,positives,images,pearson,spearman\n"
+        "red,5,0.55,0.4,1.0,6,18,,\nround,5,0.1,0.2,0.5,6,18,,\nsize,5,,,,,18,0.3,-0.62\nblue,5,0.6,0.3,1,6,18,,\n")
     try:
         run_report(ReportConfig(store, "sae", out=tmp_path / "r", k=2, per_interval=1, progress=False))
     finally:
-        (analysis / "splice.json").unlink()
-        (analysis / "names.csv").unlink()
+        for name in ("splice.json", "names.csv", "probe.csv"):
+            (analysis / name).unlink()
     index = json.loads((tmp_path / "r" / "data" / "index.js").read_text().split("=", 1)[1].rstrip().rstrip(";"))
     assert ["spliced", "cos(original, spliced) 0.9876 mean"] in index["summary"]
     table = index["table"]
     assert table["name"][table["feature"].index(5)] == "tench"
     assert [n["word"] for n in records(tmp_path / "r")[5]["names"]] == ["tench", "goldfish"]
+    # The attributes feature 5 predicts best, by |AUROC − ½| or |Spearman|: round (0.4), size (0.62), blue (0.1).
+    assert [(a["attribute"], a["statistic"]) for a in records(tmp_path / "r")[5]["attributes"]] == [
+        ("size", "Spearman"), ("round", "AUROC"), ("blue", "AUROC")]
