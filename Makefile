@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/analyze_memory.py
 	$(BIN)/python bench/correlate.py
+	$(BIN)/python bench/monosemanticity.py
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/report_index.py  # needs Debian's chromium and chromium-driver
 	$(BIN)/python bench/checkpoint.py

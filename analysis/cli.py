@@ -203,6 +203,65 @@ def search_cmd(store_path, codes_name, out, features, key, images, text, text_fe
         click.echo(line)
 
 
+@analyze_group.command("intervene")
+@_codes_options
+@click.option("--edit", default=None, help="Features to change: 12:0 (ablate), 625:x3 (scale), 7=5.0 (clamp); several, comma-separated.")
+@click.option("--ablate-probe", default=None, metavar="ATTR[:N]",
+              help="Ablate the N (5) features `analyze probe` ranked first for attribute ATTR (probe_top.csv).")
+@click.option("--where", type=click.Choice(["all", "cls", "patches", "firing"]), default="all", show_default=True,
+              help="Tokens the edit touches; firing: only where the feature is already active.")
+@click.option("--keep-top", default=None, help="PatchSAE's test instead: each token keeps its K largest features, e.g. 1,2,4,8.")
+@click.option("--keys", default=None, help="Images to run, by key (comma-separated).")
+@click.option("--top-of", type=int, default=None, help="Run this feature's top images.")
+@click.option("--n-images", type=int, default=64, show_default=True, help="Images to run (the first, or --top-of's best).")
+@_BY
+@click.option("--classes", type=click.Path(path_type=Path), default=None,
+              help="Class names for zero-shot probabilities [default: classes.json beside the tars].")
+@click.option("--contrast", default=None, metavar="TEXT A|TEXT B",
+              help="Also report P(TEXT A) against TEXT B before and after, e.g. 'a photo of a man|a photo of a woman'.")
+@click.option("--group-by", default=None, help="Report the contrast per value of this attribute (with --attributes or --attributes-json).")
+@click.option("--attributes", "attributes_csv", type=click.Path(path_type=Path), default=None, help="CSV of attributes for --group-by.")
+@click.option("--attributes-json", default=None, help="Or the samples' .json field for --group-by.")
+@_model_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def intervene_cmd(store_path, codes_name, out, edit, ablate_probe, where, keep_top, keys, top_of, n_images, by, classes,
+                  contrast, group_by, attributes_csv, attributes_json, sae_path, model, pretrained, shards, device,
+                  batch_size, quiet):
+    """Change features inside the model and measure what moves: embedding cosine, zero-shot probabilities (intervene.csv)."""
+    from clipsae.analysis.commands import Target
+    from clipsae.analysis.intervene_run import Selection, edits_from_probe, run_intervene
+    from clipsae.analysis.query import ModelChoice
+    from clipsae.device import resolve_device
+    from clipsae.errors import ClipsaeError
+
+    if edit and ablate_probe:
+        raise ClipsaeError("give --edit or --ablate-probe, not both")
+    t = Target.open(store_path, codes_name, out)
+    if ablate_probe:
+        from clipsae.store.codes import default_analysis_dir
+
+        edit = edits_from_probe(default_analysis_dir(store_path, codes_name), ablate_probe, t.codes.d_sae)
+    try:
+        ks = tuple(int(k) for k in keep_top.split(",")) if keep_top else ()
+    except ValueError:
+        raise ClipsaeError(f"--keep-top must be comma-separated integers, not {keep_top!r}") from None
+    group = None
+    if group_by:
+        from clipsae.analysis.attributes import from_csv, from_tars
+
+        if (attributes_csv is None) == (attributes_json is None):
+            raise ClipsaeError("--group-by needs --attributes FILE or --attributes-json FIELD (one of them)")
+        attrs = from_csv(t.store, attributes_csv) if attributes_csv else from_tars(t.store, [attributes_json], shards)
+        if group_by not in attrs.names:
+            raise ClipsaeError(f"--group-by {group_by!r} is not among the attributes ({', '.join(attrs.names)})")
+        group = (group_by, attrs.values_AI[attrs.names.index(group_by)])
+    selection = Selection(tuple(k.strip() for k in keys.split(",")) if keys else (), top_of, n_images)
+    choice = ModelChoice(sae_path, model, pretrained, str(resolve_device(device)))
+    for line in run_intervene(t, edit, where, ks, selection, by, choice, shards, classes, batch_size, contrast, group,
+                              not quiet):
+        click.echo(line)
+
+
 @analyze_group.command("probe")
 @_codes_options
 @click.option("--attributes", "attributes_csv", type=click.Path(path_type=Path), default=None,

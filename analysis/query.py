@@ -31,7 +31,8 @@ class ModelChoice:
     device: str = "cpu"
 
 
-def _clip(codes: Codes, choice: ModelChoice):
+def store_clip(codes: Codes, choice: ModelChoice):
+    """The whole CLIP model the codes' store was extracted with (or the one ``choice`` names), on its device."""
     from clipsae.pipeline.model import load_clip, store_model_config
 
     cfg = store_model_config(codes.store.config, codes.store.provenance, choice.pretrained, choice.model)
@@ -57,7 +58,7 @@ def image_vectors(codes: Codes, images: list[Image.Image], by: str, choice: Mode
     from clipsae.pipeline.hooks import HookedForward, resolve_hooks
 
     sae = codes_sae(codes, choice.sae, device=choice.device)
-    clip = _clip(codes, choice)
+    clip = store_clip(codes, choice)
     visual = clip.vision.visual
     tokens = str(codes.store.config.get("tokens", "all"))
     hooked = HookedForward(visual, resolve_hooks(visual, [codes.hook], tokens), tokens)
@@ -80,7 +81,7 @@ def image_vectors(codes: Codes, images: list[Image.Image], by: str, choice: Mode
 def text_feature_scores(codes: Codes, text: str, choice: ModelChoice) -> np.ndarray:
     """cos(J·W_dec[f], t) for every feature f, t the unit text embedding of ``text`` as typed."""
     sae = codes_sae(codes, choice.sae, device=choice.device)
-    clip = _clip(codes, choice)
+    clip = store_clip(codes, choice)
     t = text_embeddings(clip.model, clip.tokenizer, [text], prompt="{}", device=choice.device)
     joint = directions_to_joint(sae.W_dec, clip.vision.visual, codes.hook).cpu()
     if joint.shape[1] != t.shape[1]:
