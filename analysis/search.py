@@ -135,7 +135,7 @@ def build_query(t, req: SearchRequest, by: str, choice) -> tuple[Query, list[str
     codes, lines = t.codes, []
     if req.features:
         weights = parse_weighted(req.features, codes.d_sae)
-        return weights_query(weights, codes.d_sae), [f"query: features {req.features} by {by}"], req.features
+        return weights_query(weights, codes.d_sae), [f"query: features {req.features} by {by}"], f"features\n{req.features}"
     if req.text:
         scores = model_query.text_feature_scores(codes, req.text, choice)
         top = [int(f) for f in np.argsort(-scores, kind="stable")[:req.text_features] if scores[f] > 0]

@@ -106,6 +106,7 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
                "and splicing the SAE into the model")
     click.echo("\n".join(run_name_features(target, shards / "classes.json", progress=False)))
     click.echo("\n".join(run_splice(target, images=32, progress=False)))
+    used = _use_features(store_path, enc.name, shards)
     click.echo("\nwriting the browsable reports of both SAEs' features")
     for name in (early.name, enc.name):
         click.echo("\n".join(run_report(ReportConfig(store_path, name, progress=False))))
@@ -118,6 +119,9 @@ what to look at and do next:
       monosemanticity.csv, neuron_alignment.csv, names.csv, splice.json, PNG plots,
       correlate-{early.name}/ (the resid.10 features matched to resid.6's) and token_mse_series.png
       (the snapshots' per-token error)
+  {used['probe']}   which features track each image's colour, shape and size (probe_top.csv)
+  {used['search']}   images found by the best "red" feature, by a stored image and by a text
+  {used['intervene']}   the model with the "red" features ablated: what its zero-shot read-out lost
   {compare_dir / 'compare.csv'}   resid.6 and resid.10 side by side (and compare.png)
   {sae_compare_dir / 'sae_compare.csv'}   the resid.10 SAE's features matched to another seed's
   {run_dir / 'density.png'}   the SAE's held-out feature-density histogram
@@ -129,3 +133,36 @@ what to look at and do next:
 
 the report of the resid.10 SAE's features (open it in a browser):
   {report}""")
+
+
+def _use_features(store_path: Path, codes: str, shards: Path) -> dict[str, Path]:
+    """Probe the features against what the synthetic images show, search with them, and intervene:
+    the features used, not only described. Returns where each wrote."""
+    from clipsae.analysis import commands
+    from clipsae.analysis.attributes import from_tars
+    from clipsae.analysis.intervene_run import Selection, edits_from_probe, run_intervene
+    from clipsae.analysis.probe import run_probe
+    from clipsae.analysis.query import ModelChoice
+    from clipsae.analysis.search import SearchRequest, run_search
+
+    target = commands.Target.open(store_path, codes, None)
+    click.echo("\nprobing every feature against what the images show (their .json: colour, shape, size)")
+    attrs = from_tars(target.store, ["colour", "shape", "size"])
+    click.echo("\n".join(run_probe(target, attrs, top=5)))
+    red = edits_from_probe(target.out, "colour=red:3", target.codes.d_sae)
+    best_red = red.split(",")[0].split(":")[0]
+    choice = ModelChoice(device="cpu")
+    out = {"probe": target.out / "probe_top.csv", "search": target.out / "search", "intervene": target.out / "intervene"}
+    for name, req in (("features", SearchRequest(features=best_red)),
+                      ("key", SearchRequest(key=str(target.store.keys()[0]))),
+                      ("text", SearchRequest(text="a photo of a red circle."))):
+        click.echo(f"\nsearching by {name}")
+        t = commands.Target.open(store_path, codes, out["search"] / name)
+        click.echo("\n".join(run_search(t, req, 12, "max", choice)))
+    click.echo(f"\nablating the three features that best predict colour=red ({red}) inside the model")
+    t = commands.Target.open(store_path, codes, out["intervene"])
+    group = ("colour=red", attrs.values_AI[attrs.names.index("colour=red")])
+    click.echo("\n".join(run_intervene(t, red, "all", (), Selection(n=64), "max", choice, None, None,
+                                       contrast="a photo of a red shape.|a photo of a blue shape.", group=group,
+                                       progress=False)))
+    return out

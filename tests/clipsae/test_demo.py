@@ -15,7 +15,9 @@ def test_demo_writes_shards_extracts_trains_encodes_and_analyses(tmp_path, run_c
                  "density_scatter.png", "token_mse.png", "neuron_alignment.csv", "neuron_alignment.png",
                  "correlate-topk-resid.6/best_matches.csv", "correlate-topk-resid.6/matching.csv", "names.csv",
                  "splice.json", "report/index.html", "report/data/index.js", "monosemanticity.csv",
-                 "token_mse_series.csv", "token_mse_series.png"):
+                 "token_mse_series.csv", "token_mse_series.png", "probe.csv", "probe_top.csv",
+                 "search/features/search.csv", "search/key/search.csv", "search/text/search.csv",
+                 "intervene/intervene.csv", "intervene/intervene_summary.json"):
         assert (analysis / name).stat().st_size > 0, name
     snapshots = sorted(int(p.name) for p in (tmp_path / "demo" / "runs" / "topk-resid.10" / "snapshots").iterdir())
     assert snapshots == [1024, 2048, 2560]  # 5 steps of 512: the first to pass each third of 2,560 tokens
