@@ -44,6 +44,21 @@ def run_clipsae(args: list[str]) -> tuple[float, float, str]:
         return seconds, usage.ru_maxrss / 1024, out.read()
 
 
+def read_pass_process(store: Path, codes: str) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of a process that imports what the analyses import (torch with them) and
+    reads every per-image value of ``codes`` once: the floor of any analysis that streams them."""
+    code = ("import sys; from clipsae.analysis.search import search; from clipsae.store.codes import Codes; "
+            "from clipsae.store.reader import ActivationStore; "
+            "c = Codes(ActivationStore.open(sys.argv[1]), sys.argv[2]); "
+            "print(sum(len(b.latents_E) for b in c.iter_images('max')))")
+    t = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-c", code, str(store), codes], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    if status:
+        sys.exit("the read pass failed")
+    return time.perf_counter() - t, usage.ru_maxrss / 1024
+
+
 def evict(path: Path) -> None:
     """Drop ``path``'s files from the page cache (no root needed), so reads hit the disk."""
     files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
