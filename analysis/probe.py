@@ -64,13 +64,15 @@ def _segment_sum(x: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
 
 def _group_stats(feat_E, val_E, img_E, n_features, attrs: Attributes, out: ProbeStats, lo: int) -> None:
     """Fill columns lo:lo+n_features of ``out`` from the group's firings (feature-local indices)."""
+    # One sort by (feature, value) serves every attribute: each keeps its known images in that order.
+    order = np.lexsort((val_E, feat_E))
+    feat_E, val_E, img_E = feat_E[order], val_E[order].astype(np.float64), img_E[order]
     for a, name in enumerate(attrs.names):
         y_I = attrs.values_AI[a]
         known_I = ~np.isnan(y_I)
         sel = known_I[img_E]
-        f, v, y = feat_E[sel], val_E[sel].astype(np.float64), y_I[img_E[sel]]
-        order = np.lexsort((v, f))
-        f, v, y = f[order], v[order], y[order]
+        f, v, img = feat_E[sel], val_E[sel], img_E[sel]
+        y = y_I[img]
         n = int(known_I.sum())
         # Runs of equal (feature, value): the tie groups.
         new = np.r_[True, (f[1:] != f[:-1]) | (v[1:] != v[:-1])] if len(f) else np.zeros(0, bool)
@@ -101,9 +103,12 @@ def _group_stats(feat_E, val_E, img_E, n_features, attrs: Attributes, out: Probe
             best_f1 = np.full(n_features, 2 * n_pos / (n_pos + n))  # θ = 0: every image called positive
             best_t = np.zeros(n_features)
             if n_runs:
-                pick = np.lexsort((run_v, f1_R, run_f))  # per feature, the last is the best F1 at the largest θ
-                last = np.r_[run_f[pick][1:] != run_f[pick][:-1], True]
-                feats, runs = run_f[pick][last], pick[last]
+                # Per feature (its runs are contiguous, values ascending): the best F1, at its last run.
+                starts = np.flatnonzero(np.r_[True, run_f[1:] != run_f[:-1]])
+                feats = run_f[starts]
+                top_f1 = np.maximum.reduceat(f1_R, starts)
+                at_top = np.where(f1_R == np.repeat(top_f1, np.diff(np.r_[starts, n_runs])), np.arange(n_runs), -1)
+                runs = np.maximum.reduceat(at_top, starts)
                 better = f1_R[runs] >= best_f1[feats]
                 best_f1[feats[better]], best_t[feats[better]] = f1_R[runs[better]], run_v[runs[better]]
             out.f1_AF[a, cols], out.threshold_AF[a, cols] = best_f1, best_t
@@ -114,7 +119,7 @@ def _group_stats(feat_E, val_E, img_E, n_features, attrs: Attributes, out: Probe
             out.pearson_AF[a, cols] = _pearson(n, sv, svv, svy, sy, syy)
             ry_I = np.full(len(y_I), np.nan)
             ry_I[known_I] = _midranks(y_I[known_I])
-            ry = ry_I[img_E[sel]][order]
+            ry = ry_I[img]
             # The silent images share the lowest mid-rank; the firings rank above them within their feature.
             size_R = np.bincount(run, minlength=n_runs).astype(float)
             cum_S = np.cumsum(size_R) - size_R
