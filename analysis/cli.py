@@ -211,9 +211,10 @@ def search_cmd(store_path, codes_name, out, features, key, images, text, text_fe
 @click.option("--where", type=click.Choice(["all", "cls", "patches", "firing"]), default="all", show_default=True,
               help="Tokens the edit touches; firing: only where the feature is already active.")
 @click.option("--keep-top", default=None, help="PatchSAE's test instead: each token keeps its K largest features, e.g. 1,2,4,8.")
-@click.option("--keys", default=None, help="Images to run, by key (comma-separated).")
-@click.option("--top-of", type=int, default=None, help="Run this feature's top images.")
-@click.option("--n-images", type=int, default=64, show_default=True, help="Images to run (the first, or --top-of's best).")
+@click.option("--images", "keys", default=None, help="Images to run, by key (comma-separated).")
+@click.option("--top-of", type=int, default=None, help="Run this feature's --first best images.")
+@click.option("--first", "n_images", type=int, default=64, show_default=True,
+              help="Images to run: the store's first N, or with --top-of the feature's N best.")
 @_BY
 @click.option("--classes", type=click.Path(path_type=Path), default=None,
               help="Class names for zero-shot probabilities [default: classes.json beside the tars].")

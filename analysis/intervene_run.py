@@ -34,7 +34,7 @@ class Selection:
 
     def images(self, t, by: str) -> np.ndarray:
         if self.n < 1:
-            raise ClipsaeError(f"--n-images must be at least 1, not {self.n}")
+            raise ClipsaeError(f"--first must be at least 1, not {self.n}")
         if self.keys:
             index = {str(k): i for i, k in enumerate(t.store.keys())}
             missing = [k for k in self.keys if k not in index]

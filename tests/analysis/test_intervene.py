@@ -116,7 +116,7 @@ def _run(run_cli, store, out, *args):
 
 def test_intervene_writes_per_image_rows_a_summary_and_the_shifts(vit_codes, run_cli, tmp_path):
     store, _ = vit_codes
-    out = _run(run_cli, store, tmp_path, "--edit", "3:0,7:x4,9=2.5", "--n-images", "6")
+    out = _run(run_cli, store, tmp_path, "--edit", "3:0,7:x4,9=2.5", "--first", "6")
     with open(tmp_path / "intervene.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["image"]) for r in rows] == list(range(6)) and all(-1 <= float(r["cosine"]) <= 1 for r in rows)
@@ -128,7 +128,7 @@ def test_intervene_writes_per_image_rows_a_summary_and_the_shifts(vit_codes, run
 
 def test_the_contrast_shift_is_reported_per_attribute_group(vit_codes, run_cli, tmp_path):
     store, _ = vit_codes
-    out = _run(run_cli, store, tmp_path, "--edit", "3:0", "--n-images", "18", "--contrast", "a red thing|a blue thing",
+    out = _run(run_cli, store, tmp_path, "--edit", "3:0", "--first", "18", "--contrast", "a red thing|a blue thing",
                "--group-by", "colour=red", "--attributes-json", "colour")
     groups = json.loads((tmp_path / "intervene_summary.json").read_text())["contrast"]["groups"]
     assert [g["value"] for g in groups] == [0.0, 1.0] and sum(g["images"] for g in groups) == 18
@@ -137,7 +137,7 @@ def test_the_contrast_shift_is_reported_per_attribute_group(vit_codes, run_cli, 
 
 def test_keep_top_reports_accuracy_against_k(vit_codes, run_cli, tmp_path):
     store, _ = vit_codes
-    _run(run_cli, store, tmp_path, "--keep-top", "1,4", "--n-images", "6")
+    _run(run_cli, store, tmp_path, "--keep-top", "1,4", "--first", "6")
     with open(tmp_path / "intervene_keep_top.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["k"] for r in rows] == ["1", "4"]
@@ -153,7 +153,7 @@ def test_top_of_runs_the_features_best_images(vit_codes, run_cli, tmp_path):
     codes = Codes(ActivationStore.open(store), "sae")
     top = top_images(codes, 3)
     f = int(np.nonzero(top.filled_F() == 3)[0][0])
-    _run(run_cli, store, tmp_path, "--edit", f"{f}:0", "--top-of", str(f), "--n-images", "3")
+    _run(run_cli, store, tmp_path, "--edit", f"{f}:0", "--top-of", str(f), "--first", "3")
     with open(tmp_path / "intervene.csv") as fh:
         assert sorted(int(r["image"]) for r in csv.DictReader(fh)) == sorted(top.images_FK[f].tolist())
 
