@@ -83,6 +83,16 @@ def _codes_options(f):
     return f
 
 
+_DEVICE = click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto.")
+
+
+def _embed_hook(when_missing: str):
+    """The --embed-hook option; ``when_missing`` says what happens where the store has no embed hook."""
+    return click.option("--embed-hook", default=None,
+                        help=f"The store's hook whose per-image vector (pooled or CLS) embeds the images for the "
+                             f"monosemanticity score [default: embed; {when_missing}].")
+
+
 _BY = click.option("--by", type=click.Choice(["max", "cls", "mean"]), default="max", show_default=True,
                    help="A feature's value on an image: max over its tokens, its CLS token's, or the mean.")
 _MIN_HITS = click.option("--min-hits", type=int, default=10, show_default=True,
@@ -97,7 +107,7 @@ _MODEL_OPTIONS = (
                  help="Weights: open_clip tag, checkpoint file or hf-hub:org/repo [default: the store's]."),
     click.option("--shards", type=click.Path(path_type=Path), default=None,
                  help="Folder now holding the store's tars [default: where the store says]."),
-    click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto."),
+    _DEVICE,
     click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass."),
 )
 
@@ -293,9 +303,8 @@ def probe_cmd(store_path, codes_name, out, attributes_csv, attributes_json, shar
 @analyze_group.command("monosemanticity")
 @_codes_options
 @_BY
-@click.option("--embed-hook", default=None,
-              help="The store's hook whose per-image vector (pooled or CLS) embeds the images [default: embed].")
-@click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto.")
+@_embed_hook("refused where the store has none")
+@_DEVICE
 def monosemanticity_cmd(store_path, codes_name, out, by, embed_hook, device):
     """Pach et al.'s monosemanticity score of each feature: how alike its images are (monosemanticity.csv, PNG)."""
     from clipsae.analysis.commands import run_monosemanticity
@@ -314,7 +323,7 @@ def monosemanticity_cmd(store_path, codes_name, out, by, embed_hook, device):
               help="Shared images both features of a printed match must fire on.")
 @click.option("--shards", type=click.Path(path_type=Path), default=None,
               help="Folder now holding the stores' tars, for the top-images figure [default: where the stores say].")
-@click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto.")
+@_DEVICE
 def correlate_cmd(ref_a, ref_b, out, k, by, min_hits, shards, device):
     """Pearson correlation of every A feature with every B feature over the images both stores hold."""
     from clipsae.analysis.commands import parse_codes_ref, run_correlate
@@ -333,9 +342,8 @@ def correlate_cmd(ref_a, ref_b, out, k, by, min_hits, shards, device):
               help="Folder for compare.csv and compare.png.")
 @_BY
 @_MIN_HITS
-@click.option("--embed-hook", default=None,
-              help="Hook embedding the images for the monosemanticity score [default: embed, left empty where a store has none].")
-@click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto.")
+@_embed_hook("left empty where a store has none")
+@_DEVICE
 def compare_cmd(refs, out, by, min_hits, embed_hook, device):
     """Fit, sparsity, label entropy and monosemanticity of several codes side by side (compare.csv, PNG by layer)."""
     from clipsae.analysis.commands import parse_codes_ref, run_compare
@@ -379,8 +387,7 @@ def neuron_alignment_cmd(store_path, codes_name, out, sae_path, model, pretraine
 @click.option("--classes", type=click.Path(path_type=Path), default=None,
               help="Class names: JSON list or {label: name}, or one name per line [default: classes.json beside the tars].")
 @click.option("--thumb-size", type=int, default=160, show_default=True, help="Longest side of the thumbnails, pixels.")
-@click.option("--embed-hook", default=None,
-              help="Hook embedding the images for the monosemanticity score [default: embed, left out if the store has none].")
+@_embed_hook("left out where the store has none")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def report_cmd(store_path, codes_name, out, k, per_interval, n_intervals, nearest, by, min_hits, sae_path, shards,
                classes, thumb_size, embed_hook, quiet):
