@@ -18,6 +18,9 @@ from clipsae.store.writer import write_store
 from tests.analysis.helpers import make_store, sae_weights, saelens_dir
 from tests.conftest import assert_same_store, submitted_job, wait_until
 
+# One cluster per test process: under pytest-xdist these tests all run on the same worker.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--no-progress"]
 
 

@@ -42,7 +42,7 @@ QUALITY = {
     "topk": ["--expansion", "4", "--k", "6", "--steps", "1000"],
     "batchtopk": ["--expansion", "4", "--k", "6", "--steps", "1000"],
     "relu": ["--expansion", "4", "--l1", "1", "--steps", "1000"],
-    "matryoshka": ["--expansion", "8", "--k", "6", "--steps", "1800"],
+    "matryoshka": ["--expansion", "8", "--k", "6", "--steps", "1200"],
 }
 
 
