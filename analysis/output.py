@@ -1,11 +1,12 @@
 """Where analyses write, and how: CSV tables with fixed columns, PNG plots from the Agg backend."""
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from clipsae import files
+from clipsae.files import atomic_write
 from clipsae.store.codes import default_analysis_dir
 
 # Files one analysis writes and another (the report) reads.
@@ -43,22 +44,20 @@ def _cell(v) -> str:
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence]) -> Path:
     """Write a CSV with a header; NaN and None become empty cells. Written whole, then renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(columns)
-        for row in rows:
-            w.writerow([_cell(v) for v in row])
-    tmp.replace(path)
-    return path
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(columns)
+            for row in rows:
+                w.writerow([_cell(v) for v in row])
+
+    return atomic_write(path, write)
 
 
 def write_json(path: Path, obj) -> Path:
     """Write ``obj`` as indented JSON, whole, then renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-    return path
+    return files.write_json(path, obj, indent=1)
 
 
 def pyplot():

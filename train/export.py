@@ -4,13 +4,12 @@ The input scaling s is folded into the weights, so the saved SAE applies to raw 
 z = (s·x − b_dec)W_enc + b_enc = (x − b_dec/s)(s·W_enc) + b_enc, and x̂ = (W_dec f + b_dec)/s.
 """
 
-import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from clipsae.files import atomic_write, write_json
 from clipsae.train.load import CFG_FILE, METRICS_FILE, SAELENS_WEIGHTS
 from clipsae.train.model import SparseAutoencoder
 from clipsae.train.sae import TrainingSAE
@@ -37,11 +36,11 @@ def save_sae(model: SparseAutoencoder, out: Path, cfg_extra: dict, log10_density
     tensors = {"W_enc": model.W_enc, "b_enc": model.b_enc, "W_dec": model.W_dec, "b_dec": model.b_dec}
     if model.architecture == "jumprelu":
         tensors["threshold"] = model.threshold
-    _atomic(out / SAELENS_WEIGHTS, lambda p: save_file({k: v.detach().contiguous() for k, v in tensors.items()}, p))
+    atomic_write(out / SAELENS_WEIGHTS, lambda p: save_file({k: v.detach().contiguous() for k, v in tensors.items()}, p))
     if log10_density is not None:
-        _atomic(out / SPARSITY_FILE, lambda p: save_file({"sparsity": log10_density.contiguous()}, p))
+        atomic_write(out / SPARSITY_FILE, lambda p: save_file({"sparsity": log10_density.contiguous()}, p))
     if metrics is not None:
-        _atomic(out / METRICS_FILE, lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
+        write_json(out / METRICS_FILE, metrics)
     cfg = {
         "architecture": model.architecture,
         "d_in": model.d_in,
@@ -55,14 +54,4 @@ def save_sae(model: SparseAutoencoder, out: Path, cfg_extra: dict, log10_density
         **cfg_extra,
     }
     # cfg.json last: its presence means the directory is whole.
-    _atomic(out / CFG_FILE, lambda p: Path(p).write_text(json.dumps(cfg, indent=2)))
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    # safetensors creates its files 0600; run files are for sharing, like every other file we write.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    tmp.replace(path)
+    write_json(out / CFG_FILE, cfg)

@@ -2,12 +2,12 @@
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from clipsae.errors import ClipsaeError
+from clipsae.files import atomic_write, write_json
 from clipsae.store.location import absolute
 from clipsae.store.writer import config_differences
 from clipsae.train.config import TrainConfig
@@ -38,16 +38,11 @@ def check_out_dir(cfg: TrainConfig) -> None:
 def write_identity(cfg: TrainConfig) -> None:
     """Record what the run is, so that a rerun into the same directory can be checked against it."""
     cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / RUN_FILE).write_text(json.dumps({"identity": cfg.identity()}, indent=2))
+    write_json(cfg.out / RUN_FILE, {"identity": cfg.identity()})
 
 
 def _save_atomically(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    atomic_write(path, lambda p: torch.save(state, p))
 
 
 def save_checkpoint(out: Path, state: dict) -> None:
