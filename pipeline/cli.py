@@ -43,11 +43,11 @@ def _triple(value: str | None, name: str) -> tuple[float, float, float] | None:
 @click.option("--preprocess-like", default=None, help="Use the preprocessing of this pretrained tag (for local checkpoints).")
 @click.option("--image-mean", default=None, help="Override normalisation mean, e.g. 0.5,0.5,0.5.")
 @click.option("--image-std", default=None, help="Override normalisation std.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @slurm_options(array=True)
 def extract_cmd(model, pretrained, layers, tokens, shards, store_path, batch_size, device, dtype, precision,
                 num_workers, worker_index, loader_workers, label_key, compression, seed, preprocess_like,
-                image_mean, image_std, no_progress, slurm_array, **slurm):
+                image_mean, image_std, quiet, slurm_array, **slurm):
     """Run a CLIP vision tower over webdataset tars and store per-token activations.
 
     One store part per tar; a rerun skips finished tars and redoes unfinished ones. With
@@ -76,7 +76,7 @@ def extract_cmd(model, pretrained, layers, tokens, shards, store_path, batch_siz
         loader_workers=loader_workers,
         label_key=label_key,
         compression=compression,
-        progress=not no_progress,
+        progress=not quiet,
     )
     if slurm_array is not None:
         from clipsae.pipeline.extract_submit import submit_extract

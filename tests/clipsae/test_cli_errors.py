@@ -20,7 +20,7 @@ def _extract(shards, store, *extra):
     base = {"--model": "ViT-B-32", "--layers": "1", "--tokens": "cls", "--shards": str(shards), "--store": str(store)}
     for k, v in zip(extra[::2], extra[1::2]):
         base[k] = v
-    return ["extract", "--no-progress", *[x for kv in base.items() for x in kv]]
+    return ["extract", "--quiet", *[x for kv in base.items() for x in kv]]
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from tests.conftest import assert_same_store, submitted_job, wait_until
 # One cluster per test process: under pytest-xdist these tests all run on the same worker.
 pytestmark = pytest.mark.xdist_group("slurm")
 
-EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--no-progress"]
+EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--quiet"]
 
 
 def _job_gone_or_done(cluster, job: str) -> bool:

@@ -160,7 +160,7 @@ def test_label_key_reads_a_json_field(tmp_path):
     assert (ActivationStore.open(tmp_path / "s.zarr").labels() >= 100).all()
 
 
-EXTRACT_ARGS = ["extract", "--model", "ViT-B-32", "--layers", "1,3", "--tokens", "all", "--batch-size", "2", "--no-progress"]
+EXTRACT_ARGS = ["extract", "--model", "ViT-B-32", "--layers", "1,3", "--tokens", "all", "--batch-size", "2", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,7 @@ def test_slurm_array_variables_pick_the_share(four_tars, tmp_path, monkeypatch):
 def test_card_command_on_vit_l_14(tmp_path, run_cli):
     make_synthetic_shards(tmp_path / "sh", n_images=2, per_shard=2)
     code, out, err = run_cli("extract", "--model", "ViT-L-14", "--layers", "20,22", "--shards",
-                             tmp_path / "sh" / "{00000..00000}.tar", "--store", tmp_path / "acts.zarr", "--no-progress")
+                             tmp_path / "sh" / "{00000..00000}.tar", "--store", tmp_path / "acts.zarr", "--quiet")
     assert code == 0, err
     s = ActivationStore.open(tmp_path / "acts.zarr")
     assert s.hooks == ["resid.20", "resid.22"]

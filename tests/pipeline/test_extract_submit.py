@@ -7,7 +7,7 @@ from clipsae.pipeline.extract import run_extract
 from clipsae.store.reader import ActivationStore, complete_parts
 from tests.conftest import wait_until
 
-ARGS = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "4", "--no-progress"]
+ARGS = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "4", "--quiet"]
 
 
 def test_an_array_of_two_tasks_writes_the_store_one_process_writes(shards, tmp_path, run_cli):

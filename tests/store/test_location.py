@@ -15,7 +15,7 @@ from clipsae.store.reader import ActivationStore, complete_parts
 from tests.conftest import ROOT, assert_same_store, cli_process, wait_until
 
 BUCKET = "clipsae-test"
-EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--no-progress"]
+EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--quiet"]
 
 
 @pytest.fixture(scope="module")
