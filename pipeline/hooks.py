@@ -58,7 +58,8 @@ def resolve_hooks(visual: nn.Module, items: list[str], tokens: str) -> list[Hook
     kind = tower_kind(visual)
     hooks: list[Hook] = []
     for item in items:
-        hooks.append(_resolve_vit(visual, item) if kind == "vit" else _resolve_resnet(item))
+        hook = _resolve_vit(visual, item) if kind == "vit" else _resolve_resnet(item)
+        hooks.append(_tokens_said(hook, tokens) if kind == "vit" and not hook.pooled else hook)
     names = [h.name for h in hooks]
     if len(set(names)) != len(names):
         raise ClipsaeError(f"--layers names a hook twice: {', '.join(names)}")
@@ -68,6 +69,15 @@ def resolve_hooks(visual: nn.Module, items: list[str], tokens: str) -> list[Hook
         if kind == "resnet" and not h.pooled and tokens == "cls":
             raise ClipsaeError(f"hook {h.name} is a ResNet feature map with no CLS token; use --tokens patches or all")
     return hooks
+
+
+def _tokens_said(hook: Hook, tokens: str) -> Hook:
+    """The hook with its meaning naming the tokens the store keeps: all, the CLS token, or the patches."""
+    if tokens == "all":
+        return hook
+    what, _, layout = hook.meaning.partition("; CLS then ")
+    kept = "the CLS token only" if tokens == "cls" else layout.replace(" row-major", " row-major, no CLS")
+    return Hook(hook.name, hook.kind, hook.index, hook.pooled, f"{what}; {kept}")
 
 
 def _resolve_vit(visual: VisionTransformer, item: str) -> Hook:

@@ -103,3 +103,10 @@ def test_every_hook_extract_names_is_recognised_as_one(vit, rn50):
     rn_hooks = resolve_hooks(rn50, ["layer1", "layer2", "layer3", "layer4", "attnpool"], "all")
     assert all(EXTRACT_HOOK_NAME.fullmatch(h.name) for h in vit_hooks + rn_hooks)
     assert not EXTRACT_HOOK_NAME.fullmatch("blocks.9.hook_resid_post")
+
+
+@pytest.mark.parametrize("tokens, said", [("all", "; CLS then 7x7 patches row-major"), ("cls", "; the CLS token only"),
+                                          ("patches", "; 7x7 patches row-major, no CLS")])
+def test_a_hooks_meaning_names_the_tokens_the_store_keeps(vit, tokens, said):
+    hooks = resolve_hooks(vit, ["3", "ln_pre"], tokens)
+    assert all(h.meaning.endswith(said) for h in hooks)
