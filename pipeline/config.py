@@ -35,7 +35,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything ``extract`` needs, validated by the CLI before any work starts."""
+    """Everything ``extract`` needs; it checks its own values when made, before any work starts."""
 
     model: ModelConfig
     layers: list[str]

@@ -1,8 +1,9 @@
-"""Sparse codes and the kernels that touch only the active latents.
+"""The training kernels that touch only the active latents: choosing them (TopK, BatchTopK, TopK
+among some columns), the encoder's gathered linear map with its backward, and the decoder.
 
-A batch's codes are kept in COO form sorted by row: ``rows``, ``cols``, ``vals`` (nnz each),
-with ``offsets`` (B) giving where each row starts. TopK gives exactly k per row, BatchTopK a
-varying number. The decoder and the encoder's backward then cost nnz·d instead of B·n·d.
+The codes themselves (``SparseCodes``, COO sorted by row) live in ``train/codes.py``, shared with
+inference. With nnz active latents in a batch, the decoder and the encoder's backward cost nnz·d
+instead of B·n·d.
 """
 
 import warnings
