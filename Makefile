@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/clipsae demo --out demo_out
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

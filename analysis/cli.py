@@ -9,8 +9,8 @@ import click
 
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
 from clipsae.slurm import slurm_config, slurm_options
-from clipsae.train.formats import SAE_FORMAT
 from clipsae.store.location import absolute
+from clipsae.train.formats import SAE_FORMAT
 
 
 @click.command("encode")

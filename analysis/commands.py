@@ -11,8 +11,8 @@ import torch
 
 from clipsae.analysis import correlate as corr_mod
 from clipsae.analysis import density as density_mod
-from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
+from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
 from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, by_setting, out_dir, write_csv, write_json
 from clipsae.analysis.token_mse import plot_token_mse, plot_token_mse_series, snapshot_title, token_mse
 from clipsae.analysis.top_images import check_k, top_images

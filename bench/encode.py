@@ -63,7 +63,7 @@ def main() -> None:
         t = time.perf_counter()
         forward()
         ref = a.images / (time.perf_counter() - t)
-        del x
+        x = None  # free the activations before the timed runs
         cfg = EncodeConfig(tmp / "s.zarr", sae_dir, name="warm", batch_size=a.batch_size, device=a.device, progress=False)
         run_encode(cfg)
         t = time.perf_counter()

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clipsae.pipeline.config import ExtractConfig, ModelConfig  # noqa: E402
 from clipsae.device import resolve_device  # noqa: E402
+from clipsae.pipeline.config import ExtractConfig, ModelConfig  # noqa: E402
 from clipsae.pipeline.extract import autocast_for, run_extract  # noqa: E402
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks  # noqa: E402
 from clipsae.pipeline.model import load_model  # noqa: E402

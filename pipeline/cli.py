@@ -7,8 +7,8 @@ import click
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.config import PRECISIONS, TOKEN_MODES, ExtractConfig, ModelConfig, parse_layers
 from clipsae.slurm import slurm_config, slurm_options
-from clipsae.store.location import absolute
 from clipsae.store.layout import COMPRESSIONS, DTYPES
+from clipsae.store.location import absolute
 
 
 def _triple(value: str | None, name: str) -> tuple[float, float, float] | None:

@@ -10,19 +10,20 @@ from tqdm import tqdm
 
 from clipsae.device import resolve_device
 from clipsae.pipeline.background import BackgroundRunner
+from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks
 from clipsae.pipeline.host_ring import HostRing
 from clipsae.pipeline.loader import make_loader
-from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.model import load_model
 from clipsae.pipeline.preprocess import split_preprocess
 from clipsae.pipeline.shards import Shard, expand_shards, my_shards, name_parts
-from clipsae.workers import worker_slot
 from clipsae.pipeline.tario import count_samples
 from clipsae.store.layout import HookLayout
 from clipsae.store.reader import complete_parts
 from clipsae.store.stats import HookStats
 from clipsae.store.writer import PartWriter, check_store_path, open_root, record_store_stats
+from clipsae.workers import worker_slot
+
 
 @dataclass
 class ExtractResult:

@@ -4,8 +4,8 @@ import random
 from pathlib import Path
 
 from clipsae.errors import ClipsaeError
-from clipsae.pipeline.tarwrite import write_classes, write_tar
 from clipsae.pipeline.tario import IMAGE_EXTS
+from clipsae.pipeline.tarwrite import write_classes, write_tar
 
 
 def make_shards_from_folder(src: str, out: str, per_shard: int = 1000, seed: int = 0) -> list[Path]:

@@ -28,8 +28,8 @@ def info_cmd(path, as_json):
 @click.argument("path")
 def verify_cmd(path):
     """Read every complete part; exit non-zero if any is inconsistent or holds non-finite values."""
-    from clipsae.store.reader import ActivationStore
     from clipsae.store.integrity import verify
+    from clipsae.store.reader import ActivationStore
 
     store = ActivationStore.open(path)
     report = verify(store)

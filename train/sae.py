@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsae.train import archs
-from clipsae.train.ranks import Ranks
 from clipsae.train.archs.base import StepOutput
+from clipsae.train.ranks import Ranks
 from clipsae.train.spec import SAESpec
+
 
 class TrainingSAE(nn.Module):
     """One SAE under training. ``threshold`` (BatchTopK) is float64 and −1 until first set."""

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+
 @dataclass(frozen=True)
 class SAESpec:
     """One SAE of a run: its architecture (a name in ``train/archs/``) and sizes; made by the architecture."""

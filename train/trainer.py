@@ -19,9 +19,18 @@ from clipsae.train.export import to_inference
 from clipsae.train.load import CFG_FILE
 from clipsae.train.metrics import evaluate
 from clipsae.train.ranks import Ranks, join_ranks, leave_ranks
-from clipsae.train.rundir import (MetricsLog, check_out_dir, export_sae, load_checkpoint, load_stream_state,
-                                  remove_stream_states, save_checkpoint, save_stream_state, snapshot_due,
-                                  write_identity)
+from clipsae.train.rundir import (
+    MetricsLog,
+    check_out_dir,
+    export_sae,
+    load_checkpoint,
+    load_stream_state,
+    remove_stream_states,
+    save_checkpoint,
+    save_stream_state,
+    snapshot_due,
+    write_identity,
+)
 from clipsae.train.sae import TrainingSAE, optimise
 from clipsae.train.statistics import input_statistics
 

@@ -26,6 +26,7 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
         raise ClipsaeError(f"--train-steps must be at least 1, not {train_steps}")
     from clipsae.analysis import commands
     from clipsae.analysis.encode import EncodeConfig, run_encode
+    from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS
     from clipsae.analysis.name_features import run_name_features
     from clipsae.analysis.report.build import ReportConfig, run_report
     from clipsae.analysis.report.siblings import report_dir
@@ -35,7 +36,6 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     from clipsae.pipeline.synthetic import make_synthetic_shards
     from clipsae.store.info import format_summary, summarize
     from clipsae.store.reader import ActivationStore
-    from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS
     from clipsae.train.configure import configure_training
     from clipsae.train.load import SNAPSHOTS
     from clipsae.train.report import format_result, format_sae_info, sae_info

@@ -18,9 +18,9 @@ def status_cmd(store_path, shards, as_json):
     """
     from clipsae.errors import ClipsaeError
     from clipsae.store import zarr_backend as zb
+    from clipsae.store.location import check_reachable
+    from clipsae.store.location import store_path as location
     from clipsae.store.status import format_status, store_status
-
-    from clipsae.store.location import check_reachable, store_path as location
 
     store_path = location(store_path)
     check_reachable(store_path)

@@ -37,7 +37,7 @@ def reference_activations(model_name, images_bytes, layers, tokens):
         if model_name.startswith("RN"):
             ref = visual.forward_intermediates(x, indices=[4])
             return {"layer4": ref["image_intermediates"][0].flatten(2).transpose(1, 2), "attnpool": ref["image_features"][:, None]}
-        idx = [int(l) for l in layers]
+        idx = [int(layer) for layer in layers]
         ref = visual.forward_intermediates(x, indices=idx, output_fmt="NLC", output_extra_tokens=True)
     out = {}
     for i, layer in enumerate(idx):
@@ -144,7 +144,8 @@ def test_bad_images_and_tars_are_skipped_counted_and_listed(tmp_path):
 
 def test_label_key_reads_a_json_field(tmp_path):
     make_synthetic_shards(tmp_path / "sh", n_images=4, per_shard=4)
-    import json, tarfile as tf
+    import json
+    import tarfile as tf
 
     # Rewrite with labels only in json under another field, as img2dataset output would carry them.
     with tf.open(tmp_path / "sh" / "00000.tar") as t:

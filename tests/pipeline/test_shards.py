@@ -1,3 +1,4 @@
+import random
 import tarfile
 
 import pytest
@@ -6,7 +7,6 @@ from clipsae.errors import ClipsaeError
 from clipsae.pipeline.folder_shards import make_shards_from_folder
 from clipsae.pipeline.shards import expand_shards, my_shards, name_parts
 from clipsae.pipeline.synthetic import draw
-import random
 
 
 def _touch(paths):

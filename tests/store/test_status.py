@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 
+from clipsae.store import zarr_backend as zb
 from clipsae.store.layout import HookLayout
 from clipsae.store.plan import record_plan
 from clipsae.store.status import format_status, store_status
 from clipsae.store.writer import PartWriter, write_store
-from clipsae.store import zarr_backend as zb
 
 HOOK = HookLayout("blocks.0", 1, 4)
 

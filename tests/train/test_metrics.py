@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipsae.train.model import SparseAutoencoder
 from clipsae.train.metrics import density_histogram, evaluate, plot_density
+from clipsae.train.model import SparseAutoencoder
 
 
 def _relu_sae(d=6, n=10, seed=0) -> SparseAutoencoder:

@@ -4,14 +4,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipsae.train import archs
 from clipsae.train.config import TrainConfig, default_lr
 from clipsae.train.dense import dense_forward
 from clipsae.train.export import save_sae, to_inference
 from clipsae.train.load import load_sae
-from clipsae.train import archs
 from clipsae.train.sae import TrainingSAE
-from clipsae.train.statistics import geometric_median
 from clipsae.train.spec import SAESpec
+from clipsae.train.statistics import geometric_median
 
 
 def _sae(arch: str, d=16, expansion=4, k=4) -> TrainingSAE:

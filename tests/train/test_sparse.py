@@ -3,8 +3,8 @@ import torch
 
 from clipsae.train.dense import dense_forward
 from clipsae.train.sae import TrainingSAE
-from clipsae.train.spec import SAESpec
 from clipsae.train.sparse import select_topk_in
+from clipsae.train.spec import SAESpec
 
 
 def _sae(arch: str, d=16, expansion=8, k=4, seed=0) -> TrainingSAE:
@@ -89,8 +89,8 @@ def test_auxk_loss_sends_gradient_to_dead_latents_only_through_aux_term():
 def test_training_trajectory_equals_a_plain_dense_reference_on_hard_data(arch):
     # Co-occurring, heavy-tailed features on a large offset: the data on which BatchTopK trails
     # TopK in short runs (docs/sae.md). The sparse trainer must still be exactly the plain algorithm.
-    from tests.train.planted import hard_planted_dictionary
     from clipsae.train.sae import optimise
+    from tests.train.planted import hard_planted_dictionary
 
     x_all, _ = hard_planted_dictionary(4096, 16, 32, 3, seed=0)
     x_all = torch.from_numpy(x_all)

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from clipsae.store.reader import ActivationStore
 from clipsae.store.writer import write_store
+from clipsae.train import load_sae
 from tests.conftest import cli_process, tree_snapshot
 from tests.train.planted import planted_dictionary, recovery
-from clipsae.train import load_sae
 
 D, N_FEATURES = 64, 128
 
