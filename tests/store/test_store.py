@@ -51,11 +51,17 @@ def test_chunks_cover_every_row_once_in_any_order(tmp_path):
     np.testing.assert_array_equal(got, acts)
 
 
-def test_chunk_is_a_few_megabytes_for_vit_l_all_tokens(tmp_path):
+def test_chunks_have_the_sizes_docs_store_md_promises(tmp_path):
+    from clipsae.store.layout import chunk_rows
+
     root = open_root(tmp_path / "s.zarr", {"model": "m", "hooks": {}}, {})
-    w = PartWriter(root, "p", "src", [HookLayout("h", 257, 1024)], "float16")
-    rows = w._arrays["h"].rows_per_chunk
-    assert 4 * 2**20 <= rows * 257 * 1024 * 2 <= 16 * 2**20
+    w = PartWriter(root, "p", "src", [HookLayout("h", 257, 1024), HookLayout("c", 1, 1024)], "float16")
+    # ViT-L-14 float16: 15 all-token images a chunk (7.9 MiB), 4,096 CLS rows (8 MiB).
+    assert w._arrays["h"].rows_per_chunk == 15 and w._arrays["c"].rows_per_chunk == 4096
+    # Fitted to known parts: 50 CLS images are one chunk of 50 rows; 1,000 all-token images 67 chunks of 15.
+    assert chunk_rows(1, 768, 2, expected_images=50) == 50
+    rows = chunk_rows(257, 1024, 2, expected_images=1000)
+    assert rows == 15 and -(-1000 // rows) == 67
 
 
 def test_incomplete_part_is_invisible_to_readers(tmp_path):

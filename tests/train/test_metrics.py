@@ -34,15 +34,31 @@ def test_metrics_follow_their_formulas():
     assert m["dead_heldout"] == int(((f > 0).sum(0) == 0).sum())
 
 
-def test_density_histogram_counts_every_latent_once():
-    density = torch.tensor([0.0, 0.0, 1e-9, 1e-3, 0.5, 1.0])
+def _bin_of(hist, log10_density):
+    edges = np.array(hist["edges_log10"])
+    return int(np.clip(np.searchsorted(edges, log10_density, side="right") - 1, 0, len(edges) - 2))
+
+
+def test_density_histogram_puts_each_latent_in_the_bin_of_its_log10_density():
+    density = torch.tensor([0.0, 0.0, 1e-9, 1e-3, 1e-3, 0.5, 1.0])
     hist = density_histogram(density)
-    assert hist["never"] == 2 and sum(hist["counts"]) == 4
+    assert hist["never"] == 2 and sum(hist["counts"]) == 5
+    expected = np.zeros(len(hist["counts"]), int)
+    for value in (-8.0, -3.0, -3.0, np.log10(0.5), 0.0):  # 1e-9 lies below the first edge and counts in the first bin
+        expected[_bin_of(hist, value)] += 1
+    assert hist["counts"] == expected.tolist()
 
 
-def test_density_plot_is_written_as_png(tmp_path):
-    plot_density(torch.tensor([0.0, 1e-4, 1e-2, 0.3]), tmp_path / "d.png", "title")
-    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+def test_density_plot_draws_the_histogram(tmp_path):
+    from PIL import Image
+
+    plot_density(torch.tensor([0.0, 1e-4, 1e-2, 1e-2, 0.3]), tmp_path / "d.png", "title")
+    with Image.open(tmp_path / "d.png") as im:
+        assert im.size == (600, 350)
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    # matplotlib's first colour (tab:blue, #1f77b4) fills the bars.
+    bars = (np.abs(rgb - [31, 119, 180]).sum(2) < 30)
+    assert bars.sum() > 500
 
 
 def test_the_density_plot_starts_where_the_latents_are():
