@@ -4,7 +4,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipsae import options
 from clipsae.errors import ClipsaeError
+from clipsae.options import check, option
 from clipsae.store.location import absolute
 from clipsae.train.spec import SAESpec
 
@@ -20,8 +22,61 @@ def default_lr(n_latents: int) -> float:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run needs; ``identity()`` is what a rerun into the same ``out`` must match."""
+class RunSettings:
+    """How a run trains, beside what it trains on and which SAEs: each field is a `clipsae train` option
+    (clipsae/options.py), checked here once, and those marked ``identity`` decide the run's result."""
+
+    batch_size: int = option(DEFAULT_BATCH, at_least=1, identity=True)
+    """Tokens per step, the global batch over all training processes; refused if larger than the training rows."""
+    lr: float | None = option(None, above=0, identity=True, shown_default="2e-4/√(n/2^14)")
+    """Adam learning rate."""
+    precision: str | None = option(None, choices=PRECISIONS, identity=True, shown_default="bf16 on CUDA, fp32 on CPU")
+    """Encoder matmul precision; the weights stay fp32."""
+    seed: int = option(0, identity=True)
+    """Seed of the initialisation, the data order and the holdout split."""
+    holdout: float = option(0.01, at_least=0, below=1, identity=True)
+    """Fraction of images (by key hash) kept for evaluation; 0 is allowed and noted: no held-out metrics."""
+    warmup_steps: int = option(DEFAULT_WARMUP, at_least=1, identity=True)
+    """Linear learning-rate warm-up, at most a tenth of the run."""
+    decay_fraction: float = option(0.2, at_least=0, below=1, identity=True, cli=False)
+    """The last fraction of the run over which the learning rate decays linearly to 0."""
+    clip: float = option(1.0, identity=True, cli=False)
+    """Gradient norm clip."""
+    dead_tokens: int = option(DEFAULT_DEAD_TOKENS, at_least=1, identity=True)
+    """A latent silent this many tokens is dead (at most a tenth of the run's tokens)."""
+    resample_every: int = option(0, at_least=0, identity=True)
+    """relu: resample dead latents every N steps in the first half of the run (0: never)."""
+    buffer_rows: int = option(2**18, at_least=1, identity=True)
+    """Shuffle buffer size in rows."""
+    scale_rows: int = option(2**20, identity=True, cli=False)
+    """Rows sampled for the input scale."""
+    loader_threads: int = option(2, at_least=1)
+    """Chunk-reading threads."""
+    eval_every: int = option(0, at_least=0, shown_default="10 per run")
+    """Held-out evaluation every N steps."""
+    eval_rows: int = option(2**16, at_least=1)
+    """Held-out rows used for evaluation."""
+    log_every: int = option(50, at_least=1, cli=False)
+    """Steps between training-metric lines in metrics.jsonl."""
+    checkpoint_every: int = option(0, at_least=0)
+    """Also checkpoint every N steps (0: by time only)."""
+    checkpoint_minutes: float = option(10.0, above=0)
+    """Checkpoint at least this often, in minutes."""
+    snapshot_every: float = option(0, at_least=0)
+    """Also export each SAE every this many training tokens (e.g. 1e8) under snapshots/<tokens>/ (0: never)."""
+    wandb_project: str | None = option(None, flag_name="--wandb", metavar="PROJECT")
+    """Also log to this wandb project (WANDB_MODE=offline works)."""
+
+    def __post_init__(self):
+        check(self)
+        if self.snapshot_every != int(self.snapshot_every):
+            raise ClipsaeError(f"--snapshot-every must be a whole number of tokens, at least 0, not {self.snapshot_every:g}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RunSettings):
+    """Everything a run needs: its settings and what ``clipsae train`` resolved from the rest of its options;
+    ``identity()`` is what a rerun into the same ``out`` must match."""
 
     store: Path
     hook: str
@@ -30,48 +85,13 @@ class TrainConfig:
     saes: tuple[SAESpec, ...]
     steps: int
     store_images: int = 0  # complete images when the run started: a store that grew is another run
-    batch_size: int = DEFAULT_BATCH
-    lr: float | None = None
-    seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"
-    holdout: float = 0.01
-    warmup_steps: int = DEFAULT_WARMUP
-    decay_fraction: float = 0.2
-    clip: float = 1.0
-    dead_tokens: int = DEFAULT_DEAD_TOKENS
-    resample_every: int = 0
-    buffer_rows: int = 2**18
-    loader_threads: int = 2
-    eval_every: int = 0
-    eval_rows: int = 2**16
-    scale_rows: int = 2**20
-    log_every: int = 50
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 10.0
-    snapshot_every: int = 0  # tokens between exported snapshots (0: none); not in identity(), like checkpointing
-    wandb_project: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name, value in (("--batch-size", self.batch_size), ("--buffer-rows", self.buffer_rows),
-                            ("--loader-threads", self.loader_threads), ("--eval-rows", self.eval_rows),
-                            ("--warmup-steps", self.warmup_steps), ("--dead-tokens", self.dead_tokens),
-                            ("--steps", self.steps)):
-            if value < 1:
-                raise ClipsaeError(f"{name} must be at least 1, not {value}")
-        for name, value in (("--eval-every", self.eval_every), ("--checkpoint-every", self.checkpoint_every),
-                            ("--resample-every", self.resample_every), ("--snapshot-every", self.snapshot_every)):
-            if value < 0:
-                raise ClipsaeError(f"{name} must be at least 0, not {value}")
-        if not 0 <= self.holdout < 1:
-            raise ClipsaeError(f"--holdout must be in [0, 1), not {self.holdout}")
-        if not self.checkpoint_minutes > 0:
-            raise ClipsaeError(f"--checkpoint-minutes must be positive, not {self.checkpoint_minutes}")
-        if self.lr is not None and not self.lr > 0:
-            raise ClipsaeError(f"--lr must be positive, not {self.lr}")
-        if self.precision not in PRECISIONS:
-            raise ClipsaeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        super().__post_init__()
+        if self.steps < 1:
+            raise ClipsaeError(f"--steps must be at least 1, not {self.steps}")
         if not self.saes:
             raise ClipsaeError("a run needs at least one SAE")
 
@@ -97,10 +117,6 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The settings that decide the result (not where logs go or how often it checkpoints)."""
-        return {
-            "store": str(absolute(self.store)), "store_images": self.store_images, "hook": self.hook, "tokens": self.tokens,
-            "saes": [s.to_json() for s in self.saes], "steps": self.steps, "batch_size": self.batch_size,
-            "lr": self.lr, "precision": self.precision, "seed": self.seed, "holdout": self.holdout, "warmup_steps": self.warmup_steps,
-            "decay_fraction": self.decay_fraction, "clip": self.clip, "dead_tokens": self.dead_tokens,
-            "resample_every": self.resample_every, "buffer_rows": self.buffer_rows, "scale_rows": self.scale_rows,
-        }
+        return {"store": str(absolute(self.store)), "store_images": self.store_images, "hook": self.hook,
+                "tokens": self.tokens, "saes": [s.to_json() for s in self.saes], "steps": self.steps,
+                **options.identity(self)}

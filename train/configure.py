@@ -7,20 +7,22 @@ ClipsaeError before a file is written, and anything surprising but allowed becom
 import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from clipsae.errors import ClipsaeError
 from clipsae.store.reader import ActivationStore
 from clipsae.train import archs
-from clipsae.train.config import DEFAULT_BATCH, DEFAULT_DEAD_TOKENS, DEFAULT_WARMUP, TrainConfig
+from clipsae.train.config import DEFAULT_WARMUP, RunSettings, TrainConfig
 from clipsae.train.data import holdout_mask
+from clipsae.train.request import TrainRequest
 from clipsae.train.spec import SAESpec
 
 SWEEP_KEYS = ("arch", "expansion", "k", "l1")
+_REQUEST = {f.name for f in fields(TrainRequest)} - {"store"}
+_SETTINGS = {f.name for f in fields(RunSettings)}
 
 
 @dataclass
@@ -83,29 +85,18 @@ def _sweep_specs(path: Path, defaults: dict, d: int, options: dict) -> list[SAES
 MEANINGFUL_STEPS = DEFAULT_WARMUP
 
 
-def _whole(value: float, option: str) -> int:
-    """A token count given as a float (1e8) → int; fractions and negatives are refused."""
-    if value < 0 or value != int(value):
-        raise ClipsaeError(f"{option} must be a whole number of tokens, at least 0, not {value:g}")
-    return int(value)
-
-
-def configure_training(
-    store: str | Path, hook: str | None = None, tokens: str = "all", arch: str | Sequence[str] = "topk",
-    expansion: str | Sequence[int] = "16", k: str | Sequence[int] = "32", l1: str | Sequence[float] = "5",
-    sweep: str | Path | None = None, lr: float | None = None, batch_size: int = DEFAULT_BATCH,
-    tokens_total: float | None = None, steps: int | None = None, seed: int = 0, device: str = "auto",
-    precision: str | None = None, holdout: float = 0.01, out: str | Path | None = None,
-    warmup_steps: int = DEFAULT_WARMUP, dead_tokens: int = DEFAULT_DEAD_TOKENS, aux_alpha: float = 1 / 32,
-    matryoshka_weighting: str = "uw", resample_every: int = 0, buffer_rows: int = 2**18, loader_threads: int = 2,
-    eval_every: int = 0, eval_rows: int = 2**16, checkpoint_every: int = 0, checkpoint_minutes: float = 10.0,
-    snapshot_every: float = 0,
-    wandb_project: str | None = None,
-) -> TrainingPlan:
-    """Check every option against the store and each other; see ``clipsae train --help`` for their meaning."""
+def configure_training(store: str | Path, **options) -> TrainingPlan:
+    """Check every option (``TrainRequest``'s and ``RunSettings``' fields, by name) against the store and
+    each other; see ``clipsae train --help`` for their meaning."""
     from clipsae.device import resolve_device
 
-    st = ActivationStore.open(store)
+    unknown = set(options) - set(_REQUEST) - set(_SETTINGS)
+    if unknown:
+        raise TypeError(f"configure_training() got unknown options {sorted(unknown)}")
+    req = TrainRequest(store=str(store), **{k: v for k, v in options.items() if k in _REQUEST})
+    run = RunSettings(**{k: v for k, v in options.items() if k in _SETTINGS})
+    hook, tokens, batch_size, steps = req.hook, req.tokens, run.batch_size, req.steps
+    st = ActivationStore.open(req.store)
     if hook is None:
         if len(st.hooks) != 1:
             raise ClipsaeError(f"{store} has hooks {', '.join(st.hooks)}; choose one with --hook")
@@ -114,20 +105,14 @@ def configure_training(
     token_idx = st.token_indices(hook, tokens)
     if st.n_images == 0:
         raise ClipsaeError(f"{store} holds no complete images; run `clipsae extract` first")
-    if not 0 <= holdout < 1:
-        raise ClipsaeError(f"--holdout must be in [0, 1), not {holdout}")
-    if batch_size < 1:
-        raise ClipsaeError(f"--batch-size must be at least 1, not {batch_size}")
-    if aux_alpha < 0:
-        raise ClipsaeError(f"--aux-alpha must be at least 0, not {aux_alpha}")
-    if matryoshka_weighting not in ("uw", "rw"):
-        raise ClipsaeError(f"--matryoshka-weighting must be uw or rw, not {matryoshka_weighting!r}")
-    options = {"aux_alpha": aux_alpha, "matryoshka_weighting": matryoshka_weighting}
-    values = {"arch": arch, "expansion": expansion, "k": k, "l1": l1}
-    specs = _specs(values, d, options) if sweep is None else _sweep_specs(Path(sweep), values, d, options)
+    arch_options = {"aux_alpha": req.aux_alpha, "matryoshka_weighting": req.matryoshka_weighting}
+    values = {"arch": req.arch, "expansion": req.expansion, "k": req.k, "l1": req.l1}
+    specs = (_specs(values, d, arch_options) if req.sweep is None
+             else _sweep_specs(Path(req.sweep), values, d, arch_options))
+    tokens_total = req.tokens_total
     if steps is not None and tokens_total is not None:
         raise ClipsaeError("give --steps or --tokens-total, not both")
-    held = holdout_mask(st.keys(), holdout, seed)
+    held = holdout_mask(st.keys(), run.holdout, run.seed)
     train_rows = int((~held).sum()) * len(token_idx)
     if batch_size > train_rows:
         raise ClipsaeError(f"--batch-size {batch_size} is more than the {train_rows} training rows of {hook} "
@@ -145,20 +130,16 @@ def configure_training(
                      f"steps and SAEs are trained for 10^4-10^5 steps; use --steps {MEANINGFUL_STEPS:,} or more (with "
                      f"{train_rows:,} training rows, {math.ceil(MEANINGFUL_STEPS * batch_size / train_rows):,} passes "
                      f"over them at --batch-size {batch_size}), or a bigger store")
-    if snapshot_every and snapshot_every > steps * batch_size:
-        notes.append(f"--snapshot-every {snapshot_every:g} is more than the run's {steps * batch_size:,} tokens: no snapshot "
+    if run.snapshot_every and run.snapshot_every > steps * batch_size:
+        notes.append(f"--snapshot-every {run.snapshot_every:g} is more than the run's {steps * batch_size:,} tokens: no snapshot "
                      f"will be written")
-    if holdout == 0:
+    if run.holdout == 0:
         notes.append("--holdout 0: no image is held out, so there is no held-out evaluation and no held-out metrics")
-    dev = resolve_device(device)
-    cfg = TrainConfig(
-        store=st.path, store_images=st.n_images, hook=hook, tokens=tokens,
-        out=Path(out) if out is not None else Path("runs") / f"{st.path.name.removesuffix('.zarr')}-{hook}-{tokens}",
-        saes=tuple(specs), steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=str(dev),
-        precision=precision or ("bf16" if dev.type == "cuda" else "fp32"), holdout=holdout, warmup_steps=warmup_steps,
-        dead_tokens=dead_tokens, resample_every=resample_every, buffer_rows=buffer_rows, loader_threads=loader_threads,
-        eval_every=eval_every, eval_rows=eval_rows, checkpoint_every=checkpoint_every,
-        checkpoint_minutes=checkpoint_minutes, snapshot_every=_whole(snapshot_every, "--snapshot-every"),
-        wandb_project=wandb_project,
-    )
+    dev = resolve_device(req.device)
+    settings = {f.name: getattr(run, f.name) for f in fields(RunSettings)}
+    settings["precision"] = run.precision or ("bf16" if dev.type == "cuda" else "fp32")
+    settings["snapshot_every"] = int(run.snapshot_every)
+    out = req.out if req.out is not None else Path("runs") / f"{st.path.name.removesuffix('.zarr')}-{hook}-{tokens}"
+    cfg = TrainConfig(**settings, store=st.path, store_images=st.n_images, hook=hook, tokens=tokens, out=Path(out),
+                      saes=tuple(specs), steps=steps, device=str(dev))
     return TrainingPlan(cfg, st, held, notes)

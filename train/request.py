@@ -1,0 +1,46 @@
+"""What `clipsae train` is asked beside its run settings (train/config.py): the store and hook, which
+SAEs, how long, where. Each field is an option (clipsae/options.py); ``configure_training`` resolves
+them against the store into a TrainConfig."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipsae.options import check, option
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """The options that name what to train and for how long, before the store is read."""
+
+    store: str = option()
+    """Activation store from `clipsae extract`: a folder, s3://… or gs://…."""
+    hook: str | None = option(None, shown_default="the store's only hook")
+    """Hook to train on; may be left out when the store has one hook."""
+    tokens: str = option("all", choices=("cls", "patches", "all"))
+    """Which stored tokens become training rows: cls, patches or all."""
+    arch: str = option("topk")
+    """relu, topk, batchtopk or matryoshka; a comma list sweeps (an empty item is refused)."""
+    expansion: str = option("16")
+    """Latents per input dimension, n = expansion · d; a comma list sweeps."""
+    k: str = option("32")
+    """Active latents per token (TopK family); a comma list sweeps."""
+    l1: str = option("5")
+    """L1 coefficient λ of the relu SAE; a comma list sweeps."""
+    sweep: Path | None = option(None, metavar="FILE")
+    """JSON list of SAEs, e.g. [{"arch": "topk", "k": 32}, {"arch": "relu", "l1": 5}] (keys arch, expansion, k,
+    l1; missing keys take the options' values), instead of the product of the lists."""
+    tokens_total: float | None = option(None, above=0, shown_default="one pass over the training rows")
+    """Training tokens, rounded up to whole batches (said in a note); refused below one batch."""
+    steps: int | None = option(None, at_least=1, shown_default="from --tokens-total")
+    """Training steps, instead of --tokens-total."""
+    device: str = option("auto")
+    """cuda, cuda:N, cpu, or auto (cuda when there is one)."""
+    out: Path | None = option(None, shown_default="runs/<store>-<hook>-<tokens>")
+    """Run directory."""
+    aux_alpha: float = option(1 / 32, at_least=0, shown_default="1/32")
+    """AuxK loss weight α (TopK family)."""
+    matryoshka_weighting: str = option("uw", choices=("uw", "rw"))
+    """Matryoshka level weights: uw uniform, rw reverse-linear."""
+
+    def __post_init__(self):
+        check(self)
