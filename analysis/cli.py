@@ -9,6 +9,7 @@ import click
 
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
 from clipsae.slurm import slurm_config, slurm_options
+from clipsae.store.layout import TOKEN_MODES
 from clipsae.store.location import absolute
 from clipsae.train.formats import SAE_FORMAT
 
@@ -24,7 +25,7 @@ from clipsae.train.formats import SAE_FORMAT
                    "standardised activations that did not ship their statistics (CLIP-Scope, early saev).")
 @click.option("--name", default=None, help="Name of the cached codes [default: the SAE folder's name].")
 @click.option("--hook", default=None, help="Hook to encode [default: the SAE's, or the store's only hook of its width].")
-@click.option("--tokens", type=click.Choice(["cls", "patches", "all"]), default=None,
+@click.option("--tokens", type=click.Choice(TOKEN_MODES), default=None,
               help="Tokens to encode [default: those the SAE was trained on, else all].")
 @click.option("--max-active", type=int, default=None,
               help="Latents kept per token [default: k for TopK SAEs, else 64]; the count cut is reported.")

@@ -27,7 +27,6 @@ from clipsae.workers import worker_slot
 
 DEFAULT_MAX_ACTIVE = 64
 DEFAULT_BATCH_ROWS = 8192
-TOKENS = ("cls", "patches", "all")
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,8 @@ class EncodeConfig:
             raise ClipsaeError(f"--max-active must be at least 1, not {self.max_active}")
         if self.input_norm not in input_norm.CHOICES:
             raise ClipsaeError(f"--input-norm must be one of {', '.join(input_norm.CHOICES)}, not {self.input_norm!r}")
-        if self.tokens is not None and self.tokens not in TOKENS:
-            raise ClipsaeError(f"--tokens must be one of {', '.join(TOKENS)}, not {self.tokens!r}")
+        if self.tokens is not None and self.tokens not in layout.TOKEN_MODES:
+            raise ClipsaeError(f"--tokens must be one of {', '.join(layout.TOKEN_MODES)}, not {self.tokens!r}")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")
                                       or self.name.endswith(codes_store.ANALYSIS_SUFFIX)):
             raise ClipsaeError(f"--name {self.name!r} is not a usable codes name (a plain folder name)")

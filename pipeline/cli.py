@@ -5,9 +5,9 @@ import os
 import click
 
 from clipsae.errors import ClipsaeError
-from clipsae.pipeline.config import PRECISIONS, TOKEN_MODES, ExtractConfig, ModelConfig, parse_layers
+from clipsae.pipeline.config import PRECISIONS, ExtractConfig, ModelConfig, parse_layers
 from clipsae.slurm import slurm_config, slurm_options
-from clipsae.store.layout import COMPRESSIONS, DTYPES
+from clipsae.store.layout import COMPRESSIONS, DTYPES, TOKEN_MODES
 from clipsae.store.location import absolute
 
 

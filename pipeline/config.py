@@ -5,8 +5,6 @@ from dataclasses import dataclass
 from clipsae.errors import ClipsaeError
 from clipsae.store.layout import COMPRESSIONS, DTYPES
 
-TOKEN_MODES = ("cls", "patches", "all")
-
 
 @dataclass(frozen=True)
 class ModelConfig:

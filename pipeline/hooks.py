@@ -17,7 +17,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from clipsae.errors import ClipsaeError
-from clipsae.pipeline.config import TOKEN_MODES
+from clipsae.store.layout import TOKEN_MODES
 
 VIT_NAMED = ("ln_pre", "ln_post", "embed")
 RESNET_NAMED = ("layer1", "layer2", "layer3", "layer4", "attnpool")

@@ -24,6 +24,8 @@ EXTRACT_HOOK_NAME = re.compile(r"resid\.\d+|ln_pre|ln_post|embed|layer[1-4]|attn
 TARGET_CHUNK_BYTES = 8 * 2**20
 DTYPES = ("float16", "float32")
 COMPRESSIONS = ("none", "zstd")
+# Which of a hook's stored tokens a command reads (or extract keeps): the CLS token, the patches, or all.
+TOKEN_MODES = ("cls", "patches", "all")
 
 
 def chunk_rows(n_tokens: int, d: int, itemsize: int, target_bytes: int = TARGET_CHUNK_BYTES,

@@ -193,7 +193,7 @@ class ActivationStore:
             if n == 1:
                 raise ClipsaeError(f"hook {hook} in {self.path} has one token per image (CLS or pooled), no patches; use --tokens cls or all")
             return np.arange(int(lay.cls_token), n)
-        raise ClipsaeError(f"tokens must be cls, patches or all, not {tokens!r}")
+        raise ClipsaeError(f"tokens must be one of {', '.join(layout.TOKEN_MODES)}, not {tokens!r}")
 
     def array(self, hook: str, part: int) -> zb.Array:
         """The array of ``hook`` in the ``part``-th complete part."""

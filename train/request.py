@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipsae.options import check, option
+from clipsae.store.layout import TOKEN_MODES
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class TrainRequest:
     """Activation store from `clipsae extract`: a folder, s3://… or gs://…."""
     hook: str | None = option(None, shown_default="the store's only hook")
     """Hook to train on; may be left out when the store has one hook."""
-    tokens: str = option("all", choices=("cls", "patches", "all"))
+    tokens: str = option("all", choices=TOKEN_MODES)
     """Which stored tokens become training rows: cls, patches or all."""
     arch: str = option("topk")
     """relu, topk, batchtopk or matryoshka; a comma list sweeps (an empty item is refused)."""
