@@ -20,6 +20,7 @@ from clipsae.errors import ClipsaeError
 from clipsae.store import codes as codes_store
 from clipsae.store import layout
 from clipsae.store.codes import CodesPartWriter, PartSums
+from clipsae.store.parts import COMPLETE, DAMAGED, scan_parts
 from clipsae.store.reader import ActivationStore
 from clipsae.train.load import load_sae
 from clipsae.train.model import SparseAutoencoder
@@ -77,13 +78,17 @@ class EncodeResult:
     images: int = 0
     tokens_capped: int = 0
     warning: str | None = None  # the hook was chosen against what the SAE records (see _choose_hook)
+    damaged_redone: list[str] = field(default_factory=list)
 
     def summary(self, store) -> str:
         """One line for people: what was encoded, and how many token rows the cap cut."""
         capped = (f"; {self.tokens_capped} token rows had more active latents than the cap (see --max-active)"
                   if self.tokens_capped else "")
+        damaged = (f"; {len(self.damaged_redone)} part(s) whose codes metadata was damaged encoded again "
+                   f"({', '.join(self.damaged_redone[:3])})" if self.damaged_redone else "")
         return (f"encoded {self.images} images ({len(self.parts_written)} parts written, {len(self.parts_skipped)} "
-                f"already done) of hook {self.hook} ({self.tokens} tokens) as codes {self.name!r} in {store}{capped}")
+                f"already done) of hook {self.hook} ({self.tokens} tokens) as codes {self.name!r} in {store}{capped}"
+                f"{damaged}")
 
 
 def _choose_hook(store: ActivationStore, sae: SparseAutoencoder, asked: str | None) -> tuple[str, str | None]:
@@ -209,9 +214,13 @@ def run_encode(cfg: EncodeConfig) -> EncodeResult:
     store, sae, positions, width, path = o.store, o.sae, o.positions, o.width, o.path
     name = cfg.codes_name
     result = EncodeResult(name, o.hook, o.tokens, warning=o.warning)
-    done = codes_store.complete_code_parts(path)
+    states = scan_parts(path / layout.PARTS)
+    done = {p.name for p in states if p.state == COMPLETE}
     mine = list(range(len(store.parts)))[index::n_workers]
     todo = [i for i in mine if store.parts[i].name not in done]
+    # Codes are derived data: a part whose metadata was damaged is encoded again, and said so.
+    damaged = {p.name for p in states if p.state == DAMAGED}
+    result.damaged_redone = [store.parts[i].name for i in todo if store.parts[i].name in damaged]
     result.parts_skipped = [store.parts[i].name for i in mine if store.parts[i].name in done]
     images_per_batch = max(1, cfg.batch_size // len(positions))
     total = sum(store.parts[i].n_images for i in todo)

@@ -30,7 +30,8 @@ from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.location import is_remote, store_path
-from clipsae.store.reader import ActivationStore, list_dirs, read_metadata_many, recorded_checksums
+from clipsae.store.parts import COMPLETE, list_dirs, scan_parts
+from clipsae.store.reader import ActivationStore, recorded_checksums
 from clipsae.store.writer import ArrayAppender, config_differences, writer_identity
 
 CODES = "codes"
@@ -94,10 +95,7 @@ def open_codes(store: str | Path, name: str, identity: dict, provenance: dict) -
 
 def complete_code_parts(path: Path) -> set[str]:
     """Names of the codes parts under ``codes/<name>`` that carry the complete marker."""
-    parts = path / layout.PARTS
-    names = list_dirs(parts)
-    metas = read_metadata_many([parts / n for n in names])
-    return {n for n, meta in zip(names, metas) if (zb.attributes_of(meta) or {}).get(layout.COMPLETE) is True}
+    return {p.name for p in scan_parts(path / layout.PARTS) if p.state == COMPLETE}
 
 
 @dataclass

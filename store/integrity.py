@@ -8,7 +8,8 @@ import numpy as np
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.codes import codes_dir, codes_names
-from clipsae.store.reader import ActivationStore, list_dirs, recorded_checksums
+from clipsae.store.parts import COMPLETE, DAMAGED, scan_parts
+from clipsae.store.reader import ActivationStore, recorded_checksums
 
 
 @dataclass
@@ -98,12 +99,12 @@ def _check_codes(store: ActivationStore, report: VerifyReport) -> None:
     for name in codes_names(store.path):
         parts = codes_dir(store.path, name) / layout.PARTS
         complete = 0
-        for part in (parts / n for n in list_dirs(parts)):
-            attrs = zb.read_attributes(part)
-            if attrs is None:
+        for state in scan_parts(parts):
+            part, attrs = parts / state.name, state.attrs
+            if state.state == DAMAGED:
                 report.codes_problem(name, part.name, f"its metadata ({zb.META}) is unreadable")
                 continue
-            if attrs.get(layout.COMPLETE) is not True:
+            if state.state != COMPLETE:
                 continue
             complete += 1
             for array in attrs.get(layout.CHUNKS, {}):

@@ -13,7 +13,8 @@ from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.layout import HookLayout
-from clipsae.store.location import check_reachable, is_remote, store_path
+from clipsae.store.location import check_reachable, store_path
+from clipsae.store.parts import COMPLETE, DAMAGED, IN_PROGRESS, INTERRUPTED, scan_parts
 from clipsae.store.stats import HookStats
 
 
@@ -50,18 +51,6 @@ class RowBlock:
     acts_MD: np.ndarray
 
 
-def list_dirs(path: Path) -> list[str]:
-    """Names of the folders in ``path`` (none when it does not exist), sorted."""
-    if is_remote(path):
-        # One listing says which entries are prefixes; asking each entry would cost a request each.
-        try:
-            entries = path.fs.ls(path.path, detail=True)
-        except FileNotFoundError:
-            return []
-        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
-    return sorted(x.name for x in path.iterdir() if x.is_dir()) if path.is_dir() else []
-
-
 def recorded_checksums(attrs: dict, array: str) -> list[int] | None:
     """The CRC32C of each chunk of ``array`` that a part (or codes part) recorded, or None where
     it recorded none (parts written before store format 2, and their keys and labels)."""
@@ -69,34 +58,12 @@ def recorded_checksums(attrs: dict, array: str) -> list[int] | None:
     return None if record is None else [int(c) for c in record["crc32c"]]
 
 
-def read_metadata_many(nodes: list[Path]) -> list[dict | None]:
-    """Each node's ``zarr.json`` (None where missing or torn); remote ones 16 at a time, since
-    each read is a round trip."""
-    if not nodes or not is_remote(nodes[0]):
-        return [zb.read_metadata(n) for n in nodes]
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(zb.read_metadata, nodes))
-
-
 def _scan_parts(path: Path) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
-    """(complete (name, attrs) sorted by name, incomplete names, names whose metadata is unreadable)."""
-    parts_dir = path / layout.PARTS
-    names = list_dirs(parts_dir)
-    metas = read_metadata_many([parts_dir / n for n in names])
-    complete, incomplete, damaged = [], [], []
-    for name, meta in zip(names, metas):
-        if meta is None and not zb.is_node(parts_dir / name):
-            incomplete.append(name)  # a writer died before the part's metadata existed
-            continue
-        attrs = zb.attributes_of(meta)
-        if attrs is None:
-            # Metadata files are replaced atomically, so an unreadable one was damaged afterwards.
-            damaged.append(name)
-        elif attrs.get(layout.COMPLETE) is True:
-            complete.append((name, attrs))
-        else:
-            incomplete.append(name)
-    return complete, incomplete, damaged
+    """(complete (name, attrs) sorted by name, names in progress or interrupted, damaged names)."""
+    states = scan_parts(path / layout.PARTS)
+    return ([(p.name, p.attrs) for p in states if p.state == COMPLETE],
+            [p.name for p in states if p.state in (IN_PROGRESS, INTERRUPTED)],
+            [p.name for p in states if p.state == DAMAGED])
 
 
 def complete_parts(path: str | Path) -> set[str]:

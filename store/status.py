@@ -1,25 +1,21 @@
-"""Where the work on a store stands: each part complete, in progress or missing, and which task owns it.
+"""Where the work on a store stands: each part complete, in progress, interrupted, damaged or missing
+(store/parts.py says which is which), and which task owns it.
 
 Activation parts are expected from the recorded plan (``extract --slurm-array``) or from a tar
-list the caller gives; codes parts are expected for every complete store part. A part without
-its ``complete`` marker is being written or was interrupted: its ``started_by`` record says by
-whom, and a process on this host that no longer runs is reported as interrupted.
+list the caller gives; codes parts are expected for every complete store part.
 """
 
-import os
-import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clipsae.store import layout
-from clipsae.store import zarr_backend as zb
 from clipsae.store.codes import CODES, codes_names
 from clipsae.store.location import store_path
+from clipsae.store.parts import COMPLETE, DAMAGED, IN_PROGRESS, INTERRUPTED, scan_parts
 from clipsae.store.plan import read_plan
-from clipsae.store.reader import list_dirs, read_metadata_many
 
-COMPLETE, IN_PROGRESS, INTERRUPTED, MISSING = "complete", "in progress", "interrupted", "missing"
+MISSING = "missing"
 
 
 @dataclass(frozen=True)
@@ -32,31 +28,8 @@ class PartStatus:
     started_by: dict | None = None
 
 
-def _alive(started_by: dict | None) -> bool | None:
-    """Whether the writer still runs: known only for a process on this host."""
-    if not started_by or started_by.get("host") != socket.gethostname():
-        return None
-    try:
-        os.kill(int(started_by["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return None
-    return True
-
-
 def _scan(parts_dir: Path) -> dict[str, PartStatus]:
-    found = {}
-    names = list_dirs(parts_dir)
-    for name, meta in zip(names, read_metadata_many([parts_dir / n for n in names])):
-        attrs = zb.attributes_of(meta) or {}
-        if attrs.get(layout.COMPLETE) is True:
-            found[name] = PartStatus(name, COMPLETE)
-            continue
-        started = attrs.get(layout.STARTED_BY)
-        state = INTERRUPTED if _alive(started) is False else IN_PROGRESS
-        found[name] = PartStatus(name, state, started_by=started)
-    return found
+    return {p.name: PartStatus(p.name, p.state, started_by=p.started_by) for p in scan_parts(parts_dir)}
 
 
 def _owned(expected: list[str], n_tasks: int | None) -> dict[str, int | None]:
@@ -112,10 +85,11 @@ def _describe(p: dict) -> str:
 
 
 def _section(title: str, parts: list[dict], expected_known: bool, plan: dict | None) -> list[str]:
-    by_state = {s: [p for p in parts if p["state"] == s] for s in (COMPLETE, IN_PROGRESS, INTERRUPTED, MISSING)}
+    by_state = {s: [p for p in parts if p["state"] == s] for s in (COMPLETE, IN_PROGRESS, INTERRUPTED, DAMAGED, MISSING)}
     total = len(parts) if expected_known else None
     head = f"{title}: {len(by_state[COMPLETE])}" + (f" of {total}" if total is not None else "") + " parts complete"
     head += f", {len(by_state[IN_PROGRESS])} in progress, {len(by_state[INTERRUPTED])} interrupted"
+    head += f", {len(by_state[DAMAGED])} damaged" if by_state[DAMAGED] else ""
     head += f", {len(by_state[MISSING])} missing" if expected_known else " (parts not begun are unknown: no plan; pass --shards)"
     lines = [head]
     if plan:
@@ -123,6 +97,8 @@ def _section(title: str, parts: list[dict], expected_known: bool, plan: dict | N
         lines.append(f"  plan: {plan.get('n_tasks')} array tasks{job}, logs in {plan.get('logs')}")
     for state in (IN_PROGRESS, INTERRUPTED):
         lines += [f"  {state}: {_describe(p)}" for p in by_state[state]]
+    lines += [f"  damaged: {p['name']} (its metadata is unreadable; `clipsae store verify` says what to rebuild)"
+              for p in by_state[DAMAGED]]
     if by_state[MISSING]:
         names = [p["name"] for p in by_state[MISSING]]
         lines.append(f"  missing: {', '.join(names[:20])}" + (f" … (+{len(names) - 20})" if len(names) > 20 else ""))
