@@ -8,46 +8,29 @@ from pathlib import Path
 import click
 
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
+from clipsae.analysis.encode_config import EncodeConfig
+from clipsae.options import click_options
 from clipsae.slurm import slurm_config, slurm_options
-from clipsae.store.layout import TOKEN_MODES
 from clipsae.store.location import absolute
-from clipsae.train.formats import SAE_FORMAT
 
 
 @click.command("encode")
-@click.option("--store", "store_path", required=True, help="Activation store: a folder, s3://bucket/… or gs://bucket/….")
-@click.option("--sae", "sae_path", required=True, type=click.Path(path_type=Path),
-              help="An SAE: a `clipsae train` folder, or one published by SAELens, sparsify, dictionary_learning, "
-                   "ViT-Prisma, saev, CLIP-Scope or MSAE (detected from the files); hf-hub:ORG/REPO[/PATH] downloads one.")
-@SAE_FORMAT
-@click.option("--input-norm", type=click.Choice(["none", "store"]), default="none", show_default=True,
-              help="store: standardise each dimension with the store's mean and std first, for SAEs trained on "
-                   "standardised activations that did not ship their statistics (CLIP-Scope, early saev).")
-@click.option("--name", default=None, help="Name of the cached codes [default: the SAE folder's name].")
-@click.option("--hook", default=None, help="Hook to encode [default: the SAE's, or the store's only hook of its width].")
-@click.option("--tokens", type=click.Choice(TOKEN_MODES), default=None,
-              help="Tokens to encode [default: those the SAE was trained on, else all].")
-@click.option("--max-active", type=int, default=None,
-              help="Latents kept per token [default: k for TopK SAEs, else 64]; the count cut is reported.")
-@click.option("--batch-size", type=int, default=8192, show_default=True, help="Token rows per SAE forward pass.")
-@click.option("--device", default="auto", show_default=True, help="cuda, cuda:N, cpu, or auto (cuda when there is one).")
-@click.option("--num-workers", type=int, default=None, help="Jobs sharing the store (default: SLURM_ARRAY_TASK_COUNT, else 1).")
-@click.option("--worker-index", type=int, default=None, help="This job's index (default: SLURM_ARRAY_TASK_ID, else 0).")
+@click_options(EncodeConfig)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @slurm_options(array=True)
-def encode_cmd(store_path, sae_path, sae_format, input_norm, name, hook, tokens, max_active, batch_size, device, num_workers, worker_index, quiet,
-               slurm_array, **slurm):
+def encode_cmd(quiet, slurm_array, **options):
     """Encode a store's activations with an SAE and cache the codes in the store.
 
     With --slurm-array N, the codes group is created here and N Slurm array tasks share the parts.
     """
-    from clipsae.analysis.encode import EncodeConfig, run_encode
+    from clipsae.analysis.encode import run_encode
 
+    slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
+    store_path, sae_path = options.pop("store"), options.pop("sae")
     # Absolute, so that jobs started elsewhere (Slurm tasks) read and write the same files.
     # Hub ids stay as they are; a local SAE is made absolute like the store.
     sae = sae_path if str(sae_path).startswith("hf-hub:") else sae_path.absolute()
-    cfg = EncodeConfig(absolute(store_path), sae, name, hook, tokens, device, batch_size, max_active,
-                       num_workers, worker_index, progress=not quiet, sae_format=sae_format, input_norm=input_norm)
+    cfg = EncodeConfig(absolute(store_path), sae, progress=not quiet, **options)
     if slurm_array is not None:
         from clipsae.analysis.encode_submit import submit_encode
 

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from clipsae.analysis import input_norm
+from clipsae.analysis.encode_config import DEFAULT_MAX_ACTIVE, EncodeConfig
 from clipsae.analysis.pooling import pool_batch, reconstruction_sums
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
@@ -25,45 +26,6 @@ from clipsae.store.reader import ActivationStore
 from clipsae.train.load import load_sae
 from clipsae.train.model import SparseAutoencoder
 from clipsae.workers import worker_slot
-
-DEFAULT_MAX_ACTIVE = 64
-DEFAULT_BATCH_ROWS = 8192
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    """What ``clipsae encode`` was asked; checks its own values when made."""
-
-    store: Path
-    sae: Path
-    name: str | None = None
-    hook: str | None = None
-    tokens: str | None = None
-    device: str = "auto"
-    batch_size: int = DEFAULT_BATCH_ROWS
-    max_active: int | None = None
-    num_workers: int | None = None
-    worker_index: int | None = None
-    progress: bool = True
-    sae_format: str | None = None  # None: detected from the SAE's files
-    input_norm: str = "none"  # "store": standardise each dimension with the store's statistics (input_norm.py)
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise ClipsaeError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.max_active is not None and self.max_active < 1:
-            raise ClipsaeError(f"--max-active must be at least 1, not {self.max_active}")
-        if self.input_norm not in input_norm.CHOICES:
-            raise ClipsaeError(f"--input-norm must be one of {', '.join(input_norm.CHOICES)}, not {self.input_norm!r}")
-        if self.tokens is not None and self.tokens not in layout.TOKEN_MODES:
-            raise ClipsaeError(f"--tokens must be one of {', '.join(layout.TOKEN_MODES)}, not {self.tokens!r}")
-        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")
-                                      or self.name.endswith(codes_store.ANALYSIS_SUFFIX)):
-            raise ClipsaeError(f"--name {self.name!r} is not a usable codes name (a plain folder name)")
-
-    @property
-    def codes_name(self) -> str:
-        return self.name or Path(self.sae).resolve().name
 
 
 @dataclass

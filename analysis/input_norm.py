@@ -12,8 +12,6 @@ from clipsae.errors import ClipsaeError
 from clipsae.store.reader import ActivationStore
 from clipsae.train.model import SparseAutoencoder
 
-CHOICES = ("none", "store")
-
 
 def store_statistics(store: ActivationStore, hook: str, tokens: str) -> dict:
     """{"mean": μ, "std": σ} per dimension (lists of floats) over the rows of ``hook``'s ``tokens``."""

@@ -110,8 +110,6 @@ def click_options(cls):
     def decorate(fn):
         for f in reversed(cli_fields(cls)):
             kind, is_flag = _kind(hints[f.name])
-            if f.name == "store":
-                kind = str
             if kind is None and not is_flag:
                 kind = click.Path(path_type=Path)
             help_text = docs.get(f.name, "")

@@ -29,6 +29,7 @@ import numpy as np
 from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
+from clipsae.store.layout import ANALYSIS_SUFFIX
 from clipsae.store.location import is_remote, store_path
 from clipsae.store.parts import COMPLETE, list_dirs, scan_parts
 from clipsae.store.reader import ActivationStore, recorded_checksums
@@ -37,7 +38,6 @@ from clipsae.store.writer import ArrayAppender, config_differences, writer_ident
 CODES = "codes"
 ATTR = "clipsae_codes"
 FORMAT_VERSION = 1
-ANALYSIS_SUFFIX = "-analysis"
 
 TOKEN_ARRAYS = {"token_latents": "int32", "token_values": "float32", "token_active": "int32"}
 IMAGE_ARRAYS = {"image_latents": "int32", "image_max": "float32", "image_argmax": "int32", "image_sum": "float32",

@@ -24,6 +24,7 @@ EXTRACT_HOOK_NAME = re.compile(r"resid\.\d+|ln_pre|ln_post|embed|layer[1-4]|attn
 TARGET_CHUNK_BYTES = 8 * 2**20
 DTYPES = ("float16", "float32")
 COMPRESSIONS = ("none", "zstd")
+ANALYSIS_SUFFIX = "-analysis"  # codes/<name>-analysis: where analyses of codes <name> write by default
 # Which of a hook's stored tokens a command reads (or extract keeps): the CLS token, the patches, or all.
 TOKEN_MODES = ("cls", "patches", "all")
 

@@ -29,7 +29,8 @@ def _modules_after(argv: list[str]) -> tuple[int, list[str], str]:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["extract", "--help"], ["train", "--help"], ["store", "info", "--help"],
-                                  ["sae", "info", "--help"], ["shards", "make", "--help"], ["demo", "--help"]])
+                                  ["sae", "info", "--help"], ["shards", "make", "--help"], ["demo", "--help"],
+                                  ["encode", "--help"]])
 def test_help_imports_no_heavy_library(argv):
     rc, heavy, _ = _modules_after(argv)
     assert rc == 0 and heavy == []
