@@ -18,9 +18,7 @@ from clipsae.store.writer import write_store
 from tests.analysis.helpers import make_store, sae_weights, saelens_dir
 from tests.conftest import assert_same_store, submitted_job, wait_until
 
-# One cluster per test process: under pytest-xdist these tests all run on the same worker.
-pytestmark = pytest.mark.xdist_group("slurm")
-
+# One cluster per test process: pytest-xdist's --dist loadfile (pyproject.toml) runs this file on one worker.
 EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--quiet"]
 
 
