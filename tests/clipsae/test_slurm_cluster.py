@@ -3,8 +3,10 @@ process, a killed task is finished by the same command, a signalled training job
 and ends exactly, and a submission sbatch refuses leaves nothing behind."""
 
 import json
+import math
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -95,7 +97,11 @@ def test_a_training_job_signalled_by_scancel_is_requeued_and_ends_exactly(on_slu
         return got[:1] == ["PENDING"]
 
     wait_until(pending_after_requeue, "Slurm to requeue the job")
-    # A requeued job waits in BeginTime for minutes; an operator may release it at once.
+    # A requeued job waits in BeginTime for minutes; an operator may release it. Not within the second
+    # of the requeue: slurmd revokes the killed run's credential by the second, and a new start inside
+    # that second is refused as "Job credential revoked" and the job ended.
+    requeued_at = time.time()
+    wait_until(lambda: time.time() > math.floor(requeued_at) + 1.5, "the second of the requeue to pass")
     on_slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     wait_until(lambda: (out / "sae_weights.safetensors").is_file() and _job_gone_or_done(on_slurm, job),
                "the requeued job to finish")
