@@ -115,6 +115,16 @@ def _store_key(key: str) -> str:
     return key[: -len(next(s for s in IMAGE_SUFFIXES if low.endswith(s)))] if low.endswith(IMAGE_SUFFIXES) else key
 
 
+def from_options(store: ActivationStore, csv_path: Path | None, json_fields: str | None, shards: Path | None = None,
+                 needed_by: str = "") -> Attributes:
+    """The attributes ``--attributes FILE`` or ``--attributes-json a,b`` name (exactly one of them)."""
+    if (csv_path is None) == (json_fields is None):
+        raise ClipsaeError(f"{needed_by}give --attributes FILE or --attributes-json FIELDS (one of them)")
+    if csv_path is not None:
+        return from_csv(store, csv_path)
+    return from_tars(store, [f.strip() for f in json_fields.split(",") if f.strip()], shards)
+
+
 def from_csv(store: ActivationStore, path: Path) -> Attributes:
     """Attributes from a CSV whose ``key`` (or ``__key__``, else first) column names each image."""
     try:

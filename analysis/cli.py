@@ -242,11 +242,9 @@ def intervene_cmd(store_path, codes_name, out, edit, ablate_probe, where, keep_t
         raise ClipsaeError(f"--keep-top must be comma-separated integers, not {keep_top!r}") from None
     group = None
     if group_by:
-        from clipsae.analysis.attributes import from_csv, from_tars
+        from clipsae.analysis.attributes import from_options
 
-        if (attributes_csv is None) == (attributes_json is None):
-            raise ClipsaeError("--group-by needs --attributes FILE or --attributes-json FIELD (one of them)")
-        attrs = from_csv(t.store, attributes_csv) if attributes_csv else from_tars(t.store, [attributes_json], shards)
+        attrs = from_options(t.store, attributes_csv, attributes_json, shards, needed_by="--group-by: ")
         if group_by not in attrs.names:
             raise ClipsaeError(f"--group-by {group_by!r} is not among the attributes ({', '.join(attrs.names)})")
         group = (group_by, attrs.values_AI[attrs.names.index(group_by)])
@@ -270,16 +268,12 @@ def intervene_cmd(store_path, codes_name, out, edit, ablate_probe, where, keep_t
               help="Firings held in memory at once; more features than fit cost more passes over the codes.")
 def probe_cmd(store_path, codes_name, out, attributes_csv, attributes_json, shards, by, top, max_entries):
     """Each feature as a one-feature probe of each attribute: AUROC and best F1, or Pearson and Spearman (probe.csv)."""
-    from clipsae.analysis.attributes import from_csv, from_tars
+    from clipsae.analysis.attributes import from_options
     from clipsae.analysis.commands import Target
     from clipsae.analysis.probe import run_probe
-    from clipsae.errors import ClipsaeError
 
-    if (attributes_csv is None) == (attributes_json is None):
-        raise ClipsaeError("give --attributes FILE or --attributes-json FIELDS (one of them)")
     t = Target.open(store_path, codes_name, out)
-    attrs = (from_csv(t.store, attributes_csv) if attributes_csv is not None
-             else from_tars(t.store, [f.strip() for f in attributes_json.split(",") if f.strip()], shards))
+    attrs = from_options(t.store, attributes_csv, attributes_json, shards)
     for line in run_probe(t, attrs, by, top, max_entries):
         click.echo(line)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from clipsae.analysis.edits import Edit
 from clipsae.analysis.joint_space import directions_to_joint
-from clipsae.analysis.splice import POOLED, replaced
+from clipsae.analysis.splice import POOLED, model_positions, replaced
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks, tower_kind
 from clipsae.train.codes import SparseCodes, row_offsets
@@ -87,15 +87,13 @@ def intervened(sae: SparseAutoencoder, x_NPD: torch.Tensor, change: Change, posi
     return (flat + delta).to(x_NPD.dtype).reshape(x_NPD.shape)
 
 
-def check_hook(visual: nn.Module, hook: str, where: str) -> None:
-    """One line where the model cannot be re-run from ``hook`` or ``where`` makes no sense there."""
-    kind = tower_kind(visual)
-    runnable = hook in POOLED or hook.startswith("resid.") or (kind == "resnet" and hook.startswith("layer"))
-    if not runnable:
-        raise ClipsaeError(f"the model cannot be re-run from hook {hook}; intervene reads resid.L, layerN, ln_post, "
-                           f"embed and attnpool codes")
-    if where in ("cls", "patches") and kind == "resnet" and hook not in POOLED:
+def edited_positions(visual: nn.Module, store, codes, where: str) -> np.ndarray:
+    """The model's token indices of the codes' tokens (see splice's ``model_positions``, which refuses a
+    hook the model cannot be re-run from); one line where ``where`` makes no sense at the hook."""
+    positions = model_positions(visual, store, codes)
+    if where in ("cls", "patches") and tower_kind(visual) == "resnet" and codes.hook not in POOLED:
         raise ClipsaeError(f"--where {where}: a ResNet feature map has no CLS token; use --where all or firing")
+    return positions
 
 
 @torch.no_grad()

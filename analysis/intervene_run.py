@@ -36,11 +36,7 @@ class Selection:
         if self.n < 1:
             raise ClipsaeError(f"--first must be at least 1, not {self.n}")
         if self.keys:
-            index = {str(k): i for i, k in enumerate(t.store.keys())}
-            missing = [k for k in self.keys if k not in index]
-            if missing:
-                raise ClipsaeError(f"{t.store.path} holds no image with key {missing[0]!r}")
-            return np.array([index[k] for k in self.keys])
+            return t.store.images_of(self.keys)
         if self.top_of is not None:
             from clipsae.analysis.top_images import top_images
 
@@ -82,7 +78,6 @@ def run_intervene(t, edit: str | None, where: str, keep_top: tuple[int, ...], se
     from clipsae.analysis.images import iter_image_batches
     from clipsae.analysis.query import store_clip
     from clipsae.analysis.random_weights import WARNING, model_has_random_weights
-    from clipsae.pipeline.hooks import tower_kind
 
     if where not in iv.WHERE:
         raise ClipsaeError(f"--where must be one of {', '.join(iv.WHERE)}, not {where!r}")
@@ -97,10 +92,7 @@ def run_intervene(t, edit: str | None, where: str, keep_top: tuple[int, ...], se
     clip = store_clip(t.codes, choice)
     visual = clip.vision.visual
     hook = t.codes.hook
-    iv.check_hook(visual, hook, where)
-    positions = t.codes.token_positions
-    if hook not in iv.POOLED and tower_kind(visual) == "vit" and not t.store.layout(hook).cls_token:
-        positions = positions + 1  # a store of patches only numbers them from 0; the model's CLS is 0
+    positions = iv.edited_positions(visual, t.store, t.codes, where)
     names = class_names(t.store, classes, shards)
     texts = ([c.strip() for c in contrast.split("|")] if contrast else [])
     if contrast and (len(texts) != 2 or not all(texts)):

@@ -145,10 +145,7 @@ def build_query(t, req: SearchRequest, by: str, choice) -> tuple[Query, list[str
         note = model_query.model_has_random_weights_note(codes)
         return weights_query({f: float(scores[f]) for f in top}, codes.d_sae), lines + ([note] if note else []), req.text
     if req.key:
-        where = np.nonzero(t.store.keys() == req.key)[0]
-        if not len(where):
-            raise ClipsaeError(f"{t.store.path} holds no image with key {req.key!r}")
-        image = int(where[0])
+        image = int(t.store.images_of([req.key])[0])
         latents, values = codes.image_values(image, by)
         q = np.zeros(codes.d_sae)
         q[latents] = values

@@ -38,7 +38,20 @@ def _module(visual: nn.Module, hook: str) -> nn.Module:
         return visual.transformer.resblocks[int(hook.removeprefix("resid."))]
     if hook.startswith("layer") and tower_kind(visual) == "resnet":
         return getattr(visual, hook)
-    raise ClipsaeError(f"hook {hook} cannot be spliced; splice reads resid.L, layerN, ln_post, embed and attnpool codes")
+    raise ClipsaeError(f"the model cannot be re-run from hook {hook}; splice and intervene read resid.L, layerN, "
+                       f"ln_post, embed and attnpool codes")
+
+
+def model_positions(visual: nn.Module, store, codes) -> np.ndarray:
+    """The model's token indices of the codes' tokens; refuses, in one line, a hook the model cannot be
+    re-run from. A ViT store of patches only numbers them from 0, where the model's CLS is token 0."""
+    positions = codes.token_positions
+    if codes.hook in POOLED:
+        return positions
+    _module(visual, codes.hook)
+    if tower_kind(visual) == "vit" and not store.layout(codes.hook).cls_token:
+        return positions + 1
+    return positions
 
 
 @contextmanager
@@ -114,11 +127,7 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
     clip = load_clip(cfg)
     clip.model.to(dev)
     visual = clip.vision.visual
-    positions = t.codes.token_positions
-    if hook not in POOLED:
-        _module(visual, hook)
-        if tower_kind(visual) == "vit" and not t.store.layout(hook).cls_token:
-            positions = positions + 1  # a store of patches only numbers them from 0; the model's CLS is 0
+    positions = model_positions(visual, t.store, t.codes)
     sums = t.codes.sums()
     mean_PD = torch.from_numpy(sums.position_x_sum / sums.n_images).float().to(dev)
     chosen = _pick(t.store.n_images, images)

@@ -204,6 +204,14 @@ class ActivationStore:
         """Each image's webdataset ``__key__``, in global order."""
         return self._keys
 
+    def images_of(self, keys) -> np.ndarray:
+        """The global index of the image with each key; one line naming the first key the store lacks."""
+        index = {str(k): i for i, k in enumerate(self._keys)}
+        missing = [k for k in keys if str(k) not in index]
+        if missing:
+            raise ClipsaeError(f"{self.path} holds no image with key {missing[0]!r}")
+        return np.array([index[str(k)] for k in keys], dtype=np.int64)
+
     def labels(self) -> np.ndarray:
         """Each image's integer label, -1 where the shard had none."""
         return self._labels
