@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from clipsae.store import ActivationStore, verify, write_store
+from clipsae.store.codes import Codes, codes_dir
 from clipsae.store.layout import HookLayout
+from clipsae.store.status import store_status
+from tests.conftest import assert_same_store, tree_snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FORMAT1_LAYOUT = {"resid.1": {"cls_token": True, "grid": [2, 2]}, "layer4": {"cls_token": False, "grid": [2, 2]},
@@ -85,3 +88,46 @@ def test_tensorstore_reads_every_array_as_we_do(tmp_path):
         np.testing.assert_array_equal(read(f"parts/{p.name}/labels"), s.labels()[rows])
         keys = [bytes(r).rstrip(b"\0").decode() for r in read(f"parts/{p.name}/keys")]
         assert keys == list(s.keys()[rows])
+
+
+@pytest.fixture
+def format2(tmp_path):
+    """The format-2 fixture (fixtures/README.md): two complete parts with codes, a third left by a killed writer."""
+    shutil.copytree(FIXTURES / "format2", tmp_path / "format2")
+    return tmp_path / "format2"
+
+
+def test_format2_store_reads_and_verifies_with_its_codes(format2):
+    s = ActivationStore.open(format2 / "store.zarr")
+    assert [p.name for p in s.parts] == ["00000", "00001"] and s.incomplete_parts == ["00002"]
+    assert s.hooks == ["resid.6", "embed"] and s.n_images == 8
+    assert list(s.keys()) == [f"img{i:07d}" for i in range(8)]
+    codes = Codes(s, "fx")
+    assert codes.d_sae == 16 and sum(len(v.images_I) for v in codes.iter_images()) == 8
+    r = verify(s)
+    assert r.ok and r.incomplete == ["00002"] and not r.unchecksummed
+    states = {p["name"]: p["state"] for p in store_status(format2 / "store.zarr")["parts"]}
+    assert states["00000"] == states["00001"] == "complete" and states["00002"] in ("in progress", "interrupted")
+
+
+def test_format2_store_resumes_extract_then_encode(format2, tmp_path, run_cli):
+    store = format2 / "store.zarr"
+    before = {p: tree_snapshot(store / "parts" / p) for p in ("00000", "00001")}
+    codes_before = tree_snapshot(codes_dir(store, "fx") / "parts")
+    extract = ["extract", "--model", "ViT-B-32", "--layers", "6,embed", "--tokens", "cls", "--batch-size", "3",
+               "--quiet", "--shards", format2 / "tars"]
+    code, out, err = run_cli(*extract, "--store", store)
+    assert code == 0, err
+    assert "from 1 tars" in out and "skipped 2 finished tars" in out
+    assert {p: tree_snapshot(store / "parts" / p) for p in ("00000", "00001")} == before
+    code, _, err = run_cli(*extract, "--store", tmp_path / "fresh.zarr")
+    assert code == 0, err
+    assert_same_store(store, tmp_path / "fresh.zarr")
+
+    code, out, err = run_cli("encode", "--store", store, "--sae", format2 / "sae", "--name", "fx", "--quiet")
+    assert code == 0, err
+    assert "1 parts written, 2 already done" in out
+    after = tree_snapshot(codes_dir(store, "fx") / "parts")
+    assert {k: v for k, v in after.items() if not k.startswith("00002")} == codes_before
+    s = ActivationStore.open(store)
+    assert verify(s).ok and not s.incomplete_parts and Codes(s, "fx").n_images == 12
