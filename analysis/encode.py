@@ -21,7 +21,7 @@ from clipsae.errors import ClipsaeError
 from clipsae.store import codes as codes_store
 from clipsae.store import layout
 from clipsae.store.codes import CodesPartWriter, PartSums
-from clipsae.store.parts import COMPLETE, DAMAGED, scan_parts
+from clipsae.store.parts import claim
 from clipsae.store.reader import ActivationStore
 from clipsae.train.load import load_sae
 from clipsae.train.model import SparseAutoencoder
@@ -175,15 +175,11 @@ def run_encode(cfg: EncodeConfig) -> EncodeResult:
     o = open_encode(cfg, dev)
     store, sae, positions, width, path = o.store, o.sae, o.positions, o.width, o.path
     name = cfg.codes_name
-    result = EncodeResult(name, o.hook, o.tokens, warning=o.warning)
-    states = scan_parts(path / layout.PARTS)
-    done = {p.name for p in states if p.state == COMPLETE}
-    mine = list(range(len(store.parts)))[index::n_workers]
-    todo = [i for i in mine if store.parts[i].name not in done]
-    # Codes are derived data: a part whose metadata was damaged is encoded again, and said so.
-    damaged = {p.name for p in states if p.state == DAMAGED}
-    result.damaged_redone = [store.parts[i].name for i in todo if store.parts[i].name in damaged]
-    result.parts_skipped = [store.parts[i].name for i in mine if store.parts[i].name in done]
+    # A part whose metadata was damaged is encoded again, and said so.
+    mine = claim(range(len(store.parts)), lambda i: store.parts[i].name, path / layout.PARTS, n_workers, index)
+    todo = mine.todo
+    result = EncodeResult(name, o.hook, o.tokens, parts_skipped=[store.parts[i].name for i in mine.skipped],
+                          warning=o.warning, damaged_redone=mine.damaged)
     images_per_batch = max(1, cfg.batch_size // len(positions))
     total = sum(store.parts[i].n_images for i in todo)
     with tqdm(total=total, unit="img", desc=f"encode {name}", disable=not cfg.progress, dynamic_ncols=True) as bar:

@@ -16,10 +16,11 @@ from clipsae.pipeline.host_ring import HostRing
 from clipsae.pipeline.loader import make_loader
 from clipsae.pipeline.model import load_model
 from clipsae.pipeline.preprocess import split_preprocess
-from clipsae.pipeline.shards import Shard, expand_shards, my_shards, name_parts
+from clipsae.pipeline.shards import Shard, expand_shards, name_parts
 from clipsae.pipeline.tario import count_samples
+from clipsae.store import layout
 from clipsae.store.layout import HookLayout
-from clipsae.store.reader import complete_parts
+from clipsae.store.parts import claim
 from clipsae.store.stats import HookStats
 from clipsae.store.writer import PartWriter, check_store_path, open_root, record_store_stats
 from clipsae.workers import worker_slot
@@ -34,6 +35,7 @@ class ExtractResult:
     images: int = 0
     failed: int = 0
     truncated: list[str] = field(default_factory=list)
+    damaged_redone: list[str] = field(default_factory=list)  # parts whose metadata was damaged, written again
     seconds: float = 0.0  # the whole run, model loading included
     seconds_streaming: float = 0.0  # reading, decoding, forward and writing only
 
@@ -43,7 +45,9 @@ class ExtractResult:
         return (f"extracted {self.images} images from {len(self.parts_written)} tars into {store} "
                 f"({rate:.1f} images/s overall); skipped {len(self.parts_skipped)} finished tars; "
                 f"{self.failed} unreadable images skipped"
-                + (f"; truncated tars: {', '.join(self.truncated)}" if self.truncated else ""))
+                + (f"; truncated tars: {', '.join(self.truncated)}" if self.truncated else "")
+                + (f"; {len(self.damaged_redone)} part(s) whose metadata was damaged extracted again "
+                   f"({', '.join(self.damaged_redone[:3])})" if self.damaged_redone else ""))
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -119,11 +123,9 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
     n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
     device = resolve_device(cfg.device)
     o = _open(cfg, device)
-    result = ExtractResult()
-    done = complete_parts(cfg.store)
-    mine = my_shards(o.shards, n_workers, index)
-    todo = [s for s in mine if s.part not in done]
-    result.parts_skipped = [s.part for s in mine if s.part in done]
+    mine = claim(o.shards, lambda s: s.part, o.root / layout.PARTS, n_workers, index)
+    todo = mine.todo
+    result = ExtractResult(parts_skipped=[s.part for s in mine.skipped], damaged_redone=mine.damaged)
     if todo:
         t1 = time.perf_counter()
         _extract_parts(cfg, o.root, todo, o.forward, o.loaded.preprocess, o.layouts, device, result)

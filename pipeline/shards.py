@@ -1,4 +1,4 @@
-"""Finding the input tars, naming the part each one becomes, and sharing them among workers."""
+"""Finding the input tars and naming the part each one becomes."""
 
 import os
 from dataclasses import dataclass
@@ -53,7 +53,3 @@ def name_parts(paths: list[str]) -> list[Shard]:
     names = [s.lstrip("_.") or "part" for s in stems]
     return sorted((Shard(a, n) for a, n in zip(absolute, names)), key=lambda s: s.part)
 
-
-def my_shards(shards: list[Shard], num_workers: int, worker_index: int) -> list[Shard]:
-    """This worker's share: every ``num_workers``-th shard starting at ``worker_index``."""
-    return shards[worker_index::num_workers]

@@ -1,26 +1,12 @@
 """SAE codes cached in a store, beside its activations: one codes part per store part.
 
-Layout (docs/store.md, "Codes"), every array chunked along its first axis, plain Zarr v3:
-
-    codes/<name>/                 group; attribute ``clipsae_codes``: what was encoded, with which SAE
-    codes/<name>/parts/<part>/    group; ``complete`` (written last), ``n_images``, chunk checksums
-        token_latents  (rows, K) int32     the ≤ K largest active latents of each token row, −1 = none
-        token_values   (rows, K) float32   their codes, largest first, 0 where none
-        token_active   (rows,) int32       active latents before the cap K (> K: the cap cut it)
-        image_counts   (n_images,) int32   active latents per image (over its tokens)
-        image_latents  (E,) int32          per image, the latents active on any of its tokens, ascending
-        image_max      (E,) float32        the largest code of that latent over the image's tokens
-        image_argmax   (E,) int32          the stored token position where it occurred (first on ties)
-        image_sum      (E,) float32        the sum of its codes over the image's tokens
-        image_cls      (E,) float32        its code on token 0 (only when token 0 is CLS and encoded)
-        latent_tokens_fired, latent_images_fired (d_sae,) int64; latent_sum, latent_sumsq (d_sae,) float64
-        position_sq_err (T,), position_x_sq (T,), position_x_sum (T, d) float64: reconstruction sums
-
-Rows are the part's images in order, each image's T encoded tokens in stored order.
+The arrays of a codes part, and what each holds, are docs/store.md's "Codes" table, the normative
+description; :data:`TOKEN_ARRAYS` … :data:`POSITION_ARRAYS` declare them here once (name, dtype,
+shape), and tests/store/test_docs_tables.py holds the two together. The parts are written by the
+protocol of store/parts.py, of which this module is the codes schema.
 """
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -30,21 +16,26 @@ from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.layout import ANALYSIS_SUFFIX
-from clipsae.store.location import is_remote, store_path
-from clipsae.store.parts import COMPLETE, list_dirs, scan_parts
+from clipsae.store.location import storage_of, store_path
+from clipsae.store.parts import GroupSchema, WritingPart, complete_names, open_group
 from clipsae.store.reader import ActivationStore, recorded_checksums
-from clipsae.store.writer import ArrayAppender, config_differences, writer_identity
 
 CODES = "codes"
-ATTR = "clipsae_codes"
-FORMAT_VERSION = 1
+CODES_GROUP = GroupSchema("clipsae_codes", 1, nested=None, noun="codes", have="the cached codes have", verb="were",
+                          remedy="--name")
 
-TOKEN_ARRAYS = {"token_latents": "int32", "token_values": "float32", "token_active": "int32"}
-IMAGE_ARRAYS = {"image_latents": "int32", "image_max": "float32", "image_argmax": "int32", "image_sum": "float32",
-                "image_cls": "float32"}
-LATENT_ARRAYS = {"latent_tokens_fired": "int64", "latent_images_fired": "int64", "latent_sum": "float64",
-                 "latent_sumsq": "float64"}
-POSITION_ARRAYS = {"position_sq_err": "float64", "position_x_sq": "float64", "position_x_sum": "float64"}
+# name: (dtype, shape): n the part's images, T the encoded token positions, K the cap (``width``),
+# E the part's per-image entries (the sum of image_counts), d_sae the latents, d the hook's width.
+TOKEN_ARRAYS = {"token_latents": ("int32", "(n·T, K)"), "token_values": ("float32", "(n·T, K)"),
+                "token_active": ("int32", "(n·T,)")}
+COUNT_ARRAYS = {"image_counts": ("int32", "(n,)")}
+IMAGE_ARRAYS = {"image_latents": ("int32", "(E,)"), "image_max": ("float32", "(E,)"),
+                "image_argmax": ("int32", "(E,)"), "image_sum": ("float32", "(E,)"), "image_cls": ("float32", "(E,)")}
+LATENT_ARRAYS = {"latent_tokens_fired": ("int64", "(d_sae,)"), "latent_images_fired": ("int64", "(d_sae,)"),
+                 "latent_sum": ("float64", "(d_sae,)"), "latent_sumsq": ("float64", "(d_sae,)")}
+POSITION_ARRAYS = {"position_sq_err": ("float64", "(T,)"), "position_x_sq": ("float64", "(T,)"),
+                   "position_x_sum": ("float64", "(T, d)")}
+PART_ARRAYS = {**TOKEN_ARRAYS, **COUNT_ARRAYS, **IMAGE_ARRAYS, **LATENT_ARRAYS, **POSITION_ARRAYS}
 BY = ("max", "cls", "mean")
 _ENTRY_CHUNK = 2**20  # entries per chunk of the per-image arrays (4 MiB)
 
@@ -58,7 +49,7 @@ def default_analysis_dir(store: str | Path, name: str) -> Path:
     store on an object store, ``<store name>-<codes>-analysis`` in the working directory (tables,
     plots and pages are for people to open here)."""
     store = store_path(store)
-    if is_remote(store):
+    if not storage_of(store).local:
         return Path(f"{store.name.removesuffix('.zarr')}-{name}{ANALYSIS_SUFFIX}")
     return store / CODES / f"{name}{ANALYSIS_SUFFIX}"
 
@@ -66,7 +57,7 @@ def default_analysis_dir(store: str | Path, name: str) -> Path:
 def codes_names(store: str | Path) -> list[str]:
     """The names of the codes cached in a store."""
     root = store_path(store) / CODES
-    return [n for n in list_dirs(root) if zb.is_node(root / n)]
+    return [n for n in storage_of(root).list_dirs(root) if zb.is_node(root / n)]
 
 
 def open_codes(store: str | Path, name: str, identity: dict, provenance: dict) -> Path:
@@ -75,27 +66,11 @@ def open_codes(store: str | Path, name: str, identity: dict, provenance: dict) -
     A different identity (another SAE, hook, token set or cap under the same name) raises,
     naming every difference, and writes nothing. Workers racing to create it agree.
     """
-    identity = json.loads(json.dumps(identity))
     path = codes_dir(store, name)
-    if not zb.is_node(path):
-        if not zb.is_node(store_path(store) / CODES):
-            zb.create_root(store_path(store) / CODES, {})  # atomic: workers may race to make it
-        zb.create_root(path, {ATTR: {"format_version": FORMAT_VERSION, **identity, "provenance": provenance}},
-                       subgroups=(layout.PARTS,))
-    have = (zb.read_attributes(path) or {}).get(ATTR)
-    if not isinstance(have, dict):
-        raise ClipsaeError(f"{path} exists but holds no clipsae codes; choose another --name")
-    have = {k: v for k, v in have.items() if k not in ("format_version", "provenance")}
-    diffs = config_differences(have, identity, have="the cached codes have", want="this run has")
-    if diffs:
-        raise ClipsaeError(f"codes {name!r} in {store} were made differently ({'; '.join(diffs)}); "
-                           f"use another --name")
+    if not zb.is_node(path.parent):
+        zb.create_root(path.parent, {})  # atomic: workers may race to make it
+    open_group(path, CODES_GROUP, identity, provenance, f"codes {name!r} in {store}")
     return path
-
-
-def complete_code_parts(path: Path) -> set[str]:
-    """Names of the codes parts under ``codes/<name>`` that carry the complete marker."""
-    return {p.name for p in scan_parts(path / layout.PARTS) if p.state == COMPLETE}
 
 
 @dataclass
@@ -111,6 +86,10 @@ class CodesBlock:
     image_argmax_E: np.ndarray
     image_sum_E: np.ndarray
     image_cls_E: np.ndarray | None
+
+    def array(self, name: str) -> np.ndarray:
+        """The block's rows of the codes array ``name`` (a field named for it and its shape)."""
+        return next(getattr(self, f.name) for f in fields(self) if f.name.rsplit("_", 1)[0] == name)
 
 
 @dataclass
@@ -139,41 +118,33 @@ class PartSums:
         self.tokens_capped += other.tokens_capped
 
 
-class CodesPartWriter:
+class CodesPartWriter(WritingPart):
     """Writes the codes of one store part; nothing counts until :meth:`close` sets ``complete``."""
 
     def __init__(self, path: Path, part: str, n_images: int, n_positions: int, width: int, d_sae: int,
                  with_cls: bool):
-        self.dir = path / layout.PARTS / part
-        zb.create_group(self.dir, {layout.COMPLETE: False, layout.STARTED_BY: writer_identity()})
-        self.n_positions, self.width = n_positions, width
+        super().__init__(path, part)
         # An array's last chunk is stored at full size, so chunks are fitted to the part: a small
         # part must not cost megabytes per array. Per-image entries are bounded, not known, up front.
         rows = layout.fitted_rows(max(1, layout.TARGET_CHUNK_BYTES // (8 * width)), n_images * n_positions)
         entries = layout.fitted_rows(_ENTRY_CHUNK, n_images * min(n_positions * width, d_sae))
-        self._token = {name: ArrayAppender(self.dir / name, (width,) if name != "token_active" else (), rows, dt)
-                       for name, dt in TOKEN_ARRAYS.items()}
-        self._counts = ArrayAppender(self.dir / "image_counts", (), layout.fitted_rows(_ENTRY_CHUNK, n_images), "int32")
-        self._image = {name: ArrayAppender(self.dir / name, (), entries, dt) for name, dt in IMAGE_ARRAYS.items()
-                       if with_cls or name != "image_cls"}
+        for name, (dtype, _) in TOKEN_ARRAYS.items():
+            self.appender(name, (width,) if name != "token_active" else (), rows, dtype)
+        for name, (dtype, _) in COUNT_ARRAYS.items():
+            self.appender(name, (), layout.fitted_rows(_ENTRY_CHUNK, n_images), dtype)
+        self._image = [name for name in IMAGE_ARRAYS if with_cls or name != "image_cls"]
+        for name in self._image:
+            self.appender(name, (), entries, IMAGE_ARRAYS[name][0])
 
     def append(self, block: CodesBlock) -> None:
-        self._token["token_latents"].append(block.token_latents_RK)
-        self._token["token_values"].append(block.token_values_RK)
-        self._token["token_active"].append(block.token_active_R)
-        self._counts.append(block.image_counts_I)
-        for name, arr in self._image.items():
-            arr.append(getattr(block, f"{name}_E"))
+        for name in (*TOKEN_ARRAYS, *COUNT_ARRAYS, *self._image):
+            self._appenders[name].append(block.array(name))
 
     def close(self, sums: PartSums) -> None:
         """Write the sums and the chunk records, then mark the part complete."""
-        chunks = {name: a.close() for name, a in {**self._token, "image_counts": self._counts, **self._image}.items()}
         for name in (*LATENT_ARRAYS, *POSITION_ARRAYS):
-            chunks[name] = zb.write_small(self.dir / name, np.asarray(getattr(sums, name)))
-        zb.update_attributes(self.dir, {"n_images": sums.n_images, "tokens_capped": sums.tokens_capped,
-                                        layout.CHUNKS: chunks, "written_by": writer_identity()})
-        # The marker goes last and alone: a reader trusts nothing of a part before it.
-        zb.update_attributes(self.dir, {layout.COMPLETE: True})
+            self.write_small(name, np.asarray(getattr(sums, name)))
+        super().close({"n_images": sums.n_images, "tokens_capped": sums.tokens_capped})
 
 
 @dataclass(frozen=True)
@@ -202,12 +173,12 @@ class Codes:
         self.store, self.name = store, name
         self.path = codes_dir(store.path, name)
         attrs = zb.read_attributes(self.path) if zb.is_node(self.path) else None
-        if attrs is None or ATTR not in attrs:
+        if attrs is None or CODES_GROUP.attribute not in attrs:
             have = codes_names(store.path)
             raise ClipsaeError(f"{store.path} has no codes named {name!r} "
                                f"({'it has ' + ', '.join(have) if have else 'it has none'}); run `clipsae encode` first")
-        self.identity: dict = attrs[ATTR]
-        done = complete_code_parts(self.path)
+        self.identity: dict = attrs[CODES_GROUP.attribute]
+        done = complete_names(self.path / layout.PARTS)
         missing = [p.name for p in store.parts if p.name not in done]
         if missing:
             raise ClipsaeError(f"codes {name!r} cover {len(store.parts) - len(missing)} of the {len(store.parts)} parts of "

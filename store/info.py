@@ -1,17 +1,9 @@
 """A store's summary, as a dict for ``--json`` and as text for people."""
 
-from pathlib import Path
-
 import numpy as np
 
-from clipsae.store.location import is_remote
+from clipsae.store.location import storage_of
 from clipsae.store.reader import ActivationStore
-
-
-def _disk_bytes(path: Path) -> int:
-    if is_remote(path):
-        return int(path.fs.du(path.path))  # one listing, not a request per object
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def summarize(store: ActivationStore) -> dict:
@@ -42,7 +34,7 @@ def summarize(store: ActivationStore) -> dict:
         "parts_damaged": store.damaged_parts,
         "images_failed": failures,
         "parts_truncated": truncated,
-        "disk_bytes": _disk_bytes(store.path),
+        "disk_bytes": storage_of(store.path).disk_bytes(store.path),
         "hooks": hooks,
     }
 

@@ -14,7 +14,7 @@ from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
 from clipsae.store.layout import HookLayout
 from clipsae.store.location import check_reachable, store_path
-from clipsae.store.parts import COMPLETE, DAMAGED, IN_PROGRESS, INTERRUPTED, scan_parts
+from clipsae.store.parts import COMPLETE, DAMAGED, IN_PROGRESS, INTERRUPTED, complete_names, scan_parts
 from clipsae.store.stats import HookStats
 
 
@@ -68,7 +68,7 @@ def _scan_parts(path: Path) -> tuple[list[tuple[str, dict]], list[str], list[str
 
 def complete_parts(path: str | Path) -> set[str]:
     """Names of the parts of the store at ``path`` that carry the complete marker."""
-    return {name for name, _ in _scan_parts(store_path(path))[0]}
+    return complete_names(store_path(path) / layout.PARTS)
 
 
 class ActivationStore:

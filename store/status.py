@@ -12,7 +12,7 @@ from pathlib import Path
 from clipsae.store import layout
 from clipsae.store.codes import CODES, codes_names
 from clipsae.store.location import store_path
-from clipsae.store.parts import COMPLETE, DAMAGED, IN_PROGRESS, INTERRUPTED, scan_parts
+from clipsae.store.parts import COMPLETE, DAMAGED, IN_PROGRESS, INTERRUPTED, scan_parts, task_of
 from clipsae.store.plan import read_plan
 
 MISSING = "missing"
@@ -33,8 +33,7 @@ def _scan(parts_dir: Path) -> dict[str, PartStatus]:
 
 
 def _owned(expected: list[str], n_tasks: int | None) -> dict[str, int | None]:
-    # Tasks take every n-th part of the list in its order (clipsae.workers), as the plan recorded it.
-    return {name: (i % n_tasks if n_tasks else None) for i, name in enumerate(expected)}
+    return {name: (task_of(i, n_tasks) if n_tasks else None) for i, name in enumerate(expected)}
 
 
 def parts_status(parts_dir: Path, expected: list[str] | None, n_tasks: int | None) -> list[PartStatus]:

@@ -16,9 +16,6 @@ across zarr releases:
 
 import json
 import math
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +25,7 @@ import zarr
 import zarr.codecs
 import zarr.errors
 
-from clipsae.store.location import is_remote, read_bytes, store_path
+from clipsae.store.location import read_bytes, storage_of, store_path
 
 META = "zarr.json"
 
@@ -161,13 +158,13 @@ class Array:
         grid = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
         self.chunks = tuple(int(c) for c in grid) if grid else self.shape
         self.crc32c = crc32c
+        self.storage = storage_of(self.path)
         self._zarr = None
 
     @property
     def zarr_array(self) -> zarr.Array:
         if self._zarr is None:
-            writable = is_remote(self.path) or os.access(self.path, os.W_OK)
-            self._zarr = zarr.open_array(str(self.path), mode="r+" if writable else "r")
+            self._zarr = zarr.open_array(str(self.path), mode="r+" if self.storage.writable(self.path) else "r")
         return self._zarr
 
     @property
@@ -210,17 +207,10 @@ class Array:
                 return np.asarray(self.zarr_array[lo : lo + self.rows_per_chunk])
             except Exception as exc:  # a damaged compressed chunk fails in zarr's decoder
                 raise ChunkDamaged(f"chunk {i} cannot be decoded ({type(exc).__name__}: {exc})") from None
-        if is_remote(self.path):
-            # One GET, without an existence check first: each request costs a round trip.
-            try:
-                data = np.frombuffer(bytearray(read_bytes(f)), dtype=self.raw.dtype)  # writable, as a local read is
-            except FileNotFoundError:
-                raise ChunkDamaged(f"chunk {i} is missing ({f})") from None
-        else:
-            if not f.is_file():
-                raise ChunkDamaged(f"chunk {i} is missing ({f})")
-            # One read of the whole file: zarr's decode path measured about 0.7x of a raw read.
-            data = np.fromfile(f, dtype=self.raw.dtype)
+        try:
+            data = self.storage.read_array(f, self.raw.dtype)
+        except FileNotFoundError:
+            raise ChunkDamaged(f"chunk {i} is missing ({f})") from None
         if data.nbytes != self.raw.chunk_nbytes:
             raise ChunkDamaged(f"chunk {i} has {data.nbytes} bytes, expected {self.raw.chunk_nbytes} ({f})")
         return data.reshape(self.raw.chunk_shape)
@@ -262,13 +252,7 @@ class Array:
             pad = np.zeros((rows - len(block), *block.shape[1:]), dtype=block.dtype)
             block = np.concatenate([block, pad])
         f = self.chunk_file(i)
-        data = memoryview(np.ascontiguousarray(block, dtype=self.raw.dtype)).cast("B")
-        if is_remote(f):
-            f.write_bytes(bytes(data))  # one PUT: the object appears whole or not at all
-            return
-        f.parent.mkdir(parents=True, exist_ok=True)
-        with open(f, "wb") as fh:
-            fh.write(data)
+        self.storage.write_bytes(f, memoryview(np.ascontiguousarray(block, dtype=self.raw.dtype)).cast("B"))
 
     def set_length(self, n: int) -> None:
         """Set the first axis's length (after direct chunk writes), through zarr-python."""
@@ -289,39 +273,19 @@ def _compressors(compression: str):
 
 
 def create_root(path: Path, attributes: dict, subgroups: tuple[str, ...] = ()) -> bool:
-    """Create a group at ``path`` with ``attributes`` and empty ``subgroups``, all at once.
-
-    The group is built in a temporary sibling directory and renamed into place, so no other
-    process ever sees it half made. Returns False when another process created it first.
-    An object store has no rename: there the root is written in place, check-then-write, which
-    is why a job array's root is created once by the submitting command before any task starts.
-    """
+    """Create a group at ``path`` with ``attributes`` and empty ``subgroups``, all at once where the
+    storage allows it (location.Storage.create_whole). Returns False when another process created it first."""
     path = store_path(path)
-    if is_remote(path):
-        if is_node(path):
-            return False
-        try:
-            zarr.create_group(str(path), attributes=attributes)
-        except zarr.errors.ContainsGroupError:
-            return False  # another worker's check passed at the same moment; its root stands
-        for name in subgroups:
-            require_group(path / name)
-        return True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
-    try:
-        group = zarr.create_group(str(tmp), attributes=attributes)
+
+    def make(at: Path) -> None:
+        group = zarr.create_group(str(at), attributes=attributes)
         for name in subgroups:
             group.create_group(name)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if is_node(path):
-                return False
-            raise
-        return True
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        return storage_of(path).create_whole(path, make)
+    except zarr.errors.ContainsGroupError:
+        return False  # another worker's check passed at the same moment; its root stands
 
 
 def update_attributes(node: Path, attributes: dict) -> None:
@@ -340,11 +304,7 @@ def require_group(path: Path) -> None:
 def remove_node(path: Path) -> None:
     """Delete the node at ``path`` and everything under it, if it exists."""
     path = store_path(path)
-    if is_remote(path):
-        if path.exists():
-            path.fs.rm(path.path, recursive=True)
-    elif path.exists():
-        shutil.rmtree(path)
+    storage_of(path).remove(path)
 
 
 def create_group(path: Path, attributes: dict) -> None:

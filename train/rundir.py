@@ -9,7 +9,7 @@ import torch
 from clipsae.errors import ClipsaeError
 from clipsae.files import atomic_write, write_json
 from clipsae.store.location import absolute
-from clipsae.store.writer import config_differences
+from clipsae.store.parts import config_differences
 from clipsae.train.config import TrainConfig
 from clipsae.train.export import save_sae, to_inference
 from clipsae.train.load import SNAPSHOTS

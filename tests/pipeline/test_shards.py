@@ -5,7 +5,7 @@ import pytest
 
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.folder_shards import make_shards_from_folder
-from clipsae.pipeline.shards import expand_shards, my_shards, name_parts
+from clipsae.pipeline.shards import expand_shards, name_parts
 from clipsae.pipeline.synthetic import draw
 
 
@@ -33,13 +33,6 @@ def test_part_names_use_parent_folders_only_when_stems_repeat(tmp_path):
     names = [s.part for s in name_parts([str(tmp_path / "val" / "0.tar"), str(tmp_path / "train" / "0.tar")])]
     assert names == ["train__0", "val__0"]
     assert [s.part for s in name_parts([str(tmp_path / "train" / "0.tar")])] == ["0"]
-
-
-def test_workers_split_the_tars_without_overlap(tmp_path):
-    paths = [str(tmp_path / f"{i}.tar") for i in range(7)]
-    shards = name_parts(paths)
-    shares = [my_shards(shards, 3, i) for i in range(3)]
-    assert sorted(s.part for share in shares for s in share) == sorted(s.part for s in shards)
 
 
 def test_shards_make_labels_by_sorted_class_folder(tmp_path, run_cli):

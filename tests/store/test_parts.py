@@ -5,10 +5,22 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
-from clipsae.store.parts import COMPLETE, DAMAGED, IN_PROGRESS, INTERRUPTED, scan_parts
+from clipsae.store.parts import (
+    COMPLETE,
+    DAMAGED,
+    IN_PROGRESS,
+    INTERRUPTED,
+    GroupSchema,
+    WritingPart,
+    claim,
+    open_group,
+    scan_parts,
+)
 from clipsae.store.writer import write_store
 
 
@@ -72,3 +84,43 @@ def test_encode_encodes_a_damaged_codes_part_again_and_says_so(tmp_path):
     assert r.damaged_redone == ["part-001"] and "encoded again (part-001)" in r.summary(store)
     assert tree_snapshot(codes_dir(store, "sae")).keys() == before.keys()
     Codes(ActivationStore.open(store), "sae").sums()  # whole again
+
+
+def test_workers_claim_every_item_once_and_skip_complete_parts(tmp_path):
+    store = _store(tmp_path)
+    (store / layout.PARTS / "p1" / zb.META).write_text('{"torn')
+    items = [f"p{i}" for i in range(7)]
+    claims = [claim(items, str, store / layout.PARTS, 3, i) for i in range(3)]
+    assert sorted(x for c in claims for x in c.todo + c.skipped) == items
+    assert [c.skipped for c in claims] == [["p0"], [], []]
+    assert claims[1].todo[0] == "p1" and claims[1].damaged == ["p1"]
+    assert claims[0].todo == ["p3", "p6"]
+
+
+SCHEMA = GroupSchema("thing", 3, nested=None, noun="thing", have="the thing has", verb="was", remedy="--thing")
+
+
+def test_a_group_opens_again_only_with_its_identity_and_a_refusal_writes_nothing(tmp_path):
+    record = open_group(tmp_path / "g", SCHEMA, {"a": 1, "b": (2, 3)}, {"by": "me"}, "thing g")
+    assert record == {"format_version": 3, "a": 1, "b": [2, 3], "provenance": {"by": "me"}}
+    assert open_group(tmp_path / "g", SCHEMA, {"a": 1, "b": [2, 3]}, {"by": "other"}, "thing g") == record
+    before = (tmp_path / "g" / zb.META).read_bytes()
+    with pytest.raises(ClipsaeError, match=r"thing g was made differently \(a: the thing has 1, this run has 2\)"):
+        open_group(tmp_path / "g", SCHEMA, {"a": 2, "b": [2, 3]}, {}, "thing g")
+    assert (tmp_path / "g" / zb.META).read_bytes() == before
+
+
+def test_a_written_part_records_each_array_and_is_complete_only_when_closed(tmp_path):
+    zb.create_root(tmp_path / "g", {}, subgroups=(layout.PARTS,))
+    part = WritingPart(tmp_path / "g", "p", {"source": "x"})
+    rows = part.appender("big", (2,), 3, "float32")
+    rows.append(np.arange(14, dtype=np.float32).reshape(7, 2))
+    part.write_small("small", np.arange(4))
+    assert [s.state for s in scan_parts(tmp_path / "g" / layout.PARTS)] == [IN_PROGRESS]
+    part.close({"n": 7})
+    (state,) = scan_parts(tmp_path / "g" / layout.PARTS)
+    assert state.state == COMPLETE and state.attrs["source"] == "x" and state.attrs["n"] == 7
+    assert list(state.attrs[layout.CHUNKS]) == ["big", "small"]
+    big = zb.Array(tmp_path / "g" / layout.PARTS / "p" / "big", state.attrs[layout.CHUNKS]["big"]["crc32c"])
+    np.testing.assert_array_equal(big.read_all(), np.arange(14, dtype=np.float32).reshape(7, 2))
+    assert big.n_chunks == 3 and state.started_by["pid"] == state.attrs["written_by"]["pid"]
