@@ -1,21 +1,15 @@
-"""The typed configuration of an extraction: plain dataclasses, validated once, importable without torch."""
+"""What `clipsae extract` is asked: each field is its option (clipsae/options.py), checked here once.
+
+No torch here, so that ``clipsae extract --help`` and option errors answer at once.
+"""
 
 from dataclasses import dataclass
 
 from clipsae.errors import ClipsaeError
-from clipsae.store.layout import COMPRESSIONS, DTYPES
+from clipsae.options import check, option
+from clipsae.store.layout import COMPRESSIONS, DTYPES, TOKEN_MODES
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which model and weights to load, and how to preprocess images for it."""
-
-    name: str
-    pretrained: str | None = None  # open_clip tag, local checkpoint path, hf-hub:org/repo, or None
-    init_seed: int = 0  # seeds the random init when pretrained is None, so reruns agree
-    preprocess_like: str | None = None  # take mean/std/interpolation of this pretrained tag
-    image_mean: tuple[float, float, float] | None = None
-    image_std: tuple[float, float, float] | None = None
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def parse_layers(spec: str) -> list[str]:
@@ -28,37 +22,77 @@ def parse_layers(spec: str) -> list[str]:
     return items
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+def _triple(value, name: str) -> tuple[float, float, float] | None:
+    """Three numbers from ``"0.5,0.5,0.5"`` (or a sequence of three), or None."""
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(x) for x in (value.split(",") if isinstance(value, str) else value))
+    except ValueError:
+        raise ClipsaeError(f"{name} must be three comma-separated numbers, got {value!r}") from None
+    if len(parts) != 3:
+        raise ClipsaeError(f"{name} must be three comma-separated numbers, got {value!r}")
+    return parts
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model and weights to load, and how to preprocess images for it."""
+
+    name: str = option(flag_name="--model")
+    """open_clip model name, e.g. ViT-L-14, ViT-B-32, RN50, or hf-hub:org/repo."""
+    pretrained: str | None = option(None, shown_default="random weights")
+    """open_clip tag (laion2b_s32b_b82k), a local checkpoint file, or hf-hub:org/repo."""
+    init_seed: int = option(0, flag_name="--seed")
+    """Seed of the random init when --pretrained is omitted, so that reruns agree."""
+    preprocess_like: str | None = option(None)
+    """Use the preprocessing of this pretrained tag (for local checkpoints)."""
+    image_mean: tuple[float, float, float] | None = option(None, metavar="R,G,B")
+    """Override the normalisation mean, e.g. 0.5,0.5,0.5."""
+    image_std: tuple[float, float, float] | None = option(None, metavar="R,G,B")
+    """Override the normalisation std."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_mean", _triple(self.image_mean, "--image-mean"))
+        object.__setattr__(self, "image_std", _triple(self.image_std, "--image-std"))
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
     """Everything ``extract`` needs; it checks its own values when made, before any work starts."""
 
-    model: ModelConfig
-    layers: list[str]
-    tokens: str
-    shards: str
-    store: str
-    batch_size: int = 64
-    device: str = "auto"
-    dtype: str = "float16"
-    precision: str = "fp32"
-    num_workers: int | None = None
-    worker_index: int | None = None
-    loader_workers: int = 0
-    label_key: str | None = None
-    compression: str = "none"
-    progress: bool = True
+    model: ModelConfig = option(cli=False)
+    """The model, its weights and preprocessing (ModelConfig's fields are their own options)."""
+    layers: list[str] = option()
+    """Comma-separated hooks: block indices (20,22,-1) or ln_pre, ln_post, embed; layer1..layer4, attnpool for ResNets."""
+    shards: str = option()
+    """Input tars: brace pattern 'data/{00000..00099}.tar', a directory, or a text file listing them."""
+    store: str = option()
+    """Output Zarr store (created, or extended by a rerun): a folder, s3://… or gs://…."""
+    tokens: str = option("all", choices=TOKEN_MODES)
+    """Which tokens of each hook to store."""
+    batch_size: int = option(64, at_least=1)
+    """Images per forward pass."""
+    device: str = option("auto")
+    """cuda, cuda:N, cpu, or auto (cuda when there is one)."""
+    dtype: str = option("float16", choices=DTYPES)
+    """Stored dtype."""
+    precision: str = option("fp32", choices=PRECISIONS)
+    """Compute precision (autocast)."""
+    num_workers: int | None = option(None, shown_default="SLURM_ARRAY_TASK_COUNT, else 1")
+    """Jobs sharing the tars."""
+    worker_index: int | None = option(None, shown_default="SLURM_ARRAY_TASK_ID, else 0")
+    """This job's index."""
+    loader_workers: int = option(0, at_least=0)
+    """Processes decoding images."""
+    label_key: str | None = option(None, shown_default="the sample's cls file")
+    """Take the label from this field of each sample's json."""
+    compression: str = option("none", choices=COMPRESSIONS)
+    """Chunk compression (zstd level 1), for disks slower than the reader."""
+    progress: bool = option(True, cli=False)
+    """Show a progress bar (the command line's --quiet turns it off)."""
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ClipsaeError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        if self.precision not in PRECISIONS:
-            raise ClipsaeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.batch_size < 1:
-            raise ClipsaeError("--batch-size must be at least 1")
-        if self.compression not in COMPRESSIONS:
-            raise ClipsaeError(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {self.compression!r}")
-        if self.loader_workers < 0:
-            raise ClipsaeError("--loader-workers must be 0 or more")
+        if isinstance(self.layers, str):
+            object.__setattr__(self, "layers", parse_layers(self.layers))
+        check(self)

@@ -61,7 +61,7 @@ def rn50_store(shards, tmp_path_factory) -> Path:
     from clipsae.pipeline.extract import run_extract
 
     path = tmp_path_factory.mktemp("rn50") / "ref.zarr"
-    run_extract(ExtractConfig(ModelConfig("RN50"), ["layer4", "attnpool"], "all", str(shards), str(path), batch_size=2,
+    run_extract(ExtractConfig(ModelConfig("RN50"), ["layer4", "attnpool"], str(shards), str(path), batch_size=2,
                               progress=False))
     return path
 

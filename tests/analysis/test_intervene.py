@@ -22,7 +22,7 @@ def vit_codes(shards, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("intervene")
     store = tmp / "s.zarr"
-    run_extract(ExtractConfig(ModelConfig("ViT-B-32"), ["3", "ln_pre"], "all", str(shards), str(store), batch_size=6,
+    run_extract(ExtractConfig(ModelConfig("ViT-B-32"), ["3", "ln_pre"], str(shards), str(store), batch_size=6,
                               dtype="float32", progress=False))
     sae = saelens_dir(tmp / "sae", {"architecture": "topk", "k": 4}, sae_weights(1, d=768, n=64))
     run_encode(EncodeConfig(store, sae, hook="resid.3", progress=False))

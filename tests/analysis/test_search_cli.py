@@ -20,7 +20,7 @@ def searchable(shards, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("search")
     store = tmp / "s.zarr"
-    run_extract(ExtractConfig(ModelConfig("RN50"), ["attnpool"], "all", str(shards), str(store), batch_size=6,
+    run_extract(ExtractConfig(ModelConfig("RN50"), ["attnpool"], str(shards), str(store), batch_size=6,
                               dtype="float32", progress=False))
     w = sae_weights(4, d=1024, n=64)
     run_encode(EncodeConfig(store, saelens_dir(tmp / "sae", {"architecture": "topk", "k": 6}, w), progress=False))

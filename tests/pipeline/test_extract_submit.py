@@ -23,7 +23,7 @@ def test_an_array_of_two_tasks_writes_the_store_one_process_writes(shards, tmp_p
     wait_until(lambda: len(complete_parts(store)) == 3, "both array tasks to finish")
 
     ref = tmp_path / "ref.zarr"
-    run_extract(ExtractConfig(ModelConfig("RN50"), ["layer4", "attnpool"], "all", str(shards), str(ref), batch_size=4,
+    run_extract(ExtractConfig(ModelConfig("RN50"), ["layer4", "attnpool"], str(shards), str(ref), batch_size=4,
                               progress=False))
     a, b = ActivationStore.open(store), ActivationStore.open(ref)
     assert [p.name for p in a.parts] == [p.name for p in b.parts]

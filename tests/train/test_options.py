@@ -10,9 +10,6 @@ from click.testing import CliRunner
 from clipsae import options
 from clipsae.errors import ClipsaeError
 from clipsae.options import check, option
-from clipsae.train.config import RunSettings
-from clipsae.train.request import TrainRequest
-from tests.conftest import ROOT
 
 
 @dataclass(frozen=True)
@@ -42,20 +39,6 @@ def test_a_field_is_an_option_with_its_help_default_and_check():
     assert options.identity(Toy(count=2)) == {"count": 2}
     assert options.markdown_rows(Toy) == ["| `--count` | 3 | How many, at least one. |",
                                           "| `--name` | the store's | A name. |"]
-
-
-def test_the_train_options_table_in_the_docs_is_the_one_the_fields_make():
-    text = (ROOT / "docs" / "commands.md").read_text()
-    table = text[text.index("## `clipsae train` options"):]
-    rows = [line for line in table.splitlines()[4:] if line.startswith("| `--")]
-    generated = options.markdown_rows(TrainRequest) + options.markdown_rows(RunSettings)
-    assert rows[:len(generated)] == generated, "docs/commands.md's train table differs from the option fields"
-
-
-def test_every_option_field_has_a_docstring():
-    for cls in (TrainRequest, RunSettings):
-        docs = options.docstrings(cls)
-        assert [f.name for f in options.cli_fields(cls) if not docs.get(f.name)] == []
 
 
 def test_a_runs_identity_keeps_its_keys_and_their_order():
