@@ -60,6 +60,7 @@ def analyze_group():
 
 
 def _codes_options(f):
+    f = click.option("--quiet", is_flag=True, help="No progress bars.")(f)
     f = click.option("--out", type=click.Path(path_type=Path), default=None,
                      help="Output folder [default: <store>/codes/<codes>-analysis].")(f)
     f = click.option("--codes", "codes_name", required=True, help="Name of the cached codes (`clipsae encode --name`).")(f)
@@ -102,10 +103,10 @@ def _model_options(f):
     return f
 
 
-def _run(fn, store_path, codes_name, out, *args):
+def _run(fn, store_path, codes_name, out, quiet, *args):
     from clipsae.analysis.commands import Target
 
-    for line in fn(Target.open(store_path, codes_name, out), *args):
+    for line in fn(Target.open(store_path, codes_name, out, progress=not quiet), *args):
         click.echo(line)
 
 
@@ -114,13 +115,13 @@ def _run(fn, store_path, codes_name, out, *args):
 @click.option("-k", "k", type=int, default=TOP_IMAGES_K, show_default=True, help="Images per feature.")
 @_BY
 @click.option("--features", default=None, help="Only these features, e.g. 12,625 (their top images are printed too).")
-def top_images_cmd(store_path, codes_name, out, k, by, features):
+def top_images_cmd(store_path, codes_name, out, quiet, k, by, features):
     """Each feature's top-k images (top_images.csv)."""
     from clipsae.analysis.commands import Target, parse_features, run_top_images
     from clipsae.analysis.top_images import check_k
 
     check_k(k)
-    t = Target.open(store_path, codes_name, out)
+    t = Target.open(store_path, codes_name, out, progress=not quiet)
     for line in run_top_images(t, k, by, parse_features(features, t.codes.d_sae)):
         click.echo(line)
 
@@ -130,24 +131,24 @@ def top_images_cmd(store_path, codes_name, out, k, by, features):
 @click.option("-k", "k", type=int, default=ENTROPY_K, show_default=True, help="Top images per feature that the entropy covers.")
 @_BY
 @_MIN_HITS
-def label_entropy_cmd(store_path, codes_name, out, k, by, min_hits):
+def label_entropy_cmd(store_path, codes_name, out, quiet, k, by, min_hits):
     """Entropy of the labels of each feature's top images (label_entropy.csv)."""
     from clipsae.analysis.commands import run_label_entropy
     from clipsae.analysis.top_images import check_k
 
     check_k(k)
-    _run(run_label_entropy, store_path, codes_name, out, k, by, min_hits)
+    _run(run_label_entropy, store_path, codes_name, out, quiet, k, by, min_hits)
 
 
 @analyze_group.command("density")
 @_codes_options
 @_BY
 @_MIN_HITS
-def density_cmd(store_path, codes_name, out, by, min_hits):
+def density_cmd(store_path, codes_name, out, quiet, by, min_hits):
     """Firing densities, dead and dense features, and their plots (density.csv, PNGs)."""
     from clipsae.analysis.commands import run_density
 
-    _run(run_density, store_path, codes_name, out, by, min_hits)
+    _run(run_density, store_path, codes_name, out, quiet, by, min_hits)
 
 
 @analyze_group.command("token-mse")
@@ -162,7 +163,7 @@ def token_mse_cmd(store_path, codes_names, out):
     from clipsae.analysis.commands import run_token_mse, run_token_mse_series
 
     if len(codes_names) == 1:
-        _run(run_token_mse, store_path, codes_names[0], out)
+        _run(run_token_mse, store_path, codes_names[0], out, True)  # sums only: no pass to show
         return
     for line in run_token_mse_series(store_path, list(codes_names), out):
         click.echo(line)
@@ -180,7 +181,7 @@ def token_mse_cmd(store_path, codes_names, out):
 @click.option("-k", "k", type=int, default=TOP_IMAGES_K, show_default=True, help="Images returned.")
 @_BY
 @_model_options
-def search_cmd(store_path, codes_name, out, features, key, images, text, text_features, edit, k, by, sae_path, model,
+def search_cmd(store_path, codes_name, out, quiet, features, key, images, text, text_features, edit, k, by, sae_path, model,
                pretrained, shards, device, batch_size):
     """Images whose features best match a query: features, a stored image, an image file or a text (search.csv, PNG)."""
     from clipsae.analysis.commands import Target
@@ -191,7 +192,7 @@ def search_cmd(store_path, codes_name, out, features, key, images, text, text_fe
 
     check_k(k)
     req = SearchRequest(features, key, tuple(images), text, text_features, edit)
-    t = Target.open(store_path, codes_name, out)
+    t = Target.open(store_path, codes_name, out, progress=not quiet)
     choice = ModelChoice(sae_path, model, pretrained, str(resolve_device(device)))
     for line in run_search(t, req, k, by, choice, shards):
         click.echo(line)
@@ -218,10 +219,9 @@ def search_cmd(store_path, codes_name, out, features, key, images, text, text_fe
 @click.option("--attributes", "attributes_csv", type=click.Path(path_type=Path), default=None, help="CSV of attributes for --group-by.")
 @click.option("--attributes-json", default=None, help="Or the samples' .json field for --group-by.")
 @_model_options
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def intervene_cmd(store_path, codes_name, out, edit, ablate_probe, where, keep_top, keys, top_of, n_images, by, classes,
+def intervene_cmd(store_path, codes_name, out, quiet, edit, ablate_probe, where, keep_top, keys, top_of, n_images, by, classes,
                   contrast, group_by, attributes_csv, attributes_json, sae_path, model, pretrained, shards, device,
-                  batch_size, quiet):
+                  batch_size):
     """Change features inside the model and measure what moves: embedding cosine, zero-shot probabilities (intervene.csv)."""
     from clipsae.analysis.commands import Target
     from clipsae.analysis.intervene_run import Selection, edits_from_probe, run_intervene
@@ -231,7 +231,7 @@ def intervene_cmd(store_path, codes_name, out, edit, ablate_probe, where, keep_t
 
     if edit and ablate_probe:
         raise ClipsaeError("give --edit or --ablate-probe, not both")
-    t = Target.open(store_path, codes_name, out)
+    t = Target.open(store_path, codes_name, out, progress=not quiet)
     if ablate_probe:
         from clipsae.store.codes import default_analysis_dir
 
@@ -266,13 +266,13 @@ def intervene_cmd(store_path, codes_name, out, edit, ablate_probe, where, keep_t
 @click.option("--top", type=int, default=10, show_default=True, help="Features per attribute and direction in probe_top.csv.")
 @click.option("--max-entries", type=int, default=2**26, show_default=True,
               help="Firings held in memory at once; more features than fit cost more passes over the codes.")
-def probe_cmd(store_path, codes_name, out, attributes_csv, attributes_json, shards, by, top, max_entries):
+def probe_cmd(store_path, codes_name, out, quiet, attributes_csv, attributes_json, shards, by, top, max_entries):
     """Each feature as a one-feature probe of each attribute: AUROC and best F1, or Pearson and Spearman (probe.csv)."""
     from clipsae.analysis.attributes import from_options
     from clipsae.analysis.commands import Target
     from clipsae.analysis.probe import run_probe
 
-    t = Target.open(store_path, codes_name, out)
+    t = Target.open(store_path, codes_name, out, progress=not quiet)
     attrs = from_options(t.store, attributes_csv, attributes_json, shards)
     for line in run_probe(t, attrs, by, top, max_entries):
         click.echo(line)
@@ -283,11 +283,11 @@ def probe_cmd(store_path, codes_name, out, attributes_csv, attributes_json, shar
 @_BY
 @_embed_hook("refused where the store has none")
 @_DEVICE
-def monosemanticity_cmd(store_path, codes_name, out, by, embed_hook, device):
+def monosemanticity_cmd(store_path, codes_name, out, quiet, by, embed_hook, device):
     """Pach et al.'s monosemanticity score of each feature: how alike its images are (monosemanticity.csv, PNG)."""
     from clipsae.analysis.commands import run_monosemanticity
 
-    _run(run_monosemanticity, store_path, codes_name, out, embed_hook, by, device)
+    _run(run_monosemanticity, store_path, codes_name, out, quiet, embed_hook, by, device)
 
 
 @analyze_group.command("correlate")
@@ -338,11 +338,11 @@ def compare_cmd(refs, out, by, min_hits, embed_hook, device):
 @click.option("--pretrained", default=None,
               help="Weights: open_clip tag, checkpoint file or hf-hub:org/repo [default: those the store was made with].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline directions.")
-def neuron_alignment_cmd(store_path, codes_name, out, sae_path, model, pretrained, seed):
+def neuron_alignment_cmd(store_path, codes_name, out, quiet, sae_path, model, pretrained, seed):
     """Each SAE encoder direction's best |cosine| with an MLP neuron's output direction, against random ones."""
     from clipsae.analysis.commands import run_neuron_alignment
 
-    _run(run_neuron_alignment, store_path, codes_name, out, sae_path, model, pretrained, seed)
+    _run(run_neuron_alignment, store_path, codes_name, out, quiet, sae_path, model, pretrained, seed)
 
 
 @analyze_group.command("report")
@@ -387,13 +387,12 @@ def report_cmd(store_path, codes_name, out, k, per_interval, n_intervals, neares
 @click.option("-k", "k", type=int, default=12, show_default=True, help="Top images whose mean embedding names a feature.")
 @_BY
 @_model_options
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def name_features_cmd(store_path, codes_name, out, vocab, n_words, k, by, sae_path, model, pretrained, shards, device,
-                      batch_size, quiet):
+def name_features_cmd(store_path, codes_name, out, quiet, vocab, n_words, k, by, sae_path, model, pretrained, shards, device,
+                      batch_size):
     """Name features by cosine with text embeddings of a vocabulary (names.csv)."""
     from clipsae.analysis.name_features import run_name_features
 
-    _run(run_name_features, store_path, codes_name, out, vocab, n_words, k, by, sae_path, model, pretrained, shards,
+    _run(run_name_features, store_path, codes_name, out, quiet, vocab, n_words, k, by, sae_path, model, pretrained, shards,
          device, batch_size, not quiet)
 
 
@@ -404,12 +403,11 @@ def name_features_cmd(store_path, codes_name, out, vocab, n_words, k, by, sae_pa
 @click.option("--classes", type=click.Path(path_type=Path), default=None,
               help="Class names for zero-shot accuracy [default: classes.json beside the tars].")
 @_model_options
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def splice_cmd(store_path, codes_name, out, n_images, classes, sae_path, model, pretrained, shards, device, batch_size,
-               quiet):
+def splice_cmd(store_path, codes_name, out, quiet, n_images, classes, sae_path, model, pretrained, shards, device,
+               batch_size):
     """Replace the hook's activations by the SAE's reconstruction and compare the image embeddings (splice.json)."""
     from clipsae.analysis.splice import check_images, run_splice
 
     check_images(n_images)
-    _run(run_splice, store_path, codes_name, out, n_images, sae_path, model, pretrained, shards, classes, device,
+    _run(run_splice, store_path, codes_name, out, quiet, n_images, sae_path, model, pretrained, shards, classes, device,
          batch_size, not quiet)

@@ -12,7 +12,7 @@ import torch
 from clipsae.analysis import correlate as corr_mod
 from clipsae.analysis import density as density_mod
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
-from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
+from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, check_min_hits, label_entropy
 from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, by_setting, out_dir, write_csv, write_json
 from clipsae.analysis.token_mse import plot_token_mse, plot_token_mse_series, snapshot_title, token_mse
 from clipsae.analysis.top_images import check_k, top_images
@@ -44,9 +44,10 @@ class Target:
     out: Path
 
     @classmethod
-    def open(cls, store: Path, codes: str, out: Path | None) -> "Target":
+    def open(cls, store: Path, codes: str, out: Path | None, progress: bool = False) -> "Target":
+        """The codes ``codes`` of ``store``; ``progress``: a bar for each pass over their images."""
         s = ActivationStore.open(store)
-        c = Codes(s, codes)
+        c = Codes(s, codes, progress=progress)
         return cls(s, c, out_dir(out, store, codes))
 
     @property
@@ -90,6 +91,7 @@ def run_top_images(t: Target, k: int, by: str, features: list[int] | None = None
 def run_label_entropy(t: Target, k: int, by: str, min_hits: int = DEFAULT_MIN_HITS) -> list[str]:
     """label_entropy.csv: Fry's entropy of the labels of each feature's top-k images."""
     check_k(k)
+    check_min_hits(min_hits)
     ent = label_entropy(top_images(t.codes, k, by), t.store.labels(), min_hits)
     rows = ((f, ent.entropy_F[f], ent.entropy_norm_F[f], int(ent.n_F[f]),
              int(ent.top_label_F[f]) if ent.n_F[f] else None, ent.top_label_share_F[f]) for f in range(t.codes.d_sae))

@@ -27,10 +27,15 @@ class LabelEntropy:
     n_labels: int
 
 
-def label_entropy(top: TopImages, labels: np.ndarray, min_hits: int = DEFAULT_MIN_HITS) -> LabelEntropy:
-    """Label entropy of every feature's top images; ``labels`` are the store's, −1 for none."""
+def check_min_hits(min_hits: int) -> None:
+    """Refuse a --min-hits below 1, before any pass over the codes."""
     if min_hits < 1:
         raise ClipsaeError(f"--min-hits must be at least 1, not {min_hits}")
+
+
+def label_entropy(top: TopImages, labels: np.ndarray, min_hits: int = DEFAULT_MIN_HITS) -> LabelEntropy:
+    """Label entropy of every feature's top images; ``labels`` are the store's, −1 for none."""
+    check_min_hits(min_hits)
     n_features = top.images_FK.shape[0]
     distinct = np.unique(labels[labels >= 0])
     img_lab = np.where(top.images_FK >= 0, labels[np.maximum(top.images_FK, 0)], -1)

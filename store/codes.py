@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from clipsae.errors import ClipsaeError
 from clipsae.store import layout
@@ -167,10 +168,13 @@ class ImageValues:
 
 
 class Codes:
-    """Read access to the codes ``name`` cached in ``store`` for every one of its complete parts."""
+    """Read access to the codes ``name`` cached in ``store`` for every one of its complete parts.
 
-    def __init__(self, store: ActivationStore, name: str):
-        self.store, self.name = store, name
+    ``progress``: each pass of :meth:`iter_images` shows a bar (images, and their rate).
+    """
+
+    def __init__(self, store: ActivationStore, name: str, progress: bool = False):
+        self.store, self.name, self.progress = store, name, progress
         self.path = codes_dir(store.path, name)
         attrs = zb.read_attributes(self.path) if zb.is_node(self.path) else None
         if attrs is None or CODES_GROUP.attribute not in attrs:
@@ -271,6 +275,13 @@ class Codes:
         code) or ``mean`` (the mean over the image's encoded tokens, at the maximum's token).
         """
         self._check_by(by)
+        with tqdm(total=self.n_images, unit="img", desc=f"codes {self.name}", disable=not self.progress,
+                  dynamic_ncols=True) as bar:
+            for block in self._iter_images(by, max_entries):
+                yield block
+                bar.update(len(block.images_I))
+
+    def _iter_images(self, by: str, max_entries: int) -> Iterator[ImageValues]:
         for i, part in enumerate(self.store.parts):
             counts = self._read(i, "image_counts").astype(np.int64)
             offsets = np.concatenate([[0], np.cumsum(counts)])

@@ -104,3 +104,12 @@ def test_codes_missing_a_part_are_refused(tmp_path, run_cli):
     run_encode(EncodeConfig(store, sae, num_workers=2, worker_index=0, progress=False))
     code, _, err = run_cli("analyze", "density", "--store", store, "--codes", "sae")
     assert code == 1 and "cover 1 of the 2 parts" in err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_pass_over_the_codes_shows_a_bar_of_images_unless_quiet(encoded, tmp_path, run_cli, quiet):
+    code, _, err = run_cli("analyze", "top-images", "--store", encoded[0], "--codes", "sae", "--out", tmp_path,
+                           *(["--quiet"] if quiet else []))
+    assert code == 0, err
+    bar = "codes sae: 100%" in err and "40/40" in err and "img/s" in err
+    assert bar is not quiet

@@ -4,7 +4,9 @@ import numpy as np
 
 from clipsae.analysis.encode import EncodeConfig, run_encode
 from clipsae.store import codes as codes_store
+from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
+from clipsae.store.parts import complete_names
 from tests.analysis.helpers import make_store, sae_weights, saelens_dir
 from tests.conftest import wait_until
 
@@ -24,7 +26,7 @@ def test_an_array_of_two_tasks_writes_the_codes_one_process_writes(tmp_path, run
     assert code == 0, err
     assert "2 array tasks" in out
     path = codes_store.codes_dir(store, "sae")
-    wait_until(lambda: len(codes_store.complete_code_parts(path)) == 3, "both array tasks to finish")
+    wait_until(lambda: len(complete_names(path / layout.PARTS)) == 3, "both array tasks to finish")
     run_encode(EncodeConfig(store, sae, name="one", device="cpu", progress=False))
     got, want = _arrays(path), _arrays(codes_store.codes_dir(store, "one"))
     assert got.keys() == want.keys() and got

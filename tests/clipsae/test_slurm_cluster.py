@@ -14,7 +14,9 @@ from safetensors.numpy import load_file
 
 from clipsae.analysis.encode import EncodeConfig, run_encode
 from clipsae.store import codes as codes_store
+from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
+from clipsae.store.parts import complete_names
 from clipsae.store.reader import complete_parts
 from clipsae.store.writer import write_store
 from tests.analysis.helpers import make_store, sae_weights, saelens_dir
@@ -122,7 +124,7 @@ def test_an_encode_array_equals_a_local_encode(on_slurm, tmp_path, run_cli):
                              "--slurm-logs", tmp_path / "logs")
     assert code == 0, err
     path = codes_store.codes_dir(store, "sae")
-    wait_until(lambda: len(codes_store.complete_code_parts(path)) == 3, "both Slurm array tasks to finish")
+    wait_until(lambda: len(complete_names(path / layout.PARTS)) == 3, "both Slurm array tasks to finish")
     wait_until(lambda: _job_gone_or_done(on_slurm, submitted_job(out)), "the array to leave the queue")
     run_encode(EncodeConfig(store, sae, name="one", device="cpu", progress=False))
     want_path = codes_store.codes_dir(store, "one")
