@@ -67,9 +67,9 @@ class Alignment:
         return self.max_cos_F > self.threshold
 
 
-def neuron_alignment(encoder_DF: torch.Tensor, neurons_ND: torch.Tensor, seed: int = 0) -> Alignment:
-    """Alignment of the encoder's columns (one per feature) against random Gaussian directions."""
-    enc = encoder_DF.detach().float().T
+def neuron_alignment(encoder_FD: torch.Tensor, neurons_ND: torch.Tensor, seed: int = 0) -> Alignment:
+    """Alignment of the encoder's rows (one per feature) against random Gaussian directions."""
+    enc = encoder_FD.detach().float()
     best, arg = max_abs_cosine(enc, neurons_ND)
     g = torch.Generator().manual_seed(seed)
     rand = torch.randn(enc.shape, generator=g).to(neurons_ND.device)

@@ -28,7 +28,7 @@ def train(arch: str, x: torch.Tensor, steps: int, expansion: int, k: int, batch:
     sae = TrainingSAE(SAESpec(arch, d, expansion, k=k), torch.Generator().manual_seed(1))
     with torch.no_grad():
         sae.b_dec.copy_(geometric_median(xs[:16384]))
-    lr = default_lr(sae.spec.n)
+    lr = default_lr(sae.spec.d_sae)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(2)
     warm = max(1, steps // 10)

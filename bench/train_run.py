@@ -52,7 +52,7 @@ def main() -> None:
         x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0)).to(a.device)
         alone = rate(ours(spec, x, a.precision == "bf16"), a.batch, 5)
     run = loader["train_tokens_per_s"]
-    print(f"store of {a.images} images × {a.tokens} tokens, d={a.d} float16; TopK n={spec.n} k={a.k}, "
+    print(f"store of {a.images} images × {a.tokens} tokens, d={a.d} float16; TopK n={spec.d_sae} k={a.k}, "
           f"batch {a.batch}, {a.steps} steps on {a.device} ({a.precision}); dead latents at the evaluations: {dead}")
     print(f"clipsae train, whole run: {run:,.0f} tokens/s, waiting for data {loader['wait_fraction']:.1%} of the "
           f"time; checkpoints {', '.join(f'{s:.2f}' for s in ckpts)} s")

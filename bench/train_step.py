@@ -42,7 +42,7 @@ def ours(spec: SAESpec, x: torch.Tensor, bf16: bool, dead_fraction: float = 0.0)
     dead = None
     if dead_fraction:
         # Dead latents spread over the dictionary, as in a real run: AuxK ranks and decodes them.
-        dead = torch.rand(spec.n, generator=torch.Generator().manual_seed(1)).to(x.device) < dead_fraction
+        dead = torch.rand(spec.d_sae, generator=torch.Generator().manual_seed(1)).to(x.device) < dead_fraction
     return lambda: optimise(sae, opt, x, dead, 1.0)
 
 
@@ -76,7 +76,7 @@ def main():
     torch.set_num_threads(a.threads)
     spec = SAESpec("topk", a.d, a.expansion, k=a.k)
     x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0)).to(a.device)
-    print(f"d={a.d} n={spec.n} k={a.k} batch={a.batch} threads={a.threads} device={a.device} "
+    print(f"d={a.d} n={spec.d_sae} k={a.k} batch={a.batch} threads={a.threads} device={a.device} "
           f"precision={a.precision}")
     bf16 = a.precision == "bf16"
     r_dense = rate(dense(spec, x, bf16), a.batch, a.steps)

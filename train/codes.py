@@ -26,9 +26,9 @@ class SparseCodes:
         """Active latents per row (B,): the L0 of each row."""
         return torch.bincount(self.rows, minlength=self.n_rows)
 
-    def to_dense(self, n_latents: int) -> torch.Tensor:
-        """The (B, n_latents) code matrix; for tests and small batches only."""
-        out = torch.zeros(self.n_rows, n_latents, dtype=self.vals.dtype, device=self.vals.device)
+    def to_dense(self, d_sae: int) -> torch.Tensor:
+        """The (B, d_sae) code matrix; for tests and small batches only."""
+        out = torch.zeros(self.n_rows, d_sae, dtype=self.vals.dtype, device=self.vals.device)
         out[self.rows, self.cols] = self.vals
         return out
 

@@ -16,9 +16,9 @@ DEFAULT_DEAD_TOKENS = 10_000_000
 PRECISIONS = ("fp32", "bf16")
 
 
-def default_lr(n_latents: int) -> float:
+def default_lr(d_sae: int) -> float:
     """lr = 2e-4 / √(n / 2^14): smaller steps for wider SAEs, 2e-4 at 16,384 latents."""
-    return 2e-4 / math.sqrt(n_latents / 2**14)
+    return 2e-4 / math.sqrt(d_sae / 2**14)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class TrainConfig(RunSettings):
             raise ClipsaeError("a run needs at least one SAE")
 
     def lr_of(self, spec: SAESpec) -> float:
-        return self.lr if self.lr is not None else default_lr(spec.n)
+        return self.lr if self.lr is not None else default_lr(spec.d_sae)
 
     @property
     def warmup(self) -> int:

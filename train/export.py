@@ -1,7 +1,8 @@
 """Trained SAEs as files other SAE tools load: SAELens's ``cfg.json`` + ``sae_weights.safetensors``.
 
 The input scaling s is folded into the weights, so the saved SAE applies to raw activations:
-z = (s·x − b_dec)W_enc + b_enc = (x − b_dec/s)(s·W_enc) + b_enc, and x̂ = (W_dec f + b_dec)/s.
+z = (s·x − b_dec)W_encᵀ + b_enc = (x − b_dec/s)(s·W_enc)ᵀ + b_enc, and x̂ = (W_dec f + b_dec)/s.
+The files take SAELens's orientation, ``W_enc`` (d_in, d_sae).
 """
 
 from pathlib import Path
@@ -22,7 +23,7 @@ def to_inference(sae: TrainingSAE, scale: float) -> SparseAutoencoder:
     """The raw-activation SAE equal to ``sae`` applied to s·x, divided by s, in its architecture's export form."""
     return SparseAutoencoder(
         sae.arch.export_as,
-        (sae.W_enc * scale).T.contiguous().float().cpu(),
+        (sae.W_enc * scale).float().cpu(),
         sae.b_enc.detach().float().cpu().clone(),
         (sae.W_dec / scale).contiguous().float().cpu(),
         (sae.b_dec / scale).float().cpu().clone(),
@@ -33,7 +34,7 @@ def to_inference(sae: TrainingSAE, scale: float) -> SparseAutoencoder:
 def save_sae(model: SparseAutoencoder, out: Path, cfg_extra: dict, log10_density=None, metrics: dict | None = None) -> None:
     """Write the SAE directory: cfg.json, sae_weights.safetensors, sparsity.safetensors, metrics.json."""
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {"W_enc": model.W_enc, "b_enc": model.b_enc, "W_dec": model.W_dec, "b_dec": model.b_dec}
+    tensors = {"W_enc": model.W_enc.T, "b_enc": model.b_enc, "W_dec": model.W_dec, "b_dec": model.b_dec}
     if model.architecture == "jumprelu":
         tensors["threshold"] = model.threshold
     atomic_write(out / SAELENS_WEIGHTS, lambda p: save_file({k: v.detach().contiguous() for k, v in tensors.items()}, p))

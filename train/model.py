@@ -1,7 +1,9 @@
 """The SAE for inference on raw activations: what training exports and what analysis loads.
 
-SAELens's orientation and names: ``W_enc`` (d_in, d_sae), ``b_enc`` (d_sae), ``W_dec`` (d_sae, d_in),
-``b_dec`` (d_in). Importing this module imports torch and nothing of training.
+SAELens's names, and the training SAE's orientation: one row per latent in both matrices, ``W_enc``
+(d_sae, d_in), ``b_enc`` (d_sae), ``W_dec`` (d_sae, d_in), ``b_dec`` (d_in). Files keep each tool's own
+orientation (SAELens's ``W_enc`` is (d_in, d_sae)); each format's reader turns it into this one.
+Importing this module imports torch and nothing of training.
 """
 
 from dataclasses import dataclass
@@ -69,7 +71,7 @@ class SparseAutoencoder(nn.Module):
     ``architecture`` is ``standard`` (f = ReLU(z)), ``topk`` (the k largest of ReLU(z)),
     ``topk_signed`` (the k largest of z, negative ones included) or
     ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent), with
-    z = (x − b_dec·apply_b_dec_to_input) W_enc + b_enc, scaled by ‖W_dec row‖ when
+    z = (x − b_dec·apply_b_dec_to_input) W_encᵀ + b_enc, scaled by ‖W_dec row‖ when
     ``rescale_acts_by_decoder_norm`` (a SAELens TopK option; decoding then divides by it).
     ``identity`` says where the weights came from (path, format, sha256) once loaded from disk.
 
@@ -92,11 +94,11 @@ class SparseAutoencoder(nn.Module):
         if architecture not in ACTIVATIONS:
             raise ClipsaeError(f"unsupported SAE architecture {architecture!r}; clipsae reads {', '.join(ACTIVATIONS)}")
         act = ACTIVATIONS[architecture]
-        if act.needs_k and not (isinstance(k, int) and 0 < k <= W_enc.shape[1]):
-            raise ClipsaeError(f"a {architecture} SAE needs k between 1 and d_sae={W_enc.shape[1]}, not {k!r}")
+        if act.needs_k and not (isinstance(k, int) and 0 < k <= W_enc.shape[0]):
+            raise ClipsaeError(f"a {architecture} SAE needs k between 1 and d_sae={W_enc.shape[0]}, not {k!r}")
         if act.needs_threshold and threshold is None:
             raise ClipsaeError(f"a {architecture} SAE needs a threshold")
-        d_in, d_sae = W_enc.shape
+        d_sae, d_in = W_enc.shape
         for name, t, shape in (("b_enc", b_enc, (d_sae,)), ("W_dec", W_dec, (d_sae, d_in)), ("b_dec", b_dec, (d_in,))):
             if tuple(t.shape) != shape:
                 raise ClipsaeError(f"{name} has shape {tuple(t.shape)}; with W_enc {tuple(W_enc.shape)} it must be {shape}")
@@ -105,9 +107,11 @@ class SparseAutoencoder(nn.Module):
         self.rescale_acts_by_decoder_norm = rescale_acts_by_decoder_norm
         self.identity: dict = {}
         self._activation = act
-        self.W_enc = nn.Parameter(W_enc)
+        # Contiguous rows whatever the file's orientation: the product's bits depend on the layout, and
+        # an SAE must encode alike however it was loaded.
+        self.W_enc = nn.Parameter(W_enc.contiguous())
         self.b_enc = nn.Parameter(b_enc)
-        self.W_dec = nn.Parameter(W_dec)
+        self.W_dec = nn.Parameter(W_dec.contiguous())
         self.b_dec = nn.Parameter(b_dec)
         if threshold is not None:
             self.register_buffer("threshold", torch.as_tensor(threshold, dtype=W_enc.dtype).expand(d_sae).clone())
@@ -127,11 +131,11 @@ class SparseAutoencoder(nn.Module):
 
     @property
     def d_in(self) -> int:
-        return self.W_enc.shape[0]
+        return self.W_enc.shape[1]
 
     @property
     def d_sae(self) -> int:
-        return self.W_enc.shape[1]
+        return self.W_enc.shape[0]
 
     def set_affine_input_norm(self, mean, scale) -> None:
         """Standardise inputs as x' = (x − mean)·scale (per dimension or scalar), for an SAE that had none."""
@@ -172,7 +176,7 @@ class SparseAutoencoder(nn.Module):
         x = self.normalize(x)[0]
         if self.apply_b_dec_to_input:
             x = x - self.b_dec
-        z = x @ self.W_enc + self.b_enc
+        z = x @ self.W_enc.T + self.b_enc
         return z * self.W_dec.norm(dim=1) if self.rescale_acts_by_decoder_norm else z
 
     def encode_sparse(self, x_BD: torch.Tensor) -> SparseCodes:

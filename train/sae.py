@@ -1,7 +1,8 @@
 """An SAE under training: its parameters, the unit-norm decoder constraint and firing counts.
 
-The loss is its architecture's (``train/archs/``). Internal convention (d inputs, n latents):
-``W_enc`` (n, d), ``b_enc`` (n), ``W_dec`` (n, d) with unit-norm rows (the features), ``b_dec`` (d).
+The loss is its architecture's (``train/archs/``). With d inputs and d_sae latents (N in shape
+suffixes): ``W_enc`` (d_sae, d), ``b_enc`` (d_sae), ``W_dec`` (d_sae, d) with unit-norm rows (the
+features), ``b_dec`` (d).
 Inputs are already scaled (x̃ = s·x). The formulas are in docs/sae.md.
 """
 
@@ -23,7 +24,7 @@ class TrainingSAE(nn.Module):
         self.spec = spec
         self.arch = archs.get(spec.arch)
         self.bf16_matmul = bf16_matmul
-        n, d = spec.n, spec.d
+        n, d = spec.d_sae, spec.d
         W_dec = torch.randn(n, d, generator=generator)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)

@@ -17,7 +17,8 @@ class SAESpec:
     matryoshka_fractions: tuple[float, ...] = field(default=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0))
 
     @property
-    def n(self) -> int:
+    def d_sae(self) -> int:
+        """The number of latents (SAELens's name, the one cfg.json and the codes record)."""
         return self.expansion * self.d
 
     @property
@@ -33,8 +34,8 @@ class SAESpec:
 
     @property
     def levels(self) -> list[int]:
-        """Matryoshka prefix sizes m_1 < … < m_L = n."""
-        return sorted({max(1, round(f * self.n)) for f in self.matryoshka_fractions} | {self.n})
+        """Matryoshka prefix sizes m_1 < … < m_L = d_sae."""
+        return sorted({max(1, round(f * self.d_sae)) for f in self.matryoshka_fractions} | {self.d_sae})
 
     def level_weights(self) -> list[float]:
         """w_l, summing to 1: uniform (UW) or reverse-linear (RW, the smallest prefix weighs most)."""

@@ -213,7 +213,7 @@ class Run:
         for sae in self.saes:
             dead = int((sae.tokens_since_fired >= self.dead_after()).sum())
             record = {"step": self.step, "tokens": self.step * self.cfg.batch_size, "sae": sae.spec.label,
-                      "split": "heldout", "dead": dead, "dead_fraction": dead / sae.spec.n}
+                      "split": "heldout", "dead": dead, "dead_fraction": dead / sae.spec.d_sae}
             if x_eval is not None and len(x_eval):
                 metrics, density = evaluate(to_inference(sae, self.scale).to(self.device), x_eval)
                 record.update(metrics)

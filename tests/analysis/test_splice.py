@@ -51,7 +51,7 @@ def manual_splice(visual, images, block, positions, fn):
 
 def test_spliced_embedding_equals_the_forward_with_the_reconstruction_written_in(vit):
     w = sae_weights(0, d=D, n=64)
-    sae = SparseAutoencoder("topk", w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], k=8)
+    sae = SparseAutoencoder("topk", w["W_enc"].T, w["b_enc"], w["W_dec"], w["b_dec"], k=8)
     images = torch.randn(2, 3, 224, 224)
     positions = np.array([0, 3, 7])
     mean = torch.randn(len(positions), D)

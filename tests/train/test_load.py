@@ -89,7 +89,7 @@ def test_sparsify_checkpoint_encodes_as_sparsify_does(tmp_path):
 @pytest.mark.parametrize("arch, kw", [("standard", {}), ("topk", {"k": 7}), ("jumprelu", {"threshold": torch.full((N,), 0.2)})])
 def test_sparse_encoding_equals_dense_encoding(arch, kw):
     w = _weights(3)
-    sae = SparseAutoencoder(arch, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], **kw)
+    sae = SparseAutoencoder(arch, w["W_enc"].T, w["b_enc"], w["W_dec"], w["b_dec"], **kw)
     x = _x(4)
     codes = sae.encode_sparse(x)
     assert torch.equal(codes.rows, codes.rows.sort().values) and bool((codes.vals > 0).all())

@@ -8,7 +8,7 @@ from clipsae.train.model import SparseAutoencoder
 
 def _relu_sae(d=6, n=10, seed=0) -> SparseAutoencoder:
     g = torch.Generator().manual_seed(seed)
-    return SparseAutoencoder("standard", torch.randn(d, n, generator=g), torch.randn(n, generator=g) - 0.5,
+    return SparseAutoencoder("standard", torch.randn(d, n, generator=g).T, torch.randn(n, generator=g) - 0.5,
                              torch.randn(n, d, generator=g), torch.randn(d, generator=g))
 
 

@@ -24,7 +24,7 @@ def _sae(arch: str, d=16, expansion=4, k=4) -> TrainingSAE:
 
 def test_initial_encoder_is_a_copy_of_the_decoder_with_unit_features():
     sae = _sae("topk")
-    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.spec.n))
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.spec.d_sae))
     assert torch.equal(sae.W_enc, sae.W_dec)
     assert sae.W_enc.data_ptr() != sae.W_dec.data_ptr()
 
@@ -38,7 +38,7 @@ def test_decoder_gradient_is_projected_off_each_feature_and_features_renormalise
     assert radial.abs().max() < 1e-5
     torch.optim.SGD(sae.parameters(), lr=0.5).step()
     sae.normalize_decoder()
-    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.spec.n), atol=1e-6)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.spec.d_sae), atol=1e-6)
 
 
 def test_geometric_median_ignores_far_outliers_that_move_the_mean():
@@ -98,8 +98,11 @@ def test_saved_sae_loads_back_in_saelens_layout(tmp_path):
     save_sae(model, tmp_path, {"meta": {"hook_name": "resid.3"}}, torch.zeros(64), {"fvu": 0.1})
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     assert (cfg["architecture"], cfg["d_in"], cfg["d_sae"], cfg["k"]) == ("topk", 16, 64, 4)
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "sae_weights.safetensors")["W_enc"].shape == (16, 64)  # SAELens's (d_in, d_sae)
     back = load_sae(tmp_path)
-    assert back.W_enc.shape == (16, 64) and back.W_dec.shape == (64, 16)
+    assert back.W_enc.shape == (64, 16) and back.W_dec.shape == (64, 16)
     x = torch.randn(5, 16)
     assert torch.equal(back(x), model(x))
     assert (tmp_path / "sparsity.safetensors").is_file()
@@ -111,7 +114,7 @@ def test_resampling_points_dead_latents_at_inputs_and_resets_their_adam_state():
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(8))
     sae(x).loss.backward()
     opt.step()
-    dead = torch.zeros(sae.spec.n, dtype=torch.bool)
+    dead = torch.zeros(sae.spec.d_sae, dtype=torch.bool)
     dead[:3] = True
     n = archs.get("relu").resample(sae, x, dead, torch.Generator().manual_seed(9), opt)
     assert n == 3

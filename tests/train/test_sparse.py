@@ -74,7 +74,7 @@ def test_auxk_selects_only_dead_latents():
 def test_auxk_loss_sends_gradient_to_dead_latents_only_through_aux_term():
     sae = _sae("topk", k=2)
     x = torch.randn(32, 16, generator=torch.Generator().manual_seed(7))
-    dead = torch.zeros(sae.spec.n, dtype=torch.bool)
+    dead = torch.zeros(sae.spec.d_sae, dtype=torch.bool)
     dead[:10] = True
     sae(x).loss.backward()
     without = sae.W_enc.grad[:10].abs().sum()
@@ -115,7 +115,7 @@ def test_training_trajectory_equals_a_plain_dense_reference_on_hard_data(arch):
 def test_auxk_loss_and_gradients_equal_a_dense_masked_reference():
     sae = _sae("topk", k=3)
     x = torch.randn(48, 16, generator=torch.Generator().manual_seed(8))
-    dead = torch.zeros(sae.spec.n, dtype=torch.bool)
+    dead = torch.zeros(sae.spec.d_sae, dtype=torch.bool)
     dead[[1, 4, 9, 33, 60, 61, 100, 127]] = True
     out = sae(x, dead)
     out.loss.backward()

@@ -28,7 +28,7 @@ class BatchTopK(SparseFamily):
         sae.threshold.copy_(torch.where(torch.isfinite(m), moved, sae.threshold))
 
     def export_options(self, sae):
-        return {"threshold": torch.full((sae.spec.n,), float(max(sae.threshold.item(), 0.0)))}
+        return {"threshold": torch.full((sae.spec.d_sae,), float(max(sae.threshold.item(), 0.0)))}
 
 
 ARCH = BatchTopK()

@@ -62,6 +62,6 @@ class SparseFamily(Architecture):
             aux = l_aux.detach()
         self.after_step(sae, codes)
         active = (codes.vals > 0).to(torch.uint8)
-        fired = torch.zeros(spec.n, dtype=torch.uint8, device=x.device).scatter_reduce_(0, codes.cols, active, "amax")
+        fired = torch.zeros(spec.d_sae, dtype=torch.uint8, device=x.device).scatter_reduce_(0, codes.cols, active, "amax")
         l0 = active.sum() / x.shape[0]
         return StepOutput(loss, sse.detach() / x.shape[0], l0, fired.bool(), aux)

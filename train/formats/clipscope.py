@@ -27,7 +27,7 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
     n = int(ckpt["n_features"])
     cfg = {"format": "clipscope", "k": int(ckpt["k"]), "d_in": int(ckpt["d_in"]), "n_features": n,
            "formula": "codes = TopK((x - pre_b) enc), no ReLU; x_hat = codes dec + pre_b"}
-    model = SparseAutoencoder("topk_signed", w["enc"], torch.zeros(n, dtype=w["enc"].dtype, device=w["enc"].device),
+    model = SparseAutoencoder("topk_signed", w["enc"].T, torch.zeros(n, dtype=w["enc"].dtype, device=w["enc"].device),
                               w["dec"], w["pre_b"], k=int(ckpt["k"]), cfg=cfg)
     return model, p
 

@@ -37,13 +37,13 @@ def _threshold(w: dict, n: int) -> torch.Tensor:
 
 def _linear(w: dict, p: Path, bias: str) -> tuple:
     need_tensors(w, ("encoder.weight", "encoder.bias", "decoder.weight", bias), p)
-    return w["encoder.weight"].T.contiguous(), w["encoder.bias"], w["decoder.weight"].T.contiguous(), w[bias]
+    return w["encoder.weight"], w["encoder.bias"], w["decoder.weight"].T.contiguous(), w[bias]
 
 
 def _autoencoder(w, p, cfg):
     W_enc, b_enc, W_dec, b_dec = _linear(w, p, "bias")
     norms = W_dec.norm(dim=1)  # as AutoEncoder.from_pretrained(normalize_decoder=True): same outputs
-    return SparseAutoencoder("standard", W_enc * norms, b_enc * norms, W_dec / norms[:, None], b_dec, cfg=cfg)
+    return SparseAutoencoder("standard", W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None], b_dec, cfg=cfg)
 
 
 def _topk(w, p, cfg):
@@ -54,19 +54,19 @@ def _topk(w, p, cfg):
 def _batchtopk(w, p, cfg):
     need_tensors(w, ("threshold",), p)
     W_enc, b_enc, W_dec, b_dec = _linear(w, p, "b_dec")
-    return SparseAutoencoder("jumprelu", W_enc, b_enc, W_dec, b_dec, threshold=_threshold(w, W_enc.shape[1]), cfg=cfg)
+    return SparseAutoencoder("jumprelu", W_enc, b_enc, W_dec, b_dec, threshold=_threshold(w, W_enc.shape[0]), cfg=cfg)
 
 
 def _matryoshka(w, p, cfg):
     need_tensors(w, ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), p)
     cfg = {**cfg, "group_sizes": w["group_sizes"].tolist()} if "group_sizes" in w else cfg
-    return SparseAutoencoder("jumprelu", w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"],
+    return SparseAutoencoder("jumprelu", w["W_enc"].T, w["b_enc"], w["W_dec"], w["b_dec"],
                              threshold=_threshold(w, w["W_enc"].shape[1]), cfg=cfg)
 
 
 def _jumprelu(w, p, cfg):
     need_tensors(w, ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), p)
-    return SparseAutoencoder("jumprelu", w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], threshold=w["threshold"],
+    return SparseAutoencoder("jumprelu", w["W_enc"].T, w["b_enc"], w["W_dec"], w["b_dec"], threshold=w["threshold"],
                              cfg=cfg, apply_b_dec_to_input=False)
 
 

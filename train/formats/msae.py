@@ -60,7 +60,7 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
     variant = (f"top-k encode, k={cfg['k']}{'' if cfg['activation'] == 'TopKReLU' else ' without ReLU'}"
                if cfg["k"] else "ReLU encode")
     ours = {"format": "msae", **cfg, "variant": variant, "target_norm": float(ckpt.get("target_norm", 0) or 0)}
-    model = SparseAutoencoder(ACTIVATIONS[cfg["activation"]], w["encoder"], w["latent_bias"], decoder, w["pre_bias"],
+    model = SparseAutoencoder(ACTIVATIONS[cfg["activation"]], w["encoder"].T, w["latent_bias"], decoder, w["pre_bias"],
                               k=cfg["k"], cfg=ours, input_norm="affine", norm_mean=mean,
                               norm_scale=float(ckpt["scaling_factor"]), soft_cap=cfg["soft_cap"])
     return model, p

@@ -67,7 +67,7 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
     need_tensors(w, ("W_enc", "b_enc", "W_dec", "b_dec"), weights)
     k = (cfg.get("activation_fn_kwargs") or {}).get("k")
     ours = {"format": "prisma", **cfg, "hook": store_hook(cfg), "tokens": "cls" if cfg.get("cls_token_only") else None}
-    model = SparseAutoencoder(ACTIVATIONS[act], w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"],
+    model = SparseAutoencoder(ACTIVATIONS[act], w["W_enc"].T, w["b_enc"], w["W_dec"], w["b_dec"],
                               k=int(k) if k is not None else None, cfg=ours, input_norm=norm)
     return model, weights
 

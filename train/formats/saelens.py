@@ -51,7 +51,7 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
         else:
             raise ClipsaeError(f"{p} is a {arch} SAE but holds no threshold, log_threshold or topk_threshold")
         arch = "jumprelu"
-    model = SparseAutoencoder(arch, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], k=cfg.get("k"), threshold=threshold,
+    model = SparseAutoencoder(arch, w["W_enc"].T, w["b_enc"], w["W_dec"], w["b_dec"], k=cfg.get("k"), threshold=threshold,
                               cfg=cfg, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
                               rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)))
     return model, p / WEIGHTS

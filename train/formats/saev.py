@@ -59,7 +59,7 @@ def _current(p: Path, header: dict, w: dict) -> SparseAutoencoder:
     kind, params = act.get("cls"), act.get("params") or {}
     ours = {"format": "saev", "schema": header["schema"], **{k: v for k, v in cfg.items() if k != "activation"},
             "activation": kind, **params}
-    args = (w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"])
+    args = (w["W_enc"].T, w["b_enc"], w["W_dec"], w["b_dec"])
     if kind == "Relu":
         return SparseAutoencoder("standard", *args, cfg=ours, apply_b_dec_to_input=False)
     if kind == "TopK":
@@ -84,7 +84,7 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
             raise ClipsaeError(f"{p}: a saev header without a schema must name d_vit (the first releases' format)")
         w = _weights(p, body, device)
         ours = {"format": "saev", "schema": None, **header}
-        model = SparseAutoencoder("standard", w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], cfg=ours)
+        model = SparseAutoencoder("standard", w["W_enc"].T, w["b_enc"], w["W_dec"], w["b_dec"], cfg=ours)
         return model, p
     if schema in (1, 2):
         raise ClipsaeError(f"{p} is a saev schema-{schema} file: saev wrote that schema both with and without "

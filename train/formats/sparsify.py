@@ -17,7 +17,7 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
         if cfg.get(key, ok) != ok:
             raise ClipsaeError(f"{p}: sparsify {key}={cfg[key]!r} is not supported; clipsae reads {key}={ok!r}")
     need_tensors(w, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"), p)
-    model = SparseAutoencoder("topk", w["encoder.weight"].T.contiguous(), w["encoder.bias"], w["W_dec"], w["b_dec"],
+    model = SparseAutoencoder("topk", w["encoder.weight"], w["encoder.bias"], w["W_dec"], w["b_dec"],
                               k=cfg.get("k"), cfg=cfg)
     return model, p / WEIGHTS
 
