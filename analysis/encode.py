@@ -171,6 +171,8 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
 def run_encode(cfg: EncodeConfig) -> EncodeResult:
     """Encode every store part this worker owns that has no complete codes part yet."""
     n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     dev = resolve_device(cfg.device)
     o = open_encode(cfg, dev)
     store, sae, positions, width, path = o.store, o.sae, o.positions, o.width, o.path

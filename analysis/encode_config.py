@@ -41,6 +41,8 @@ class EncodeConfig:
     """Jobs sharing the store."""
     worker_index: int | None = option(None, shown_default="SLURM_ARRAY_TASK_ID, else 0")
     """This job's index."""
+    threads: int | None = option(None, at_least=1, shown_default="torch's")
+    """torch CPU threads (a shared node's cores are not all yours)."""
     progress: bool = option(True, cli=False)
     """Show a progress bar (the command line's --quiet turns it off)."""
     sae_format: str | None = option(None, choices=tuple(sae_formats()), shown_default="detected from the files")

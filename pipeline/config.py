@@ -89,6 +89,8 @@ class ExtractConfig:
     """Take the label from this field of each sample's json."""
     compression: str = option("none", choices=COMPRESSIONS)
     """Chunk compression (zstd level 1), for disks slower than the reader."""
+    threads: int | None = option(None, at_least=1, shown_default="torch's")
+    """torch CPU threads (a shared node's cores are not all yours)."""
     progress: bool = option(True, cli=False)
     """Show a progress bar (the command line's --quiet turns it off)."""
 

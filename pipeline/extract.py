@@ -121,6 +121,8 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
     """Extract this worker's share of the tars into ``cfg.store``; complete parts are skipped."""
     t0 = time.perf_counter()
     n_workers, index = worker_slot(cfg.num_workers, cfg.worker_index)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     o = _open(cfg, device)
     mine = claim(o.shards, lambda s: s.part, o.root / layout.PARTS, n_workers, index)

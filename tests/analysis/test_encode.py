@@ -264,3 +264,15 @@ def test_a_hook_name_of_another_tool_warns_and_the_width_decides(tmp_path, run_c
     assert code == 0, err
     assert "'vision_model.encoder.layers.3', which names no store hook; encoding resid.3" in err
     assert "of hook resid.3" in out
+
+
+def test_threads_sets_torchs_cpu_threads_and_zero_is_refused(store, tmp_path):
+    sae, _ = _sae(tmp_path)
+    before = torch.get_num_threads()
+    try:
+        run_encode(EncodeConfig(store, sae, threads=1, progress=False))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ClipsaeError, match="--threads must be at least 1, not 0"):
+        EncodeConfig(store, sae, threads=0)

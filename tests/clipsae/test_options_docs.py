@@ -18,7 +18,8 @@ def test_the_options_table_in_the_docs_is_the_one_the_fields_make(command):
     table = text[text.index(f"## `clipsae {command}` options"):].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| `--")]
     generated = [row for cls in COMMANDS[command] for row in options.markdown_rows(cls)]
-    assert rows[:len(generated)] == generated, f"docs/commands.md's {command} table differs from the option fields"
+    assert rows[:len(generated)] == generated, (f"docs/commands.md's {command} table differs from the option fields; "
+                                                f"its rows should read:\n" + "\n".join(generated))
 
 
 @pytest.mark.parametrize("cls", [cls for classes in COMMANDS.values() for cls in classes], ids=lambda c: c.__name__)

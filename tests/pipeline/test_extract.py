@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from clipsae.errors import ClipsaeError
 from clipsae.pipeline.config import ExtractConfig, ModelConfig
 from clipsae.pipeline.extract import run_extract
 from clipsae.pipeline.synthetic import draw, jpeg_bytes, make_synthetic_shards
@@ -238,3 +239,14 @@ def test_local_checkpoint_is_recorded_by_its_sha256(shards, tmp_path):
                               shards=str(shards), store=str(tmp_path / "s.zarr"), progress=False))
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert ActivationStore.open(tmp_path / "s.zarr").config["pretrained"] == f"file:sha256:{digest}"
+
+
+def test_threads_sets_torchs_cpu_threads_and_zero_is_refused(shards, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        extract(shards, tmp_path / "s.zarr", layers=("1",), tokens="cls", threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ClipsaeError, match="--threads must be at least 1, not 0"):
+        ExtractConfig(ModelConfig("RN50"), ["layer4"], "x", "s.zarr", threads=0)
