@@ -159,7 +159,8 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
     width = cfg.max_active or (sae.k if sae.architecture in ("topk", "topk_signed") else DEFAULT_MAX_ACTIVE)
     norm = None
     if cfg.input_norm == "store":
-        norm = input_norm.store_statistics(store, hook, tokens)
+        norm = (input_norm.recorded_statistics(codes_store.recorded_identity(store.path, cfg.codes_name), hook, tokens)
+                or input_norm.store_statistics(store, hook, tokens))
         input_norm.apply(sae, norm)
     path = codes_store.open_codes(store.path, cfg.codes_name,
                                   _identity(sae, hook, tokens, positions, width, cls_position is not None, norm),

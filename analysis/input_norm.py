@@ -2,8 +2,9 @@
 trained on standardised activations whose statistics were not shipped (CLIP-Scope, early saev).
 
 x′_j = (x_j − μ_j)/σ_j with μ and σ the mean and (population) standard deviation of dimension j over
-every encoded row of the hook in the store, computed in one streaming pass in float64. They are
-recorded in the codes' identity, so the analyses that reload the SAE apply the same ones.
+every encoded row of the hook in the store, computed in one streaming pass in float64 when the codes
+are first made. They are recorded in the codes' identity, so a rerun, every array task and the
+analyses that reload the SAE apply the same ones without another pass.
 """
 
 import numpy as np
@@ -28,6 +29,13 @@ def store_statistics(store: ActivationStore, hook: str, tokens: str) -> dict:
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
     return {"kind": "store", "rows": n, "mean": mean.tolist(), "std": std.tolist()}
+
+
+def recorded_statistics(codes_identity: dict | None, hook: str, tokens: str) -> dict | None:
+    """The store statistics that codes of ``hook`` and ``tokens`` already record, or None."""
+    norm = (codes_identity or {}).get("input_norm")
+    same = codes_identity is not None and codes_identity.get("hook") == hook and codes_identity.get("tokens") == tokens
+    return norm if same and isinstance(norm, dict) and norm.get("kind") == "store" else None
 
 
 def apply(sae: SparseAutoencoder, stats: dict) -> None:

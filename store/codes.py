@@ -61,6 +61,11 @@ def codes_names(store: str | Path) -> list[str]:
     return [n for n in storage_of(root).list_dirs(root) if zb.is_node(root / n)]
 
 
+def recorded_identity(store: str | Path, name: str) -> dict | None:
+    """The identity that codes ``name`` of ``store`` record, or None where there are none."""
+    return CODES_GROUP.identity((zb.read_attributes(codes_dir(store, name)) or {}).get(CODES_GROUP.attribute))
+
+
 def open_codes(store: str | Path, name: str, identity: dict, provenance: dict) -> Path:
     """Create ``codes/<name>`` recording ``identity`` and ``provenance``, or open it if it has the same identity.
 

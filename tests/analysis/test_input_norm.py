@@ -58,3 +58,27 @@ def test_an_sae_that_normalises_its_own_inputs_refuses_it(tmp_path, run_cli):
     write_store(tmp_path / "s.zarr", {"resid.3": acts}, [f"k{i}" for i in range(4)], attrs={"model": "m"})
     code, _, err = run_cli("encode", "--store", tmp_path / "s.zarr", "--sae", path, "--input-norm", "store")
     assert code == 1 and "already normalises its inputs (layer_norm)" in err
+
+
+def test_a_rerun_takes_the_recorded_statistics_without_another_pass(tmp_path, run_cli, monkeypatch):
+    from clipsae.analysis import input_norm
+
+    sae_file, _ = clipscope.clipscope_file(tmp_path / "22_resid.pt")
+    _store(tmp_path / "s.zarr")
+    args = ("encode", "--store", tmp_path / "s.zarr", "--sae", sae_file, "--input-norm", "store", "--name", "std",
+            "--quiet")
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    before = Codes(ActivationStore.open(tmp_path / "s.zarr"), "std").token_codes(7)
+    (tmp_path / "s.zarr" / "codes" / "std" / "parts" / "p1" / "zarr.json").unlink()  # one part to write again
+
+    def no_pass(*a):
+        raise AssertionError("the statistics were computed again")
+
+    monkeypatch.setattr(input_norm, "store_statistics", no_pass)
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    assert "1 parts written, 1 already done" in out
+    after = Codes(ActivationStore.open(tmp_path / "s.zarr"), "std").token_codes(7)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
