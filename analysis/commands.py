@@ -78,7 +78,9 @@ def run_top_images(t: Target, k: int, by: str, features: list[int] | None = None
     f_idx, r_idx = np.nonzero((top.images_FK >= 0) & wanted[:, None])
     rows = ((int(f), int(r) + 1, int(img), keys[img], int(labels[img]), float(top.values_FK[f, r]), int(top.tokens_FK[f, r]))
             for f, r in zip(f_idx, r_idx) for img in [top.images_FK[f, r]])
-    path = write_csv(t.out / by_setting("top_images", ".csv", by, k, TOP_IMAGES_K), TOP_IMAGES_COLUMNS, rows)
+    # A table of some features is named apart, so that it never replaces the table of all of them.
+    stem = "top_images" if features is None else "top_images_features"
+    path = write_csv(t.out / by_setting(stem, ".csv", by, k, TOP_IMAGES_K), TOP_IMAGES_COLUMNS, rows)
     filled = top.filled_F()
     lines = [f"{t.title}: top {k} images by {by} for {int((filled > 0).sum())} of {t.codes.d_sae} features "
              f"({int((filled == 0).sum())} never fired)"]

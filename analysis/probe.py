@@ -33,6 +33,7 @@ class ProbeStats:
     positives_A: np.ndarray
     images_A: np.ndarray
     passes: int
+    fired_F: np.ndarray  # images each feature fired on (0: dead, left out of the tables)
 
 
 def feature_groups(fired_F: np.ndarray, max_entries: int) -> list[tuple[int, int]]:
@@ -148,8 +149,9 @@ def probe(codes: Codes, attrs: Attributes, by: str = "max", max_entries: int = D
         raise ClipsaeError(f"--max-entries must be at least 1, not {max_entries}")
     n_a, n_f = len(attrs.names), codes.d_sae
     nan = lambda: np.full((n_a, n_f), np.nan)  # noqa: E731
-    out = ProbeStats(nan(), nan(), nan(), nan(), nan(), np.zeros(n_a, np.int64), np.zeros(n_a, np.int64), 0)
-    groups = feature_groups(np.asarray(codes.sums().latent_images_fired), max_entries)
+    fired = np.asarray(codes.sums().latent_images_fired)
+    out = ProbeStats(nan(), nan(), nan(), nan(), nan(), np.zeros(n_a, np.int64), np.zeros(n_a, np.int64), 0, fired)
+    groups = feature_groups(fired, max_entries)
     for lo, hi in groups:
         feats, vals, imgs = [], [], []
         for block in codes.iter_images(by):
@@ -159,7 +161,7 @@ def probe(codes: Codes, attrs: Attributes, by: str = "max", max_entries: int = D
             imgs.append(block.image_of_E[mine])
         _group_stats(np.concatenate(feats), np.concatenate(vals), np.concatenate(imgs), hi - lo, attrs, out, lo)
     return ProbeStats(out.auroc_AF, out.f1_AF, out.threshold_AF, out.pearson_AF, out.spearman_AF, out.positives_A,
-                      out.images_A, len(groups))
+                      out.images_A, len(groups), fired)
 
 
 PROBE_COLUMNS = ("attribute", "feature", "auroc", "f1", "threshold", "positives", "images", "pearson", "spearman")
@@ -179,7 +181,7 @@ def run_probe(t, attrs: Attributes, by: str = "max", top: int = 10, max_entries:
     if top < 1:
         raise ClipsaeError(f"--top must be at least 1, not {top}")
     st = probe(t.codes, attrs, by, max_entries)
-    live = np.nonzero(np.asarray(t.codes.sums().latent_images_fired) > 0)[0]
+    live = np.nonzero(st.fired_F > 0)[0]
 
     def cells(a, f):
         return (attrs.names[a], int(f), st.auroc_AF[a, f], st.f1_AF[a, f], st.threshold_AF[a, f] if attrs.binary[a]

@@ -30,7 +30,8 @@ def test_top_images_of_chosen_features_are_written_and_printed(encoded, tmp_path
     code, out, err = run_cli("analyze", "top-images", "--store", encoded[0], "--codes", "sae", "-k", "2",
                              "--features", "3,0", "--out", tmp_path)
     assert code == 0, err
-    assert {r["feature"] for r in _read(tmp_path / "top_images_k2.csv")} <= {"0", "3"}
+    assert {r["feature"] for r in _read(tmp_path / "top_images_features_k2.csv")} <= {"0", "3"}
+    assert not (tmp_path / "top_images_k2.csv").exists()
     assert "feature 3: " in out and "feature 0: " in out
 
 
