@@ -18,10 +18,9 @@ from clipsae.train.request import TrainRequest
 @click.command("train")
 @click_options(TrainRequest)
 @click_options(RunSettings)
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress messages.")
 @slurm_options(array=False)
-def train_cmd(threads, quiet, slurm_submit, **options):
+def train_cmd(quiet, slurm_submit, **options):
     """Train sparse autoencoders on one hook of an activation store (several at once on a sweep).
 
     With --slurm, the options are checked here and training runs as a Slurm job that checkpoints
@@ -29,7 +28,7 @@ def train_cmd(threads, quiet, slurm_submit, **options):
     """
     slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
     if slurm_submit:
-        _submit(options, threads, slurm_config(slurm))
+        _submit(options, slurm_config(slurm))
         return
     import torch
 
@@ -37,8 +36,8 @@ def train_cmd(threads, quiet, slurm_submit, **options):
     from clipsae.train.report import format_result
     from clipsae.train.trainer import run_train
 
-    if threads:
-        torch.set_num_threads(threads)
+    if options.get("threads"):
+        torch.set_num_threads(options["threads"])  # before configuring, which already computes
     # Under torchrun, process 0 speaks for all.
     quiet = quiet or os.environ.get("RANK", "0") != "0"
     plan = configure_training(options.pop("store"), **options)
@@ -61,12 +60,12 @@ def train_cmd(threads, quiet, slurm_submit, **options):
         click.echo(line)
 
 
-def _submit(options: dict, threads: int | None, slurm) -> None:
+def _submit(options: dict, slurm) -> None:
     from clipsae.slurm import check_can_submit
 
     check_can_submit(slurm)
     from clipsae.train.slurm_job import submit_train
 
-    job, out = submit_train(options, threads, slurm)
+    job, out = submit_train(options, slurm)
     click.echo(f"submitted job {job.job_id}: training into {out} (requeued on preemption or time-out); "
                f"logs in {job.logs}; progress in {out / 'metrics.jsonl'}")

@@ -66,6 +66,8 @@ class RunSettings:
     """Also export each SAE every this many training tokens (e.g. 1e8) under snapshots/<tokens>/ (0: never)."""
     wandb_project: str | None = option(None, flag_name="--wandb", metavar="PROJECT")
     """Also log to this wandb project (WANDB_MODE=offline works)."""
+    threads: int | None = option(None, at_least=1, shown_default="torch's")
+    """torch CPU threads (a shared node's cores are not all yours)."""
 
     def __post_init__(self):
         check(self)

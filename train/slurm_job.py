@@ -27,9 +27,8 @@ def _preempt_signal() -> int:
 class TrainJob(submitit.helpers.Checkpointable):
     """``clipsae train`` with the given options, on the node; requeued whole on preemption."""
 
-    def __init__(self, options: dict, threads: int | None = None):
+    def __init__(self, options: dict):
         self.options = options
-        self.threads = threads
 
     def __call__(self) -> str:
         import torch
@@ -38,8 +37,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         from clipsae.train.report import format_result
         from clipsae.train.trainer import TrainingStopped, run_train
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        if self.options.get("threads"):
+            torch.set_num_threads(self.options["threads"])
         sig = _preempt_signal()
         requeue = signal.getsignal(sig)
         stop = threading.Event()
@@ -58,7 +57,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         return "\n".join(lines)
 
 
-def submit_train(options: dict, threads: int | None, slurm: SlurmConfig) -> tuple[Submitted, Path]:
+def submit_train(options: dict, slurm: SlurmConfig) -> tuple[Submitted, Path]:
     """Check the options here (one-line errors before anything is queued), then submit the job.
 
     Returns the submission and the run directory the job writes.
@@ -70,4 +69,4 @@ def submit_train(options: dict, threads: int | None, slurm: SlurmConfig) -> tupl
     options = {**options, "out": out, "store": str(absolute(options["store"]))}
     if options.get("sweep"):
         options["sweep"] = Path(options["sweep"]).absolute()
-    return submit_one(slurm, "clipsae-train", TrainJob(options, threads)), out
+    return submit_one(slurm, "clipsae-train", TrainJob(options)), out

@@ -327,3 +327,11 @@ def test_sae_info_says_when_the_heldout_fvu_is_above_one():
     info = {"path": "run", "heldout": {"fvu": 19.9}}
     assert "worse than predicting the mean" in format_sae_info(info)
     assert "worse" not in format_sae_info({**info, "heldout": {"fvu": 0.2}})
+
+
+def test_threads_sets_torchs_cpu_threads_first(small, tmp_path, run_cli, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    code, _, err = run_cli(*_train(small, tmp_path / "o", "--threads", "1"))
+    assert code == 0, err
+    assert calls[0] == 1
