@@ -37,6 +37,7 @@ from clipsae.store.location import storage_of
 
 COMPLETE, IN_PROGRESS, INTERRUPTED, DAMAGED = "complete", "in progress", "interrupted", "damaged"
 WRITTEN_BY = "written_by"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -268,9 +269,6 @@ def scan_parts(parts_dir: Path) -> list[PartState]:
 def complete_names(parts_dir: Path) -> set[str]:
     """Names of the complete parts under ``parts_dir``."""
     return {p.name for p in scan_parts(parts_dir) if p.state == COMPLETE}
-
-
-T = TypeVar("T")
 
 
 def task_of(position: int, n_tasks: int) -> int:
