@@ -149,16 +149,12 @@ def from_csv(store: ActivationStore, path: Path) -> Attributes:
 
 def from_tars(store: ActivationStore, fields: list[str], shards: Path | None = None) -> Attributes:
     """Attributes from top-level fields of each sample's .json, read once from the tars the store names."""
-    from clipsae.analysis.images import locate_tar
+    from clipsae.analysis.images import require_tar
     from clipsae.pipeline.tario import iter_json
 
     rows: dict[str, dict] = {}
     for part in store.parts:
-        tar = locate_tar(part.source, shards)
-        if tar is None:
-            where = f"{Path(shards) / Path(part.source).name}" if shards is not None else repr(part.source)
-            raise ClipsaeError(f"the tar of part {part.name} is not at {where}; pass --shards DIR (the folder that now holds it)")
-        for key, meta in iter_json(str(tar)):
+        for key, meta in iter_json(str(require_tar(part, shards))):
             rows[key] = meta or {}
     absent = [f for f in fields if not any(f in r for r in rows.values())]
     if absent:

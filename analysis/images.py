@@ -22,6 +22,15 @@ def locate_tar(source: str, shards: Path | None) -> Path | None:
     return Path(source) if source and Path(source).is_file() else None
 
 
+def require_tar(part, shards: Path | None) -> Path:
+    """Where the tar of store part ``part`` is now (:func:`locate_tar`); one line where it is not there."""
+    tar = locate_tar(part.source, shards)
+    if tar is None:
+        where = f"{Path(shards) / Path(part.source).name}" if shards is not None else repr(part.source)
+        raise ClipsaeError(f"the tar of part {part.name} is not at {where}; pass --shards DIR (the folder that now holds it)")
+    return tar
+
+
 def load_images(store: ActivationStore, images: Iterable[int], shards: Path | None = None) -> dict[int, Image.Image]:
     """The RGB images at the given global indices, each tar read once, front to back.
 
@@ -46,10 +55,7 @@ def iter_tar_images(store: ActivationStore, images: Iterable[int],
         by_part[int(np.searchsorted(offsets, img, side="right")) - 1][str(keys[img])] = img
     for part_index, want in by_part.items():
         part = store.parts[part_index]
-        tar = locate_tar(part.source, shards)
-        if tar is None:
-            where = f"{Path(shards) / Path(part.source).name}" if shards is not None else repr(part.source)
-            raise ClipsaeError(f"the tar of part {part.name} is not at {where}; pass --shards DIR (the folder that now holds it)")
+        tar = require_tar(part, shards)
         for key, data, _ in iter_samples(str(tar), None, TarReport()):
             if key in want:
                 with Image.open(io.BytesIO(data)) as im:

@@ -83,19 +83,21 @@ def search(codes: Codes, query: Query, k: int, by: str = "max") -> Hits:
     return Hits(best_img, best_score, [kept[int(i)] for i in best_img])
 
 
+def dense(latents, values, d_sae: int) -> np.ndarray:
+    """The (d_sae,) float64 vector with ``values`` at ``latents`` (repeated latents add up), 0 elsewhere."""
+    q = np.zeros(d_sae)
+    np.add.at(q, np.asarray(latents, dtype=np.int64), np.asarray(values, dtype=np.float64))
+    return q
+
+
 def weights_query(weights: dict[int, float], d_sae: int) -> Query:
     """A weighted-features query: ``{feature: weight}``."""
-    q = np.zeros(d_sae)
-    for f, w in weights.items():
-        q[f] = w
-    return Query(q, cosine=False)
+    return Query(dense(list(weights), list(weights.values()), d_sae), cosine=False)
 
 
 def vector_query(latents: np.ndarray, values: np.ndarray, d_sae: int, exclude=()) -> Query:
     """A cosine query from one image's per-image values (latents, values)."""
-    q = np.zeros(d_sae)
-    np.add.at(q, latents, values.astype(np.float64))
-    return Query(q, cosine=True, exclude=frozenset(int(i) for i in exclude))
+    return Query(dense(latents, values, d_sae), cosine=True, exclude=frozenset(int(i) for i in exclude))
 
 
 SEARCH_COLUMNS = ("rank", "image", "key", "label", "score")
@@ -147,8 +149,7 @@ def build_query(t, req: SearchRequest, by: str, choice) -> tuple[Query, list[str
     if req.key:
         image = int(t.store.images_of([req.key])[0])
         latents, values = codes.image_values(image, by)
-        q = np.zeros(codes.d_sae)
-        q[latents] = values
+        q = dense(latents, values, codes.d_sae)
         exclude, shown = [image], image
         lines.append(f"query: image {image} (key {req.key}), {len(latents)} active features by {by}")
     else:

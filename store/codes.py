@@ -260,13 +260,17 @@ class Codes:
             tokens = np.zeros_like(tokens)
         return latents, values, tokens
 
-    def image_values(self, image: int, by: str = "max") -> tuple[np.ndarray, np.ndarray]:
-        """(latents, values > 0) of one image, as :meth:`iter_images` gives them, read without a pass."""
-        self._check_by(by)
+    def _locate(self, image: int) -> tuple[int, int]:
+        """(part, index within it) of a global image index; one line where it is out of range."""
         if not 0 <= image < self.n_images:
             raise ClipsaeError(f"image {image} is out of range for a store of {self.n_images} images")
         i = int(np.searchsorted([p.offset for p in self.store.parts], image, side="right")) - 1
-        local = image - self.store.parts[i].offset
+        return i, image - self.store.parts[i].offset
+
+    def image_values(self, image: int, by: str = "max") -> tuple[np.ndarray, np.ndarray]:
+        """(latents, values > 0) of one image, as :meth:`iter_images` gives them, read without a pass."""
+        self._check_by(by)
+        i, local = self._locate(image)
         counts = self._read(i, "image_counts").astype(np.int64)
         lo = int(counts[:local].sum())
         latents, values, _ = self._entries(i, by, lo, lo + int(counts[local]))
@@ -331,9 +335,7 @@ class Codes:
 
     def token_codes(self, image: int) -> tuple[np.ndarray, np.ndarray]:
         """(latents (T, K), values (T, K)) of one image's encoded tokens; latent −1 means none."""
-        if not 0 <= image < self.n_images:
-            raise ClipsaeError(f"image {image} is out of range for a store of {self.n_images} images")
-        i = int(np.searchsorted([p.offset for p in self.store.parts], image, side="right")) - 1
-        start = (image - self.store.parts[i].offset) * self.n_positions
+        i, local = self._locate(image)
+        start = local * self.n_positions
         stop = start + self.n_positions
         return self._read(i, "token_latents", start, stop), self._read(i, "token_values", start, stop)
