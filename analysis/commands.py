@@ -153,8 +153,7 @@ def run_monosemanticity(t: Target, embed_hook: str | None, by: str, device: str 
     path = write_csv(t.out / by_setting("monosemanticity", ".csv", by), MONOSEMANTICITY_COLUMNS,
                      zip(range(t.codes.d_sae), res.ms_F.tolist(), res.images_F.tolist()))
     png = ms_mod.plot_monosemanticity(res, t.out / by_setting("monosemanticity", ".png", by), t.title)
-    scored = ~np.isnan(res.ms_F)
-    median = float(np.median(res.ms_F[scored])) if scored.any() else float("nan")
+    scored, median = res.scored_F, res.median()
     return [f"{t.title}: monosemanticity by {by} over {hook} embeddings: median {median:.4f} over the "
             f"{int(scored.sum())} features firing on ≥ 2 images ({int((res.images_F == 1).sum())} fire on one, "
             f"{int((res.images_F == 0).sum())} on none); {int((res.ms_F[scored] > res.baseline).sum())} above the "

@@ -60,7 +60,7 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
     density_images = sums.latent_images_fired / max(sums.n_images, 1)
     ent = label_entropy(top_images(codes, ENTROPY_K, by), store.labels(), min_hits)
     try:
-        ms = _median(monosemanticity(codes, embedding_hook(store, embed_hook), by, device).ms_F)
+        ms = monosemanticity(codes, embedding_hook(store, embed_hook), by, device).median()
     except ClipsaeError as exc:
         if embed_hook is not None:
             raise

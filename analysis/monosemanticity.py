@@ -37,6 +37,16 @@ class Monosemanticity:
     baseline: float
     embed_hook: str
 
+    @property
+    def scored_F(self) -> np.ndarray:
+        """The features that have a score (those firing on at least 2 images)."""
+        return ~np.isnan(self.ms_F)
+
+    def median(self) -> float:
+        """The median score over the scored features; nan where none is."""
+        scored = self.ms_F[self.scored_F]
+        return float(np.median(scored)) if len(scored) else float("nan")
+
 
 def embedding_hook(store: ActivationStore, hook: str | None) -> str:
     """The hook whose per-image vector is e_n: ``hook``, or the store's ``embed`` hook; refused in one line

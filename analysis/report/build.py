@@ -92,9 +92,9 @@ def _summary(store: ActivationStore, codes: Codes, sums: PartSums, dens, sae_not
     rows.append(["on this store", f"FVU {fit.fvu:.4f}, explained variance {1 - fit.fvu:.4f}, L0 {fit.l0:.1f}, "
                  f"dead {int(dens.dead_F.sum()):,}, dense {int(dens.dense_F.sum()):,} (> 10% of tokens)"])
     if ms is not None:
-        scored = ms.ms_F[~np.isnan(ms.ms_F)]
-        median = f"{np.median(scored):.4f}" if len(scored) else "–"
-        rows.append(["monosemanticity", f"median {median} over {len(scored):,} features firing on ≥ 2 images, "
+        n_scored, median = int(ms.scored_F.sum()), ms.median()
+        median = f"{median:.4f}" if n_scored else "–"
+        rows.append(["monosemanticity", f"median {median} over {n_scored:,} features firing on ≥ 2 images, "
                      f"embedded by {ms.embed_hook}; all image pairs {ms.baseline:.4f}"])
     if splice is not None:
         rows.append(["spliced", splice["summary"]])
