@@ -66,8 +66,15 @@ def rn50_store(shards, tmp_path_factory) -> Path:
     return path
 
 
-def assert_same_store(a, b) -> None:
-    """Two stores hold the same parts, hooks, keys, labels and activations, bit for bit."""
+def assert_same_store(a, b, *, made_elsewhere: bool = False) -> None:
+    """Two stores hold the same parts, hooks, keys, labels and activations.
+
+    Activations computed on this machine in this run compare bit for bit. ``made_elsewhere``: one
+    store's activations were computed on another CPU (a checked-in fixture), whose float32 kernels sum
+    in another order, so a value may round to a neighbouring float16: each value then agrees within
+    two float16 units in its last place, or, near zero where float32's cancellation dominates, within
+    1e-4 of the hook's largest magnitude.
+    """
     import numpy as np
 
     from clipsae.store.reader import ActivationStore
@@ -77,7 +84,15 @@ def assert_same_store(a, b) -> None:
     np.testing.assert_array_equal(sa.keys(), sb.keys())
     np.testing.assert_array_equal(sa.labels(), sb.labels())
     for h in sa.hooks:
-        np.testing.assert_array_equal(sa.read(h, slice(None)), sb.read(h, slice(None)))
+        xa, xb = sa.read(h, slice(None)), sb.read(h, slice(None))
+        if not made_elsewhere:
+            np.testing.assert_array_equal(xa, xb)
+            continue
+        assert xa.shape == xb.shape and xa.dtype == xb.dtype
+        big = np.maximum(np.abs(xa), np.abs(xb))
+        tol = np.maximum(2 * np.spacing(big).astype(np.float32), 1e-4 * float(big.max()))
+        worst = np.abs(xa.astype(np.float32) - xb.astype(np.float32)) - tol
+        assert worst.max() <= 0, f"{h}: {(worst > 0).sum()} values differ beyond float16 rounding"
 
 
 def tree_snapshot(path: Path) -> dict[str, bytes]:

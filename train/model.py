@@ -35,6 +35,13 @@ def _topk_signed(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes(rows, top.indices.reshape(-1), top.values.reshape(-1), row_offsets(rows, z_BN.shape[0]))
 
 
+def _topk_abs(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    # MSAE's TopKabs: the k largest |z|, coded as |z| (the sign is dropped, not kept).
+    top = z_BN.abs().topk(model.k, dim=1)
+    rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(model.k)
+    return SparseCodes(rows, top.indices.reshape(-1), top.values.reshape(-1), row_offsets(rows, z_BN.shape[0]))
+
+
 def _jumprelu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes.from_mask(z_BN, (z_BN > model.threshold) & (z_BN > 0))
 
@@ -54,6 +61,7 @@ ACTIVATIONS = {
     "standard": Activation(_relu),
     "topk": Activation(_topk, needs_k=True),
     "topk_signed": Activation(_topk_signed, needs_k=True),
+    "topk_abs": Activation(_topk_abs, needs_k=True),
     "jumprelu": Activation(_jumprelu, needs_threshold=True),
 }
 
@@ -69,7 +77,7 @@ class SparseAutoencoder(nn.Module):
     """An SAE on raw activations: ``encode`` (dense codes), ``encode_sparse``, ``decode``, ``forward``.
 
     ``architecture`` is ``standard`` (f = ReLU(z)), ``topk`` (the k largest of ReLU(z)),
-    ``topk_signed`` (the k largest of z, negative ones included) or
+    ``topk_signed`` (the k largest of z, negative ones included), ``topk_abs`` (the k largest |z|, coded as |z|) or
     ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent), with
     z = (x − b_dec·apply_b_dec_to_input) W_encᵀ + b_enc, scaled by ‖W_dec row‖ when
     ``rescale_acts_by_decoder_norm`` (a SAELens TopK option; decoding then divides by it).

@@ -23,6 +23,32 @@ def format_result(result) -> list[str]:
     return lines
 
 
+def _thresholds(t) -> float | dict:
+    """A JumpReLU's threshold: one number when every latent shares it, else its range and median."""
+    t = t.float()
+    if bool((t == t[0]).all()):
+        return float(t[0])
+    return {"min": float(t.min()), "median": float(t.median()), "max": float(t.max())}
+
+
+def sweep_info(path: str | Path) -> list[dict]:
+    """``sae_info`` of each SAE a sweep's run folder holds, in name order (none: not a sweep folder)."""
+    from clipsae.train.formats import sweep_members
+
+    return [sae_info(member) for member in sweep_members(Path(path))]
+
+
+def format_sweep_info(infos: list[dict]) -> str:
+    """One line per SAE of a sweep: what it is and its held-out FVU and L0."""
+    lines = []
+    for i in infos:
+        k = f" k {i['k']}" if i["k"] else ""
+        h = i["heldout"]
+        scores = f"  FVU {h['fvu']:.4f}  L0 {h['l0']:.1f}" if "fvu" in h and "l0" in h else ""
+        lines.append(f"{i['path']}: {i['trained_as'] or i['architecture']}  d_sae {i['d_sae']}{k}{scores}")
+    return "\n".join(lines)
+
+
 def sae_info(path: str | Path, sae_format: str | None = None) -> dict:
     """What the SAE at ``path`` is (whoever trained it) and, for a clipsae run, its held-out metrics."""
     model = load_sae(path, sae_format=sae_format)
@@ -33,7 +59,7 @@ def sae_info(path: str | Path, sae_format: str | None = None) -> dict:
     return {
         "path": str(path), "format": model.identity.get("format"), "architecture": model.architecture,
         "d_in": model.d_in, "d_sae": model.d_sae, "k": model.k,
-        "threshold": float(model.threshold.max()) if model.architecture == "jumprelu" else None,
+        "threshold": _thresholds(model.threshold) if model.architecture == "jumprelu" else None,
         "trained_as": ours.get("spec", {}).get("arch"), "model": meta.get("model_name"),
         "hook": model.recorded("hook") or model.recorded("hook_name"), "tokens": model.recorded("tokens"),
         "store": meta.get("dataset_path"),
@@ -45,7 +71,13 @@ def sae_info(path: str | Path, sae_format: str | None = None) -> dict:
 
 
 def format_sae_info(info: dict) -> str:
-    lines = [f"{key:>15}: {_fmt(value)}" for key, value in info.items() if key != "heldout" and value is not None]
+    lines = [f"{key:>15}: {_fmt(value)}" for key, value in info.items()
+             if key not in ("heldout", "threshold") and value is not None]
+    t = info.get("threshold")
+    if isinstance(t, dict):
+        lines.append(f"{'threshold':>15}: per latent, from {t['min']:.4g} to {t['max']:.4g}, median {t['median']:.4g}")
+    elif t is not None:
+        lines.append(f"{'threshold':>15}: {t:.4g} (every latent)")
     if "hook" in info and info["hook"] is None:
         lines.append(f"{'hook':>15}: not recorded by its files; encode takes the store's only hook of width "
                      f"{info['d_in']}, or --hook")

@@ -23,11 +23,27 @@ def sae_group():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def sae_info_cmd(path, sae_format, as_json):
     """What the SAE at PATH is (clipsae, SAELens, sparsify, dictionary_learning, ViT-Prisma, saev, CLIP-Scope, MSAE), and
-    its held-out metrics."""
-    from clipsae.train.report import format_sae_info, sae_info
+    its held-out metrics; for a sweep's run folder, one line per SAE it holds."""
+    from clipsae.train.formats import detect
+    from clipsae.train.report import format_sae_info, format_sweep_info, sae_info, sweep_info
 
+    if sae_format is None and path.is_dir() and not _is_one_sae(path, detect):
+        infos = sweep_info(path)
+        if infos:
+            click.echo(json.dumps(infos, indent=2) if as_json else format_sweep_info(infos))
+            return
     info = sae_info(path, sae_format)
     click.echo(json.dumps(info, indent=2) if as_json else format_sae_info(info))
+
+
+def _is_one_sae(path: Path, detect) -> bool:
+    from clipsae.errors import ClipsaeError
+
+    try:
+        detect(path)
+    except ClipsaeError:
+        return False
+    return True
 
 
 @sae_group.command("compare")

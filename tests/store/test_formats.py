@@ -122,7 +122,8 @@ def test_format2_store_resumes_extract_then_encode(format2, tmp_path, run_cli):
     assert {p: tree_snapshot(store / "parts" / p) for p in ("00000", "00001")} == before
     code, _, err = run_cli(*extract, "--store", tmp_path / "fresh.zarr")
     assert code == 0, err
-    assert_same_store(store, tmp_path / "fresh.zarr")
+    # Parts 00000 and 00001 were extracted on the machine that made the fixture.
+    assert_same_store(store, tmp_path / "fresh.zarr", made_elsewhere=True)
 
     code, out, err = run_cli("encode", "--store", store, "--sae", format2 / "sae", "--name", "fx", "--quiet")
     assert code == 0, err

@@ -106,16 +106,36 @@ def test_directory_without_cfg_names_what_is_missing(tmp_path):
         load_sae(tmp_path / "x")
 
 
+@pytest.mark.parametrize("norm", ["constant_norm_rescale", "layer_norm"])
+def test_saelens_normalisations_are_applied_as_saelens_does(tmp_path, norm):
+    cfg = {"architecture": "topk", "k": 5, "normalize_activations": norm}
+    w = _weights()
+    sae = load_sae(_saelens_dir(tmp_path / "sae", cfg, w))
+    x = 4 * _x() + 2
+    # SAELens's run_time_activation_norm_fn_in and _out, written out.
+    if norm == "constant_norm_rescale":
+        c = D**0.5 / x.norm(dim=-1, keepdim=True)
+        x_in, out = x * c, (lambda y: y / c)
+    else:
+        mu = x.mean(dim=-1, keepdim=True)
+        std = (x - mu).std(dim=-1, keepdim=True)
+        x_in, out = (x - mu) / (std + 1e-5), (lambda y: y * std + mu)
+    f = _reference_saelens(cfg, w, x_in)
+    torch.testing.assert_close(sae.encode(x), f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae(x), out(f @ w["W_dec"] + w["b_dec"]), atol=1e-5, rtol=1e-5)
+
+
 def test_sweep_directory_points_to_its_saes(tmp_path):
     _saelens_dir(tmp_path / "topk-x8-k16", {"architecture": "topk", "k": 3}, _weights())
     _saelens_dir(tmp_path / "relu-x8-l1_5", {"architecture": "standard"}, _weights())
-    with pytest.raises(ClipsaeError, match="sweep run directory, whose SAEs are in .*relu-x8-l1_5, .*topk-x8-k16"):
+    with pytest.raises(ClipsaeError, match=r"it is a sweep run directory: `clipsae sae info .*` lists its 2 SAEs"):
         load_sae(tmp_path)
 
 
 @pytest.mark.parametrize("cfg, tensors, message", [
     ({"architecture": "gated"}, _weights(), "unsupported SAE architecture 'gated'"),
-    ({"architecture": "standard", "normalize_activations": "layer_norm"}, _weights(), "normalize_activations 'layer_norm' is not supported"),
+    ({"architecture": "standard", "normalize_activations": "expected_average_only_in"}, _weights(),
+     "normalize_activations 'expected_average_only_in' is not supported.*scaling factor"),
     ({"architecture": "jumprelu"}, _weights(), "holds no threshold"),
     ({"architecture": "topk"}, _weights(), "needs k between 1 and d_sae=40"),
     ({"architecture": "standard"}, {k: v for k, v in _weights().items() if k != "b_dec"}, "lacks the tensors b_dec"),

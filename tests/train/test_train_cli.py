@@ -288,10 +288,15 @@ def test_rounded_tokens_total_and_no_holdout_are_announced(small, tmp_path, run_
     assert "note: --holdout 0: no image is held out, so there is no held-out evaluation" in err
 
 
-def test_sae_info_on_a_sweep_directory_points_to_its_saes(small, tmp_path, run_cli):
+def test_sae_info_on_a_sweep_directory_lists_its_saes(small, tmp_path, run_cli):
     assert run_cli(*_train(small, tmp_path / "sweep", "--k", "2,4"))[0] == 0
-    code, _, err = run_cli("sae", "info", tmp_path / "sweep")
-    assert code == 1 and "sweep run directory, whose SAEs are in" in err and "topk-x4-k2" in err and "topk-x4-k4" in err
+    code, out, err = run_cli("sae", "info", tmp_path / "sweep")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2, err
+    assert lines[0].startswith(str(tmp_path / "sweep" / "topk-x4-k2") + ": topk  d_sae 64 k 2  FVU ")
+    assert lines[1].startswith(str(tmp_path / "sweep" / "topk-x4-k4") + ": topk  d_sae 64 k 4  FVU ")
+    code, out, _ = run_cli("sae", "info", tmp_path / "sweep", "--json")
+    assert code == 0 and [i["k"] for i in json.loads(out)] == [2, 4]
 
 
 def test_run_files_share_the_permissions_of_every_other_file(small, tmp_path, run_cli):

@@ -65,9 +65,14 @@ def detect(path: Path) -> SAEFormat:
     raise ClipsaeError(f"{path} is not {kind}: it holds none of {needs}{hint}")
 
 
+def sweep_members(p: Path) -> list[Path]:
+    """The SAE folders of a sweep's run folder (``clipsae train`` with several architectures or widths)."""
+    return sorted(x for x in p.iterdir() if x.is_dir() and (x / "cfg.json").is_file()) if p.is_dir() else []
+
+
 def _sweep_hint(p: Path) -> str:
-    members = sorted(x.name for x in p.iterdir() if x.is_dir() and (x / "cfg.json").is_file())
-    return f"; it is a sweep run directory, whose SAEs are in {', '.join(str(p / m) for m in members)}" if members else ""
+    members = sweep_members(p)
+    return f"; it is a sweep run directory: `clipsae sae info {p}` lists its {len(members)} SAEs" if members else ""
 
 
 def folder_with(*files: str) -> Callable[[Path], bool]:
@@ -93,13 +98,47 @@ def pickle_mentions(p: Path, *names: bytes) -> bool:
     return all(n in head for n in names)
 
 
-def torch_load(path: Path, device: str):
-    """A ``torch.save`` file of tensors and plain values, read without running pickled code."""
+class PickledObject:
+    """What an object of a class clipsae does not import unpickles as: its constructor arguments and state,
+    recorded and never run, so that a file that pickles its tool's config beside the weights still reads."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def torch_load(path: Path, device: str, inert: bool = False):
+    """A ``torch.save`` file of tensors and plain values, read without running pickled code.
+
+    ``inert``: any other class the file pickles (a tool's config object) is read as a
+    :class:`PickledObject` instead of refused; torch's weights-only unpickler still runs no code of it.
+    """
     import pickle
 
     import torch
 
     try:
+        others = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a torch archive at all: torch.load below says what it is
+        others = []
+    try:
+        if inert and others:
+            with torch.serialization.safe_globals([(PickledObject, name) for name in others]):
+                return torch.load(path, map_location=device, weights_only=True)
         return torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        raise ClipsaeError(f"cannot read {path}: {' '.join(str(exc).split())[:300]}") from None
+    except pickle.UnpicklingError:
+        if others:
+            raise ClipsaeError(f"cannot read {path}: it pickles {', '.join(others)} beside its tensors, and clipsae "
+                               f"runs no pickled code (it reads tensors and plain values only)") from None
+        raise ClipsaeError(f"cannot read {path}: it is not a torch.save file of tensors and plain values") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise ClipsaeError(f"cannot read {path}: {first_sentence(exc)}") from None
+
+
+def first_sentence(exc: Exception) -> str:
+    """An exception's message as one line, ending at its first sentence, never mid-word."""
+    text = " ".join(str(exc).split())
+    cut = text.find(". ")
+    return text[: cut + 1] if 0 < cut < 300 else text if len(text) <= 300 else text[:300].rsplit(" ", 1)[0] + " …"

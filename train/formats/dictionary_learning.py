@@ -9,6 +9,8 @@ whose ``trainer.dict_class`` names the class that wrote it. Each class's own ``e
   ``threshold`` (a JumpReLU); ``MatryoshkaBatchTopKSAE`` the same with ``W_enc`` (d, n) and
   ``W_dec`` (n, d) parameters and its nested ``group_sizes`` (all groups active, as by default).
 - ``JumpReluAutoEncoder``: ReLU(z·1[z > threshold]) with z = x·W_enc + b_enc (no b_dec subtracted).
+- ``AutoEncoderNew`` (Anthropic's April 2024 update): f = ReLU(encoder(x)), no bias subtracted;
+  x̂ = decoder(f), whose ``decoder.bias`` is the decoder bias. Codes are ``encode``'s, unscaled.
 """
 
 import json
@@ -46,6 +48,10 @@ def _autoencoder(w, p, cfg):
     return SparseAutoencoder("standard", W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None], b_dec, cfg=cfg)
 
 
+def _autoencoder_new(w, p, cfg):
+    return SparseAutoencoder("standard", *_linear(w, p, "decoder.bias"), cfg=cfg, apply_b_dec_to_input=False)
+
+
 def _topk(w, p, cfg):
     need_tensors(w, ("k",), p)
     return SparseAutoencoder("topk", *_linear(w, p, "b_dec"), k=int(w["k"]), cfg=cfg)
@@ -70,7 +76,7 @@ def _jumprelu(w, p, cfg):
                              cfg=cfg, apply_b_dec_to_input=False)
 
 
-CLASSES = {"AutoEncoder": _autoencoder, "AutoEncoderTopK": _topk, "BatchTopKSAE": _batchtopk,
+CLASSES = {"AutoEncoder": _autoencoder, "AutoEncoderNew": _autoencoder_new, "AutoEncoderTopK": _topk, "BatchTopKSAE": _batchtopk,
            "MatryoshkaBatchTopKSAE": _matryoshka, "JumpReluAutoEncoder": _jumprelu}
 
 

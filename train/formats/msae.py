@@ -8,9 +8,10 @@ Its ``SAE`` wrapper: x′ = (x − mean_center)·scaling_factor; z = (x′ − p
 codes = soft_cap·tanh(act(z)/soft_cap) (no cap when soft_cap is 0); x̂ = (codes·decoder + pre_bias)/
 scaling_factor + mean_center. Its ``encode`` returns two codes: the top-k ones (``TopKReLU_k``: the k
 largest of z, then a ReLU; ``TopK_k``: without the ReLU) and a "full" ReLU of every z. We load the
-top-k encode, the sparse one; a ``ReLU`` file has only one. Batch top-k and absolute-value
-selections are not a per-image code, and ``normalize=True`` files cannot be decoded by MSAE's own
-wrapper: both are refused.
+top-k encode, the sparse one; a ``ReLU`` file has only one. ``TopKabs_k`` and ``TopKabsReLU_k`` select
+the k largest |z| of each image and code them as |z| (the ReLU after an absolute value changes
+nothing). Batch top-k selections (``BatchTopK*``) choose across a training batch, so they give no
+per-image code, and ``normalize=True`` files cannot be decoded by MSAE's own wrapper: both are refused.
 """
 
 import re
@@ -23,7 +24,11 @@ from clipsae.train.formats import SAEFormat, need_tensors, pickle_mentions, torc
 from clipsae.train.model import SparseAutoencoder
 
 _NAME = re.compile(r"^(\d+)_(\d+)_([A-Za-z]+)_([^_]+)_(?:(?:UW|RW)[^_]*_)?(True|False)_(True|False)_([0-9.]+)")
-ACTIVATIONS = {"TopKReLU": "topk", "TopK": "topk_signed", "ReLU": "standard"}
+ACTIVATIONS = {"TopKReLU": "topk", "TopK": "topk_signed", "TopKabs": "topk_abs", "TopKabsReLU": "topk_abs",
+               "ReLU": "standard"}
+
+VARIANTS = {"TopKReLU": "the k largest z, then a ReLU", "TopK": "the k largest z, signed",
+            "TopKabs": "the k largest |z|, coded as |z|", "TopKabsReLU": "the k largest |z|, coded as |z|"}
 
 
 def parse_name(p: Path) -> dict:
@@ -44,8 +49,10 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
         raise ClipsaeError(f"{p.name} was trained with normalize=True, which MSAE's own SAE wrapper cannot decode "
                            f"(it needs per-row statistics it does not keep); clipsae does not read it")
     if cfg["activation"] not in ACTIVATIONS:
+        why = (" (a batch top-k selects across a training batch: it gives no code of one image)"
+               if cfg["activation"].startswith("BatchTopK") else "")
         raise ClipsaeError(f"{p.name}: MSAE activation {cfg['activation_name']!r} is not supported; clipsae reads "
-                           f"TopKReLU_k, TopK_k and ReLU (batch top-k and absolute-value selections are not per-image)")
+                           f"{', '.join(a + '_k' if 'TopK' in a else a for a in ACTIVATIONS)}{why}")
     ckpt = torch_load(p, device)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise ClipsaeError(f"{p} is not an MSAE checkpoint: it holds no model state dict")
@@ -57,8 +64,7 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
     decoder = w["encoder"].t().contiguous() if cfg["tied"] else w["decoder"]
     mean = ckpt["mean_center"]
     mean = mean.float() if isinstance(mean, torch.Tensor) else torch.tensor(float(mean))
-    variant = (f"top-k encode, k={cfg['k']}{'' if cfg['activation'] == 'TopKReLU' else ' without ReLU'}"
-               if cfg["k"] else "ReLU encode")
+    variant = (f"top-k encode, k={cfg['k']}, {VARIANTS[cfg['activation']]}" if cfg["k"] else "ReLU encode")
     ours = {"format": "msae", **cfg, "variant": variant, "target_norm": float(ckpt.get("target_norm", 0) or 0)}
     model = SparseAutoencoder(ACTIVATIONS[cfg["activation"]], w["encoder"].T, w["latent_bias"], decoder, w["pre_bias"],
                               k=cfg["k"], cfg=ours, input_norm="affine", norm_mean=mean,

@@ -6,10 +6,17 @@ with ``activation_fn_str`` ``relu`` or ``topk`` (``activation_fn_kwargs.k``; the
 and ``normalize_activations`` ``none``, ``constant_norm_rescale`` (x·√d/‖x‖ per row) or ``layer_norm``
 (per row, (x − mean)/(std + 1e-5), undone as x̂·std + mean). The hook: ``blocks.L.hook_resid_post`` is
 the output of residual block L, our ``resid.L``; ``cls_token_only`` means it was trained on CLS tokens.
-Older files that pickle the config object beside the weights are refused (they need ViT-Prisma to unpickle).
+
+Prisma's trainer (``train_sae.py``) checkpoints a folder of ``config.json``, ``n_images_N.pt`` for each
+checkpoint N ({``cfg``: the config object pickled, ``state_dict``}) and ``n_images_N_log_feature_sparsity.pt``.
+The folder reads as its last checkpoint (the largest N) and a path to one ``n_images_N.pt`` reads that
+one; the pickled config object is never run: the state dict is read beside it, and ``config.json`` says
+the rest. ``config.json`` must name ``activation_fn_str`` and ``normalize_activations``: Prisma fills an
+absent key from its dataclass defaults, which changed between releases (relu to topk in March 2025).
 """
 
 import json
+import re
 from pathlib import Path
 
 from clipsae.errors import ClipsaeError
@@ -18,6 +25,9 @@ from clipsae.train.model import SparseAutoencoder
 
 CONFIG = "config.json"
 _KEYS = ("activation_fn_str", "hook_point_layer", "layer_subtype")
+_REQUIRED = ("activation_fn_str", "normalize_activations")  # whose defaults changed between Prisma releases
+_SPARSITY = "_log_feature_sparsity.pt"
+_CHECKPOINT = re.compile(r"^n_images_(\d+)\.pt$")
 ACTIVATIONS = {"relu": "standard", "topk": "topk"}
 NORMS = ("none", "constant_norm_rescale", "layer_norm")
 
@@ -31,11 +41,15 @@ def _config(p: Path) -> dict | None:
 
 
 def _weights_file(p: Path) -> Path:
-    found = sorted(p.glob("*.pt"))
-    if len(found) != 1:
-        raise ClipsaeError(f"{p} holds {len(found)} .pt files{': ' + ', '.join(f.name for f in found) if found else ''};"
-                           f" a ViT-Prisma SAE folder holds one, its weights")
-    return found[0]
+    """The one state dict of a folder, or the trainer's last checkpoint (the largest n_images_N.pt)."""
+    found = sorted(f for f in p.glob("*.pt") if not f.name.endswith(_SPARSITY))
+    checkpoints = {int(m.group(1)): f for f in found if (m := _CHECKPOINT.match(f.name))}
+    if len(found) == 1:
+        return found[0]
+    if found and len(checkpoints) == len(found):
+        return checkpoints[max(checkpoints)]
+    raise ClipsaeError(f"{p} holds {len(found)} weights .pt files{': ' + ', '.join(f.name for f in found) if found else ''};"
+                       f" a ViT-Prisma SAE folder holds one, or the trainer's n_images_N.pt checkpoints: name one file")
 
 
 def store_hook(cfg: dict) -> str | None:
@@ -46,20 +60,25 @@ def store_hook(cfg: dict) -> str | None:
 
 
 def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
-    cfg = _config(p)
+    folder, weights = (p.parent, p) if p.is_file() else (p, None)
+    cfg = _config(folder)
     if cfg is None:
-        raise ClipsaeError(f"{p / CONFIG} is missing or is not a ViT-Prisma SAE config")
+        raise ClipsaeError(f"{folder / CONFIG} is missing or is not a ViT-Prisma SAE config")
+    missing = [k for k in _REQUIRED if k not in cfg]
+    if missing:
+        raise ClipsaeError(f"{folder / CONFIG} does not name {' or '.join(missing)}, and ViT-Prisma's default for it "
+                           f"changed between releases; add the value the SAE was trained with to the file")
     if cfg.get("architecture", "standard") != "standard":
         raise ClipsaeError(f"{p}: ViT-Prisma architecture {cfg['architecture']!r} is not supported; clipsae reads standard")
-    act = cfg.get("activation_fn_str", "relu")
+    act = cfg["activation_fn_str"]
     if act not in ACTIVATIONS:
         raise ClipsaeError(f"{p}: ViT-Prisma activation_fn_str {act!r} is not supported; clipsae reads "
                            f"{', '.join(ACTIVATIONS)}")
-    norm = cfg.get("normalize_activations") or "none"
+    norm = cfg["normalize_activations"] or "none"
     if norm not in NORMS:
         raise ClipsaeError(f"{p}: ViT-Prisma normalize_activations {norm!r} is not supported; clipsae reads {', '.join(NORMS)}")
-    weights = _weights_file(p)
-    w = torch_load(weights, device)
+    weights = weights or _weights_file(folder)
+    w = torch_load(weights, device, inert=True)
     if isinstance(w, dict) and "state_dict" in w and "cfg" in w:
         w = w["state_dict"]
     if not isinstance(w, dict):
@@ -72,9 +91,15 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
     return model, weights
 
 
+def _detect(p: Path) -> bool:
+    if p.is_file():
+        return p.suffix == ".pt" and not p.name.endswith(_SPARSITY) and _config(p.parent) is not None
+    return p.is_dir() and _config(p) is not None and any(f for f in p.glob("*.pt") if not f.name.endswith(_SPARSITY))
+
+
 FORMAT = SAEFormat(
     name="prisma",
-    needs=f"{CONFIG} with activation_fn_str or hook_point_layer and one .pt state dict (ViT-Prisma)",
-    detect=lambda p: p.is_dir() and _config(p) is not None and any(p.glob("*.pt")),
+    needs=f"{CONFIG} with activation_fn_str or hook_point_layer and a .pt state dict (ViT-Prisma)",
+    detect=_detect,
     load=load,
 )

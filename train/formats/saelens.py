@@ -3,6 +3,8 @@
 Architectures ``standard`` (ReLU), ``topk``, ``jumprelu`` and ``batchtopk`` (a SAELens training
 checkpoint: its ``topk_threshold`` becomes a JumpReLU threshold, as SAELens does when it saves one
 for inference). z = (x − b_dec) W_enc + b_enc, with W_enc (d_in, d_sae) and W_dec (d_sae, d_in).
+``normalize_activations`` ``constant_norm_rescale`` (x·√d/‖x‖) and ``layer_norm`` ((x − mean)/(std + 1e-5),
+undone as x̂·std + mean) are applied per row before encoding, as SAELens's ``process_sae_in`` does.
 """
 
 import json
@@ -17,6 +19,8 @@ from clipsae.train.model import SparseAutoencoder
 
 CFG_FILE = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
+# SAELens's run-time normalisations, computed per row as its SAE does (model.py's input_norm).
+NORMS = ("none", "constant_norm_rescale", "layer_norm")
 
 
 def read_folder(p: Path, weights: str, device: str) -> tuple[dict, dict]:
@@ -35,9 +39,11 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
     cfg, w = read_folder(p, WEIGHTS, device)
     arch = cfg.get("architecture", "standard")
     need_tensors(w, ("W_enc", "b_enc", "W_dec", "b_dec"), p)
-    norm = cfg.get("normalize_activations", "none")
-    if norm not in ("none", None):
-        raise ClipsaeError(f"{p}: normalize_activations {norm!r} is not supported; clipsae reads SAEs with 'none'")
+    norm = cfg.get("normalize_activations") or "none"
+    if norm not in NORMS:
+        why = (" (it needs the dataset's scaling factor, which SAELens folds into the weights when it saves)"
+               if norm == "expected_average_only_in" else "")
+        raise ClipsaeError(f"{p}: normalize_activations {norm!r} is not supported; clipsae reads {', '.join(NORMS)}{why}")
     if cfg.get("reshape_activations", "none") not in ("none", None):
         raise ClipsaeError(f"{p}: reshape_activations {cfg['reshape_activations']!r} is not supported")
     threshold = None
@@ -53,7 +59,8 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
         arch = "jumprelu"
     model = SparseAutoencoder(arch, w["W_enc"].T, w["b_enc"], w["W_dec"], w["b_dec"], k=cfg.get("k"), threshold=threshold,
                               cfg=cfg, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-                              rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)))
+                              rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
+                              input_norm=norm)
     return model, p / WEIGHTS
 
 

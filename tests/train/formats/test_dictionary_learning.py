@@ -21,6 +21,8 @@ def state_dict(dict_class, seed=0):
     enc_w, enc_b = torch.randn(N, D, generator=g) / D**0.5, torch.randn(N, generator=g) * 0.1
     dec_w = torch.randn(D, N, generator=g) * 0.8  # nn.Linear(dict, act).weight: (D, N), columns not unit norm
     b = torch.randn(D, generator=g) * 0.2
+    if dict_class == "AutoEncoderNew":  # two nn.Linear, each with its bias
+        return {"encoder.weight": enc_w, "encoder.bias": enc_b, "decoder.weight": dec_w, "decoder.bias": b}
     if dict_class == "AutoEncoder":
         return {"bias": b, "encoder.weight": enc_w, "encoder.bias": enc_b, "decoder.weight": dec_w}
     if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
@@ -49,6 +51,9 @@ def reference(dict_class, w, x):
         enc_w, enc_b, dec_w = w["encoder.weight"] * norms[:, None], w["encoder.bias"] * norms, w["decoder.weight"] / norms
         f = relu((x - w["bias"]) @ enc_w.T + enc_b)
         return f, f @ dec_w.T + w["bias"]
+    if dict_class == "AutoEncoderNew":  # encode: ReLU(encoder(x)); decode: decoder(f)
+        f = relu(x @ w["encoder.weight"].T + w["encoder.bias"])
+        return f, f @ w["decoder.weight"].T + w["decoder.bias"]
     if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
         post = relu((x - w["b_dec"]) @ w["encoder.weight"].T + w["encoder.bias"])
         if dict_class == "AutoEncoderTopK":
@@ -66,7 +71,7 @@ def reference(dict_class, w, x):
     return f, f @ w["W_dec"] + w["b_dec"]
 
 
-CLASSES = ["AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder"]
+CLASSES = ["AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder"]
 
 
 @pytest.mark.parametrize("dict_class", CLASSES)
@@ -89,3 +94,14 @@ def test_an_unsupported_class_or_missing_tensor_gets_one_line(tmp_path):
     del w["b_dec"]
     with pytest.raises(ClipsaeError, match="lacks the tensors b_dec"):
         load_sae(folder(tmp_path / "topk", "AutoEncoderTopK", w))
+
+
+def test_a_file_that_pickles_code_is_refused_naming_what_it_pickles(tmp_path, capfd):
+    import os
+
+    path = folder(tmp_path / "ae", "AutoEncoderNew", state_dict("AutoEncoderNew"))
+    payload = type("Payload", (), {"__reduce__": lambda self: (os.system, ("echo the pickle ran",))})
+    torch.save({**state_dict("AutoEncoderNew"), "x": payload()}, path / "ae.pt")
+    with pytest.raises(ClipsaeError, match=r"pickles posix.system beside its tensors, and clipsae runs no pickled code"):
+        load_sae(path)
+    assert "the pickle ran" not in capfd.readouterr().out

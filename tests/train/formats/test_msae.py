@@ -33,7 +33,10 @@ def reference(path, ckpt, x, activation="TopKReLU", soft_cap=8.0, tied=False):
     mean = ckpt["mean_center"] if isinstance(ckpt["mean_center"], torch.Tensor) else torch.tensor(ckpt["mean_center"])
     x = (x - mean) * ckpt["scaling_factor"]
     z = (x - m["pre_bias"]) @ m["encoder"] + m["latent_bias"]
-    if "TopK" in activation:
+    if "TopKabs" in activation:  # TopK(use_abs=True): x = |x|, then its top k; the ReLU changes nothing
+        top = z.abs().topk(K, dim=-1)
+        f = torch.zeros_like(z).scatter_(-1, top.indices, top.values)
+    elif "TopK" in activation:
         idx = z.topk(K, dim=-1).indices
         vals = z.gather(-1, idx)
         vals = torch.relu(vals) if activation == "TopKReLU" else vals
@@ -51,6 +54,8 @@ def reference(path, ckpt, x, activation="TopKReLU", soft_cap=8.0, tied=False):
     ("TopK", False, 0.0, "vector"),
     ("TopKReLU", True, 30.0, 0.0),
     ("ReLU", False, 0.0, "vector"),
+    ("TopKabs", False, 8.0, "vector"),
+    ("TopKabsReLU", False, 0.0, "vector"),
 ])
 def test_codes_and_reconstruction_equal_msaes_own(tmp_path, activation, tied, soft_cap, mean):
     path, ckpt = msae_file(tmp_path, activation, tied=tied, soft_cap=soft_cap, mean=mean)
@@ -65,8 +70,8 @@ def test_codes_and_reconstruction_equal_msaes_own(tmp_path, activation, tied, so
 
 @pytest.mark.parametrize("kw, message", [
     ({"normalize": True}, "normalize=True"),
-    ({"activation": "TopKabs"}, "activation 'TopKabs_6' is not supported"),
-    ({"activation": "BatchTopKReLU"}, "activation 'BatchTopKReLU_6' is not supported"),
+    ({"activation": "BatchTopKReLU"}, "activation 'BatchTopKReLU_6' is not supported.*selects across a training batch"),
+    ({"activation": "BatchTopKabs"}, "activation 'BatchTopKabs_6' is not supported"),
 ])
 def test_what_msae_itself_cannot_pin_down_is_refused_in_one_line(tmp_path, kw, message):
     path, _ = msae_file(tmp_path, **kw)

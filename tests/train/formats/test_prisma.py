@@ -1,6 +1,11 @@
 """ViT-Prisma SAE folders load and code as its SparseAutoencoder does, input normalisation included."""
 
+import contextlib
+import dataclasses
 import json
+import shutil
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -92,5 +97,88 @@ def test_what_clipsae_does_not_read_gets_one_line(tmp_path, cfg, message):
 def test_a_folder_with_two_weight_files_is_refused_naming_them(tmp_path):
     path, w = prisma_folder(tmp_path / "sae")
     torch.save(w, path / "other.pt")
-    with pytest.raises(ClipsaeError, match="holds 2 .pt files: n_images_2600058.pt, other.pt"):
+    with pytest.raises(ClipsaeError, match="holds 2 weights .pt files: n_images_2600058.pt, other.pt"):
         load_sae(path)
+
+
+@pytest.mark.parametrize("absent", ["activation_fn_str", "normalize_activations"])
+def test_a_config_without_the_keys_whose_defaults_changed_is_refused_naming_them(tmp_path, absent):
+    path, _ = prisma_folder(tmp_path / "sae")
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg[absent]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ClipsaeError, match=f"does not name {absent}, and ViT-Prisma's default for it changed"):
+        load_sae(path)
+
+
+@dataclasses.dataclass
+class VisionModelSAERunnerConfig:
+    """A stand-in for Prisma's config class, with fields of the types its own holds."""
+
+    d_in: int = D
+    d_sae: int = N
+    activation_fn_str: str = "topk"
+    activation_fn_kwargs: dict = dataclasses.field(default_factory=lambda: {"k": K})
+    normalize_activations: str = "layer_norm"
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+
+@contextlib.contextmanager
+def importable_as(qualified: str, cls):
+    """``cls`` pickles as ``qualified`` while inside; afterwards no such module exists, as where clipsae reads."""
+    module_name, _, name = qualified.rpartition(".")
+    parts = module_name.split(".")
+    names = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    for n in names:
+        sys.modules[n] = types.ModuleType(n)
+    setattr(sys.modules[module_name], name, cls)
+    cls.__module__, cls.__qualname__ = module_name, name
+    try:
+        yield
+    finally:
+        for n in names:
+            del sys.modules[n]
+
+
+def prisma_trainer_folder(path, checkpoints=(1000, 2000)):
+    """What Prisma's train_sae.py checkpoint() writes: config.json, then per checkpoint N the model as save_model
+    pickles it ({cfg: the config object, state_dict}) and the log feature sparsity. Returns the last weights."""
+    with importable_as("vit_prisma.sae.config.VisionModelSAERunnerConfig", VisionModelSAERunnerConfig):
+        path.mkdir()
+        for seed, n in enumerate(checkpoints):
+            w = prisma_folder(path / f"tmp{n}", "topk", "layer_norm", seed=seed)[1]
+            torch.save({"cfg": VisionModelSAERunnerConfig(), "state_dict": w}, path / f"n_images_{n}.pt")
+            torch.save(torch.randn(N), path / f"n_images_{n}_log_feature_sparsity.pt")
+            (path / f"tmp{n}" / "config.json").rename(path / "config.json")
+            shutil.rmtree(path / f"tmp{n}")
+    return w
+
+
+def test_the_trainers_checkpoint_folder_reads_as_its_last_checkpoint_without_running_its_pickle(tmp_path):
+    w = prisma_trainer_folder(tmp_path / "run")
+    sae = load_sae(tmp_path / "run")
+    assert sae.identity["path"].endswith("run") and sae.cfg["activation_fn_str"] == "topk"
+    x = 3 * torch.randn(40, D, generator=torch.Generator().manual_seed(1)) + 1
+    f, recon = reference("topk", "layer_norm", w, x)
+    torch.testing.assert_close(sae.encode(x), f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae(x), recon, atol=1e-5, rtol=1e-5)
+    assert "vit_prisma.sae.config" not in sys.modules
+
+
+def test_one_checkpoint_of_the_trainer_reads_by_its_file(tmp_path):
+    prisma_trainer_folder(tmp_path / "run")
+    first = load_sae(tmp_path / "run" / "n_images_1000.pt")
+    last = load_sae(tmp_path / "run")
+    assert not torch.equal(first.W_enc, last.W_enc)
+    torch.testing.assert_close(first.W_dec, prisma_folder(tmp_path / "again", "topk", "layer_norm", seed=0)[1]["W_dec"])
+
+
+def test_a_pickled_callable_beside_the_weights_is_never_called(tmp_path, capfd):
+    payload = type("Payload", (), {"__reduce__": lambda self: (print, ("the pickle ran",))})
+    with importable_as("evil.Payload", payload):
+        path, w = prisma_folder(tmp_path / "sae")
+        torch.save({**w, "x": payload()}, path / "n_images_2600058.pt")
+    sae = load_sae(path)
+    torch.testing.assert_close(sae.W_dec, w["W_dec"])
+    assert "the pickle ran" not in capfd.readouterr().out

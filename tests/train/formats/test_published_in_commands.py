@@ -66,3 +66,13 @@ def test_a_named_format_that_does_not_fit_gets_one_line(tmp_path, run_cli):
     store = make_store(tmp_path / "s.zarr", n_parts=1, per_part=3, d=d)
     code, _, err = run_cli("encode", "--store", store, "--sae", sae, "--sae-format", "dictionary_learning")
     assert code == 1 and "config.json is missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sae_info_shows_a_per_latent_thresholds_range_and_median(tmp_path, run_cli):
+    w = dl.state_dict("JumpReluAutoEncoder")  # thresholds 0.0 … 0.4, one per latent
+    path = dl.folder(tmp_path / "jump", "JumpReluAutoEncoder", w)
+    code, out, _ = run_cli("sae", "info", path)
+    median = float(w["threshold"].median())
+    assert code == 0 and f"threshold: per latent, from 0 to 0.4, median {median:.4g}" in out
+    code, out, _ = run_cli("sae", "info", dl.folder(tmp_path / "batch", "BatchTopKSAE", dl.state_dict("BatchTopKSAE")))
+    assert code == 0 and "threshold: 0.15 (every latent)" in out

@@ -68,8 +68,44 @@ def test_the_first_releases_subtract_b_dec_and_use_a_relu(tmp_path):
     torch.testing.assert_close(sae(x), f @ w["W_dec"] + w["b_dec"])
 
 
+# Commits of saev's history, one of each formula its schema-1 dump was written with (saev_schema1_commits.json).
+BEFORE_THE_CHANGE = "29d30b7"  # 2025-07-23: every class encodes (x − b_dec)·W_enc + b_enc
+AFTER_THE_CHANGE = "e7ca004"  # 2025-07-31 15:25: "don't remove decoder bias", SparseAutoencoder encodes x·W_enc + b_enc
+WITH_MATRYOSHKA = "9f39cf8"  # 2025-07-31 17:34: SparseAutoencoder encodes x, MatryoshkaSparseAutoencoder x − b_dec
+
+
+def schema1_header(commit, cls="Relu", **cfg):
+    """saev's schema-1 dump: cls named the activation's config class, whose fields were the SAE's."""
+    return {"schema": 1, "cfg": {"d_vit": D, "d_sae": N, "seed": 0, **cfg}, "cls": cls, "commit": commit, "lib": "0.1.0"}
+
+
+@pytest.mark.parametrize("commit, subtracts", [(BEFORE_THE_CHANGE, True), (AFTER_THE_CHANGE, False)])
+@pytest.mark.parametrize("cls", ["Relu", "TopK"])
+def test_schema1_codes_with_the_formula_of_the_commit_that_wrote_it(tmp_path, commit, subtracts, cls):
+    path, w = saev_file(tmp_path / "sae.pt", schema1_header(commit, cls, **({"top_k": K} if cls == "TopK" else {})))
+    x = torch.randn(30, D, generator=torch.Generator().manual_seed(1))
+    h = (x - w["b_dec"] if subtracts else x) @ w["W_enc"] + w["b_enc"]
+    # saev's TopK of that time: a 0/1 mask of the k largest, times h (signed); its Relu: torch.nn.ReLU.
+    f = torch.zeros_like(h).scatter(-1, h.topk(K, dim=-1).indices, 1.0) * h if cls == "TopK" else torch.relu(h)
+    sae = load_sae(path)
+    torch.testing.assert_close(sae.encode(x), f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae(x), f @ w["W_dec"] + w["b_dec"], atol=1e-5, rtol=1e-5)
+    assert sae.cfg["formula"] == ("subtracts_b_dec" if subtracts else "keeps_x")
+
+
+def test_the_later_schema1_header_names_its_activation_inside_cfg(tmp_path):
+    header = {"schema": 1, "cls": "SparseAutoencoderConfig", "commit": BEFORE_THE_CHANGE,
+              "cfg": {"d_vit": D, "d_sae": N, "activation": {"cls": "TopK", "params": {"top_k": 3}}}}
+    path, w = saev_file(tmp_path / "sae.pt", header)
+    sae = load_sae(path)
+    assert (sae.architecture, sae.k, sae.apply_b_dec_to_input) == ("topk_signed", 3, True)
+
+
 @pytest.mark.parametrize("header, message", [
-    ({"schema": 1, "cls": "TopK", "cfg": {"d_vit": D, "d_sae": N, "top_k": K}}, "saev schema-1 file: saev wrote"),
+    (schema1_header("unknown"), "commit 'unknown', which is not a saev commit that wrote schema 1"),
+    (schema1_header("0000000"), "commit '0000000', which is not a saev commit"),
+    (schema1_header(WITH_MATRYOSHKA), "MatryoshkaSparseAutoencoder x − b_dec, and the header does not say which"),
+    (schema1_header(BEFORE_THE_CHANGE, "BatchTopK", top_k=K), "activation 'BatchTopK' is not one clipsae reads"),
     (current_header("TopK", 2, top_k=K), "saev schema-2 file"),
     (current_header("TopK", 6, top_k=K), "schema-6 file; clipsae reads schemas 3, 4, 5"),
     (current_header("Gated", 5), "saev activation 'Gated' is not one clipsae reads"),
