@@ -90,6 +90,10 @@ def _build(store: ActivationStore, rows: dict[str, dict], names: list[str], sour
     found = [rows.get(k) for k in keys]
     unnamed = sum(r is None for r in found)
     unused = len(set(rows) - set(keys))
+    if rows and unnamed == len(keys):
+        example = next(iter(rows))
+        raise ClipsaeError(f"{source}: none of its {len(rows):,} keys is the key of an image in the store "
+                           f"(its first is {example!r}; the store's first is {keys[0]!r})")
     attrs: list[tuple[str, np.ndarray, bool]] = []
     for name in names:
         attrs += _columns(name, [None if r is None else _cell(r.get(name)) for r in found])

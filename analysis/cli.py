@@ -9,7 +9,7 @@ import click
 
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
 from clipsae.analysis.encode_config import EncodeConfig
-from clipsae.options import click_options
+from clipsae.options import click_options, renamed
 from clipsae.slurm import slurm_config, slurm_options
 from clipsae.store.location import absolute
 
@@ -219,6 +219,8 @@ def search_cmd(store_path, codes_name, out, quiet, features, key, images, text, 
 @click.option("--attributes", "attributes_csv", type=click.Path(path_type=Path), default=None, help="CSV of attributes for --group-by.")
 @click.option("--attributes-json", default=None, help="Or the samples' .json field for --group-by.")
 @_model_options
+@renamed("analyze intervene", "--keys", "--images", "keys", "2026-11-29")
+@renamed("analyze intervene", "--n-images", "--first", "n_images", "2026-11-29", type=int)
 def intervene_cmd(store_path, codes_name, out, quiet, edit, ablate_probe, where, keep_top, keys, top_of, n_images, by, classes,
                   contrast, group_by, attributes_csv, attributes_json, sae_path, model, pretrained, shards, device,
                   batch_size):

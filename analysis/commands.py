@@ -150,9 +150,10 @@ def run_monosemanticity(t: Target, embed_hook: str | None, by: str, device: str 
 
     hook = ms_mod.embedding_hook(t.store, embed_hook)
     res = ms_mod.monosemanticity(t.codes, hook, by, resolve_device(device))
-    path = write_csv(t.out / by_setting("monosemanticity", ".csv", by), MONOSEMANTICITY_COLUMNS,
+    embed = {"embed": (hook, ms_mod.DEFAULT_EMBED_HOOK)}
+    path = write_csv(t.out / by_setting("monosemanticity", ".csv", by, **embed), MONOSEMANTICITY_COLUMNS,
                      zip(range(t.codes.d_sae), res.ms_F.tolist(), res.images_F.tolist()))
-    png = ms_mod.plot_monosemanticity(res, t.out / by_setting("monosemanticity", ".png", by), t.title)
+    png = ms_mod.plot_monosemanticity(res, t.out / by_setting("monosemanticity", ".png", by, **embed), t.title)
     scored, median = res.scored_F, res.median()
     return [f"{t.title}: monosemanticity by {by} over {hook} embeddings: median {median:.4f} over the "
             f"{int(scored.sum())} features firing on ≥ 2 images ({int((res.images_F == 1).sum())} fire on one, "

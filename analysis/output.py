@@ -20,10 +20,13 @@ PROBE_FILE = "probe.csv"
 DEFAULT_BY = "max"
 
 
-def by_setting(stem: str, suffix: str, by: str = DEFAULT_BY, k: int | None = None, default_k: int | None = None) -> str:
+def by_setting(stem: str, suffix: str, by: str = DEFAULT_BY, k: int | None = None, default_k: int | None = None,
+               **others: tuple[str, str]) -> str:
     """A file name that carries the settings it was made with where they are not the defaults
-    (``top_images_by-cls_k32.csv``), so that runs with other settings never overwrite each other."""
+    (``top_images_by-cls_k32.csv``, ``monosemanticity_embed-resid.6.csv``), so that runs with other settings
+    never overwrite each other. ``others``: name=(value, default) of any other setting that changes values."""
     tag = (f"_by-{by}" if by != DEFAULT_BY else "") + (f"_k{k}" if k is not None and k != default_k else "")
+    tag += "".join(f"_{name}-{value}" for name, (value, default) in others.items() if value != default)
     return f"{stem}{tag}{suffix}"
 
 

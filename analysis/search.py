@@ -139,25 +139,29 @@ def build_query(t, req: SearchRequest, by: str, choice) -> tuple[Query, list[str
         weights = parse_weighted(req.features, codes.d_sae)
         return weights_query(weights, codes.d_sae), [f"query: features {req.features} by {by}"], f"features\n{req.features}"
     if req.text:
-        scores = model_query.text_feature_scores(codes, req.text, choice)
+        # Only live features: one that never fired on the store finds no image, whatever its direction.
+        scores = np.where(codes.sums().latent_images_fired > 0, model_query.text_feature_scores(codes, req.text, choice),
+                          -np.inf)
         top = [int(f) for f in np.argsort(-scores, kind="stable")[:req.text_features] if scores[f] > 0]
         if not top:
-            raise ClipsaeError(f"no feature's decoder direction has a positive cosine with {req.text!r}")
-        lines.append(f"query: {req.text!r} → features " + ", ".join(f"{f} ({scores[f]:.3f})" for f in top))
+            raise ClipsaeError(f"no feature that fires on the store has a decoder direction with a positive cosine "
+                               f"with {req.text!r}")
+        lines.append(f"query: {req.text!r} → features " + ", ".join(f"{f} ({scores[f]:.3f})" for f in top)
+                     + " (features that fired on the store)")
         note = model_query.model_has_random_weights_note(codes)
         return weights_query({f: float(scores[f]) for f in top}, codes.d_sae), lines + ([note] if note else []), req.text
     if req.key:
         image = int(t.store.images_of([req.key])[0])
         latents, values = codes.image_values(image, by)
         q = dense(latents, values, codes.d_sae)
-        exclude, shown = [image], image
+        exclude, shown = [image], [image]
         lines.append(f"query: image {image} (key {req.key}), {len(latents)} active features by {by}")
     else:
         pictures = [model_query.read_image(p) for p in req.images]
         q = model_query.image_vectors(codes, pictures, by, choice).mean(0)
         stems = {p.stem for p in req.images}
         exclude = [i for i, k in enumerate(t.store.keys()) if str(k) in stems]
-        shown = pictures[0]
+        shown = pictures
         lines.append(f"query: {len(pictures)} image file(s), mean of their per-image values by {by}, "
                      f"{int(np.count_nonzero(q))} active features")
     if req.edit:
@@ -185,47 +189,63 @@ def run_search(t, req: SearchRequest, k: int, by: str, choice, shards=None) -> l
         f"; best {keys[hits.images_K[0]]} ({hits.scores_K[0]:.4g})" if len(hits.images_K) else
         "; no image has any of the query's features"))
     written = [str(path), str(feats)]
-    if len(hits.images_K):
-        figure = _figure(t, hits, shown, shards, t.out / "search.png", lines)
-        if figure:
-            written.append(figure)
+    figure = _figure(t, hits, shown, shards, t.out / "search.png", lines) if len(hits.images_K) else ""
+    if figure:
+        written.append(figure)
+    else:  # a figure of an earlier search must not stand beside this search's tables
+        (t.out / "search.png").unlink(missing_ok=True)
     return lines + [f"wrote {', '.join(written)}"]
 
 
 def _figure(t, hits: Hits, shown, shards, path, lines) -> str:
-    """The query (an image, or its text) beside the top hits; where the tars cannot be read, say why."""
+    """The query (its images, or its text) above the top hits, titled with what the query was (edits
+    included); where the tars cannot be read, say why."""
     from PIL import Image as PILImage
 
     from clipsae.analysis.images import load_images
     from clipsae.analysis.output import pyplot
+    from clipsae.analysis.random_weights import WARNING, store_has_random_weights
 
     top = hits.images_K[:FIGURE_HITS]
-    wanted = list(top) + ([shown] if isinstance(shown, (int, np.integer)) else [])
+    queries = shown if isinstance(shown, list) else [shown]
+    wanted = list(top) + [q for q in queries if isinstance(q, (int, np.integer))]
     try:
         loaded = load_images(t.store, wanted, shards)
     except ClipsaeError as exc:
         lines.append(f"search.png not drawn: {exc}")
         return ""
     plt = pyplot()
-    cols = min(len(top), 6) + 1
-    rows = -(-len(top) // (cols - 1))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows + 0.4), squeeze=False)
+    cols = min(max(len(top), len(queries)), 6)
+    hit_rows = -(-len(top) // cols)
+    title = [line for line in lines if line.startswith(("query:", "edited:"))]
+    if store_has_random_weights(t.store):
+        title.append(WARNING)
+    fig, axes = plt.subplots(1 + hit_rows, cols, figsize=(1.9 * cols, 1.9 * (1 + hit_rows) + 0.3 * len(title) + 0.3),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    query_ax = axes[0, 0]
-    if isinstance(shown, PILImage.Image):
-        query_ax.imshow(shown)
-    elif isinstance(shown, (int, np.integer)):
-        query_ax.imshow(loaded[int(shown)])
-    else:
-        query_ax.text(0.5, 0.5, str(shown), ha="center", va="center", wrap=True, fontsize=9)
-    query_ax.set_title("query", fontsize=9)
+    for j, q in enumerate(queries[:cols]):
+        ax = axes[0, j]
+        if isinstance(q, PILImage.Image):
+            ax.imshow(q)
+        elif isinstance(q, (int, np.integer)):
+            ax.imshow(loaded[int(q)])
+        else:
+            ax.text(0.5, 0.5, str(q), ha="center", va="center", wrap=True, fontsize=9)
+        ax.set_title("query" if len(queries) == 1 else f"query {j + 1} of {len(queries)}", fontsize=9)
     keys = t.store.keys()
     for j, (img, s) in enumerate(zip(top, hits.scores_K)):
-        ax = axes[j // (cols - 1), 1 + j % (cols - 1)]
+        ax = axes[1 + j // cols, j % cols]
         ax.imshow(loaded[int(img)])
         ax.set_title(f"{j + 1}. {keys[img]}\n{s:.3g}", fontsize=7)
+    fig.suptitle("\n".join(_wrap(line) for line in title), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)
+
+
+def _wrap(line: str, width: int = 100) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(line, width))

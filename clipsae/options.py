@@ -138,3 +138,46 @@ def markdown_rows(cls) -> list[str]:
     docs = docstrings(cls)
     cell = lambda text: text.replace("|", "\\|")  # noqa: E731 (a pipe inside a cell ends it)
     return [f"| `{flag(f)}` | {cell(shown_default(f))} | {cell(docs.get(f.name, ''))} |" for f in cli_fields(cls)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rename:
+    """An option that changed its name: the old one still works, hidden, for at least one release."""
+
+    command: str
+    old: str
+    new: str
+    since: str  # when it was renamed
+
+
+RENAMES: list[Rename] = []  # every renamed option, for docs/commands.md's table (a test holds them together)
+
+
+def renamed(command: str, old: str, new: str, dest: str, since: str, *, is_flag: bool = False, type=None):
+    """A command decorator (below ``@click.command``) keeping ``old`` as a hidden alias of the option now
+    called ``new`` (parameter ``dest``): using it prints one deprecation line and passes its value on."""
+    import functools
+
+    import click
+
+    RENAMES.append(Rename(command, old, new, since))
+    alias = f"renamed_{old.lstrip('-').replace('-', '_')}"
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            value = kwargs.pop(alias)
+            if value is not None:
+                click.echo(f"warning: {command} {old} is now {new}; the old name goes in a later release", err=True)
+                kwargs[dest] = value
+            return fn(*args, **kwargs)
+
+        return click.option(old, alias, hidden=True, default=None, is_flag=is_flag, type=None if is_flag else type)(run)
+
+    return decorate
+
+
+def rename_rows() -> list[str]:
+    """docs/commands.md's table of renamed options."""
+    return [f"| `clipsae {r.command}` | `{r.old}` | `{r.new}` | {r.since} |"
+            for r in sorted(RENAMES, key=lambda r: (r.command, r.old))]

@@ -5,7 +5,7 @@ from dataclasses import fields
 
 import click
 
-from clipsae.options import click_options
+from clipsae.options import click_options, renamed
 from clipsae.pipeline.config import ExtractConfig, ModelConfig
 from clipsae.slurm import slurm_config, slurm_options
 from clipsae.store.location import absolute
@@ -16,6 +16,7 @@ from clipsae.store.location import absolute
 @click_options(ExtractConfig)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @slurm_options(array=True)
+@renamed("extract", "--no-progress", "--quiet", "quiet", "2026-11-29", is_flag=True)
 def extract_cmd(quiet, slurm_array, **options):
     """Run a CLIP vision tower over webdataset tars and store per-token activations.
 

@@ -91,6 +91,8 @@ class ExtractConfig:
     """Chunk compression (zstd level 1), for disks slower than the reader."""
     threads: int | None = option(None, at_least=1, shown_default="torch's")
     """torch CPU threads (a shared node's cores are not all yours)."""
+    skip_bad_tars: bool = option(False)
+    """Record a tar that holds no readable image as an empty part and go on, instead of stopping there."""
     progress: bool = option(True, cli=False)
     """Show a progress bar (the command line's --quiet turns it off)."""
 

@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from clipsae.device import resolve_device
+from clipsae.errors import ClipsaeError
 from clipsae.pipeline.background import BackgroundRunner
 from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks
@@ -196,6 +197,10 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
                 bar.update(len(item["keys"]))
             else:
                 report = item["report"]
+                if report["n_samples"] == report["n_failed"] and not cfg.skip_bad_tars:
+                    why = f" ({report['truncated']})" if report["truncated"] else ""
+                    raise ClipsaeError(f"{sources[part]} holds no readable image{why}; the tars finished so far stay stored; "
+                                       f"--skip-bad-tars records such a tar as an empty part and goes on")
                 runner.submit(lambda p=part, r=report: close(p, sources[p], r))
                 result.parts_written.append(part)
                 result.failed += report["n_failed"]

@@ -36,7 +36,10 @@ def test_constant_attributes_are_left_out_and_said(store, tmp_path):
 
 @pytest.mark.parametrize("text, message", [("key,a\nimg00000,1\nimg00000,0\n", "appears twice"),
                                            ("key\nimg00000\n", "at least one attribute column"),
-                                           ("key,a\nimg00000,1\n", "no attribute varies")])
+                                           ("key,a\nimg00000,1\n", "no attribute varies"),
+                                           ("key,a\nx1,1\nx2,0\nx3,1\n",
+                                            "none of its 3 keys is the key of an image in the store "
+                                            "\\(its first is 'x1'; the store's first is 'img00000'\\)")])
 def test_bad_csvs_are_one_line(store, tmp_path, text, message):
     csv = tmp_path / "a.csv"
     csv.write_text(text)

@@ -127,3 +127,14 @@ def test_analyze_monosemanticity_without_embeddings_exits_with_one_line(codes, r
     code, out, err = run_cli("analyze", "monosemanticity", "--store", str(codes.store.path), "--codes", "sae",
                              "--out", str(tmp_path))
     assert code == 1 and "no 'embed' hook" in err and len(err.strip().splitlines()) == 1
+
+
+def test_another_embed_hook_writes_its_own_file_beside_the_defaults(embedded, run_cli, tmp_path):
+    args = ("analyze", "monosemanticity", "--store", str(embedded.store.path), "--codes", "sae", "--out", str(tmp_path))
+    assert run_cli(*args)[0] == 0
+    default = (tmp_path / "monosemanticity.csv").read_text()
+    code, out, err = run_cli(*args, "--embed-hook", "blocks.0")
+    assert code == 0, err
+    assert (tmp_path / "monosemanticity.csv").read_text() == default
+    other = (tmp_path / "monosemanticity_embed-blocks.0.csv").read_text()
+    assert other != default and "monosemanticity_embed-blocks.0.png" in out

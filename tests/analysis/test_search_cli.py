@@ -86,6 +86,24 @@ def test_a_text_query_ranks_by_its_best_features(searchable, run_cli, tmp_path):
     assert 0 < len(rows) <= 5 and all(float(r["score"]) > 0 for r in rows)
 
 
+def test_a_text_query_chooses_only_features_that_fired(searchable, run_cli, tmp_path):
+    fired = Codes(ActivationStore.open(searchable), "sae").sums().latent_images_fired
+    out = _search(run_cli, searchable, tmp_path, "--text", "a red car", "--text-features", "64", "-k", "5")
+    line = next(x for x in out.splitlines() if x.startswith("query:"))
+    chosen = [int(f.split(" (")[0]) for f in line.split("→ features ")[1].split(" (features that")[0].split(", ")]
+    assert chosen and all(fired[f] > 0 for f in chosen) and (fired == 0).any()
+    assert len(_rows(tmp_path / "search.csv")) > 0
+
+
+def test_a_search_with_no_hit_removes_the_figure_of_an_earlier_one(searchable, run_cli, tmp_path):
+    fired = Codes(ActivationStore.open(searchable), "sae").sums().latent_images_fired
+    _search(run_cli, searchable, tmp_path, "--features", str(int(np.argmax(fired))), "-k", "3")
+    assert (tmp_path / "search.png").exists()
+    out = _search(run_cli, searchable, tmp_path, "--features", str(int(np.flatnonzero(fired == 0)[0])), "-k", "3")
+    assert "no image has any of the query's features" in out
+    assert _rows(tmp_path / "search.csv") == [] and not (tmp_path / "search.png").exists()
+
+
 def test_features_query_needs_no_model(searchable, run_cli, tmp_path):
     _search(run_cli, searchable, tmp_path, "--features", "0,1,2,3,4,5:2", "-k", "3")
     assert len(_rows(tmp_path / "search.csv")) <= 3

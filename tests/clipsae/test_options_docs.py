@@ -26,3 +26,13 @@ def test_the_options_table_in_the_docs_is_the_one_the_fields_make(command):
 def test_every_option_field_has_a_docstring(cls):
     docs = options.docstrings(cls)
     assert [f.name for f in options.cli_fields(cls) if not docs.get(f.name)] == []
+
+
+def test_the_renamed_options_table_lists_every_rename():
+    import clipsae.analysis.cli  # noqa: F401 (each command module registers its renames)
+    import clipsae.pipeline.cli  # noqa: F401
+
+    text = (ROOT / "docs" / "commands.md").read_text()
+    table = text[text.index("## Renamed options"):].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `clipsae")]
+    assert rows == options.rename_rows(), "docs/commands.md's renamed options should read:\n" + "\n".join(options.rename_rows())

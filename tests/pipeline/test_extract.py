@@ -128,7 +128,7 @@ def _png(rng) -> bytes:
 
 def test_bad_images_and_tars_are_skipped_counted_and_listed(tmp_path):
     shards = _bad_shards(tmp_path / "bad")
-    r = extract(shards, tmp_path / "s.zarr", layers=("0",), tokens="cls")
+    r = extract(shards, tmp_path / "s.zarr", layers=("0",), tokens="cls", skip_bad_tars=True)
     s = ActivationStore.open(tmp_path / "s.zarr")
     parts = {p.name: p for p in s.parts}
     assert set(parts) == {"a_corrupt", "b_empty", "c_nolabel", "d_trunc"}
@@ -141,6 +141,22 @@ def test_bad_images_and_tars_are_skipped_counted_and_listed(tmp_path):
     labels = dict(zip(s.keys(), s.labels()))
     assert labels["n0"] == labels["n1"] == -1 and labels["t0"] == 3
     assert verify(s).ok
+
+
+@pytest.mark.parametrize("make", [lambda p: write_tar(p, []), lambda p: p.write_text("not a tar, only named one\n")],
+                         ids=["empty tar", "text file"])
+def test_a_tar_without_an_image_stops_extract_naming_it(tmp_path, run_cli, make):
+    make_synthetic_shards(tmp_path / "sh", n_images=2, per_shard=2)
+    make(tmp_path / "sh" / "zz_bad.tar")
+    args = ("extract", "--model", "ViT-B-32", "--layers", "0", "--tokens", "cls", "--shards", tmp_path / "sh",
+            "--store", tmp_path / "s.zarr", "--quiet")
+    code, _, err = run_cli(*args)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"{tmp_path / 'sh' / 'zz_bad.tar'} holds no readable image" in err and "--skip-bad-tars" in err
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    assert s.n_images == 2 and verify(s).ok  # the good tar before it is kept
+    code, out, err = run_cli(*args, "--skip-bad-tars")
+    assert code == 0 and "skipped 1 finished tars" in out, err
 
 
 def test_label_key_reads_a_json_field(tmp_path):
@@ -250,3 +266,13 @@ def test_threads_sets_torchs_cpu_threads_and_zero_is_refused(shards, tmp_path):
         torch.set_num_threads(before)
     with pytest.raises(ClipsaeError, match="--threads must be at least 1, not 0"):
         ExtractConfig(ModelConfig("RN50"), ["layer4"], "x", "s.zarr", threads=0)
+
+
+def test_the_old_name_of_quiet_still_works_and_says_it_was_renamed(shards, tmp_path, run_cli):
+    code, out, err = run_cli("extract", "--model", "ViT-B-32", "--layers", "0", "--tokens", "cls", "--shards", shards,
+                             "--store", tmp_path / "s.zarr", "--no-progress")
+    assert code == 0, err
+    assert err.strip().splitlines() == ["warning: extract --no-progress is now --quiet; the old name goes in a later release"]
+    assert ActivationStore.open(tmp_path / "s.zarr").n_images > 0
+    code, out, _ = run_cli("extract", "--help")
+    assert code == 0 and "--no-progress" not in out
