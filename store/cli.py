@@ -15,13 +15,23 @@ def store_group():
 @store_group.command("info")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def info_cmd(path, as_json):
-    """Summarise a store: model, hooks, shapes, counts, statistics."""
+@click.option("--verify", "check", is_flag=True,
+              help="Also read every chunk against its checksum, as `store verify` does (exit 1 on a problem).")
+def info_cmd(path, as_json, check):
+    """Summarise a store: model, hooks, shapes, counts, statistics; with --verify, whether every chunk is intact."""
     from clipsae.store.info import format_summary, summarize
+    from clipsae.store.integrity import verify
     from clipsae.store.reader import ActivationStore
 
-    s = summarize(ActivationStore.open(path))
+    store = ActivationStore.open(path)
+    s = summarize(store)
+    report = verify(store) if check else None
+    if report is not None:
+        s["integrity"] = {"checked": True, "problems": report.problems}
     click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
+    if report is not None and not report.ok:
+        raise ClipsaeError(f"{path}: {len(report.problems)} problem(s); first: {report.problems[0]}. "
+                           f"{'; '.join(_fixes(path, report))}")
 
 
 @store_group.command("verify")

@@ -36,7 +36,17 @@ def summarize(store: ActivationStore) -> dict:
         "parts_truncated": truncated,
         "disk_bytes": storage_of(store.path).disk_bytes(store.path),
         "hooks": hooks,
+        "integrity": {"checked": False, "problems": []},
     }
+
+
+def _integrity_line(integrity: dict) -> str:
+    if not integrity["checked"]:
+        return "chunks     not read here: `clipsae store verify` (or `store info --verify`) checks each against its CRC32C"
+    problems = integrity["problems"]
+    if not problems:
+        return "chunks     every chunk read and intact (CRC32C)"
+    return f"chunks     {len(problems)} DAMAGED: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
 
 
 def format_summary(s: dict) -> str:
@@ -51,6 +61,7 @@ def format_summary(s: dict) -> str:
         + (f", {len(s['parts_damaged'])} DAMAGED (run `clipsae store verify`)" if s["parts_damaged"] else "")
         + f"  (store format {s['format_version']})",
         f"disk       {s['disk_bytes'] / 2**20:.1f} MiB",
+        _integrity_line(s["integrity"]),
     ]
     for h, v in s["hooks"].items():
         n, t, d = v["shape"]

@@ -42,12 +42,10 @@ def train_cmd(quiet, slurm_submit, **options):
     quiet = quiet or os.environ.get("RANK", "0") != "0"
     plan = configure_training(options.pop("store"), **options)
     cfg = plan.cfg
-    for note in plan.notes:
-        click.echo(f"note: {note}", err=True)
     if not quiet:
         click.echo(f"training {len(cfg.saes)} SAE(s) on {cfg.hook} ({cfg.tokens} tokens, d={plan.store.d(cfg.hook)}) "
                    f"for {cfg.steps} steps of {cfg.batch_size} → {cfg.out}", err=True)
-    result = run_train(cfg, quiet=quiet, store=plan.store, held=plan.held)
+    result = run_train(cfg, quiet=quiet, store=plan.store, held=plan.held, notes=plan.notes)
     if os.environ.get("RANK", "0") != "0":
         return
     if result.already_done:

@@ -125,14 +125,16 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
         steps = math.ceil(wanted / batch_size)
         if tokens_total is not None and steps * batch_size != tokens_total:
             notes.append(f"--tokens-total {tokens_total:g} rounded up to {steps} whole batches: {steps * batch_size:,} tokens")
-    if steps < MEANINGFUL_STEPS:
-        notes.append(f"{steps} steps is too short to mean anything: the learning rate warms up over {MEANINGFUL_STEPS:,} "
-                     f"steps and SAEs are trained for 10^4-10^5 steps; use --steps {MEANINGFUL_STEPS:,} or more (with "
-                     f"{train_rows:,} training rows, {math.ceil(MEANINGFUL_STEPS * batch_size / train_rows):,} passes "
-                     f"over them at --batch-size {batch_size}), or a bigger store")
+    if run.snapshot_every and run.snapshot_every < batch_size:
+        raise ClipsaeError(f"--snapshot-every {run.snapshot_every:g} is less than one batch of {batch_size} tokens: it would "
+                           f"export every SAE at every one of the {steps:,} steps; give a number of tokens of at least "
+                           f"{batch_size} (e.g. 1e8)")
     if run.snapshot_every and run.snapshot_every > steps * batch_size:
         notes.append(f"--snapshot-every {run.snapshot_every:g} is more than the run's {steps * batch_size:,} tokens: no snapshot "
                      f"will be written")
+    elif run.snapshot_every:
+        notes.append(f"--snapshot-every {run.snapshot_every:g}: {steps * batch_size // int(run.snapshot_every):,} snapshots "
+                     f"of each SAE under snapshots/")
     if run.holdout == 0:
         notes.append("--holdout 0: no image is held out, so there is no held-out evaluation and no held-out metrics")
     dev = resolve_device(req.device)
@@ -142,4 +144,10 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
     out = req.out if req.out is not None else Path("runs") / f"{st.path.name.removesuffix('.zarr')}-{hook}-{tokens}"
     cfg = TrainConfig(**settings, store=st.path, store_images=st.n_images, hook=hook, tokens=tokens, out=Path(out),
                       saes=tuple(specs), steps=steps, device=str(dev))
+    if steps < MEANINGFUL_STEPS:
+        notes.append(f"{steps} steps is too short to mean anything: SAEs are trained for 10^4-10^5 steps (this run's "
+                     f"learning rate warms up over its first {cfg.warmup:,}, a tenth of it at most); use --steps "
+                     f"{MEANINGFUL_STEPS:,} or more (with {train_rows:,} training rows, "
+                     f"{math.ceil(MEANINGFUL_STEPS * batch_size / train_rows):,} passes over them at --batch-size "
+                     f"{batch_size}), or a bigger store")
     return TrainingPlan(cfg, st, held, notes)

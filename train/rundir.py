@@ -127,8 +127,9 @@ class MetricsLog:
 
 
 def snapshot_dir(cfg: TrainConfig, spec, tokens: int) -> Path:
-    """Where the snapshot of ``spec``'s SAE after ``tokens`` training tokens goes."""
-    return cfg.sae_dir(spec) / SNAPSHOTS / str(tokens)
+    """Where the snapshot of ``spec``'s SAE after ``tokens`` training tokens goes: the count zero-padded to
+    the width of the run's total, so that the folders list in training order."""
+    return cfg.sae_dir(spec) / SNAPSHOTS / str(tokens).zfill(len(str(cfg.steps * cfg.batch_size)))
 
 
 def snapshot_due(cfg: TrainConfig, step: int) -> bool:

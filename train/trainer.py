@@ -5,7 +5,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -263,17 +263,19 @@ def _snapshot(run: Run, x_eval: torch.Tensor | None) -> None:
 
 
 def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | None = None,
-              held: np.ndarray | None = None, stop: Callable[[], bool] | None = None) -> TrainResult:
+              held: np.ndarray | None = None, stop: Callable[[], bool] | None = None,
+              notes: Sequence[str] = ()) -> TrainResult:
     """Train every SAE of ``cfg`` to ``cfg.steps``, resuming from ``cfg.out``'s checkpoint if any.
 
     ``store`` (``cfg.store`` opened) and ``held`` (its holdout mask) save the caller's work twice.
+    ``notes`` (the plan's) are printed as ``note: …`` once training is to happen, not for a run already done.
     ``stop`` is asked between steps; once it says yes, the run checkpoints and raises
     :class:`TrainingStopped`, and the same call later resumes exactly there. Started by torchrun,
     the processes train one set of SAEs together (``train/ranks.py``).
     """
     ranks = join_ranks(cfg.device)
     try:
-        result = _train(cfg, quiet or not ranks.is_main, store, held, stop, ranks)
+        result = _train(cfg, quiet or not ranks.is_main, store, held, stop, ranks, notes if ranks.is_main else ())
     except BaseException:
         # No waiting for the others on the way out: they may be inside a step this process left;
         # torchrun stops them once this process exits.
@@ -284,7 +286,7 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
 
 
 def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: np.ndarray | None,
-           stop: Callable[[], bool] | None, ranks: Ranks) -> TrainResult:
+           stop: Callable[[], bool] | None, ranks: Ranks, notes: Sequence[str] = ()) -> TrainResult:
     store = store or ActivationStore.open(cfg.store)
     if store.n_images == 0:
         raise ClipsaeError(f"{cfg.store} holds no complete images; run `clipsae extract` first")
@@ -299,77 +301,97 @@ def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: n
     ckpt = load_checkpoint(cfg.out)
     if ckpt is not None and ckpt["step"] >= cfg.steps and all((cfg.sae_dir(s) / CFG_FILE).is_file() for s in cfg.saes):
         return TrainResult({s.label: cfg.sae_dir(s) for s in cfg.saes}, {}, int(ckpt["step"]), True)
-    if ckpt is None:
-        if ranks.is_main:
-            write_identity(cfg)
-        run.initialise()
-        run.checkpoint()
-        resumed_from = 0
-    else:
-        run.restore(ckpt)
-        resumed_from = run.step
-        if ranks.is_main:
-            # Said at once, whatever --quiet: a requeued job's log and a rerun's terminal must show it.
-            print(f"resumed from step {run.step} of {cfg.steps} (checkpoint in {cfg.out})", file=sys.stderr, flush=True)
-    run.metrics.start_wandb()
-    x_eval = _heldout_rows(run)
-    eval_every = cfg.eval_every or max(1, cfg.steps // 10)
-    last_ckpt = time.monotonic()
-    sums = [{} for _ in run.saes]
-    last_eval: dict = {}
-    B = cfg.batch_size
-    bar = tqdm(total=cfg.steps * B, initial=run.step * B, unit="tok", unit_scale=True, desc="train",
-               disable=quiet, dynamic_ncols=True, smoothing=0.05)
-    t_loop = time.perf_counter()
-    first_step = run.step
-    logged = False
-    wait = 0.0
-    throughput: dict = {}
+    existed = cfg.out.exists()
     try:
-        while run.step < cfg.steps:
-            # Processes must agree on when to stop or checkpoint; they compare only at logging
-            # steps, where they wait for one another anyway.
-            if stop is not None and run.agree_any(stop(), logged):
-                run.checkpoint()
-                raise TrainingStopped(run.step)
-            x = _to_device(run.stream.next_batch(), run.device) * run.scale
-            run.train_step(x, sums)
-            run.step += 1
-            bar.update(B)
-            logged = run.step % cfg.log_every == 0 or run.step == cfg.steps
-            if logged:
-                elapsed = max(time.perf_counter() - t_loop, 1e-9)
-                wait = run.stream.wait_s / elapsed
-                throughput = {"train_tokens_per_s": (run.step - first_step) * B / elapsed,
-                              "loader_rows_per_s": run.stream.loader_rows_per_s(), "wait_fraction": wait}
-                run.check_finite()
-                for sae, acc in zip(run.saes, sums):
-                    n = acc.pop("n", 1)
-                    mean = run.mean_over_ranks(acc)
-                    run.metrics.log({"step": run.step, "tokens": run.step * B, "sae": sae.spec.label, "split": "train",
-                             **{k: (float(v) / n if k != "resampled" else v) for k, v in mean.items()}})
-                    acc.clear()
-                run.metrics.log({"step": run.step, "split": "loader", **throughput})
-                bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
-            if run.step % eval_every == 0 and run.step < cfg.steps:
-                run.check_finite()
-                last_eval = run.evaluate(x_eval)
-                bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
-            if snapshot_due(cfg, run.step):
-                # Before the checkpoint of this step: a kill between the two retrains to here and
-                # writes the same snapshot again, so none is lost and none doubled.
-                _snapshot(run, x_eval)
-            due = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
-            late = run.agree_any(time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60, logged)
-            if due or late or run.step == cfg.steps:
-                run.checkpoint()
-                last_ckpt = time.monotonic()
-    finally:
-        bar.close()
-        run.stream.close()
-    dirs, metrics = _finalize(run, x_eval)
-    run.metrics.close()
-    return TrainResult(dirs, metrics, resumed_from, False, throughput or None)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+        if ckpt is None:
+            if ranks.is_main:
+                write_identity(cfg)
+            run.initialise()
+            run.checkpoint()
+            resumed_from = 0
+        else:
+            run.restore(ckpt)
+            resumed_from = run.step
+            if ranks.is_main:
+                # Said at once, whatever --quiet: a requeued job's log and a rerun's terminal must show it.
+                print(f"resumed from step {run.step} of {cfg.steps} (checkpoint in {cfg.out})", file=sys.stderr, flush=True)
+        run.metrics.start_wandb()
+        x_eval = _heldout_rows(run)
+        eval_every = cfg.eval_every or max(1, cfg.steps // 10)
+        last_ckpt = time.monotonic()
+        sums = [{} for _ in run.saes]
+        last_eval: dict = {}
+        B = cfg.batch_size
+        bar = tqdm(total=cfg.steps * B, initial=run.step * B, unit="tok", unit_scale=True, desc="train",
+                   disable=quiet, dynamic_ncols=True, smoothing=0.05)
+        t_loop = time.perf_counter()
+        first_step = run.step
+        logged = False
+        wait = 0.0
+        throughput: dict = {}
+        try:
+            while run.step < cfg.steps:
+                # Processes must agree on when to stop or checkpoint; they compare only at logging
+                # steps, where they wait for one another anyway.
+                if stop is not None and run.agree_any(stop(), logged):
+                    run.checkpoint()
+                    raise TrainingStopped(run.step)
+                x = _to_device(run.stream.next_batch(), run.device) * run.scale
+                run.train_step(x, sums)
+                run.step += 1
+                bar.update(B)
+                logged = run.step % cfg.log_every == 0 or run.step == cfg.steps
+                if logged:
+                    elapsed = max(time.perf_counter() - t_loop, 1e-9)
+                    wait = run.stream.wait_s / elapsed
+                    throughput = {"train_tokens_per_s": (run.step - first_step) * B / elapsed,
+                                  "loader_rows_per_s": run.stream.loader_rows_per_s(), "wait_fraction": wait}
+                    run.check_finite()
+                    for sae, acc in zip(run.saes, sums):
+                        n = acc.pop("n", 1)
+                        mean = run.mean_over_ranks(acc)
+                        run.metrics.log({"step": run.step, "tokens": run.step * B, "sae": sae.spec.label, "split": "train",
+                                 **{k: (float(v) / n if k != "resampled" else v) for k, v in mean.items()}})
+                        acc.clear()
+                    run.metrics.log({"step": run.step, "split": "loader", **throughput})
+                    bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
+                if run.step % eval_every == 0 and run.step < cfg.steps:
+                    run.check_finite()
+                    last_eval = run.evaluate(x_eval)
+                    bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
+                if snapshot_due(cfg, run.step):
+                    # Before the checkpoint of this step: a kill between the two retrains to here and
+                    # writes the same snapshot again, so none is lost and none doubled.
+                    _snapshot(run, x_eval)
+                due = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
+                late = run.agree_any(time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60, logged)
+                if due or late or run.step == cfg.steps:
+                    run.checkpoint()
+                    last_ckpt = time.monotonic()
+        finally:
+            bar.close()
+            run.stream.close()
+        dirs, metrics = _finalize(run, x_eval)
+        run.metrics.close()
+        return TrainResult(dirs, metrics, resumed_from, False, throughput or None)
+    except ClipsaeError:
+        if ckpt is None and run.step == 0 and ranks.is_main:
+            # A new run that failed before its first step (a damaged store, say) leaves no run behind.
+            _remove_unstarted(cfg.out, existed)
+        raise
+
+
+def _remove_unstarted(out: Path, existed: bool) -> None:
+    """Remove what a new run wrote into ``out`` (empty or absent before it, as check_out_dir made sure)."""
+    import shutil
+
+    if existed:
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _postfix(last_eval: dict, wait: float) -> str:

@@ -146,3 +146,12 @@ def test_verify_cli_says_what_it_checked_and_how_to_rebuild_codes(encoded, tmp_p
     assert code == 1 and "problem: codes sae, part part-002, latent_sum: chunk 0 was altered" in out
     assert f"delete {path}/codes/sae/parts/<part> for part(s) part-002 and rerun the encode command with --name sae" in err
     assert "extract" not in err
+
+
+def test_store_info_says_it_did_not_read_the_chunks_and_with_verify_names_the_damage(store, run_cli):
+    _flip(_chunk(store, "p1", 1))
+    code, out, _ = run_cli("store", "info", store)
+    assert code == 0 and "chunks     not read here: `clipsae store verify`" in out
+    code, out, err = run_cli("store", "info", store, "--verify")
+    damage = "part p1, hook h: chunk 1 was altered after it was written (CRC32C differs)"
+    assert code == 1 and f"chunks     1 DAMAGED: {damage}" in out and damage in err

@@ -217,3 +217,11 @@ def test_a_hub_sae_that_cannot_be_had_is_one_line(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1
     p = _clipsae("sae", "info", "hf-hub:justone", env=env)
     assert p.returncode == 1 and "must be hf-hub:ORG/REPO" in p.stderr
+
+
+def test_a_garbage_weights_file_is_called_damaged_not_named_by_the_librarys_words(tmp_path):
+    path = _saelens_dir(tmp_path / "sae", {"architecture": "standard"}, _weights())
+    (path / "sae_weights.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ClipsaeError, match=r"sae_weights.safetensors is damaged or is not a safetensors file: "
+                                           r"its header does not parse$"):
+        load_sae(path)

@@ -101,7 +101,7 @@ def test_kill_9_then_same_command_ends_with_the_uninterrupted_weights(small, tmp
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not (out / "cfg.json").exists(), "the run should have been killed before it finished"
-    assert (out / "snapshots" / "6400" / "cfg.json").is_file(), "a snapshot should have been written before the kill"
+    assert (out / "snapshots" / "006400" / "cfg.json").is_file(), "a snapshot should have been written before the kill"
     p = cli_process(*args, "--out", out)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
@@ -109,12 +109,13 @@ def test_kill_9_then_same_command_ends_with_the_uninterrupted_weights(small, tmp
     a = load_file(tmp_path / "ref" / "sae_weights.safetensors")
     b = load_file(out / "sae_weights.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
-    names = sorted(int(p.name) for p in (out / "snapshots").iterdir())
-    assert names == [6400 * i for i in range(1, 21)], "no snapshot lost, none doubled"
+    # Zero-padded to the width of the run's 128,000 tokens, so that they list in training order.
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == [f"{6400 * i:06d}" for i in range(1, 21)]
+    names = [f"{6400 * i:06d}" for i in range(1, 21)]
     assert not list((out / "snapshots").rglob("*.tmp"))
     for n in names:
-        a = load_file(tmp_path / "ref" / "snapshots" / str(n) / "sae_weights.safetensors")
-        b = load_file(out / "snapshots" / str(n) / "sae_weights.safetensors")
+        a = load_file(tmp_path / "ref" / "snapshots" / n / "sae_weights.safetensors")
+        b = load_file(out / "snapshots" / n / "sae_weights.safetensors")
         assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a), n
     for split in ("train", "heldout"):
         ref_lines, lines = _lines(tmp_path / "ref" / "metrics.jsonl", split), _lines(out / "metrics.jsonl", split)
@@ -139,6 +140,14 @@ def test_snapshots_are_loadable_exports_that_leave_the_run_unchanged(small, tmp_
     assert all(torch.equal(final[k], v) for k, v in load_file(tmp_path / "plain" / "sae_weights.safetensors").items())
     early = load_file(snaps / "2560" / "sae_weights.safetensors")
     assert not torch.equal(early["W_dec"], final["W_dec"])
+
+
+def test_snapshots_smaller_than_a_batch_are_refused_and_the_count_is_said(small, tmp_path, run_cli):
+    code, _, err = run_cli(*_train(small, tmp_path / "every", "--snapshot-every", "1"))
+    assert code == 1 and "--snapshot-every 1 is less than one batch of 128 tokens" in err
+    assert not (tmp_path / "every").exists()
+    code, _, err = run_cli(*_train(small, tmp_path / "three", "--snapshot-every", "2500"))
+    assert code == 0 and "note: --snapshot-every 2500: 3 snapshots of each SAE under snapshots/" in err
 
 
 def test_rerun_of_a_finished_run_changes_nothing(small, tmp_path, run_cli):
@@ -313,6 +322,10 @@ def test_a_run_too_short_to_mean_anything_is_said_with_what_would_be_enough(smal
                            "--expansion", "2", "--k", "2", "--out", tmp_path / "short")
     assert code == 0, err
     assert "note: 5 steps is too short to mean anything" in err and "--steps 1,000 or more" in err
+    assert "warms up over its first 1," in err  # a tenth of 5 steps, at least one
+    code, out, err = run_cli("train", "--store", small, "--hook", "b", "--steps", "5", "--batch-size", "64",
+                             "--expansion", "2", "--k", "2", "--out", tmp_path / "short")
+    assert code == 0 and "already trained (5 steps)" in out and "note:" not in err, err
 
 
 def test_an_sae_worse_than_the_mean_is_said_so():
@@ -340,3 +353,18 @@ def test_threads_sets_torchs_cpu_threads_first(small, tmp_path, run_cli, monkeyp
     code, _, err = run_cli(*_train(small, tmp_path / "o", "--threads", "1"))
     assert code == 0, err
     assert calls[0] == 1
+
+
+def test_a_damaged_store_stops_a_new_run_without_leaving_it_behind(small, tmp_path, run_cli):
+    import shutil
+
+    store = tmp_path / "damaged.zarr"
+    shutil.copytree(small, store)
+    chunk = next(p for p in sorted((store / "parts").rglob("*")) if p.is_file() and "/acts/a/c/" in str(p))
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    chunk.write_bytes(bytes(data))
+    code, _, err = run_cli("train", "--store", store, "--hook", "a", "--steps", "30", "--batch-size", "64",
+                           "--expansion", "2", "--k", "2", "--out", tmp_path / "run", "--quiet")
+    assert code == 1 and "was altered after it was written (CRC32C differs)" in err
+    assert not (tmp_path / "run").exists()

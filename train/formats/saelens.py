@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from clipsae.errors import ClipsaeError
-from clipsae.train.formats import SAEFormat, folder_with, need_tensors
+from clipsae.train.formats import SAEFormat, first_sentence, folder_with, need_tensors
 from clipsae.train.model import SparseAutoencoder
 
 CFG_FILE = "cfg.json"
@@ -27,9 +27,14 @@ def read_folder(p: Path, weights: str, device: str) -> tuple[dict, dict]:
     """(cfg.json, tensors) of a folder in SAELens's or sparsify's layout; one line if unreadable."""
     try:
         cfg = json.loads((p / CFG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ClipsaeError(f"cannot read {p / CFG_FILE}: {first_sentence(exc)}") from None
+    try:
         w = load_file(str(p / weights), device=str(device))
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise ClipsaeError(f"cannot read the SAE in {p}: {exc}") from None
+    except OSError as exc:
+        raise ClipsaeError(f"cannot read {p / weights}: {first_sentence(exc)}") from None
+    except (SafetensorError, ValueError):
+        raise ClipsaeError(f"{p / weights} is damaged or is not a safetensors file: its header does not parse") from None
     if not isinstance(cfg, dict):
         raise ClipsaeError(f"{p / CFG_FILE} is not a JSON object")
     return cfg, w
