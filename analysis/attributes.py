@@ -38,6 +38,20 @@ class Attributes:
     def missing_A(self) -> np.ndarray:
         return np.isnan(self.values_AI).sum(1)
 
+    def grouping(self, name: str) -> tuple[np.ndarray, list[str] | None]:
+        """Each image's group under attribute ``name`` (nan unknown) and the groups' names: a binary or numeric
+        attribute groups by its values (names None); a categorical one, ``colour`` of ``colour=red`` and
+        ``colour=blue``, by its categories, numbered in the order of ``names``."""
+        if name in self.names:
+            return self.values_AI[self.names.index(name)], None
+        columns = [i for i, n in enumerate(self.names) if n.startswith(f"{name}=")]
+        if not columns:
+            raise ClipsaeError(f"{name!r} is not among the attributes ({', '.join(self.names)})")
+        onehot_CI = self.values_AI[columns]
+        known = ~np.isnan(onehot_CI).any(0) & (np.nan_to_num(onehot_CI).sum(0) == 1)
+        group_I = np.where(known, np.nan_to_num(onehot_CI).argmax(0), np.nan)
+        return group_I, [self.names[i].split("=", 1)[1] for i in columns]
+
     def summary(self) -> list[str]:
         n_bin = int(self.binary.sum())
         lines = [f"attributes from {self.source}: {n_bin} binary, {len(self.names) - n_bin} numeric; "

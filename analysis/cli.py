@@ -215,7 +215,7 @@ def search_cmd(store_path, codes_name, out, quiet, features, key, images, text, 
               help="Class names for zero-shot probabilities [default: classes.json beside the tars].")
 @click.option("--contrast", default=None, metavar="TEXT A|TEXT B",
               help="Also report P(TEXT A) against TEXT B before and after, e.g. 'a photo of a man|a photo of a woman'.")
-@click.option("--group-by", default=None, help="Report the contrast per value of this attribute (with --attributes or --attributes-json).")
+@click.option("--group-by", default=None, help="Report the contrast per value of this attribute, or per category of a text one (with --attributes or --attributes-json).")
 @click.option("--attributes", "attributes_csv", type=click.Path(path_type=Path), default=None, help="CSV of attributes for --group-by.")
 @click.option("--attributes-json", default=None, help="Or the samples' .json field for --group-by.")
 @_model_options
@@ -247,9 +247,7 @@ def intervene_cmd(store_path, codes_name, out, quiet, edit, ablate_probe, where,
         from clipsae.analysis.attributes import from_options
 
         attrs = from_options(t.store, attributes_csv, attributes_json, shards, needed_by="--group-by: ")
-        if group_by not in attrs.names:
-            raise ClipsaeError(f"--group-by {group_by!r} is not among the attributes ({', '.join(attrs.names)})")
-        group = (group_by, attrs.values_AI[attrs.names.index(group_by)])
+        group = (group_by, *attrs.grouping(group_by))
     selection = Selection(tuple(k.strip() for k in keys.split(",")) if keys else (), top_of, n_images)
     choice = ModelChoice(sae_path, model, pretrained, str(resolve_device(device)))
     for line in run_intervene(t, edit, where, ks, selection, by, choice, shards, classes, batch_size, contrast, group,

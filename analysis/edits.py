@@ -47,8 +47,15 @@ def _number(text: str, option: str, item: str) -> float:
     return v
 
 
-def parse_edits(text: str, n_features: int, option: str = "--edit") -> list[Edit]:
-    """``"12:0,625:x2,7=5.0"`` → edits; one line naming the item for anything malformed or out of range."""
+def codes_are_signed(codes) -> bool:
+    """Whether cached codes may be negative (an SAE whose top-k keeps negative pre-activations)."""
+    return (codes.identity.get("sae") or {}).get("architecture") == "topk_signed"
+
+
+def parse_edits(text: str, n_features: int, option: str = "--edit", signed: bool = False) -> list[Edit]:
+    """``"12:0,625:x2,7=5.0"`` → edits; one line naming the item for anything malformed or out of range.
+    Unless the codes are ``signed``, a negative value or factor is refused: it would feed the decoder a
+    code the SAE never produces."""
     edits = []
     for item in (s.strip() for s in text.split(",")):
         if "=" in item:
@@ -61,6 +68,9 @@ def parse_edits(text: str, n_features: int, option: str = "--edit") -> list[Edit
                               _number(v[1:] if scale else v, option, item)))
         else:
             raise ClipsaeError(f"{option}: {item!r} is not FEATURE:VALUE, FEATURE:xFACTOR or FEATURE=VALUE")
+        if edits[-1].value < 0 and not signed:
+            raise ClipsaeError(f"{option}: {item!r} is negative, but this SAE's codes never are (a ReLU keeps them "
+                               f"at 0 or above); use 0 to ablate a feature")
     seen = [e.feature for e in edits]
     if len(set(seen)) != len(seen):
         raise ClipsaeError(f"{option} names feature {next(f for f in seen if seen.count(f) > 1)} twice")
@@ -87,4 +97,7 @@ def parse_weighted(text: str, n_features: int, option: str = "--features") -> di
         if feature in weights:
             raise ClipsaeError(f"{option} names feature {feature} twice")
         weights[feature] = _number(w, option, item) if w else 1.0
+        if weights[feature] <= 0:
+            raise ClipsaeError(f"{option}: {item!r} has a weight of {weights[feature]:g}; a feature's weight must be "
+                               f"positive (the score adds weight × value over the features an image fires)")
     return weights

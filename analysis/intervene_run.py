@@ -6,6 +6,7 @@ t_c the text embedding of "a photo of a {class}." (the class names ``splice`` us
 of that attribute: MSAE's bias analysis, after ``probe`` named the features tied to it.
 """
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +15,13 @@ import torch
 from tqdm import tqdm
 
 from clipsae.analysis import intervene as iv
-from clipsae.analysis.edits import parse_edits
+from clipsae.analysis.edits import codes_are_signed, parse_edits
 from clipsae.analysis.joint_space import PROMPT, text_embeddings
 from clipsae.analysis.output import write_csv, write_json
 from clipsae.errors import ClipsaeError
 
-INTERVENE_COLUMNS = ("image", "key", "label", "cosine", "pred_before", "pred_after", "p_label_before", "p_label_after")
+INTERVENE_COLUMNS = ("image", "key", "label", "cosine", "pred_before", "pred_after", "pred_before_name", "pred_after_name",
+                     "p_label_before", "p_label_after")
 KEEP_TOP_COLUMNS = ("k", "images", "accuracy", "agreement", "mean_cosine")
 SHIFTS_SHOWN = 10
 
@@ -85,7 +87,7 @@ def run_intervene(t, edit: str | None, where: str, keep_top: tuple[int, ...], se
         raise ClipsaeError("give --edit (or --ablate-probe) or --keep-top, one of them")
     if any(k < 1 for k in keep_top):
         raise ClipsaeError(f"--keep-top values must be at least 1, not {min(keep_top)}")
-    edits = tuple(parse_edits(edit, t.codes.d_sae)) if edit else ()
+    edits = tuple(parse_edits(edit, t.codes.d_sae, signed=codes_are_signed(t.codes))) if edit else ()
     images = selection.images(t, by)
     dev = choice.device
     sae = codes_sae(t.codes, choice.sae, device=dev)
@@ -125,8 +127,9 @@ def run_intervene(t, edit: str | None, where: str, keep_top: tuple[int, ...], se
         lines.append(f"warning: {WARNING}")
     if not edits:
         return lines + _keep_top(t, keep_top, orig, edited, labels, order, class_text, scale)
+    caveat = WARNING if model_has_random_weights(clip) else None
     return lines + _edited(t, idx, labels, orig, edited[0], order, names, class_text, pair_text, texts, scale,
-                           edits, where, group)
+                           edits, where, group, caveat)
 
 
 def _keep_top(t, keep_top, orig, edited, labels, order, class_text, scale) -> list[str]:
@@ -144,18 +147,20 @@ def _keep_top(t, keep_top, orig, edited, labels, order, class_text, scale) -> li
     return lines + [f"wrote {path}"]
 
 
-def _edited(t, idx, labels, orig, edited, order, names, class_text, pair_text, texts, scale, edits, where, group):
+def _edited(t, idx, labels, orig, edited, order, names, class_text, pair_text, texts, scale, edits, where, group,
+            caveat: str | None):
     keys = t.store.keys()
     cos = torch.nn.functional.cosine_similarity(orig, edited, dim=1).double().numpy()
     summary = {"codes": t.codes.name, "hook": t.codes.hook, "edits": [e.text() for e in edits], "where": where,
                "images": len(idx), "cosine": {"mean": float(cos.mean()), "min": float(cos.min())}}
     lines = [f"cos(original, edited) {cos.mean():.4f} mean, {cos.min():.4f} lowest"]
-    pred_o = pred_e = p_lab_o = p_lab_e = [None] * len(idx)
+    pred_o = pred_e = name_o = name_e = p_lab_o = p_lab_e = [None] * len(idx)
     written = []
     if class_text is not None:
         po, pe = _probabilities(orig, class_text, scale).numpy(), _probabilities(edited, class_text, scale).numpy()
         cls = np.array(order)
         pred_o, pred_e = cls[po.argmax(1)], cls[pe.argmax(1)]
+        name_o, name_e = [names[c] for c in pred_o.tolist()], [names[c] for c in pred_e.tolist()]
         col = {c: i for i, c in enumerate(order)}
         has = np.array([lab in col for lab in labels.tolist()])
         at = np.array([col.get(lab, 0) for lab in labels.tolist()])
@@ -175,7 +180,8 @@ def _edited(t, idx, labels, orig, edited, order, names, class_text, pair_text, t
                      + (f"; accuracy {z['accuracy_before']:.4f} → {z['accuracy_after']:.4f}" if has.any() else ""))
         lines.append("gained most: " + ", ".join(f"{g['class']} ({g['shift']:+.4f})" for g in z["gained"][:3])
                      + "; lost most: " + ", ".join(f"{g['class']} ({g['shift']:+.4f})" for g in z["lost"][:3]))
-        written.append(_plot_shifts(z, t.out / "intervene.png", f"{t.title}\nedits {', '.join(summary['edits'])}"))
+        title = f"{t.title}\nedits {', '.join(summary['edits'])}" + (f"\n{caveat}" if caveat else "")
+        written.append(_plot_shifts(z, t.out / "intervene.png", title))
     else:
         lines.append("no zero-shot probabilities: the images have no labels with class names (see --classes)")
     if pair_text is not None:
@@ -184,20 +190,22 @@ def _edited(t, idx, labels, orig, edited, order, names, class_text, pair_text, t
         contrast = {"texts": texts, "p_first_before": float(a_o.mean()), "p_first_after": float(a_e.mean())}
         lines.append(f"contrast {texts[0]!r} vs {texts[1]!r}: P({texts[0]!r}) {a_o.mean():.4f} → {a_e.mean():.4f}")
         if group is not None:
-            name, values_I = group
+            name, values_I, value_names = group
             g = values_I[idx]
             contrast["groups"] = []
             for value in np.unique(g[~np.isnan(g)]):
                 m = g == value
-                contrast["groups"].append({"attribute": name, "value": float(value), "images": int(m.sum()),
+                shown = value_names[int(value)] if value_names else float(value)
+                contrast["groups"].append({"attribute": name, "value": shown, "images": int(m.sum()),
                                            "p_first_before": float(a_o[m].mean()), "p_first_after": float(a_e[m].mean())})
-                lines.append(f"  {name} = {value:g} ({int(m.sum())} images): {a_o[m].mean():.4f} → {a_e[m].mean():.4f}")
+                lines.append(f"  {name} = {shown if value_names else f'{value:g}'} ({int(m.sum())} images): "
+                             f"{a_o[m].mean():.4f} → {a_e[m].mean():.4f}")
             unknown = int(np.isnan(g).sum())
             if unknown:
                 lines.append(f"  {name} unknown for {unknown} images (left out of the groups)")
         summary["contrast"] = contrast
-    rows = ((int(i), keys[i], int(lab), float(c), po_, pe_, plo, ple)
-            for i, lab, c, po_, pe_, plo, ple in zip(idx, labels, cos, pred_o, pred_e, p_lab_o, p_lab_e))
+    rows = ((int(i), keys[i], int(lab), float(c), po_, pe_, no, ne, plo, ple)
+            for i, lab, c, po_, pe_, no, ne, plo, ple in zip(idx, labels, cos, pred_o, pred_e, name_o, name_e, p_lab_o, p_lab_e))
     path = write_csv(t.out / "intervene.csv", INTERVENE_COLUMNS, rows)
     js = write_json(t.out / "intervene_summary.json", summary)
     return lines + [f"wrote {', '.join([str(path), str(js), *map(str, written)])}"]
@@ -216,7 +224,7 @@ def _plot_shifts(z: dict, path: Path, title: str) -> Path:
             color=["tab:red" if r["shift"] < 0 else "tab:green" for r in rows])
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_xlabel("mean change of zero-shot probability")
-    ax.set_title(title, fontsize=8)
+    ax.set_title("\n".join(textwrap.fill(line, 90) for line in title.split("\n")), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

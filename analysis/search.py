@@ -132,7 +132,7 @@ class SearchRequest:
 def build_query(t, req: SearchRequest, by: str, choice) -> tuple[Query, list[str], object]:
     """The query, lines saying what it is, and what the figure shows beside the hits (an image or a text)."""
     from clipsae.analysis import query as model_query
-    from clipsae.analysis.edits import apply_edits, parse_edits, parse_weighted
+    from clipsae.analysis.edits import apply_edits, codes_are_signed, parse_edits, parse_weighted
 
     codes, lines = t.codes, []
     if req.features:
@@ -165,7 +165,7 @@ def build_query(t, req: SearchRequest, by: str, choice) -> tuple[Query, list[str
         lines.append(f"query: {len(pictures)} image file(s), mean of their per-image values by {by}, "
                      f"{int(np.count_nonzero(q))} active features")
     if req.edit:
-        edits = parse_edits(req.edit, codes.d_sae)
+        edits = parse_edits(req.edit, codes.d_sae, signed=codes_are_signed(codes))
         q = apply_edits(torch.from_numpy(q), edits).numpy()
         lines.append("edited: " + ", ".join(e.text() for e in edits))
     return Query(q, cosine=True, exclude=frozenset(exclude)), lines, shown

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from clipsae.analysis.class_names import class_names
 from clipsae.analysis.edits import parse_edits
 from clipsae.analysis.intervene import Change, edit_codes, image_embeddings
+from clipsae.store.reader import ActivationStore
 from clipsae.train.codes import SparseCodes, row_offsets
 from tests.analysis.helpers import sae_weights, saelens_dir
 
@@ -120,6 +122,9 @@ def test_intervene_writes_per_image_rows_a_summary_and_the_shifts(vit_codes, run
     with open(tmp_path / "intervene.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["image"]) for r in rows] == list(range(6)) and all(-1 <= float(r["cosine"]) <= 1 for r in rows)
+    names = class_names(ActivationStore.open(store), None, None)
+    assert all(r["pred_before_name"] == names[int(r["pred_before"])] and r["pred_after_name"] == names[int(r["pred_after"])]
+               for r in rows)
     summary = json.loads((tmp_path / "intervene_summary.json").read_text())
     assert summary["edits"] == ["3:0", "7:x4", "9=2.5"] and summary["images"] == 6
     assert summary["zero_shot"]["classes"] == 12 and len(summary["zero_shot"]["gained"]) == 10
@@ -133,6 +138,15 @@ def test_the_contrast_shift_is_reported_per_attribute_group(vit_codes, run_cli, 
     groups = json.loads((tmp_path / "intervene_summary.json").read_text())["contrast"]["groups"]
     assert [g["value"] for g in groups] == [0.0, 1.0] and sum(g["images"] for g in groups) == 18
     assert "colour=red = 1 (" in out
+
+
+def test_a_categorical_attribute_groups_by_its_values(vit_codes, run_cli, tmp_path):
+    store, _ = vit_codes
+    out = _run(run_cli, store, tmp_path, "--edit", "3:0", "--first", "18", "--contrast", "a red thing|a blue thing",
+               "--group-by", "colour", "--attributes-json", "colour")
+    groups = json.loads((tmp_path / "intervene_summary.json").read_text())["contrast"]["groups"]
+    assert all(isinstance(g["value"], str) for g in groups) and sum(g["images"] for g in groups) == 18
+    assert len(groups) > 1 and f"colour = {groups[0]['value']} (" in out
 
 
 def test_keep_top_reports_accuracy_against_k(vit_codes, run_cli, tmp_path):

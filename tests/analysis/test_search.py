@@ -78,10 +78,21 @@ def test_an_empty_query_is_refused():
 @pytest.mark.parametrize("text, message", [
     ("12:x", "has no number"), ("a:1", "does not start with a feature index"), ("99:0", "out of range"),
     ("3", "is not FEATURE:VALUE"), ("3:0,3:x2", "names feature 3 twice"), ("3=inf", "not a finite number"),
+    ("3:x-1", "'3:x-1' is negative, but this SAE's codes never are"), ("3=-2", "'3=-2' is negative"),
 ])
 def test_malformed_edits_are_one_line(text, message):
     with pytest.raises(ClipsaeError, match=message):
         parse_edits(text, 24)
+
+
+def test_signed_codes_take_negative_edits():
+    assert [e.value for e in parse_edits("3:x-1,4=-2", 24, signed=True)] == [-1.0, -2.0]
+
+
+@pytest.mark.parametrize("text", ["2682:-1", "5:0"])
+def test_a_weight_that_is_not_positive_is_refused(text):
+    with pytest.raises(ClipsaeError, match="a feature's weight must be positive"):
+        parse_weighted(text, 4000)
 
 
 def test_edits_set_scale_and_clamp():
