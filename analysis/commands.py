@@ -225,6 +225,12 @@ def run_compare(refs: list[tuple[Path, str]], out: Path, by: str, min_hits: int,
 SAE_COMPARE_COLUMNS = ("a", "best_b", "best_cos", "matched_b", "matched_cos")
 
 
+def _sae_label(sae) -> str:
+    """A figure's name for an SAE: the last two parts of its path (the run and the SAE), then what it is."""
+    path = Path(sae.identity["path"])
+    return f"{path.parent.name}/{path.name} ({sae.architecture}, {sae.d_sae:,} latents)"
+
+
 def run_sae_compare(path_a: Path, path_b: Path, out: Path, format_a: str | None = None, format_b: str | None = None,
                     device: str = "auto", max_matching: int | None = None) -> list[str]:
     """sae_compare.csv, sae_compare.json and the cosine histogram: A's decoder directions matched among B's."""
@@ -248,7 +254,7 @@ def run_sae_compare(path_a: Path, path_b: Path, out: Path, format_a: str | None 
                          [None if j < 0 else j for j in m.matched_b_A.tolist()], m.matched_cos_A.tolist()))
     shares = m.shares()
     summary = write_json(out / "sae_compare.json", {"a": a.identity, "b": b.identity, "matched": m.matched, **shares})
-    png = dm.plot_match(m, out / "sae_compare.png", f"A {a.identity['path']}\nB {b.identity['path']}")
+    png = dm.plot_match(m, out / "sae_compare.png", f"A {_sae_label(a)}\nB {_sae_label(b)}")
     lines.append(f"A: {a.architecture} ({a.identity['format']}), {a.d_sae:,} latents; B: {b.architecture} "
                  f"({b.identity['format']}), {b.d_sae:,} latents; mean best-match cosine {m.best_cos_A.mean():.4f}")
     lines.append("A features whose best B match is above " + ", ".join(

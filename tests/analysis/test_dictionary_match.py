@@ -114,3 +114,11 @@ def test_zero_decoder_rows_match_nothing():
     assert m.best_cos_A[1] == 0.0 and m.best_cos_A[0] == pytest.approx(1.0)
     with pytest.raises(ClipsaeError):
         match_dictionaries(dec, torch.eye(4))
+
+
+def test_the_figure_names_each_sae_by_its_run_and_kind_not_its_absolute_path(tmp_path):
+    from clipsae.analysis.commands import _sae_label
+    from clipsae.train.load import load_sae
+
+    sae = load_sae(saelens_dir(tmp_path / "run" / "topk-x4", {"architecture": "topk", "k": 4}, sae_weights(2)))
+    assert _sae_label(sae) == f"run/topk-x4 (topk, {sae.d_sae:,} latents)"

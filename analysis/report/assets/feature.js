@@ -58,10 +58,13 @@
     ctx.imageSmoothingEnabled = true;
     ctx.drawImage(small, 0, 0, img.width, img.height);
   };
+  // A map with no patch firing (the value is the CLS token's) would darken the whole thumbnail: none is drawn.
+  const anyPatch = (b64) => Array.from(atob(b64)).some((c) => c.charCodeAt(0) > 0);
   const card = (x) => {
     const img = el("img", { src: `../images/${x.image}.jpg`, alt: `image ${x.key}`, class: "thumbnail" });
     const box = el("div", { class: "thumb" }, img);
-    if (x.map && R.grid) {
+    if (x.map && R.grid && !anyPatch(x.map)) box.append(el("div", { class: "nopatch", text: "no patch fires" }));
+    if (x.map && R.grid && anyPatch(x.map)) {
       const cv = el("canvas");
       box.append(cv);
       const draw = () => drawMap(img, cv, x.map);

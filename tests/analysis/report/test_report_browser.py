@@ -1,5 +1,6 @@
 """The report in a real browser: headless Chromium driven by selenium through Debian's chromedriver."""
 
+import base64
 import json
 import shutil
 
@@ -61,7 +62,11 @@ def test_feature_pages_load_without_errors_and_every_thumbnail_decodes(browser, 
     rec = json.loads((report / "features" / f"{f}.json").read_text())
     assert len(images) == len(rec["top"]) + sum(len(iv["images"]) for iv in rec["intervals"])
     assert all(width > 0 for _, width in images), images
-    assert browser.execute_script("return document.querySelectorAll('.thumb canvas').length") == len(images)
+    # A map with no patch firing (the CLS token's value) is not drawn over its thumbnail, which it would darken.
+    cards = rec["top"] + [x for iv in rec["intervals"] for x in iv["images"]]
+    fired = sum(any(base64.b64decode(x["map"])) for x in cards)
+    assert browser.execute_script("return document.querySelectorAll('.thumb canvas').length") == fired
+    assert browser.execute_script("return document.querySelectorAll('.thumb .nopatch').length") == len(cards) - fired
     stats = dict(browser.execute_script(
         "return Array.from(document.querySelectorAll('table.stats tr')).map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
     assert stats["monosemanticity"] == ("– (fires on one image)" if rec["ms"] is None else str(rec["ms"]))
@@ -121,3 +126,14 @@ def test_a_random_weights_store_keeps_names_out_of_titles_and_says_why(browser, 
     assert "tench" in browser.find_element("tag name", "main").text  # still listed, below the warning
     open_page(browser, random_report / "index.html")
     assert "random weights" in browser.find_element("tag name", "table").text
+
+
+def test_a_thumbnail_whose_value_is_on_no_patch_is_not_darkened(browser, report):
+    recs = {f: json.loads((report / "features" / f"{f}.json").read_text()) for f in live_features(report)}
+    f = next(f for f, r in recs.items() if any(not any(base64.b64decode(x["map"])) for x in r["top"]))
+    open_page(browser, report / "features" / f"{f}.html")
+    wait_for_images(browser)
+    first_dark = [not any(base64.b64decode(x["map"])) for x in recs[f]["top"]].index(True)
+    card = f"document.querySelectorAll('#top-images .thumb')[{first_dark}]"
+    assert browser.execute_script(f"return {card}.querySelector('canvas')") is None
+    assert browser.execute_script(f"return {card}.querySelector('.nopatch').textContent") == "no patch fires"
