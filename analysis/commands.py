@@ -13,7 +13,7 @@ from clipsae.analysis import correlate as corr_mod
 from clipsae.analysis import density as density_mod
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
 from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, check_min_hits, label_entropy
-from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, by_setting, out_dir, write_csv, write_json
+from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, by_setting, out_dir, remove_stale, write_csv, write_json
 from clipsae.analysis.token_mse import plot_token_mse, plot_token_mse_series, snapshot_title, token_mse
 from clipsae.analysis.top_images import check_k, top_images
 from clipsae.device import resolve_device
@@ -345,6 +345,8 @@ def run_correlate(ref_a: tuple[Path, str], ref_b: tuple[Path, str], out: Path | 
     if shown:
         written.append(_pairs_figure(sa, sb, join, shown[:PAIRS_IN_FIGURE], pa, pb, match_corr, top_a, top_b,
                                      name_a, name_b, shards, out_path / "matched_pairs.png", lines))
+    if not any(w.endswith("matched_pairs.png") for w in written):
+        remove_stale(out_path / "matched_pairs.png")
     return lines + [f"wrote {', '.join(w for w in written if w)}"]
 
 

@@ -21,7 +21,9 @@ from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes, default_analysis_dir
 
 COLUMNS = ("store", "codes", "hook", "layer", "sae", "latents", "k", "l0", "fvu", "explained_variance", "dead_share",
-           "dense_share", "median_density", "median_label_entropy", "median_ms", "spliced_cosine", "sae_path")
+           "dense_share", "median_density", "median_label_entropy", "median_ms", "spliced_cosine", "ce_recovered",
+           "ce_recovered_mean", "kl", "sae_path")
+SPLICE_ZERO_SHOT = ("ce_recovered", "ce_recovered_mean", "kl")  # from splice.json's zero_shot, where splice ran
 # Drawn side by side, one panel each, against the layer.
 PLOTTED = (("l0", "L0 (active latents per token)"), ("explained_variance", "explained variance"),
            ("dead_share", "dead share"), ("median_density", "median image density (live)"),
@@ -68,12 +70,14 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
         notes.append(f"no monosemanticity for {codes.name}: {exc}")
     splice = splice_result(default_analysis_dir(store.path, codes.name))
     spliced = splice["cosine_spliced"]["mean"] if splice and "cosine_spliced" in splice else float("nan")
+    zero_shot = (splice or {}).get("zero_shot") or {}
     values = {"store": str(store.path), "codes": codes.name, "hook": codes.hook, "layer": layer_of(codes.hook),
               "sae": f"{sae.get('architecture')} ({sae.get('format')})", "latents": codes.d_sae, "k": sae.get("k"),
               "l0": f.l0, "fvu": f.fvu, "explained_variance": 1 - f.fvu, "dead_share": f.dead / codes.d_sae,
               "dense_share": f.dense / codes.d_sae,
               "median_density": float(np.median(density_images[live])) if live.any() else float("nan"),
               "median_label_entropy": _median(ent.entropy_F), "median_ms": ms, "spliced_cosine": spliced,
+              **{c: zero_shot.get(c, float("nan")) for c in SPLICE_ZERO_SHOT},
               "sae_path": codes.identity.get("provenance", {}).get("sae_path")}
     return Row(values, notes)
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from clipsae.analysis import intervene as iv
 from clipsae.analysis.edits import codes_are_signed, parse_edits
 from clipsae.analysis.joint_space import PROMPT, text_embeddings
-from clipsae.analysis.output import write_csv, write_json
+from clipsae.analysis.output import remove_stale, write_csv, write_json
 from clipsae.errors import ClipsaeError
 
 INTERVENE_COLUMNS = ("image", "key", "label", "cosine", "pred_before", "pred_after", "pred_before_name", "pred_after_name",
@@ -184,6 +184,7 @@ def _edited(t, idx, labels, orig, edited, order, names, class_text, pair_text, t
         written.append(_plot_shifts(z, t.out / "intervene.png", title))
     else:
         lines.append("no zero-shot probabilities: the images have no labels with class names (see --classes)")
+        remove_stale(t.out / "intervene.png")
     if pair_text is not None:
         a_o = _probabilities(orig, pair_text, scale)[:, 0].double().numpy()
         a_e = _probabilities(edited, pair_text, scale)[:, 0].double().numpy()

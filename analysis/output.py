@@ -63,6 +63,12 @@ def write_json(path: Path, obj) -> Path:
     return files.write_json(path, obj, indent=1)
 
 
+def remove_stale(path: Path) -> None:
+    """Remove an output this run did not make (a figure with nothing to draw), so that an earlier run's
+    file never stands beside this run's tables as if it were theirs."""
+    path.unlink(missing_ok=True)
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed), imported when a plot is made."""
     import matplotlib

@@ -173,7 +173,7 @@ def build_query(t, req: SearchRequest, by: str, choice) -> tuple[Query, list[str
 
 def run_search(t, req: SearchRequest, k: int, by: str, choice, shards=None) -> list[str]:
     """search.csv, search_features.csv and search.png: the k images that best match the query."""
-    from clipsae.analysis.output import write_csv
+    from clipsae.analysis.output import remove_stale, write_csv
 
     query, lines, shown = build_query(t, req, by, choice)
     hits = search(t.codes, query, k, by)
@@ -192,8 +192,8 @@ def run_search(t, req: SearchRequest, k: int, by: str, choice, shards=None) -> l
     figure = _figure(t, hits, shown, shards, t.out / "search.png", lines) if len(hits.images_K) else ""
     if figure:
         written.append(figure)
-    else:  # a figure of an earlier search must not stand beside this search's tables
-        (t.out / "search.png").unlink(missing_ok=True)
+    else:
+        remove_stale(t.out / "search.png")
     return lines + [f"wrote {', '.join(written)}"]
 
 

@@ -1,13 +1,18 @@
 """Fry's spliced check: does the model still do what it did when a hook's activations are replaced
 by the SAE's reconstruction?
 
-For each image, three forward passes to the image embedding: the original; spliced, with the codes'
-tokens at the hook replaced by SAE(x) and the pass finished from there; and mean-ablated, with
-the same tokens replaced by their mean over the store (from the cached sums), as a floor. Reported:
-cos(original, spliced) and cos(original, mean-ablated) per image, and
+For each image, four forward passes to the image embedding: the original; spliced, with the codes'
+tokens at the hook replaced by SAE(x) and the pass finished from there; mean-ablated, with the same
+tokens replaced by their mean over the store (from the cached sums); and zero-ablated, replaced by
+zeros. Reported: cos(original, spliced) and cos(original, mean-ablated) per image, and
 recovered = (cos_spliced − cos_mean) / (1 − cos_mean) of the means. Where the images have labels
 and the labels have class names, zero-shot accuracy (text prompt "a photo of a {class}.", the
-class of largest cosine) of the original and the spliced embeddings, and how often they agree.
+class of largest cosine) of the original and the spliced embeddings, how often they agree, and the
+downstream loss the field reports (SAELens's and ViT-Prisma's): the zero-shot cross-entropy of the
+true class, CE = −log softmax(τ·cos(e, t_c))[label] with τ the model's logit scale, averaged over the
+labelled images for each of the four embeddings (CE_clean, CE_sae, CE_mean, CE_zero);
+ce_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean), ce_recovered_mean the same against the
+mean-ablation, and kl the mean KL(p_original ‖ p_spliced) of the zero-shot class distributions.
 
 Residual and ResNet stage hooks are spliced inside the model with a forward hook; pooled hooks
 (ln_post, embed, attnpool) are spliced on the pooled vector, which then only passes through proj.
@@ -87,17 +92,19 @@ def reconstruct(sae: SparseAutoencoder, x_NPD: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def spliced_embeddings(visual: nn.Module, hook: str, positions: np.ndarray, sae: SparseAutoencoder,
                        mean_PD: torch.Tensor, images_NCHW: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(original, spliced, mean-ablated) image embeddings of a batch."""
+    """(original, spliced, mean-ablated, zero-ablated) image embeddings of a batch."""
     if hook in POOLED:
         pooled = HookedForward(visual, resolve_hooks(visual, [hook], "all"), "all")(images_NCHW)[hook][:, 0]
         spliced, ablated = reconstruct(sae, pooled[:, None])[:, 0], mean_PD[0].expand_as(pooled)
-        return tuple(directions_to_joint(x, visual, hook) for x in (pooled, spliced, ablated))
+        return tuple(directions_to_joint(x, visual, hook) for x in (pooled, spliced, ablated, torch.zeros_like(pooled)))
     original = visual(images_NCHW)
     with replaced(visual, hook, positions, lambda x: reconstruct(sae, x)):
         spliced = visual(images_NCHW)
     with replaced(visual, hook, positions, lambda x: mean_PD.to(x.dtype).expand_as(x)):
         ablated = visual(images_NCHW)
-    return original, spliced, ablated
+    with replaced(visual, hook, positions, torch.zeros_like):
+        zeroed = visual(images_NCHW)
+    return original, spliced, ablated, zeroed
 
 
 def check_images(n: int) -> None:
@@ -133,16 +140,18 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
     chosen = _pick(t.store.n_images, images)
     labels = t.store.labels()[chosen]
     names = class_names(t.store, classes, shards)
-    cos_s, cos_m, emb_o, emb_s = [], [], [], []
+    cos_s, cos_m = [], []
+    emb: dict[str, list] = {"clean": [], "sae": [], "mean": [], "zero": []}
     bar = tqdm(total=len(chosen), desc="splice", unit="img", disable=not progress)
     for _, x in iter_image_batches(t.store, chosen, clip.vision.preprocess, batch, shards):
-        o, s, m = spliced_embeddings(visual, hook, positions, model_sae, mean_PD, x.to(dev))
+        o, s, m, z = spliced_embeddings(visual, hook, positions, model_sae, mean_PD, x.to(dev))
         cos_s.append(torch.nn.functional.cosine_similarity(o, s, dim=1).cpu())
         cos_m.append(torch.nn.functional.cosine_similarity(o, m, dim=1).cpu())
-        emb_o.append(o.float().cpu())
-        emb_s.append(s.float().cpu())
+        for name, e in zip(emb, (o, s, m, z)):
+            emb[name].append(e.float().cpu())
         bar.update(len(x))
     bar.close()
+    emb_NE = {name: torch.cat(e) for name, e in emb.items()}
     cs, cm = torch.cat(cos_s).double().numpy(), torch.cat(cos_m).double().numpy()
     recovered = (cs.mean() - cm.mean()) / (1 - cm.mean()) if cm.mean() < 1 else float("nan")
     result = {"codes": t.codes.name, "hook": hook, "model": cfg.name, "weights": clip.vision.identity["pretrained"],
@@ -159,13 +168,17 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
     lines = [f"{t.title}: spliced the SAE's reconstruction into {cfg.name} ({clip.vision.identity['pretrained']}) at "
              f"{hook} on {len(t.codes.token_positions)} token(s) per image", summary]
     if known.any() and len(names) > 1:
-        zs = _zero_shot(clip, names, torch.cat(emb_o)[known], torch.cat(emb_s)[known], labels[known], dev)
+        zs = _zero_shot(clip, names, {k: e[known] for k, e in emb_NE.items()}, labels[known], dev)
         result["zero_shot"] = zs
         summary += (f"; zero-shot accuracy {zs['accuracy_original']:.3f} → {zs['accuracy_spliced']:.3f} spliced "
-                    f"({zs['classes']} classes)")
+                    f"({zs['classes']} classes); CE recovered {zs['ce_recovered']:.3f}")
         lines.append(f"zero-shot over {zs['images']} labelled images, {zs['classes']} classes: accuracy "
                      f"{zs['accuracy_original']:.4f} original, {zs['accuracy_spliced']:.4f} spliced; predictions "
                      f"agree on {zs['agreement']:.1%}")
+        lines.append(f"zero-shot cross-entropy of the true class: {zs['ce_clean']:.4f} original, {zs['ce_sae']:.4f} "
+                     f"spliced, {zs['ce_mean']:.4f} mean-ablated, {zs['ce_zero']:.4f} zero-ablated; CE recovered "
+                     f"{zs['ce_recovered']:.4f} (against zeros), {zs['ce_recovered_mean']:.4f} (against the mean); "
+                     f"KL(original ‖ spliced) {zs['kl']:.4g}")
     else:
         lines.append("no zero-shot accuracy: the images have no labels with class names (see --classes)")
     if model_has_random_weights(clip):
@@ -177,14 +190,29 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
     return lines + [f"wrote {path}"]
 
 
-def _zero_shot(clip, names: dict[int, str], emb_o: torch.Tensor, emb_s: torch.Tensor, labels: np.ndarray, dev) -> dict:
+def _zero_shot(clip, names: dict[int, str], emb: dict[str, torch.Tensor], labels: np.ndarray, dev) -> dict:
+    """Accuracy, agreement and the downstream losses of the module's formulas, from the four embeddings."""
     order = sorted(names)
     text = text_embeddings(clip.model, clip.tokenizer, [names[c] for c in order], device=str(dev))
-    pred_o = np.array(order)[(torch.nn.functional.normalize(emb_o, dim=1) @ text.T).argmax(1).numpy()]
-    pred_s = np.array(order)[(torch.nn.functional.normalize(emb_s, dim=1) @ text.T).argmax(1).numpy()]
+    scale = float(clip.model.logit_scale.detach().exp())
+    logp = {k: torch.log_softmax(scale * torch.nn.functional.normalize(e.double(), dim=1) @ text.double().T, dim=1)
+            for k, e in emb.items()}
+    col = torch.as_tensor([order.index(int(lab)) for lab in labels.tolist()])
+    ce = {k: float(-lp[torch.arange(len(col)), col].mean()) for k, lp in logp.items()}
+    pred = {k: np.array(order)[lp.argmax(1).numpy()] for k, lp in logp.items()}
+    kl = float((logp["clean"].exp() * (logp["clean"] - logp["sae"])).sum(1).mean())
     return {"prompt": PROMPT, "classes": len(order), "images": len(labels),
-            "accuracy_original": float((pred_o == labels).mean()), "accuracy_spliced": float((pred_s == labels).mean()),
-            "agreement": float((pred_o == pred_s).mean())}
+            "accuracy_original": float((pred["clean"] == labels).mean()),
+            "accuracy_spliced": float((pred["sae"] == labels).mean()),
+            "agreement": float((pred["clean"] == pred["sae"]).mean()),
+            **{f"ce_{k}": v for k, v in ce.items()},
+            "ce_recovered": _recovered(ce["zero"], ce["sae"], ce["clean"]),
+            "ce_recovered_mean": _recovered(ce["mean"], ce["sae"], ce["clean"]), "kl": kl}
+
+
+def _recovered(floor: float, sae: float, clean: float) -> float:
+    """(floor − sae) / (floor − clean): 1 where the SAE loses nothing, 0 where it does no better than the floor."""
+    return (floor - sae) / (floor - clean) if floor != clean else float("nan")
 
 
 def _floats(obj):

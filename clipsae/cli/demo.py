@@ -161,7 +161,7 @@ def _use_features(store_path: Path, codes: str, shards: Path) -> dict[str, Path]
         click.echo("\n".join(run_search(t, req, 12, "max", choice)))
     click.echo(f"\nablating the three features that best predict colour=red ({red}) inside the model")
     t = commands.Target.open(store_path, codes, out["intervene"])
-    group = ("colour=red", attrs.values_AI[attrs.names.index("colour=red")])
+    group = ("colour", *attrs.grouping("colour"))
     click.echo("\n".join(run_intervene(t, red, "all", (), Selection(n=64), "max", choice, None, None,
                                        contrast="a photo of a red shape.|a photo of a blue shape.", group=group,
                                        progress=False)))

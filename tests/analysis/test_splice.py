@@ -55,11 +55,12 @@ def test_spliced_embedding_equals_the_forward_with_the_reconstruction_written_in
     images = torch.randn(2, 3, 224, 224)
     positions = np.array([0, 3, 7])
     mean = torch.randn(len(positions), D)
-    o, s, m = spliced_embeddings(vit, "resid.5", positions, sae, mean, images)
+    o, s, m, z = spliced_embeddings(vit, "resid.5", positions, sae, mean, images)
     with torch.no_grad():
         assert torch.allclose(o, vit(images), atol=1e-5)
         assert torch.allclose(s, manual_splice(vit, images, 5, positions, lambda x: reconstruct(sae, x)), atol=1e-4)
         assert torch.allclose(m, manual_splice(vit, images, 5, positions, lambda x: mean.expand_as(x)), atol=1e-4)
+        assert torch.allclose(z, manual_splice(vit, images, 5, positions, torch.zeros_like), atol=1e-4)
         assert not torch.allclose(o, s, atol=1e-3)
 
 
@@ -76,6 +77,23 @@ def test_an_exact_sae_spliced_in_changes_nothing(extracted, tmp_path, run_cli):
     assert res["zero_shot"]["agreement"] == 1.0 and res["zero_shot"]["classes"] == 12
     assert res["zero_shot"]["accuracy_original"] == res["zero_shot"]["accuracy_spliced"]
     assert "cos(original, spliced)" in out
+    zs = res["zero_shot"]
+    assert zs["ce_recovered"] == pytest.approx(1, abs=1e-3) and zs["ce_recovered_mean"] == pytest.approx(1, abs=1e-3)
+    assert abs(zs["kl"]) < 1e-6 and zs["ce_sae"] == pytest.approx(zs["ce_clean"], abs=1e-5)
+    assert zs["ce_zero"] != pytest.approx(zs["ce_clean"], abs=1e-3)
+
+
+def test_an_sae_whose_decoder_outputs_zeros_recovers_nothing(extracted, tmp_path, run_cli):
+    w = {"W_enc": torch.eye(D)[:, :16].contiguous(), "b_enc": torch.zeros(16), "W_dec": torch.zeros(16, D), "b_dec": torch.zeros(D)}
+    run_encode(EncodeConfig(extracted, saelens_dir(tmp_path / "zero", {"architecture": "standard"}, w),
+                            hook="resid.5", name="zero", progress=False))
+    code, out, err = run_cli("analyze", "splice", "--store", extracted, "--codes", "zero", "--images", "6", "--quiet")
+    assert code == 0, err
+    zs = json.loads((extracted / "codes" / "zero-analysis" / "splice.json").read_text())["zero_shot"]
+    assert zs["ce_recovered"] == 0.0 and zs["ce_sae"] == zs["ce_zero"] and zs["kl"] > 0
+    # By hand: the cross-entropy of the true class from the same four numbers the file reports.
+    assert zs["ce_recovered_mean"] == pytest.approx((zs["ce_mean"] - zs["ce_sae"]) / (zs["ce_mean"] - zs["ce_clean"]))
+    assert "CE recovered 0.0000 (against zeros)" in out
 
 
 def test_pooled_embed_codes_are_spliced_on_the_embedding(extracted, tmp_path, run_cli):
