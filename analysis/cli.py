@@ -278,6 +278,37 @@ def probe_cmd(store_path, codes_name, out, quiet, attributes_csv, attributes_jso
         click.echo(line)
 
 
+@analyze_group.command("sparse-probe")
+@_codes_options
+@click.option("--k", "ks", default="1,2,5", show_default=True, help="Feature counts to probe with, comma-separated.")
+@click.option("--attributes", "attributes_csv", type=click.Path(path_type=Path), default=None,
+              help="CSV of per-image attributes whose binary columns are tasks too (as `analyze probe` reads it).")
+@click.option("--attributes-json", default=None, help="Or these fields of each sample's .json in the store's tars.")
+@click.option("--classes", type=click.Path(path_type=Path), default=None,
+              help="Class names for the class tasks' names [default: classes.json beside the tars].")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Folder now holding the store's tars [default: where the store says].")
+@_BY
+@click.option("--dense/--no-dense", default=True, show_default=True,
+              help="Also fit each task on the hook's pooled activations: the ceiling.")
+def sparse_probe_cmd(store_path, codes_name, out, quiet, ks, attributes_csv, attributes_json, classes, shards, by, dense):
+    """SAEBench's sparse probing: each class and binary attribute predicted from its k best features (sparse_probe.csv)."""
+    from clipsae.analysis.attributes import from_options
+    from clipsae.analysis.commands import Target
+    from clipsae.analysis.evaluation.sparse_probe import run_sparse_probe
+    from clipsae.errors import ClipsaeError
+
+    try:
+        k_list = tuple(int(k) for k in ks.split(","))
+    except ValueError:
+        raise ClipsaeError(f"--k must be comma-separated integers, not {ks!r}") from None
+    t = Target.open(store_path, codes_name, out, progress=not quiet)
+    attrs = (from_options(t.store, attributes_csv, attributes_json, shards)
+             if attributes_csv is not None or attributes_json is not None else None)
+    for line in run_sparse_probe(t, attrs, k_list, by, dense, classes, shards):
+        click.echo(line)
+
+
 @analyze_group.command("monosemanticity")
 @_codes_options
 @_BY

@@ -22,7 +22,7 @@ from clipsae.store.codes import Codes, default_analysis_dir
 
 COLUMNS = ("store", "codes", "hook", "layer", "sae", "latents", "k", "l0", "fvu", "explained_variance", "dead_share",
            "dense_share", "median_density", "median_label_entropy", "median_ms", "spliced_cosine", "ce_recovered",
-           "ce_recovered_mean", "kl", "sae_path")
+           "ce_recovered_mean", "kl", "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe", "sae_path")
 SPLICE_ZERO_SHOT = ("ce_recovered", "ce_recovered_mean", "kl")  # from splice.json's zero_shot, where splice ran
 # Drawn side by side, one panel each, against the layer.
 PLOTTED = (("l0", "L0 (active latents per token)"), ("explained_variance", "explained variance"),
@@ -52,6 +52,16 @@ def _median(x: np.ndarray) -> float:
     return float(np.median(x)) if len(x) else float("nan")
 
 
+def _sparse_probe_summary(analysis: Path, by: str) -> dict:
+    """sparse_probe.json of ``analyze sparse-probe --by by`` on these codes, or {} where it did not run."""
+    import json
+
+    from clipsae.analysis.output import by_setting
+
+    path = analysis / by_setting("sparse_probe", ".json", by)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, device) -> Row:
     """The figures of one codes: fit from the cached sums, label entropy of the top images, and the
     monosemanticity score where the store has image embeddings."""
@@ -71,6 +81,7 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
     splice = splice_result(default_analysis_dir(store.path, codes.name))
     spliced = splice["cosine_spliced"]["mean"] if splice and "cosine_spliced" in splice else float("nan")
     zero_shot = (splice or {}).get("zero_shot") or {}
+    probing = _sparse_probe_summary(default_analysis_dir(store.path, codes.name), by)
     values = {"store": str(store.path), "codes": codes.name, "hook": codes.hook, "layer": layer_of(codes.hook),
               "sae": f"{sae.get('architecture')} ({sae.get('format')})", "latents": codes.d_sae, "k": sae.get("k"),
               "l0": f.l0, "fvu": f.fvu, "explained_variance": 1 - f.fvu, "dead_share": f.dead / codes.d_sae,
@@ -78,6 +89,8 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
               "median_density": float(np.median(density_images[live])) if live.any() else float("nan"),
               "median_label_entropy": _median(ent.entropy_F), "median_ms": ms, "spliced_cosine": spliced,
               **{c: zero_shot.get(c, float("nan")) for c in SPLICE_ZERO_SHOT},
+              **{f"sparse_probe_k{k}": probing.get("accuracy", {}).get(str(k), float("nan")) for k in (1, 2, 5)},
+              "dense_probe": probing.get("dense_accuracy") if probing.get("dense_accuracy") is not None else float("nan"),
               "sae_path": codes.identity.get("provenance", {}).get("sae_path")}
     return Row(values, notes)
 

@@ -73,18 +73,26 @@ def test_compare_rows_equal_figures_computed_from_the_activations(two_layers, ru
     assert "L3" in out and "L7" in out
 
 
-def test_compare_reads_the_spliced_cosine_where_splice_ran(two_layers, tmp_path):
+def test_compare_reads_splice_and_sparse_probe_where_they_ran(two_layers, tmp_path):
     from clipsae.analysis.commands import run_compare
 
     store, _ = two_layers
     analysis = store / "codes" / "L7-analysis"
     analysis.mkdir(exist_ok=True)
-    (analysis / "splice.json").write_text(json.dumps({"cosine_spliced": {"mean": 0.8125}, "summary": "s"}))
+    (analysis / "splice.json").write_text(json.dumps({"cosine_spliced": {"mean": 0.8125}, "summary": "s",
+                                                      "zero_shot": {"ce_recovered": 0.75, "kl": 0.5}}))
+    (analysis / "sparse_probe.json").write_text(json.dumps({"accuracy": {"1": 0.625, "5": 0.875}, "dense_accuracy": 0.9375}))
     try:
         run_compare([(store, "L3"), (store, "L7")], tmp_path, "max", 10, None, "cpu")
     finally:
         (analysis / "splice.json").unlink()
-    assert [r["spliced_cosine"] for r in _rows(tmp_path / "compare.csv")] == ["", "0.8125"]
+        (analysis / "sparse_probe.json").unlink()
+    rows = _rows(tmp_path / "compare.csv")
+    assert [r["spliced_cosine"] for r in rows] == ["", "0.8125"]
+    assert [(r["ce_recovered"], r["ce_recovered_mean"], r["kl"]) for r in rows] == [("", "", ""), ("0.75", "", "0.5")]
+    # A metric that did not run for a row is empty, never zero.
+    assert [(r["sparse_probe_k1"], r["sparse_probe_k2"], r["sparse_probe_k5"], r["dense_probe"]) for r in rows] == \
+        [("", "", "", ""), ("0.625", "", "0.875", "0.9375")]
 
 
 def test_compare_without_embeddings_leaves_ms_empty_and_says_why(codes, tmp_path):
