@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipsae import files
 from clipsae.analysis import correlate as corr_mod
 from clipsae.analysis import density as density_mod
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
@@ -213,13 +214,10 @@ def run_compare(refs: list[tuple[Path, str]], out: Path, by: str, min_hits: int,
     out.mkdir(parents=True, exist_ok=True)
     path = write_csv(out / by_setting("compare", ".csv", by), cmp.COLUMNS, (r.cells() for r in rows))
     png = cmp.plot_compare(rows, out / by_setting("compare", ".png", by))
-    lines = [note for r in rows for note in r.notes]
-    lines.append(f"{'codes':<16} {'hook':<10} {'latents':>8} {'L0':>7} {'FVU':>7} {'dead':>6} {'entropy':>8} {'MS':>7}")
-    for r in rows:
-        v = r.values
-        lines.append(f"{v['codes']:<16} {v['hook']:<10} {v['latents']:>8} {v['l0']:>7.2f} {v['fvu']:>7.4f} "
-                     f"{v['dead_share']:>6.1%} {v['median_label_entropy']:>8.3f} {v['median_ms']:>7.4f}")
-    return lines + [f"wrote {path}, {png}"]
+    md = out / by_setting("compare", ".md", by)
+    files.write_text(md, cmp.markdown_table(rows))
+    lines = [note for r in rows for note in r.notes] + cmp.text_table(rows)
+    return lines + [f"wrote {path}, {md}, {png}"]
 
 
 SAE_COMPARE_COLUMNS = ("a", "best_b", "best_cos", "matched_b", "matched_cos")

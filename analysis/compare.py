@@ -20,10 +20,16 @@ from clipsae.analysis.top_images import top_images
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes, default_analysis_dir
 
-COLUMNS = ("store", "codes", "hook", "layer", "sae", "latents", "k", "l0", "fvu", "explained_variance", "dead_share",
+COLUMNS = ("store", "codes", "hook", "layer", "sae", "latents", "k", "tokens", "l0", "fvu", "explained_variance", "dead_share",
            "dense_share", "median_density", "median_label_entropy", "median_ms", "spliced_cosine", "ce_recovered",
            "ce_recovered_mean", "kl", "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe", "sae_path")
 SPLICE_ZERO_SHOT = ("ce_recovered", "ce_recovered_mean", "kl")  # from splice.json's zero_shot, where splice ran
+PROBE_KS = (1, 2, 5)  # sparse-probe's default k, the columns sparse_probe_k<k>
+# Below this many encoded tokens the fit figures of a row move by more than the differences compared.
+MIN_TOKENS = 10_000
+# compare.md's columns: the figures a paper's table shows (compare.csv has them all).
+MARKDOWN = ("codes", "hook", "sae", "latents", "k", "tokens", "l0", "fvu", "dead_share", "median_label_entropy",
+            "median_ms", "ce_recovered", "kl", "sparse_probe_k1", "sparse_probe_k5", "dense_probe")
 # Drawn side by side, one panel each, against the layer.
 PLOTTED = (("l0", "L0 (active latents per token)"), ("explained_variance", "explained variance"),
            ("dead_share", "dead share"), ("median_density", "median image density (live)"),
@@ -68,6 +74,10 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
     store, sae, notes = codes.store, codes.identity["sae"], []
     sums = codes.sums()
     f = store_fit(sums, codes.n_positions)
+    tokens = sums.n_images * codes.n_positions
+    if tokens < MIN_TOKENS:
+        notes.append(f"note: {codes.name}'s fit figures rest on {tokens:,} encoded tokens, fewer than {MIN_TOKENS:,}: "
+                     f"differences between rows this small are noise")
     live = sums.latent_tokens_fired > 0
     density_images = sums.latent_images_fired / max(sums.n_images, 1)
     ent = label_entropy(top_images(codes, ENTROPY_K, by), store.labels(), min_hits)
@@ -84,36 +94,125 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
     probing = _sparse_probe_summary(default_analysis_dir(store.path, codes.name), by)
     values = {"store": str(store.path), "codes": codes.name, "hook": codes.hook, "layer": layer_of(codes.hook),
               "sae": f"{sae.get('architecture')} ({sae.get('format')})", "latents": codes.d_sae, "k": sae.get("k"),
+              "tokens": tokens,
               "l0": f.l0, "fvu": f.fvu, "explained_variance": 1 - f.fvu, "dead_share": f.dead / codes.d_sae,
               "dense_share": f.dense / codes.d_sae,
               "median_density": float(np.median(density_images[live])) if live.any() else float("nan"),
               "median_label_entropy": _median(ent.entropy_F), "median_ms": ms, "spliced_cosine": spliced,
               **{c: zero_shot.get(c, float("nan")) for c in SPLICE_ZERO_SHOT},
-              **{f"sparse_probe_k{k}": probing.get("accuracy", {}).get(str(k), float("nan")) for k in (1, 2, 5)},
+              **{f"sparse_probe_k{k}": probing.get("accuracy", {}).get(str(k), float("nan")) for k in PROBE_KS},
               "dense_probe": probing.get("dense_accuracy") if probing.get("dense_accuracy") is not None else float("nan"),
               "sae_path": codes.identity.get("provenance", {}).get("sae_path")}
     return Row(values, notes)
 
 
+def _varies_by_layer(rows: list[Row]) -> bool:
+    layers = [r.values["layer"] for r in rows]
+    return None not in layers and len(set(layers)) > 1
+
+
 def plot_compare(rows: list[Row], path: Path) -> Path:
-    """One panel per figure of :data:`PLOTTED`, each codes a point at its layer (or its position in the
-    list where its hook has none), labelled with its codes name; codes of one SAE family share a line."""
+    """Against what varies: where the rows sit on several layers, one panel per figure of :data:`PLOTTED`
+    against the layer (codes of one SAE family share a line); where they share one (SAEs, baselines,
+    snapshots of a hook), the panels a paper shows: FVU against L0, CE recovered against L0 and sparse-probe
+    accuracy against k, the last two where they ran. Each point is labelled with its codes name."""
     from clipsae.analysis.output import pyplot
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(3.2 * len(PLOTTED), 3.4), squeeze=False)
-    xs = [r.values["layer"] if r.values["layer"] is not None else i for i, r in enumerate(rows)]
-    by_layer = all(r.values["layer"] is not None for r in rows)
-    for ax, (col, label) in zip(axes[0], PLOTTED):
-        for sae in dict.fromkeys(r.values["sae"] for r in rows):
-            mine = sorted((x, r.values[col]) for x, r in zip(xs, rows) if r.values["sae"] == sae)
-            ax.plot([x for x, _ in mine], [y for _, y in mine], "o-", label=sae)
-        for x, r in zip(xs, rows):
-            ax.annotate(r.values["codes"], (x, r.values[col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("layer" if by_layer else "codes (in the order given)")
-        ax.set_title(label, fontsize=9)
-    axes[0][0].legend(fontsize=7)
+    panels = _layer_panels(rows) if _varies_by_layer(rows) else _hook_panels(rows)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, draw in zip(axes[0], panels):
+        draw(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _families(rows: list[Row]) -> dict[str, list[Row]]:
+    out: dict[str, list[Row]] = {}
+    for r in rows:
+        out.setdefault(r.values["sae"], []).append(r)
+    return out
+
+
+def _layer_panels(rows: list[Row]) -> list:
+    def panel(col: str, label: str):
+        def draw(ax):
+            for sae, mine in _families(rows).items():
+                pts = sorted((r.values["layer"], r.values[col]) for r in mine)
+                ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=sae)
+            for r in rows:
+                ax.annotate(r.values["codes"], (r.values["layer"], r.values[col]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+            ax.set_xlabel("layer")
+            ax.set_title(label, fontsize=9)
+            ax.legend(fontsize=7)
+        return draw
+
+    return [panel(col, label) for col, label in PLOTTED]
+
+
+def _hook_panels(rows: list[Row]) -> list:
+    def against_l0(col: str, label: str):
+        def draw(ax):
+            for sae, mine in _families(rows).items():
+                ax.plot([r.values["l0"] for r in mine], [r.values[col] for r in mine], "o", label=sae)
+            for r in rows:
+                ax.annotate(r.values["codes"], (r.values["l0"], r.values[col]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_xlabel("L0 (active latents per token)")
+            ax.set_title(label, fontsize=9)
+            ax.legend(fontsize=7)
+        return draw
+
+    def probe_against_k(ax):
+        for r in rows:
+            pts = [(k, r.values[f"sparse_probe_k{k}"]) for k in PROBE_KS if not _nan(r.values[f"sparse_probe_k{k}"])]
+            if not pts:
+                continue
+            line, = ax.plot([k for k, _ in pts], [a for _, a in pts], "o-", label=r.values["codes"])
+            if not _nan(r.values["dense_probe"]):
+                ax.axhline(r.values["dense_probe"], color=line.get_color(), ls=":", lw=1)
+        ax.set_xlabel("k (features per probe)")
+        ax.set_title("sparse-probe test accuracy (dotted: dense)", fontsize=9)
+        ax.legend(fontsize=7)
+
+    panels = [against_l0("fvu", "FVU")]
+    if any(not _nan(r.values["ce_recovered"]) for r in rows):
+        panels.append(against_l0("ce_recovered", "CE recovered (zero-shot)"))
+    if any(not _nan(r.values[f"sparse_probe_k{k}"]) for r in rows for k in PROBE_KS):
+        panels.append(probe_against_k)
+    return panels
+
+
+def _nan(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _cell(v) -> str:
+    if _nan(v):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """compare.md: the :data:`MARKDOWN` columns, a row per codes; a figure that did not run is empty."""
+    lines = ["| " + " | ".join(MARKDOWN) + " |", "|" + "---|" * len(MARKDOWN)]
+    lines += ["| " + " | ".join(_cell(r.values[c]).replace("|", "\\|") for c in MARKDOWN) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(rows: list[Row]) -> list[str]:
+    """The printed table, each column as wide as its widest cell."""
+    cols = ("codes", "hook", "latents", "l0", "fvu", "dead_share", "median_label_entropy", "median_ms", "ce_recovered",
+            "sparse_probe_k1")
+    heads = ("codes", "hook", "latents", "L0", "FVU", "dead", "entropy", "MS", "CE rec.", "probe k=1")
+    cells = [[_cell(r.values[c]) if c != "dead_share" or _nan(r.values[c]) else f"{r.values[c]:.1%}" for c in cols]
+             for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
+    fmt = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    return [fmt(heads)] + [fmt(row) for row in cells]

@@ -9,6 +9,19 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+# Below this many held-out tokens a held-out FVU moves by more than the differences a sweep looks for.
+MIN_HELDOUT_TOKENS = 10_000
+
+
+def heldout_warning(m: dict) -> str:
+    """A warning when held-out metrics rest on fewer than :data:`MIN_HELDOUT_TOKENS` tokens, else ''."""
+    n = m.get("heldout_tokens")
+    if n is None or n >= MIN_HELDOUT_TOKENS:
+        return ""
+    return (f"  (held-out metrics rest on {n:,} tokens, fewer than {MIN_HELDOUT_TOKENS:,}: noisy; "
+            f"raise --holdout or train on a bigger store)")
+
+
 def format_result(result) -> list[str]:
     """One line per trained SAE: its held-out metrics and where it went."""
     lines = []
@@ -17,7 +30,7 @@ def format_result(result) -> list[str]:
         if "fvu" in m:
             worse = "  (worse than predicting the mean: FVU > 1)" if m["fvu"] > 1 else ""
             lines.append(f"{label}: FVU {m['fvu']:.4f}  cosine {m['cosine']:.4f}  L0 {m['l0']:.1f}  "
-                         f"dead {m['dead']}  dense {m['dense']}  → {path}{worse}")
+                         f"dead {m['dead']}  dense {m['dense']}  → {path}{worse}{heldout_warning(m)}")
         else:
             lines.append(f"{label} → {path}")
     return lines
@@ -86,6 +99,8 @@ def format_sae_info(info: dict) -> str:
         lines += [f"{key:>22}: {_fmt(value)}" for key, value in info["heldout"].items()]
         if info["heldout"].get("fvu", 0) > 1:
             lines.append("FVU > 1: this SAE reconstructs worse than predicting the mean of its inputs")
+        if heldout_warning(info["heldout"]):
+            lines.append(heldout_warning(info["heldout"]).strip(" ()"))
     else:
         lines.append("no held-out metrics (trained with --holdout 0, or not by clipsae)")
     return "\n".join(lines)

@@ -217,6 +217,7 @@ class Run:
             if x_eval is not None and len(x_eval):
                 metrics, density = evaluate(to_inference(sae, self.scale).to(self.device), x_eval)
                 record.update(metrics)
+                record["heldout_tokens"] = len(x_eval)
                 if final:
                     record["_density"] = density
             results[sae.spec.label] = record

@@ -114,3 +114,26 @@ def test_compare_bad_codes_are_one_line(two_layers, run_cli, tmp_path, ref, mess
                                          ("ln_post", None)])
 def test_layer_is_read_from_the_hook_name(hook, layer):
     assert layer_of(hook) == layer
+
+
+def test_compare_writes_a_markdown_table_and_prints_aligned_columns(two_layers, tmp_path):
+    from clipsae.analysis.commands import run_compare
+
+    store, _ = two_layers
+    lines = run_compare([(store, "L3"), (store, "L7")], tmp_path, "max", 10, None, "cpu")
+    md = (tmp_path / "compare.md").read_text().splitlines()
+    assert md[0].startswith("| codes | hook | sae | latents | k | tokens | l0 | fvu |") and len(md) == 4
+    assert md[2].startswith("| L3 | resid.3 | topk (saelens) |") and "|  |" in md[2]  # splice did not run: empty
+    table = [line for line in lines if line.startswith(("codes", "L3", "L7"))]
+    assert len(table) == 3 and len({len(line) for line in table}) == 1  # every column as wide as its widest
+    assert any("rest on 80 encoded tokens, fewer than 10,000" in line for line in lines)
+
+
+def test_rows_on_one_hook_are_plotted_against_l0_not_a_layer(two_layers):
+    from clipsae.analysis.compare import _hook_panels, _varies_by_layer, summarise
+
+    store, _ = two_layers
+    s = ActivationStore.open(store)
+    rows = [summarise(Codes(s, name), "max", 10, None, "cpu") for name in ("L3", "L7")]
+    assert _varies_by_layer(rows)
+    assert not _varies_by_layer([rows[0], rows[0]]) and len(_hook_panels([rows[0], rows[0]])) == 1

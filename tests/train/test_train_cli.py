@@ -232,6 +232,15 @@ def test_sae_info_prints_what_it_is_and_its_heldout_metrics(small, tmp_path, run
     assert ActivationStore.open(small).n_images == 512
 
 
+def test_held_out_metrics_on_too_few_tokens_are_said_to_be_noisy(small, tmp_path, run_cli):
+    code, out, err = run_cli(*_train(small, tmp_path / "few"))
+    assert code == 0, err
+    held = json.loads((tmp_path / "few" / "metrics.json").read_text())["heldout_tokens"]
+    assert 0 < held < 10_000 and f"held-out metrics rest on {held:,} tokens, fewer than 10,000: noisy" in out
+    code, out, _ = run_cli("sae", "info", tmp_path / "few")
+    assert code == 0 and f"held-out metrics rest on {held:,} tokens" in out
+
+
 def test_sae_info_on_a_directory_without_an_sae_is_one_line(tmp_path, run_cli):
     code, _, err = run_cli("sae", "info", tmp_path)
     assert code == 1 and "is not an SAE directory" in err
