@@ -25,7 +25,7 @@ def train(arch: str, x: torch.Tensor, steps: int, expansion: int, k: int, batch:
     """clipsae's step with the trainer's initialisation, scaling and learning-rate schedule."""
     d = x.shape[1]
     xs = x * (math.sqrt(d) / x.norm(dim=1).mean())
-    sae = TrainingSAE(SAESpec(arch, d, expansion, k=k), torch.Generator().manual_seed(1))
+    sae = TrainingSAE(SAESpec(arch, d, expansion, k=k), 1)
     with torch.no_grad():
         sae.b_dec.copy_(geometric_median(xs[:16384]))
     lr = default_lr(sae.spec.d_sae)

@@ -45,7 +45,7 @@ def main():
         for _ in range(n_batches):
             stream.next_batch()
         loader = n_batches * a.batch / (time.perf_counter() - t)
-        sae = TrainingSAE(SAESpec("topk", a.d, 16, k=32), torch.Generator().manual_seed(0))
+        sae = TrainingSAE(SAESpec("topk", a.d, 16, k=32), 0)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
         batches = [stream.next_batch().float() for _ in range(a.train_steps + 1)]
         optimise(sae, opt, batches[0], None, 1.0)

@@ -37,7 +37,7 @@ def rate(step, batch: int, steps: int) -> float:
 
 
 def ours(spec: SAESpec, x: torch.Tensor, bf16: bool, dead_fraction: float = 0.0):
-    sae = TrainingSAE(spec, torch.Generator().manual_seed(0), bf16_matmul=bf16).to(x.device)
+    sae = TrainingSAE(spec, 0, bf16_matmul=bf16).to(x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     dead = None
     if dead_fraction:
@@ -47,7 +47,7 @@ def ours(spec: SAESpec, x: torch.Tensor, bf16: bool, dead_fraction: float = 0.0)
 
 
 def dense(spec: SAESpec, x: torch.Tensor, bf16: bool):
-    sae = TrainingSAE(spec, torch.Generator().manual_seed(0)).to(x.device)
+    sae = TrainingSAE(spec, 0).to(x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
     def step():

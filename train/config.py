@@ -32,8 +32,8 @@ class RunSettings:
     """Adam learning rate."""
     precision: str | None = option(None, choices=PRECISIONS, identity=True, shown_default="bf16 on CUDA, fp32 on CPU")
     """Encoder matmul precision; the weights stay fp32."""
-    seed: int = option(0, identity=True)
-    """Seed of the initialisation, the data order and the holdout split."""
+    seed: int = option(0, identity=True, cli=False)
+    """Seed of the data order and the holdout split (the first of --seed), and of the initialisation of SAEs without their own."""
     holdout: float = option(0.01, at_least=0, below=1, identity=True)
     """Fraction of images (by key hash) kept for evaluation; 0 is allowed and noted: no held-out metrics."""
     warmup_steps: int = option(DEFAULT_WARMUP, at_least=1, identity=True)

@@ -7,7 +7,7 @@ ClipsaeError before a file is written, and anything surprising but allowed becom
 import itertools
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +94,11 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
     if unknown:
         raise TypeError(f"configure_training() got unknown options {sorted(unknown)}")
     req = TrainRequest(store=str(store), **{k: v for k, v in options.items() if k in _REQUEST})
-    run = RunSettings(**{k: v for k, v in options.items() if k in _SETTINGS})
+    seeds = parse_list(int, req.seed, "--seed")
+    if len(set(seeds)) != len(seeds):
+        raise ClipsaeError(f"--seed {req.seed!r} names a seed twice")
+    # The first seed orders the data and draws the holdout: the seeds of one run share both.
+    run = RunSettings(**{k: v for k, v in options.items() if k in _SETTINGS and k != "seed"}, seed=seeds[0])
     hook, tokens, batch_size, steps = req.hook, req.tokens, run.batch_size, req.steps
     st = ActivationStore.open(req.store)
     if hook is None:
@@ -109,6 +113,8 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
     values = {"arch": req.arch, "expansion": req.expansion, "k": req.k, "l1": req.l1}
     specs = (_specs(values, d, arch_options) if req.sweep is None
              else _sweep_specs(Path(req.sweep), values, d, arch_options))
+    if len(seeds) > 1:
+        specs = [replace(spec, seed=seed) for spec in specs for seed in seeds]
     tokens_total = req.tokens_total
     if steps is not None and tokens_total is not None:
         raise ClipsaeError("give --steps or --tokens-total, not both")

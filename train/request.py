@@ -27,6 +27,8 @@ class TrainRequest:
     """Active latents per token (TopK family); a comma list sweeps."""
     l1: str = option("5")
     """L1 coefficient λ of the relu SAE; a comma list sweeps."""
+    seed: str = option("0")
+    """Seed of the initialisation, the data order and the holdout split; a comma list trains every SAE once per seed in one data pass (data order and holdout from the first)."""
     sweep: Path | None = option(None, metavar="FILE")
     """JSON list of SAEs, e.g. [{"arch": "topk", "k": 32}, {"arch": "relu", "l1": 5}] (keys arch, expansion, k,
     l1; missing keys take the options' values), instead of the product of the lists."""

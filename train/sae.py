@@ -12,6 +12,7 @@ from torch import nn
 
 from clipsae.train import archs
 from clipsae.train.archs.base import StepOutput
+from clipsae.train.init import initial_decoder
 from clipsae.train.ranks import Ranks
 from clipsae.train.spec import SAESpec
 
@@ -19,14 +20,13 @@ from clipsae.train.spec import SAESpec
 class TrainingSAE(nn.Module):
     """One SAE under training. ``threshold`` (BatchTopK) is float64 and −1 until first set."""
 
-    def __init__(self, spec: SAESpec, generator: torch.Generator, bf16_matmul: bool = False):
+    def __init__(self, spec: SAESpec, run_seed: int, bf16_matmul: bool = False):
         super().__init__()
         self.spec = spec
         self.arch = archs.get(spec.arch)
         self.bf16_matmul = bf16_matmul
         n, d = spec.d_sae, spec.d
-        W_dec = torch.randn(n, d, generator=generator)
-        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        W_dec = initial_decoder(spec, run_seed)
         self.W_dec = nn.Parameter(W_dec)
         self.W_enc = nn.Parameter(W_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(n))

@@ -15,6 +15,7 @@ class SAESpec:
     aux_alpha: float = 1 / 32
     matryoshka_weighting: str = "uw"
     matryoshka_fractions: tuple[float, ...] = field(default=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0))
+    seed: int | None = None  # its own initialisation seed, in a run of several seeds (None: the run's)
 
     @property
     def d_sae(self) -> int:
@@ -27,10 +28,18 @@ class SAESpec:
 
     @property
     def label(self) -> str:
-        """A directory-safe name that tells SAEs of a sweep apart (the architecture decides it)."""
+        """A directory-safe name that tells SAEs of a sweep apart (the architecture decides it), with
+        ``-seed<N>`` where the SAE has a seed of its own."""
         from clipsae.train import archs
 
-        return archs.get(self.arch).label(self)
+        return archs.get(self.arch).label(self) + (f"-seed{self.seed}" if self.seed is not None else "")
+
+    @property
+    def unseeded(self) -> "SAESpec":
+        """The same SAE without a seed of its own: what its seeds have in common."""
+        from dataclasses import replace
+
+        return replace(self, seed=None)
 
     @property
     def levels(self) -> list[int]:
@@ -44,9 +53,10 @@ class SAESpec:
         return [w / sum(raw) for w in raw]
 
     def to_json(self) -> dict:
+        seed = {"seed": self.seed} if self.seed is not None else {}
         return {"arch": self.arch, "d": self.d, "expansion": self.expansion, "k": self.k, "l1": self.l1,
                 "aux_alpha": self.aux_alpha, "matryoshka_weighting": self.matryoshka_weighting,
-                "matryoshka_fractions": list(self.matryoshka_fractions)}
+                "matryoshka_fractions": list(self.matryoshka_fractions), **seed}
 
     @classmethod
     def from_json(cls, obj: dict) -> "SAESpec":

@@ -1,6 +1,5 @@
 """The training loop: several SAEs trained on the same shuffled batches, checkpointed, resumable."""
 
-import hashlib
 import sys
 import time
 from dataclasses import dataclass
@@ -54,10 +53,6 @@ class TrainingStopped(Exception):
         self.step = step
 
 
-def _seed_of(seed: int, label: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{label}".encode(), digest_size=7).digest(), "little")
-
-
 class Run:
     """The state of one training run: stream, SAEs, optimisers, held-out rows, logs.
 
@@ -78,10 +73,7 @@ class Run:
         self.store = store
         self.stream = ShuffleStream(self.train_source, cfg.batch_size // ranks.world, cfg.buffer_rows, cfg.seed,
                                     cfg.loader_threads, rank=ranks.rank, world=ranks.world)
-        # Each SAE's initialisation depends on the seed and its own settings only, so an SAE
-        # trained alone equals the same SAE trained inside a sweep.
-        self.saes = [TrainingSAE(spec, torch.Generator().manual_seed(_seed_of(cfg.seed, spec.label)),
-                                 bf16_matmul=cfg.precision == "bf16").to(self.device)
+        self.saes = [TrainingSAE(spec, cfg.seed, bf16_matmul=cfg.precision == "bf16").to(self.device)
                      for spec in cfg.saes]
         self.opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr_of(s.spec), betas=(0.9, 0.999)) for s in self.saes]
         self.resample_gen = torch.Generator().manual_seed(cfg.seed + 17)

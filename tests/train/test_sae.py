@@ -15,7 +15,7 @@ from clipsae.train.statistics import geometric_median
 
 
 def _sae(arch: str, d=16, expansion=4, k=4) -> TrainingSAE:
-    sae = TrainingSAE(SAESpec(arch, d, expansion, k=k), torch.Generator().manual_seed(0))
+    sae = TrainingSAE(SAESpec(arch, d, expansion, k=k), 0)
     with torch.no_grad():
         sae.b_dec.normal_(generator=torch.Generator().manual_seed(1))
         sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))

@@ -8,7 +8,7 @@ from clipsae.train.spec import SAESpec
 
 
 def _sae(arch: str, d=16, expansion=8, k=4, seed=0) -> TrainingSAE:
-    sae = TrainingSAE(SAESpec(arch, d, expansion, k=k), torch.Generator().manual_seed(seed))
+    sae = TrainingSAE(SAESpec(arch, d, expansion, k=k), seed)
     with torch.no_grad():
         sae.b_dec.normal_(generator=torch.Generator().manual_seed(seed + 1))
         sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed + 2))

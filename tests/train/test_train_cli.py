@@ -377,3 +377,30 @@ def test_a_damaged_store_stops_a_new_run_without_leaving_it_behind(small, tmp_pa
                            "--expansion", "2", "--k", "2", "--out", tmp_path / "run", "--quiet")
     assert code == 1 and "was altered after it was written (CRC32C differs)" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_seed_list_trains_each_sae_once_per_seed_in_one_run(small, tmp_path, run_cli):
+    from dataclasses import replace
+
+    from clipsae.train.init import initial_decoder
+    from clipsae.train.spec import SAESpec
+
+    code, out, err = run_cli(*_train(small, tmp_path / "seeds", "--seed", "0,1,2"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "seeds").iterdir() if p.is_dir()) == \
+        ["topk-x4-k4-seed0", "topk-x4-k4-seed1", "topk-x4-k4-seed2"]
+    run = json.loads((tmp_path / "seeds" / "run.json").read_text())["identity"]
+    assert run["seed"] == 0 and [s["seed"] for s in run["saes"]] == [0, 1, 2]
+    w = [load_file(tmp_path / "seeds" / f"topk-x4-k4-seed{s}" / "sae_weights.safetensors")["W_dec"] for s in range(3)]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    # Seed 1's SAE starts where a run with --seed 1 alone starts.
+    spec = SAESpec("topk", 16, 4, k=4)
+    assert torch.equal(initial_decoder(replace(spec, seed=1), 0), initial_decoder(spec, 1))
+    code, _, err = run_cli(*_train(small, tmp_path / "twice", "--seed", "1,1"))
+    assert code == 1 and "names a seed twice" in err
+
+
+def test_one_seed_keeps_the_run_as_it_was(small, tmp_path, run_cli):
+    assert run_cli(*_train(small, tmp_path / "one", "--seed", "3"))[0] == 0
+    run = json.loads((tmp_path / "one" / "run.json").read_text())["identity"]
+    assert run["seed"] == 3 and "seed" not in run["saes"][0] and (tmp_path / "one" / "sae_weights.safetensors").is_file()
