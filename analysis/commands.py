@@ -210,13 +210,13 @@ def run_compare(refs: list[tuple[Path, str]], out: Path, by: str, min_hits: int,
         if key not in stores:
             stores[key] = ActivationStore.open(store)
         codes.append(Codes(stores[key], name))
-    rows = [cmp.summarise(c, by, min_hits, embed_hook, dev) for c in codes]
+    rows, merged = cmp.by_seed([cmp.summarise(c, by, min_hits, embed_hook, dev) for c in codes], dev)
     out.mkdir(parents=True, exist_ok=True)
     path = write_csv(out / by_setting("compare", ".csv", by), cmp.COLUMNS, (r.cells() for r in rows))
     png = cmp.plot_compare(rows, out / by_setting("compare", ".png", by))
     md = out / by_setting("compare", ".md", by)
     files.write_text(md, cmp.markdown_table(rows))
-    lines = [note for r in rows for note in r.notes] + cmp.text_table(rows)
+    lines = [note for r in rows for note in r.notes] + merged + cmp.text_table(rows)
     return lines + [f"wrote {path}, {md}, {png}"]
 
 
@@ -263,7 +263,27 @@ def run_sae_compare(path_a: Path, path_b: Path, out: Path, format_a: str | None 
     else:
         lines.append(f"one-to-one matching left out: more than {dm.MAX_MATCHING if max_matching is None else max_matching:,} "
                      f"latents a side (--max-matching raises the limit; the solve needs the dense cosine matrix)")
+    lines += _initial_overlap(path_a, path_b, a, b, m.matched, max_matching)
     return lines + [f"wrote {path}, {summary}, {png}"]
+
+
+def _initial_overlap(path_a: Path, path_b: Path, a, b, matched: bool, max_matching: int | None) -> list[str]:
+    """For two clipsae SAEs, the same one-to-one share for the weights they started from: latents that
+    barely trained keep their initial directions, so SAEs drawn from one seed match there without
+    having learned anything alike (analyze compare's seed stability counts live latents only)."""
+    from clipsae.analysis import dictionary_match as dm
+    from clipsae.analysis.evaluation.stability import clipsae_section, initial_decoder_of
+
+    sa, sb = clipsae_section(path_a), clipsae_section(path_b)
+    if sa is None or sb is None or not matched or a.d_in != b.d_in:
+        return []
+    m0 = dm.match_dictionaries(initial_decoder_of(sa), initial_decoder_of(sb),
+                               max_matching=dm.MAX_MATCHING if max_matching is None else max_matching)
+    share = m0.shares()["matched_above_0.7"]
+    return [f"their initial weights: one-to-one matches above 0.7: {share:.1%} "
+            + ("(drawn from the same seed: the matches above count latents that kept their initial directions too; "
+               "`analyze compare` of both SAEs' codes scores live latents only)" if share > 0.5 else
+               "(different draws: matches above are learned)")]
 
 
 def _side_label(a: ActivationStore, ca: Codes, b: ActivationStore, cb: Codes) -> tuple[str, str]:

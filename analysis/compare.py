@@ -5,6 +5,7 @@ monosemantic one, whose features also fire most often). Each row is computed fro
 cached sums and per-image values; nothing is encoded again.
 """
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsae.analysis.defaults import ENTROPY_K
+from clipsae.analysis.evaluation.stability import THRESHOLD, clipsae_section, initial_decoder_of, seed_stability
 from clipsae.analysis.fit import fit as store_fit
 from clipsae.analysis.label_entropy import label_entropy
 from clipsae.analysis.monosemanticity import embedding_hook, monosemanticity
@@ -22,14 +24,21 @@ from clipsae.store.codes import Codes, default_analysis_dir
 
 COLUMNS = ("store", "codes", "hook", "layer", "sae", "latents", "k", "tokens", "l0", "fvu", "explained_variance", "dead_share",
            "dense_share", "median_density", "median_label_entropy", "median_ms", "spliced_cosine", "ce_recovered",
-           "ce_recovered_mean", "kl", "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe", "sae_path")
+           "ce_recovered_mean", "kl", "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe", "seeds",
+           "stability", "stability_init", "live_latents")
+# The figures averaged over the seeds of a row; each has a <name>_std column (empty for one seed).
+AVERAGED = ("tokens", "l0", "fvu", "explained_variance", "dead_share", "dense_share", "median_density",
+            "median_label_entropy", "median_ms", "spliced_cosine", "ce_recovered", "ce_recovered_mean", "kl",
+            "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe")
+COLUMNS = COLUMNS + tuple(f"{c}_std" for c in AVERAGED) + ("sae_path",)
 SPLICE_ZERO_SHOT = ("ce_recovered", "ce_recovered_mean", "kl")  # from splice.json's zero_shot, where splice ran
 PROBE_KS = (1, 2, 5)  # sparse-probe's default k, the columns sparse_probe_k<k>
 # Below this many encoded tokens the fit figures of a row move by more than the differences compared.
 MIN_TOKENS = 10_000
 # compare.md's columns: the figures a paper's table shows (compare.csv has them all).
 MARKDOWN = ("codes", "hook", "sae", "latents", "k", "tokens", "l0", "fvu", "dead_share", "median_label_entropy",
-            "median_ms", "ce_recovered", "kl", "sparse_probe_k1", "sparse_probe_k5", "dense_probe")
+            "median_ms", "ce_recovered", "kl", "sparse_probe_k1", "sparse_probe_k5", "dense_probe", "seeds", "stability",
+            "stability_init")
 # Drawn side by side, one panel each, against the layer.
 PLOTTED = (("l0", "L0 (active latents per token)"), ("explained_variance", "explained variance"),
            ("dead_share", "dead share"), ("median_density", "median image density (live)"),
@@ -38,13 +47,17 @@ PLOTTED = (("l0", "L0 (active latents per token)"), ("explained_variance", "expl
 
 @dataclass(frozen=True)
 class Row:
-    """One codes' figures, in :data:`COLUMNS` order; nan where a figure could not be had (see ``notes``)."""
+    """One codes' figures (or the mean of several seeds'), in :data:`COLUMNS` order; nan where a figure
+    could not be had (see ``notes``). ``seed_group`` is what its SAE shares with other seeds (None: an SAE
+    whose files do not say), ``codes`` the codes it was computed from."""
 
     values: dict
     notes: list[str]
+    seed_group: str | None = None
+    codes: tuple = ()
 
     def cells(self) -> list:
-        return [self.values[c] for c in COLUMNS]
+        return [self.values.get(c, float("nan")) for c in COLUMNS]
 
 
 def layer_of(hook: str) -> int | None:
@@ -102,13 +115,66 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
               **{c: zero_shot.get(c, float("nan")) for c in SPLICE_ZERO_SHOT},
               **{f"sparse_probe_k{k}": probing.get("accuracy", {}).get(str(k), float("nan")) for k in PROBE_KS},
               "dense_probe": probing.get("dense_accuracy") if probing.get("dense_accuracy") is not None else float("nan"),
+              "seeds": 1, "stability": float("nan"), "stability_init": float("nan"), "live_latents": float("nan"),
               "sae_path": codes.identity.get("provenance", {}).get("sae_path")}
-    return Row(values, notes)
+    return Row(values, notes, seed_group(codes), (codes,))
 
 
 def _varies_by_layer(rows: list[Row]) -> bool:
     layers = [r.values["layer"] for r in rows]
     return None not in layers and len(set(layers)) > 1
+
+
+def seed_group(codes: Codes) -> str | None:
+    """What a clipsae SAE's codes share with the codes of its other seeds: the store, hook and tokens, and
+    every setting its cfg.json records but the seed (and the input scale, which the data order moves)."""
+    section = clipsae_section(codes.identity.get("provenance", {}).get("sae_path"))
+    if section is None:
+        return None
+    spec = {k: v for k, v in section.get("spec", {}).items() if k != "seed"}
+    label = section.get("label", "")
+    if "seed" in section.get("spec", {}):
+        label = label.removesuffix(f"-seed{section['spec']['seed']}")
+    rest = {k: v for k, v in section.items() if k not in ("seed", "scale", "spec", "label")}
+    return json.dumps({"store": str(codes.store.path), "hook": codes.hook, "tokens": codes.identity.get("tokens"),
+                       "spec": spec, "label": label, **rest}, sort_keys=True)
+
+
+def by_seed(rows: list[Row], device) -> tuple[list[Row], list[str]]:
+    """Rows whose SAEs differ only by their seed, made one: each averaged figure's mean and standard
+    deviation over the seeds, ``seeds``, and the seed stability of their live latents (with the overlap
+    their initial weights had); the others as they are. Also lines saying what was merged."""
+    from clipsae.analysis.codes_sae import codes_sae
+
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.seed_group if r.seed_group is not None else i, []).append(r)
+    out, lines = [], []
+    for members in groups.values():
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        codes = [c for r in members for c in r.codes]
+        values = dict(members[0].values)
+        values["codes"] = "+".join(c.name for c in codes)
+        values["seeds"] = len(members)
+        for col in AVERAGED:
+            xs = np.array([r.values[col] for r in members], dtype=float)
+            known = xs[~np.isnan(xs)]
+            values[col] = float(known.mean()) if len(known) else float("nan")
+            values[f"{col}_std"] = float(known.std(ddof=1)) if len(known) > 1 else float("nan")
+        saes = [codes_sae(c, device=str(device)) for c in codes]
+        live = [c.sums().latent_tokens_fired > 0 for c in codes]
+        initial = [initial_decoder_of(s) if (s := clipsae_section(c.identity["provenance"].get("sae_path"))) else None
+                   for c in codes]
+        st = seed_stability([sae.W_dec.detach().float().cpu() for sae in saes], live, initial)
+        values.update({"stability": st["stability"], "stability_init": st["stability_init"], "live_latents": st["live"]})
+        lines.append(f"{values['codes']}: {len(members)} seeds of one SAE in one row (mean ± std); of their live "
+                     f"latents (≈{st['live']:.0f} each) {st['stability']:.1%} are matched one-to-one at cosine ≥ "
+                     f"{THRESHOLD} across seeds, against {st['stability_init']:.1%} for the same latents' initial "
+                     f"weights")
+        out.append(Row(values, [n for r in members for n in r.notes], members[0].seed_group, tuple(codes)))
+    return out, lines
 
 
 def plot_compare(rows: list[Row], path: Path) -> Path:
@@ -157,7 +223,9 @@ def _hook_panels(rows: list[Row]) -> list:
     def against_l0(col: str, label: str):
         def draw(ax):
             for sae, mine in _families(rows).items():
-                ax.plot([r.values["l0"] for r in mine], [r.values[col] for r in mine], "o", label=sae)
+                ax.errorbar([r.values["l0"] for r in mine], [r.values[col] for r in mine], fmt="o", label=sae,
+                            yerr=[np.nan_to_num(r.values.get(f"{col}_std", float("nan"))) for r in mine],
+                            xerr=[np.nan_to_num(r.values.get("l0_std", float("nan"))) for r in mine])
             for r in rows:
                 ax.annotate(r.values["codes"], (r.values["l0"], r.values[col]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
@@ -199,10 +267,17 @@ def _cell(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def _with_std(r: Row, col: str) -> str:
+    """A cell, with ± its standard deviation over seeds where the row has several."""
+    std = r.values.get(f"{col}_std", float("nan"))
+    return _cell(r.values[col]) + (f" ± {std:.2g}" if not _nan(std) and not _nan(r.values[col]) else "")
+
+
 def markdown_table(rows: list[Row]) -> str:
-    """compare.md: the :data:`MARKDOWN` columns, a row per codes; a figure that did not run is empty."""
+    """compare.md: the :data:`MARKDOWN` columns, a row per codes (or seeds of one SAE, mean ± standard
+    deviation); a figure that did not run is empty."""
     lines = ["| " + " | ".join(MARKDOWN) + " |", "|" + "---|" * len(MARKDOWN)]
-    lines += ["| " + " | ".join(_cell(r.values[c]).replace("|", "\\|") for c in MARKDOWN) + " |" for r in rows]
+    lines += ["| " + " | ".join(_with_std(r, c).replace("|", "\\|") for c in MARKDOWN) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
