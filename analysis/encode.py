@@ -24,7 +24,7 @@ from clipsae.store.codes import CodesPartWriter, PartSums
 from clipsae.store.parts import claim
 from clipsae.store.reader import ActivationStore
 from clipsae.train.load import load_sae
-from clipsae.train.model import ACTIVATIONS, SparseAutoencoder
+from clipsae.train.model import SparseAutoencoder
 from clipsae.workers import worker_slot
 
 
@@ -156,7 +156,7 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
     positions = store.token_indices(hook, tokens)
     lay = store.layout(hook)
     cls_position = 0 if (lay.cls_token or lay.n_tokens == 1) and positions[0] == 0 else None
-    width = cfg.max_active or (sae.k if ACTIVATIONS[sae.architecture].needs_k else DEFAULT_MAX_ACTIVE)
+    width = cfg.max_active or sae.max_active or DEFAULT_MAX_ACTIVE
     norm = None
     if cfg.input_norm == "store":
         norm = (input_norm.recorded_statistics(codes_store.recorded_identity(store.path, cfg.codes_name), hook, tokens)

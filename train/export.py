@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from clipsae.files import atomic_write, write_json
 from clipsae.train.load import CFG_FILE, METRICS_FILE, SAELENS_WEIGHTS
-from clipsae.train.model import SparseAutoencoder
+from clipsae.train.model import ACTIVATIONS, SparseAutoencoder
 from clipsae.train.sae import TrainingSAE
 
 SPARSITY_FILE = "sparsity.safetensors"
@@ -21,14 +21,7 @@ SPARSITY_FILE = "sparsity.safetensors"
 @torch.no_grad()
 def to_inference(sae: TrainingSAE, scale: float) -> SparseAutoencoder:
     """The raw-activation SAE equal to ``sae`` applied to s·x, divided by s, in its architecture's export form."""
-    return SparseAutoencoder(
-        sae.arch.export_as,
-        (sae.W_enc * scale).float().cpu(),
-        sae.b_enc.detach().float().cpu().clone(),
-        (sae.W_dec / scale).contiguous().float().cpu(),
-        (sae.b_dec / scale).float().cpu().clone(),
-        **sae.arch.export_options(sae),
-    )
+    return SparseAutoencoder(sae.arch.export_as, *sae.arch.inference_weights(sae, scale), **sae.arch.export_options(sae))
 
 
 def save_sae(model: SparseAutoencoder, out: Path, cfg_extra: dict, log10_density=None, metrics: dict | None = None) -> None:
@@ -51,7 +44,7 @@ def save_sae(model: SparseAutoencoder, out: Path, cfg_extra: dict, log10_density
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        **({"k": model.k} if model.architecture == "topk" else {}),
+        **({"k": model.k} if ACTIVATIONS[model.architecture].needs_k else {}),
         **cfg_extra,
     }
     # cfg.json last: its presence means the directory is whole.

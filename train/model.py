@@ -42,6 +42,21 @@ def _topk_abs(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes(rows, top.indices.reshape(-1), top.values.reshape(-1), row_offsets(rows, z_BN.shape[0]))
 
 
+def _topk_magnitude(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    # The PCA baseline's code: the k projections of largest magnitude, kept with their sign.
+    top = z_BN.abs().topk(model.k, dim=1)
+    rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(model.k)
+    return SparseCodes(rows, top.indices.reshape(-1), z_BN.gather(1, top.indices).reshape(-1),
+                       row_offsets(rows, z_BN.shape[0]))
+
+
+def _onehot(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    # The k-means baseline's code: the latent of largest z (the nearest centroid, with z = x·c − ‖c‖²/2), value 1.
+    rows = torch.arange(z_BN.shape[0], device=z_BN.device)
+    return SparseCodes(rows, z_BN.argmax(1), torch.ones(len(rows), dtype=z_BN.dtype, device=z_BN.device),
+                       row_offsets(rows, z_BN.shape[0]))
+
+
 def _jumprelu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes.from_mask(z_BN, (z_BN > model.threshold) & (z_BN > 0))
 
@@ -53,6 +68,7 @@ class Activation:
     codes: Callable[["SparseAutoencoder", torch.Tensor], SparseCodes]
     needs_k: bool = False
     needs_threshold: bool = False
+    one_per_row: bool = False  # exactly one active latent per row
 
 
 # The inference forms SAEs are saved as: ReLU, TopK and JumpReLU (SAELens's names), and the TopK
@@ -62,6 +78,8 @@ ACTIVATIONS = {
     "topk": Activation(_topk, needs_k=True),
     "topk_signed": Activation(_topk_signed, needs_k=True),
     "topk_abs": Activation(_topk_abs, needs_k=True),
+    "topk_magnitude": Activation(_topk_magnitude, needs_k=True),
+    "onehot": Activation(_onehot, one_per_row=True),
     "jumprelu": Activation(_jumprelu, needs_threshold=True),
 }
 
@@ -77,7 +95,9 @@ class SparseAutoencoder(nn.Module):
     """An SAE on raw activations: ``encode`` (dense codes), ``encode_sparse``, ``decode``, ``forward``.
 
     ``architecture`` is ``standard`` (f = ReLU(z)), ``topk`` (the k largest of ReLU(z)),
-    ``topk_signed`` (the k largest of z, negative ones included), ``topk_abs`` (the k largest |z|, coded as |z|) or
+    ``topk_signed`` (the k largest of z, negative ones included), ``topk_abs`` (the k largest |z|, coded as |z|),
+    ``topk_magnitude`` (the k largest |z|, coded as z: the PCA baseline), ``onehot`` (1 at the largest z: the
+    k-means baseline) or
     ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent), with
     z = (x − b_dec·apply_b_dec_to_input) W_encᵀ + b_enc, scaled by ‖W_dec row‖ when
     ``rescale_acts_by_decoder_norm`` (a SAELens TopK option; decoding then divides by it).
@@ -136,6 +156,11 @@ class SparseAutoencoder(nn.Module):
             if isinstance(where, dict) and where.get(key):
                 return where[key]
         return None
+
+    @property
+    def max_active(self) -> int | None:
+        """The most latents a row can have active (k, or 1), or None where any number may be."""
+        return self.k if self._activation.needs_k else 1 if self._activation.one_per_row else None
 
     @property
     def d_in(self) -> int:

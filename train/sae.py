@@ -33,6 +33,7 @@ class TrainingSAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d))
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float64))
         self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.int64))
+        self.arch.setup(self, run_seed)
 
     def pre_acts(self, x_c_BD: torch.Tensor) -> torch.Tensor:
         """z = W_enc(x̃ − b_dec) + b_enc for already centred inputs; the matmul in bf16 if asked."""

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from clipsae.errors import ClipsaeError
 from clipsae.store.reader import ActivationStore
+from clipsae.train import archs
 from clipsae.train.config import TrainConfig
 from clipsae.train.data import RowSource, ShuffleStream, holdout_mask
 from clipsae.train.export import to_inference
@@ -181,6 +182,13 @@ class Run:
         cfg = self.cfg
         dead_limit = self.dead_after()
         for i, (sae, opt, acc) in enumerate(zip(self.saes, self.opts, sums)):
+            if not sae.arch.trains_by_gradient:
+                out = sae.arch.fit_step(sae, x)
+                sae.track_firing(out.fired_N, len(x))
+                for key, v in (("loss", out.loss), ("mse", out.mse), ("l0", out.l0)):
+                    acc[key] = acc.get(key, 0.0) + v
+                acc["n"] = acc.get("n", 0) + 1
+                continue
             lr = cfg.lr_of(sae.spec) * cfg.lr_factor(self.step)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -288,6 +296,9 @@ def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: n
                            f"{ranks.world} training processes")
     if cfg.resample_every and ranks.world > 1:
         raise ClipsaeError("--resample-every works in one process only; train relu SAEs with resampling without torchrun")
+    baselines = [s.label for s in cfg.saes if not archs.get(s.arch).trains_by_gradient]
+    if baselines and ranks.world > 1:
+        raise ClipsaeError(f"the baselines {', '.join(baselines)} are fitted in one process; train them without torchrun")
     check_out_dir(cfg)
     ranks.barrier()  # every process has checked the directory before process 0 writes to it
     run = Run(cfg, store, held, ranks)

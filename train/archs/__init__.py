@@ -10,7 +10,7 @@ import pkgutil
 
 from clipsae.errors import ClipsaeError
 
-_NOT_ARCHITECTURES = {"base", "sparse_family"}
+_NOT_ARCHITECTURES = {"base", "sparse_family", "baseline"}
 
 
 def names() -> list[str]:

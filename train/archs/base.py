@@ -30,7 +30,8 @@ class Architecture:
     ``export_as``: the inference form it is saved as (``standard``, ``topk`` or ``jumprelu``).
     ``uses_k`` / ``uses_l1``: which of the sweepable options mean something to it.
     ``revives_with_auxk``: dead latents get AuxK's auxiliary loss. ``resamples``: dead latents
-    may be re-initialised (``--resample-every``).
+    may be re-initialised (``--resample-every``). ``trains_by_gradient`` False marks a baseline
+    (``train/archs/baseline.py``): fitted by :meth:`fit_step` on the same batches, not by the optimiser.
     """
 
     name: str = ""
@@ -39,6 +40,7 @@ class Architecture:
     uses_l1: bool = False
     revives_with_auxk: bool = False
     resamples: bool = False
+    trains_by_gradient: bool = True
 
     def spec(self, d: int, expansion: int, k: int, l1: float, **options) -> SAESpec:
         """A checked spec, with the options this architecture ignores set to neutral values."""
@@ -75,3 +77,12 @@ class Architecture:
     def export_options(self, sae) -> dict:
         """The inference model's own options (``k``, ``threshold``) for this trained SAE."""
         return {}
+
+    def setup(self, sae, run_seed: int) -> None:
+        """Register the state this architecture keeps beside the SAE's weights (saved in checkpoints)."""
+
+    def inference_weights(self, sae, scale: float) -> tuple[torch.Tensor, ...]:
+        """(W_enc, b_enc, W_dec, b_dec) on raw activations of the SAE trained on s·x (s = ``scale``):
+        the encoder takes s·x, the decoder's output is divided by s."""
+        return ((sae.W_enc * scale).float().cpu(), sae.b_enc.detach().float().cpu().clone(),
+                (sae.W_dec / scale).contiguous().float().cpu(), (sae.b_dec / scale).float().cpu().clone())
