@@ -216,8 +216,10 @@ def run_compare(refs: list[tuple[Path, str]], out: Path, by: str, min_hits: int,
     png = cmp.plot_compare(rows, out / by_setting("compare", ".png", by))
     md = out / by_setting("compare", ".md", by)
     files.write_text(md, cmp.markdown_table(rows))
-    lines = [note for r in rows for note in r.notes] + merged + cmp.text_table(rows)
-    return lines + [f"wrote {path}, {md}, {png}"]
+    notes = [note for r in rows for note in r.notes] + merged
+    page = out / by_setting("compare", ".html", by)
+    files.write_text(page, cmp.html_page(rows, png.name, notes))
+    return notes + cmp.text_table(rows) + [f"wrote {path}, {md}, {page}, {png}"]
 
 
 SAE_COMPARE_COLUMNS = ("a", "best_b", "best_cos", "matched_b", "matched_cos")

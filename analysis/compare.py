@@ -291,3 +291,28 @@ def text_table(rows: list[Row]) -> list[str]:
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
     fmt = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
     return [fmt(heads)] + [fmt(row) for row in cells]
+
+
+_PAGE_STYLE = ("body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d1d1f}table{border-collapse:collapse}"
+               "td,th{padding:3px 10px;border-bottom:1px solid #e3e3e3;text-align:left}td.num{text-align:right;"
+               "font-variant-numeric:tabular-nums}img{max-width:100%;margin-top:16px}li{color:#555}")
+
+
+def html_page(rows: list[Row], png_name: str, notes: list[str], title: str = "clipsae compare") -> str:
+    """compare.html: the table a paper shows (mean ± std over seeds, empty where a figure did not run),
+    its plots (``png_name`` beside it) and the notes; a static page, opened from disk."""
+    import html
+
+    def cell(r: Row, c: str) -> str:
+        v = r.values.get(c)
+        cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+        return f"<td{cls}>{html.escape(_with_std(r, c))}</td>"
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in MARKDOWN)
+    body = "".join("<tr>" + "".join(cell(r, c) for c in MARKDOWN) + "</tr>" for r in rows)
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f'<table id="compare"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            f"{f'<ul>{items}</ul>' if items else ''}"
+            f'<img id="plots" src="{html.escape(png_name)}" alt="the figures against what varies"></body></html>\n')

@@ -137,3 +137,16 @@ def test_a_thumbnail_whose_value_is_on_no_patch_is_not_darkened(browser, report)
     card = f"document.querySelectorAll('#top-images .thumb')[{first_dark}]"
     assert browser.execute_script(f"return {card}.querySelector('canvas')") is None
     assert browser.execute_script(f"return {card}.querySelector('.nopatch').textContent") == "no patch fires"
+
+
+def test_the_compare_page_shows_its_table_and_plots_without_errors(browser, tar_encoded, tmp_path):
+    from clipsae.analysis.commands import run_compare
+
+    store, _ = tar_encoded
+    run_compare([(store, "sae")], tmp_path, "max", 10, None, "cpu")
+    assert open_page(browser, tmp_path / "compare.html") == []
+    wait_for_images(browser)
+    headers = browser.execute_script("return Array.from(document.querySelectorAll('#compare th')).map(t => t.textContent)")
+    assert headers[:3] == ["codes", "hook", "sae"] and "stability" in headers
+    assert browser.execute_script("return document.querySelectorAll('#compare tbody tr').length") == 1
+    assert browser.execute_script("return document.getElementById('plots').naturalWidth") > 0
