@@ -57,6 +57,31 @@ def _onehot(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
                        row_offsets(rows, z_BN.shape[0]))
 
 
+SEMINMF_EPS = 1e-8
+SEMINMF_ITERATIONS = 300  # saev's inference iterations
+
+
+def seminmf_solve(xD_BN: torch.Tensor, D_ND: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Non-negative codes z (B, N) with x ≈ z·D, from xDᵀ: saev's semi-NMF solver. It starts from the
+    least-squares codes clamped to ε and takes ``iterations`` multiplicative updates
+    z ← z·√((xDᵀ)⁺ + z(DDᵀ)⁻) / ((xDᵀ)⁻ + z(DDᵀ)⁺ + ε)), which keep z positive and lower ‖x − zD‖²."""
+    G = D_ND @ D_ND.T
+    eye = torch.eye(len(G), dtype=G.dtype, device=G.device)
+    z = (xD_BN @ torch.linalg.solve(G + SEMINMF_EPS * eye, eye)).clamp_min(SEMINMF_EPS)
+    pos, neg = xD_BN.clamp_min(0), (-xD_BN).clamp_min(0)
+    G_pos, G_neg = G.clamp_min(0), (-G).clamp_min(0)
+    for _ in range(iterations):
+        z = z * torch.sqrt((pos + z @ G_neg) / (neg + z @ G_pos + SEMINMF_EPS))
+    return z
+
+
+def _seminmf(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    # The NMF baseline's code: the semi-NMF solution for x (z_BN = x·Dᵀ), dense: keeping only its largest
+    # entries would break the cancellations of an unconstrained dictionary and ruin the reconstruction.
+    z = seminmf_solve(z_BN, model.W_dec, int(model.cfg.get("encode_iterations", SEMINMF_ITERATIONS)))
+    return SparseCodes.from_mask(z, z > 0)
+
+
 def _jumprelu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes.from_mask(z_BN, (z_BN > model.threshold) & (z_BN > 0))
 
@@ -69,6 +94,7 @@ class Activation:
     needs_k: bool = False
     needs_threshold: bool = False
     one_per_row: bool = False  # exactly one active latent per row
+    dense: bool = False  # every latent may be active on every row
 
 
 # The inference forms SAEs are saved as: ReLU, TopK and JumpReLU (SAELens's names), and the TopK
@@ -80,6 +106,7 @@ ACTIVATIONS = {
     "topk_abs": Activation(_topk_abs, needs_k=True),
     "topk_magnitude": Activation(_topk_magnitude, needs_k=True),
     "onehot": Activation(_onehot, one_per_row=True),
+    "seminmf": Activation(_seminmf, dense=True),
     "jumprelu": Activation(_jumprelu, needs_threshold=True),
 }
 
@@ -97,7 +124,7 @@ class SparseAutoencoder(nn.Module):
     ``architecture`` is ``standard`` (f = ReLU(z)), ``topk`` (the k largest of ReLU(z)),
     ``topk_signed`` (the k largest of z, negative ones included), ``topk_abs`` (the k largest |z|, coded as |z|),
     ``topk_magnitude`` (the k largest |z|, coded as z: the PCA baseline), ``onehot`` (1 at the largest z: the
-    k-means baseline) or
+    k-means baseline), ``seminmf`` (the non-negative z with x ≈ z·W_dec, dense: the NMF baseline) or
     ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent), with
     z = (x − b_dec·apply_b_dec_to_input) W_encᵀ + b_enc, scaled by ‖W_dec row‖ when
     ``rescale_acts_by_decoder_norm`` (a SAELens TopK option; decoding then divides by it).
@@ -160,6 +187,8 @@ class SparseAutoencoder(nn.Module):
     @property
     def max_active(self) -> int | None:
         """The most latents a row can have active (k, or 1), or None where any number may be."""
+        if self._activation.dense:
+            return self.d_sae
         return self.k if self._activation.needs_k else 1 if self._activation.one_per_row else None
 
     @property

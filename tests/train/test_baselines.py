@@ -135,3 +135,27 @@ def test_baselines_go_through_encode_and_the_analyses(clustered, tmp_path, run_c
         code, _, err = run_cli("analyze", "top-images", "--store", store, "--codes", name, "-k", "3",
                                "--out", tmp_path / name)
         assert code == 0, err
+
+
+def test_nmf_codes_are_saevs_semi_nmf_solution_and_reconstruct(correlated, tmp_path):
+    from clipsae.train.model import SEMINMF_ITERATIONS, seminmf_solve
+
+    store, rows = correlated
+    sae = load_sae(_train(store, tmp_path / "nmf", arch="nmf", expansion="2", steps=200).dirs["nmf-x2"])
+    x = torch.from_numpy(rows[:200])
+    codes = sae.encode(x)
+    assert (codes >= 0).all() and sae.architecture == "seminmf" and sae.max_active == 2 * D
+    # The code is saev's semi-NMF solution against the saved dictionary, dense.
+    assert torch.allclose(codes, seminmf_solve(x @ sae.W_dec.T, sae.W_dec, SEMINMF_ITERATIONS), rtol=1e-4, atol=1e-6)
+    fvu = float(((x - sae(x)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    assert fvu < 0.05
+
+
+def test_the_nmf_solver_lowers_the_error_and_keeps_codes_positive():
+    from clipsae.train.model import seminmf_solve
+
+    g = torch.Generator().manual_seed(0)
+    dictionary, x = torch.randn(12, D, generator=g), torch.randn(30, D, generator=g)
+    errors = [float((x - (z := seminmf_solve(x @ dictionary.T, dictionary, it)) @ dictionary).pow(2).sum())
+              for it in (0, 10, 100)]
+    assert errors[0] >= errors[1] >= errors[2] and (z >= 0).all()
