@@ -28,7 +28,7 @@ def evaluate(model: SparseAutoencoder, x_MD: torch.Tensor) -> tuple[dict, torch.
         sse += float((x - x_hat).pow(2).sum())
         var += float((x - mean_D).pow(2).sum())
         cos += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=1).sum())
-        active = f > 0
+        active = f != 0  # signed codes (PCA's, CLIP-Scope's) count where negative too
         fires_N += active.sum(0)
         l0_M.append(active.sum(1).cpu())
     m, d = x_MD.shape

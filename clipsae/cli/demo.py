@@ -102,6 +102,9 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     run_train(plan.cfg, store=plan.store, held=plan.held)
     sae_compare_dir = root / "sae-compare"
     click.echo("\n".join(commands.run_sae_compare(run_dir, seed_dir, sae_compare_dir, device="cpu")))
+    click.echo("(the share of features matched one-to-one above 0.7 says how many directions both seeds learned; the "
+               "initial weights' share, from different draws, is the chance level it must beat)")
+    baselines_dir = _baselines(root, store_path, enc.name, seed_dir, train_steps)
     click.echo("\nnaming the resid.10 features through the text tower (vocabulary: the demo's class names), "
                "and splicing the SAE into the model")
     click.echo("\n".join(run_name_features(target, shards / "classes.json", progress=False)))
@@ -124,6 +127,7 @@ what to look at and do next:
   {used['intervene']}   the model with the "red" features ablated: what its zero-shot read-out lost
   {compare_dir / 'compare.csv'}   resid.6 and resid.10 side by side (and compare.png)
   {sae_compare_dir / 'sae_compare.csv'}   the resid.10 SAE's features matched to another seed's
+  {baselines_dir / 'compare.html'}   the SAE (two seeds) beside the PCA, k-means and untrained baselines
   {run_dir / 'density.png'}   the SAE's held-out feature-density histogram
   {exe} store verify {store_path}   checks every chunk of the store
   {exe} train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 1000
@@ -133,6 +137,43 @@ what to look at and do next:
 
 the report of the resid.10 SAE's features (open it in a browser):
   {report}""")
+
+
+def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, train_steps: int) -> Path:
+    """The resid.10 SAE's two seeds beside the PCA, k-means and untrained baselines, scored alike: encoded,
+    sparse-probed and compared in one table. Returns the comparison's folder."""
+    from clipsae.analysis import commands
+    from clipsae.analysis.encode import EncodeConfig, run_encode
+    from clipsae.analysis.evaluation.sparse_probe import run_sparse_probe
+    from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS
+    from clipsae.errors import ClipsaeError
+    from clipsae.train.configure import configure_training
+    from clipsae.train.trainer import run_train
+
+    click.echo("\nfitting the baselines on resid.10 from the same batches: PCA (top 16 projections by magnitude), "
+               "k-means (768 centroids) and an untrained TopK SAE of the SAE's width (nmf, saev's semi-NMF, is left "
+               "out here: its 300-update encoding takes minutes on a CPU; train it with --arch nmf)")
+    dirs = {}
+    for arch, expansion in (("pca,kmeans", 1), ("random", 8)):
+        plan = configure_training(store_path, hook="resid.10", tokens="all", arch=arch, expansion=expansion, k=16,
+                                  batch_size=DEMO_BATCH, steps=train_steps, holdout=0.1, eval_every=50,
+                                  out=root / "runs" / f"baselines-{arch.replace(',', '-')}-resid.10")
+        dirs |= run_train(plan.cfg, store=plan.store, held=plan.held).dirs
+    names = [sae_codes, run_encode(EncodeConfig(store_path, seed_dir, device="cpu", progress=False)).name]
+    names += [run_encode(EncodeConfig(store_path, path, name=f"{label}-resid.10", device="cpu", progress=False)).name
+              for label, path in dirs.items()]
+    click.echo("sparse probing of each (the classes one against the rest, the k = 1, 2, 5 features of largest mean "
+               "difference):")
+    for name in names:
+        t = commands.Target.open(store_path, name, None)
+        try:
+            click.echo(run_sparse_probe(t, None, (1, 2, 5), "max", True)[0])
+        except ClipsaeError as exc:  # a demo of a few images has too few per class to split
+            click.echo(f"{name}: sparse probing left out: {exc}")
+    out = root / "baselines-compare"
+    click.echo(f"\nthe SAE's two seeds (one row) beside the baselines → {out}")
+    click.echo("\n".join(commands.run_compare([(store_path, n) for n in names], out, "max", DEFAULT_MIN_HITS, None, "cpu")))
+    return out
 
 
 def _use_features(store_path: Path, codes: str, shards: Path) -> dict[str, Path]:

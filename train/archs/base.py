@@ -78,6 +78,9 @@ class Architecture:
         """The inference model's own options (``k``, ``threshold``) for this trained SAE."""
         return {}
 
+    def check_run(self, spec: SAESpec, steps: int, batch_size: int) -> None:
+        """Refuse, in one line, a run too short for this architecture to be fitted at all."""
+
     def setup(self, sae, run_seed: int) -> None:
         """Register the state this architecture keeps beside the SAE's weights (saved in checkpoints)."""
 

@@ -14,6 +14,7 @@ Exported as ``onehot``: z = x·c_j − ‖c_j‖²/2, whose largest entry is the
 
 import torch
 
+from clipsae.errors import ClipsaeError
 from clipsae.train.archs.base import StepOutput
 from clipsae.train.archs.baseline import Baseline, no_loss
 
@@ -24,6 +25,13 @@ class KMeans(Baseline):
 
     def label(self, spec):
         return f"kmeans-x{spec.expansion}"
+
+    def check_run(self, spec, steps, batch_size):
+        need = 3 * spec.d_sae
+        if steps * batch_size < need:
+            raise ClipsaeError(f"--arch kmeans with {spec.d_sae:,} centroids seeds them from its first {need:,} training "
+                               f"rows, and this run sees {steps * batch_size:,}: train at least "
+                               f"{-(-need // batch_size):,} steps, or fewer centroids")
 
     def setup(self, sae, run_seed):
         n, d = sae.spec.d_sae, sae.spec.d
