@@ -22,13 +22,17 @@ from clipsae.store.writer import write_store  # noqa: E402
 from tests.analysis.helpers import sae_weights, saelens_dir  # noqa: E402
 
 
-def make_codes(tmp: Path, images: int, d: int, features: int, k: int, per_part: int = 100_000) -> Path:
+def make_codes(tmp: Path, images: int, d: int, features: int, k: int, per_part: int = 100_000,
+               classes: int | None = None) -> Path:
+    """A store of one pooled token per image (labels cycling over ``classes``, if given), encoded by a
+    random TopK SAE as codes 'sae'."""
     rng = np.random.default_rng(0)
     store = tmp / "s.zarr"
     for i in range(0, images, per_part):
         n = min(per_part, images - i)
         write_store(store, {"h": rng.standard_normal((n, 1, d), dtype=np.float32).astype(np.float16)},
                     [f"{i + j:08d}" for j in range(n)], attrs={"model": "bench"}, part=f"p{i:08d}",
+                    labels=None if classes is None else (np.arange(i, i + n) % classes).tolist(),
                     layouts={"h": {"cls_token": True, "grid": None}})
     sae = saelens_dir(tmp / "sae", {"architecture": "topk", "k": k}, sae_weights(0, d=d, n=features))
     run_encode(EncodeConfig(store, sae, batch_size=8192, progress=False))

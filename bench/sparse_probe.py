@@ -11,27 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import read_pass_process, run_clipsae, scratch  # noqa: E402
-from clipsae.analysis.encode import EncodeConfig, run_encode  # noqa: E402
-from clipsae.store.writer import write_store  # noqa: E402
-from tests.analysis.helpers import sae_weights, saelens_dir  # noqa: E402
-
-
-def make_codes(tmp: Path, images: int, d: int, features: int, k: int, classes: int) -> Path:
-    rng = np.random.default_rng(0)
-    store = tmp / "s.zarr"
-    per = 20_000
-    for i in range(0, images, per):
-        n = min(per, images - i)
-        write_store(store, {"h": rng.standard_normal((n, 1, d), dtype=np.float32).astype(np.float16)},
-                    [f"{i + j:07d}" for j in range(n)], labels=((np.arange(i, i + n)) % classes).tolist(),
-                    attrs={"model": "bench"}, part=f"p{i:07d}", layouts={"h": {}})
-    sae = saelens_dir(tmp / "sae", {"architecture": "topk", "k": k}, sae_weights(0, d=d, n=features))
-    run_encode(EncodeConfig(store, sae, batch_size=4096, progress=False))
-    return store
+from bench.search import make_codes  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +25,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     a = ap.parse_args()
     with scratch("clipsae-bench-sparse-probe-") as tmp:
-        store = make_codes(tmp, a.images, a.d, a.features, a.k, a.classes)
+        store = make_codes(tmp, a.images, a.d, a.features, a.k, per_part=20_000, classes=a.classes)
         floor_s, floor_mb = read_pass_process(store, "sae")
         rows = [("one read of the codes (reference)", floor_s, floor_mb)]
         for dense in ("--no-dense", "--dense"):
