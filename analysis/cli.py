@@ -118,7 +118,7 @@ def _run(fn, store_path, codes_name, out, quiet, *args):
 def top_images_cmd(store_path, codes_name, out, quiet, k, by, features):
     """Each feature's top-k images (top_images.csv)."""
     from clipsae.analysis.commands import Target, parse_features, run_top_images
-    from clipsae.analysis.top_images import check_k
+    from clipsae.analysis.features.top_images import check_k
 
     check_k(k)
     t = Target.open(store_path, codes_name, out, progress=not quiet)
@@ -134,7 +134,7 @@ def top_images_cmd(store_path, codes_name, out, quiet, k, by, features):
 def label_entropy_cmd(store_path, codes_name, out, quiet, k, by, min_hits):
     """Entropy of the labels of each feature's top images (label_entropy.csv)."""
     from clipsae.analysis.commands import run_label_entropy
-    from clipsae.analysis.top_images import check_k
+    from clipsae.analysis.features.top_images import check_k
 
     check_k(k)
     _run(run_label_entropy, store_path, codes_name, out, quiet, k, by, min_hits)
@@ -185,9 +185,9 @@ def search_cmd(store_path, codes_name, out, quiet, features, key, images, text, 
                pretrained, shards, device, batch_size):
     """Images whose features best match a query: features, a stored image, an image file or a text (search.csv, PNG)."""
     from clipsae.analysis.commands import Target
-    from clipsae.analysis.query import ModelChoice
-    from clipsae.analysis.search import SearchRequest, run_search
-    from clipsae.analysis.top_images import check_k
+    from clipsae.analysis.features.search import SearchRequest, run_search
+    from clipsae.analysis.features.top_images import check_k
+    from clipsae.analysis.model.query import ModelChoice
     from clipsae.device import resolve_device
 
     check_k(k)
@@ -226,8 +226,8 @@ def intervene_cmd(store_path, codes_name, out, quiet, edit, ablate_probe, where,
                   batch_size):
     """Change features inside the model and measure what moves: embedding cosine, zero-shot probabilities (intervene.csv)."""
     from clipsae.analysis.commands import Target
-    from clipsae.analysis.intervene_run import Selection, edits_from_probe, run_intervene
-    from clipsae.analysis.query import ModelChoice
+    from clipsae.analysis.model.intervene_run import Selection, edits_from_probe, run_intervene
+    from clipsae.analysis.model.query import ModelChoice
     from clipsae.device import resolve_device
     from clipsae.errors import ClipsaeError
 
@@ -270,7 +270,7 @@ def probe_cmd(store_path, codes_name, out, quiet, attributes_csv, attributes_jso
     """Each feature as a one-feature probe of each attribute: AUROC and best F1, or Pearson and Spearman (probe.csv)."""
     from clipsae.analysis.attributes import from_options
     from clipsae.analysis.commands import Target
-    from clipsae.analysis.probe import run_probe
+    from clipsae.analysis.features.probe import run_probe
 
     t = Target.open(store_path, codes_name, out, progress=not quiet)
     attrs = from_options(t.store, attributes_csv, attributes_json, shards)
@@ -336,7 +336,7 @@ def monosemanticity_cmd(store_path, codes_name, out, quiet, by, embed_hook, devi
 def correlate_cmd(ref_a, ref_b, out, k, by, min_hits, shards, device):
     """Pearson correlation of every A feature with every B feature over the images both stores hold."""
     from clipsae.analysis.commands import parse_codes_ref, run_correlate
-    from clipsae.analysis.top_images import check_k
+    from clipsae.analysis.features.top_images import check_k
 
     check_k(k)
     a, b = parse_codes_ref(ref_a, "--a"), parse_codes_ref(ref_b, "--b")
@@ -421,7 +421,7 @@ def report_cmd(store_path, codes_name, out, k, per_interval, n_intervals, neares
 def name_features_cmd(store_path, codes_name, out, quiet, vocab, n_words, k, by, sae_path, model, pretrained, shards, device,
                       batch_size):
     """Name features by cosine with text embeddings of a vocabulary (names.csv)."""
-    from clipsae.analysis.name_features import run_name_features
+    from clipsae.analysis.model.name_features import run_name_features
 
     _run(run_name_features, store_path, codes_name, out, quiet, vocab, n_words, k, by, sae_path, model, pretrained, shards,
          device, batch_size, not quiet)
@@ -437,7 +437,7 @@ def name_features_cmd(store_path, codes_name, out, quiet, vocab, n_words, k, by,
 def splice_cmd(store_path, codes_name, out, quiet, n_images, classes, sae_path, model, pretrained, shards, device,
                batch_size):
     """Replace the hook's activations by the SAE's reconstruction and compare the image embeddings (splice.json)."""
-    from clipsae.analysis.splice import check_images, run_splice
+    from clipsae.analysis.model.splice import check_images, run_splice
 
     check_images(n_images)
     _run(run_splice, store_path, codes_name, out, quiet, n_images, sae_path, model, pretrained, shards, classes, device,

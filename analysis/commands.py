@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from clipsae import files
-from clipsae.analysis import correlate as corr_mod
-from clipsae.analysis import density as density_mod
 from clipsae.analysis.defaults import ENTROPY_K, TOP_IMAGES_K
-from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, check_min_hits, label_entropy
+from clipsae.analysis.features import correlate as corr_mod
+from clipsae.analysis.features import density as density_mod
+from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS, check_min_hits, label_entropy
+from clipsae.analysis.features.token_mse import plot_token_mse, plot_token_mse_series, snapshot_title, token_mse
+from clipsae.analysis.features.top_images import check_k, top_images
 from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, by_setting, out_dir, remove_stale, write_csv, write_json
-from clipsae.analysis.token_mse import plot_token_mse, plot_token_mse_series, snapshot_title, token_mse
-from clipsae.analysis.top_images import check_k, top_images
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes
@@ -147,7 +147,7 @@ def run_token_mse(t: Target) -> list[str]:
 
 def run_monosemanticity(t: Target, embed_hook: str | None, by: str, device: str = "auto") -> list[str]:
     """monosemanticity.csv and its histogram: Pach et al.'s score of every feature over the store's images."""
-    from clipsae.analysis import monosemanticity as ms_mod
+    from clipsae.analysis.features import monosemanticity as ms_mod
 
     hook = ms_mod.embedding_hook(t.store, embed_hook)
     res = ms_mod.monosemanticity(t.codes, hook, by, resolve_device(device))
@@ -200,7 +200,7 @@ def parse_codes_ref(text: str, option: str) -> tuple[Path, str]:
 def run_compare(refs: list[tuple[Path, str]], out: Path, by: str, min_hits: int, embed_hook: str | None,
                 device: str = "auto") -> list[str]:
     """compare.csv and compare.png: one row per codes (several layers of a store, or several SAEs on a hook)."""
-    from clipsae.analysis import compare as cmp
+    from clipsae.analysis.evaluation import compare as cmp
 
     dev = resolve_device(device)
     stores: dict[str, ActivationStore] = {}
@@ -234,7 +234,7 @@ def _sae_label(sae) -> str:
 def run_sae_compare(path_a: Path, path_b: Path, out: Path, format_a: str | None = None, format_b: str | None = None,
                     device: str = "auto", max_matching: int | None = None) -> list[str]:
     """sae_compare.csv, sae_compare.json and the cosine histogram: A's decoder directions matched among B's."""
-    from clipsae.analysis import dictionary_match as dm
+    from clipsae.analysis.features import dictionary_match as dm
     from clipsae.train.load import load_sae
 
     dev = resolve_device(device)
@@ -273,8 +273,8 @@ def _initial_overlap(path_a: Path, path_b: Path, a, b, matched: bool, max_matchi
     """For two clipsae SAEs, the same one-to-one share for the weights they started from: latents that
     barely trained keep their initial directions, so SAEs drawn from one seed match there without
     having learned anything alike (analyze compare's seed stability counts live latents only)."""
-    from clipsae.analysis import dictionary_match as dm
     from clipsae.analysis.evaluation.stability import clipsae_section, initial_decoder_of
+    from clipsae.analysis.features import dictionary_match as dm
 
     sa, sb = clipsae_section(path_a), clipsae_section(path_b)
     if sa is None or sb is None or not matched or a.d_in != b.d_in:
@@ -391,8 +391,8 @@ def _pairs_figure(sa, sb, join, shown, pa, pb, match_corr, top_a, top_b, name_a,
 def run_neuron_alignment(t: Target, sae: Path | None = None, model: str | None = None, pretrained: str | None = None,
                          seed: int = 0) -> list[str]:
     """neuron_alignment.csv and its histogram: each encoder direction's best |cosine| with an MLP neuron."""
-    from clipsae.analysis import neuron_alignment as na
     from clipsae.analysis.codes_sae import codes_sae
+    from clipsae.analysis.model import neuron_alignment as na
     from clipsae.pipeline.model import load_model, store_model_config
 
     block = na.block_of(t.codes.hook)

@@ -47,7 +47,7 @@ def run_clipsae(args: list[str]) -> tuple[float, float, str]:
 def read_pass_process(store: Path, codes: str) -> tuple[float, float]:
     """(seconds, peak RSS in MiB) of a process that imports what the analyses import (torch with them) and
     reads every per-image value of ``codes`` once: the floor of any analysis that streams them."""
-    code = ("import sys; from clipsae.analysis.search import search; from clipsae.store.codes import Codes; "
+    code = ("import sys; from clipsae.analysis.features.search import search; from clipsae.store.codes import Codes; "
             "from clipsae.store.reader import ActivationStore; "
             "c = Codes(ActivationStore.open(sys.argv[1]), sys.argv[2]); "
             "print(sum(len(b.latents_E) for b in c.iter_images('max')))")

@@ -17,8 +17,8 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import run_clipsae, scratch  # noqa: E402
-from clipsae.analysis.correlate import ROWS_PER_BLOCK  # noqa: E402
 from clipsae.analysis.encode import EncodeConfig, run_encode  # noqa: E402
+from clipsae.analysis.features.correlate import ROWS_PER_BLOCK  # noqa: E402
 from clipsae.store.writer import write_store  # noqa: E402
 from tests.analysis.helpers import sae_weights, saelens_dir  # noqa: E402
 

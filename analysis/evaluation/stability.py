@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipsae.analysis.dictionary_match import MAX_MATCHING, match_dictionaries
+from clipsae.analysis.features.dictionary_match import MAX_MATCHING, match_dictionaries
 
 THRESHOLD = 0.7
 

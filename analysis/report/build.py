@@ -7,22 +7,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from clipsae.analysis import density as density_mod
 from clipsae.analysis.class_names import class_names
 from clipsae.analysis.codes_sae import codes_sae
-from clipsae.analysis.fit import fit as store_fit
-from clipsae.analysis.interval_samples import IntervalSamples, interval_samples
-from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS, label_entropy
-from clipsae.analysis.monosemanticity import Monosemanticity, embedding_hook, monosemanticity
-from clipsae.analysis.nearest_features import nearest_features
+from clipsae.analysis.features import density as density_mod
+from clipsae.analysis.features.fit import fit as store_fit
+from clipsae.analysis.features.interval_samples import IntervalSamples, interval_samples
+from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS, label_entropy
+from clipsae.analysis.features.monosemanticity import Monosemanticity, embedding_hook, monosemanticity
+from clipsae.analysis.features.nearest_features import nearest_features
+from clipsae.analysis.features.patch_maps import patch_maps
+from clipsae.analysis.features.top_images import TopImages, check_k, top_images
 from clipsae.analysis.output import out_dir
-from clipsae.analysis.patch_maps import patch_maps
 from clipsae.analysis.random_weights import WARNING as RANDOM_WEIGHTS_WARNING
 from clipsae.analysis.random_weights import store_has_random_weights as random_weights
 from clipsae.analysis.report import siblings, site
 from clipsae.analysis.report.content import FeatureContent, PatchMaps
 from clipsae.analysis.report.thumbnails import write_thumbnails
-from clipsae.analysis.top_images import TopImages, check_k, top_images
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes, PartSums
 from clipsae.store.location import absolute

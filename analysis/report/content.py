@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipsae.analysis import density as density_mod
-from clipsae.analysis.interval_samples import IntervalSamples
-from clipsae.analysis.label_entropy import LabelEntropy
-from clipsae.analysis.nearest_features import Nearest
+from clipsae.analysis.features import density as density_mod
+from clipsae.analysis.features.interval_samples import IntervalSamples
+from clipsae.analysis.features.label_entropy import LabelEntropy
+from clipsae.analysis.features.nearest_features import Nearest
+from clipsae.analysis.features.top_images import TopImages
 from clipsae.analysis.report.siblings import Matching
-from clipsae.analysis.top_images import TopImages
 
 
 def sig(x, digits: int = 4):

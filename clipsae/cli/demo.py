@@ -26,11 +26,11 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
         raise ClipsaeError(f"--train-steps must be at least 1, not {train_steps}")
     from clipsae.analysis import commands
     from clipsae.analysis.encode import EncodeConfig, run_encode
-    from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS
-    from clipsae.analysis.name_features import run_name_features
+    from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS
+    from clipsae.analysis.model.name_features import run_name_features
+    from clipsae.analysis.model.splice import run_splice
     from clipsae.analysis.report.build import ReportConfig, run_report
     from clipsae.analysis.report.siblings import report_dir
-    from clipsae.analysis.splice import run_splice
     from clipsae.pipeline.config import ExtractConfig, ModelConfig
     from clipsae.pipeline.extract import run_extract
     from clipsae.pipeline.synthetic import make_synthetic_shards
@@ -145,7 +145,7 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
     from clipsae.analysis import commands
     from clipsae.analysis.encode import EncodeConfig, run_encode
     from clipsae.analysis.evaluation.sparse_probe import run_sparse_probe
-    from clipsae.analysis.label_entropy import DEFAULT_MIN_HITS
+    from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS
     from clipsae.errors import ClipsaeError
     from clipsae.train.configure import configure_training
     from clipsae.train.trainer import run_train
@@ -181,10 +181,10 @@ def _use_features(store_path: Path, codes: str, shards: Path) -> dict[str, Path]
     the features used, not only described. Returns where each wrote."""
     from clipsae.analysis import commands
     from clipsae.analysis.attributes import from_tars
-    from clipsae.analysis.intervene_run import Selection, edits_from_probe, run_intervene
-    from clipsae.analysis.probe import run_probe
-    from clipsae.analysis.query import ModelChoice
-    from clipsae.analysis.search import SearchRequest, run_search
+    from clipsae.analysis.features.probe import run_probe
+    from clipsae.analysis.features.search import SearchRequest, run_search
+    from clipsae.analysis.model.intervene_run import Selection, edits_from_probe, run_intervene
+    from clipsae.analysis.model.query import ModelChoice
 
     target = commands.Target.open(store_path, codes, None)
     click.echo("\nprobing every feature against what the images show (their .json: colour, shape, size)")

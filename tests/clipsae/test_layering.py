@@ -24,8 +24,8 @@ def test_stage_imports_no_later_stage_nor_the_command_group(package):
     code = (
         "import importlib, json, pkgutil, sys\n"
         f"pkg = importlib.import_module({package!r})\n"
-        "for m in pkgutil.iter_modules(pkg.__path__):\n"
-        f"    importlib.import_module({package!r} + '.' + m.name)\n"
+        f"for m in pkgutil.walk_packages(pkg.__path__, {package!r} + '.'):\n"
+        "    importlib.import_module(m.name)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

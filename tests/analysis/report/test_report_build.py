@@ -7,9 +7,9 @@ from PIL import Image
 
 from clipsae.analysis.commands import run_correlate
 from clipsae.analysis.encode import EncodeConfig, run_encode
+from clipsae.analysis.features.top_images import top_images
 from clipsae.analysis.report.build import ReportConfig, run_report
 from clipsae.analysis.report.siblings import report_dir
-from clipsae.analysis.top_images import top_images
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.synthetic import CLASSES
 from clipsae.store.codes import Codes
@@ -118,7 +118,7 @@ def test_report_cli_bad_input_is_one_line(tar_encoded, tmp_path, run_cli, args, 
 
 
 def test_pages_and_table_show_each_features_monosemanticity(report, tar_encoded):
-    from clipsae.analysis.monosemanticity import monosemanticity
+    from clipsae.analysis.features.monosemanticity import monosemanticity
 
     ms = monosemanticity(Codes(ActivationStore.open(tar_encoded[0]), "sae"), "embed")
     recs = records(report)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from clipsae.analysis.compare import layer_of
 from clipsae.analysis.encode import EncodeConfig, run_encode
-from clipsae.analysis.label_entropy import label_entropy
-from clipsae.analysis.monosemanticity import monosemanticity
-from clipsae.analysis.top_images import top_images
+from clipsae.analysis.evaluation.compare import layer_of
+from clipsae.analysis.features.label_entropy import label_entropy
+from clipsae.analysis.features.monosemanticity import monosemanticity
+from clipsae.analysis.features.top_images import top_images
 from clipsae.store.codes import Codes
 from clipsae.store.reader import ActivationStore
 from clipsae.store.writer import write_store
@@ -130,7 +130,7 @@ def test_compare_writes_a_markdown_table_and_prints_aligned_columns(two_layers, 
 
 
 def test_rows_on_one_hook_are_plotted_against_l0_not_a_layer(two_layers):
-    from clipsae.analysis.compare import _hook_panels, _varies_by_layer, summarise
+    from clipsae.analysis.evaluation.compare import _hook_panels, _varies_by_layer, summarise
 
     store, _ = two_layers
     s = ActivationStore.open(store)

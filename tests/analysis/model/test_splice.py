@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from clipsae.analysis.encode import EncodeConfig, run_encode
-from clipsae.analysis.splice import reconstruct, spliced_embeddings
+from clipsae.analysis.model.splice import reconstruct, spliced_embeddings
 from clipsae.pipeline.config import ExtractConfig, ModelConfig
 from clipsae.pipeline.extract import run_extract
 from clipsae.pipeline.model import load_model

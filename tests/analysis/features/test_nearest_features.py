@@ -1,6 +1,6 @@
 import torch
 
-from clipsae.analysis import nearest_features as nf
+from clipsae.analysis.features import nearest_features as nf
 
 
 def test_nearest_features_equal_a_full_cosine_matrix_across_blocks(monkeypatch):

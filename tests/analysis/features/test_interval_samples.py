@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from clipsae.analysis.interval_samples import interval_of, interval_samples, priority
-from clipsae.analysis.top_images import StreamingTopK, top_images
+from clipsae.analysis.features.interval_samples import interval_of, interval_samples, priority
+from clipsae.analysis.features.top_images import StreamingTopK, top_images
 
 
 def dense_values(codes):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clipsae.analysis.token_mse import token_mse
+from clipsae.analysis.features.token_mse import token_mse
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import PartSums
 from clipsae.store.layout import HookLayout

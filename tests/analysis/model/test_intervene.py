@@ -9,7 +9,7 @@ import torch
 
 from clipsae.analysis.class_names import class_names
 from clipsae.analysis.edits import parse_edits
-from clipsae.analysis.intervene import Change, edit_codes, image_embeddings
+from clipsae.analysis.model.intervene import Change, edit_codes, image_embeddings
 from clipsae.store.reader import ActivationStore
 from clipsae.train.codes import SparseCodes, row_offsets
 from tests.analysis.helpers import sae_weights, saelens_dir
@@ -85,7 +85,7 @@ def test_an_edit_that_changes_nothing_reproduces_the_model_bit_for_bit(vit_codes
 
 
 def test_an_ablation_equals_the_dense_reference(vit_codes):
-    from clipsae.analysis.splice import replaced
+    from clipsae.analysis.model.splice import replaced
     from clipsae.train import load_sae
 
     store, sae_dir = vit_codes
@@ -159,7 +159,7 @@ def test_keep_top_reports_accuracy_against_k(vit_codes, run_cli, tmp_path):
 
 
 def test_top_of_runs_the_features_best_images(vit_codes, run_cli, tmp_path):
-    from clipsae.analysis.top_images import top_images
+    from clipsae.analysis.features.top_images import top_images
     from clipsae.store.codes import Codes
     from clipsae.store.reader import ActivationStore
 

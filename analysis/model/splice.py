@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from clipsae.analysis.class_names import class_names
 from clipsae.analysis.images import iter_image_batches
-from clipsae.analysis.joint_space import PROMPT, directions_to_joint, text_embeddings
+from clipsae.analysis.model.joint_space import PROMPT, directions_to_joint, text_embeddings
 from clipsae.analysis.output import SPLICE_FILE, write_json
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 from clipsae.analysis.attributes import Attributes
-from clipsae.analysis.probe import feature_groups, probe
+from clipsae.analysis.features.probe import feature_groups, probe
 from clipsae.store.codes import Codes, ImageValues
 
 

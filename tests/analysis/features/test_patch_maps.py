@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from clipsae.analysis.patch_maps import grid_cells, patch_maps
+from clipsae.analysis.features.patch_maps import grid_cells, patch_maps
 from clipsae.store.layout import HookLayout
 from tests.analysis.helpers import GRID, reference_codes
 

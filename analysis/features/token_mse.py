@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsae.analysis.fit import overall_fvu
-from clipsae.analysis.patch_maps import grid_cells
+from clipsae.analysis.features.fit import overall_fvu
+from clipsae.analysis.features.patch_maps import grid_cells
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import PartSums
 from clipsae.store.layout import HookLayout

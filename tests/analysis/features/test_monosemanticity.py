@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clipsae.analysis.encode import EncodeConfig, run_encode
-from clipsae.analysis.monosemanticity import embedding_hook, monosemanticity
+from clipsae.analysis.features.monosemanticity import embedding_hook, monosemanticity
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes
 from clipsae.store.reader import ActivationStore

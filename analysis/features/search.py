@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clipsae.analysis.top_images import check_k
+from clipsae.analysis.features.top_images import check_k
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes
 
@@ -131,8 +131,8 @@ class SearchRequest:
 
 def build_query(t, req: SearchRequest, by: str, choice) -> tuple[Query, list[str], object]:
     """The query, lines saying what it is, and what the figure shows beside the hits (an image or a text)."""
-    from clipsae.analysis import query as model_query
     from clipsae.analysis.edits import apply_edits, codes_are_signed, parse_edits, parse_weighted
+    from clipsae.analysis.model import query as model_query
 
     codes, lines = t.codes, []
     if req.features:

@@ -17,10 +17,10 @@ import torch
 from tqdm import tqdm
 
 from clipsae.analysis.class_names import read_class_names
+from clipsae.analysis.features.top_images import TopImages, check_k, top_images
 from clipsae.analysis.images import iter_image_batches
-from clipsae.analysis.joint_space import directions_to_joint, text_embeddings
+from clipsae.analysis.model.joint_space import directions_to_joint, text_embeddings
 from clipsae.analysis.output import NAMES_FILE, write_csv
-from clipsae.analysis.top_images import TopImages, check_k, top_images
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from clipsae.store.reader import ActivationStore

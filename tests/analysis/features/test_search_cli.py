@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from clipsae.analysis.search import search, vector_query
+from clipsae.analysis.features.search import search, vector_query
 from clipsae.store.codes import Codes
 from clipsae.store.reader import ActivationStore
 from tests.analysis.helpers import sae_weights, saelens_dir

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipsae.analysis.fit import DENSE_ABOVE
-from clipsae.analysis.top_images import TopImages
+from clipsae.analysis.features.fit import DENSE_ABOVE
+from clipsae.analysis.features.top_images import TopImages
 from clipsae.store.codes import PartSums
 
 TOP_FOR_MEAN = 20

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from clipsae.analysis.edits import Edit
-from clipsae.analysis.joint_space import directions_to_joint
-from clipsae.analysis.splice import POOLED, model_positions, replaced
+from clipsae.analysis.model.joint_space import directions_to_joint
+from clipsae.analysis.model.splice import POOLED, model_positions, replaced
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks, tower_kind
 from clipsae.train.codes import SparseCodes, row_offsets

@@ -14,11 +14,11 @@ import numpy as np
 
 from clipsae.analysis.defaults import ENTROPY_K
 from clipsae.analysis.evaluation.stability import THRESHOLD, clipsae_section, initial_decoder_of, seed_stability
-from clipsae.analysis.fit import fit as store_fit
-from clipsae.analysis.label_entropy import label_entropy
-from clipsae.analysis.monosemanticity import embedding_hook, monosemanticity
+from clipsae.analysis.features.fit import fit as store_fit
+from clipsae.analysis.features.label_entropy import label_entropy
+from clipsae.analysis.features.monosemanticity import embedding_hook, monosemanticity
+from clipsae.analysis.features.top_images import top_images
 from clipsae.analysis.report.siblings import splice_result
-from clipsae.analysis.top_images import top_images
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes, default_analysis_dir
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipsae.analysis.top_images import TopImages
+from clipsae.analysis.features.top_images import TopImages
 from clipsae.errors import ClipsaeError
 
 DEFAULT_MIN_HITS = 10

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from clipsae.analysis.edits import apply_edits, parse_edits, parse_weighted
-from clipsae.analysis.search import Query, search, vector_query, weights_query
+from clipsae.analysis.features.search import Query, search, vector_query, weights_query
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from clipsae.analysis.joint_space import directions_to_joint, text_embeddings
-from clipsae.analysis.name_features import best_words, weighted_mean_embeddings
-from clipsae.analysis.top_images import TopImages
+from clipsae.analysis.features.top_images import TopImages
+from clipsae.analysis.model.joint_space import directions_to_joint, text_embeddings
+from clipsae.analysis.model.name_features import best_words, weighted_mean_embeddings
 from clipsae.pipeline.config import ModelConfig
 from clipsae.pipeline.model import load_clip
 from clipsae.store.writer import write_store

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from clipsae.analysis.codes_sae import codes_sae
-from clipsae.analysis.joint_space import directions_to_joint, text_embeddings
+from clipsae.analysis.model.joint_space import directions_to_joint, text_embeddings
 from clipsae.analysis.pooling import pool_batch
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from clipsae.analysis import neuron_alignment as na
 from clipsae.analysis.commands import Target, run_neuron_alignment
 from clipsae.analysis.encode import EncodeConfig, run_encode
+from clipsae.analysis.model import neuron_alignment as na
 from clipsae.pipeline.config import ModelConfig
 from clipsae.pipeline.model import load_model
 from clipsae.store.writer import write_store

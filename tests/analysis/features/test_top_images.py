@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clipsae.analysis.top_images import top_images
+from clipsae.analysis.features.top_images import top_images
 from clipsae.errors import ClipsaeError
 
 

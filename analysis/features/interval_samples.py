@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipsae.analysis.top_images import StreamingTopK, TopImages
+from clipsae.analysis.features.top_images import StreamingTopK, TopImages
 from clipsae.store.codes import Codes
 
 N_INTERVALS = 4

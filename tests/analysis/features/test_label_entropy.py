@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from clipsae.analysis.label_entropy import label_entropy
-from clipsae.analysis.top_images import TopImages
+from clipsae.analysis.features.label_entropy import label_entropy
+from clipsae.analysis.features.top_images import TopImages
 
 
 def test_entropy_equals_a_hand_computation():

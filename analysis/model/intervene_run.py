@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipsae.analysis import intervene as iv
 from clipsae.analysis.edits import codes_are_signed, parse_edits
-from clipsae.analysis.joint_space import PROMPT, text_embeddings
+from clipsae.analysis.model import intervene as iv
+from clipsae.analysis.model.joint_space import PROMPT, text_embeddings
 from clipsae.analysis.output import remove_stale, write_csv, write_json
 from clipsae.errors import ClipsaeError
 
@@ -40,7 +40,7 @@ class Selection:
         if self.keys:
             return t.store.images_of(self.keys)
         if self.top_of is not None:
-            from clipsae.analysis.top_images import top_images
+            from clipsae.analysis.features.top_images import top_images
 
             if not 0 <= self.top_of < t.codes.d_sae:
                 raise ClipsaeError(f"--top-of {self.top_of} is out of range: these codes have {t.codes.d_sae} features")
@@ -78,7 +78,7 @@ def run_intervene(t, edit: str | None, where: str, keep_top: tuple[int, ...], se
     from clipsae.analysis.class_names import class_names
     from clipsae.analysis.codes_sae import codes_sae
     from clipsae.analysis.images import iter_image_batches
-    from clipsae.analysis.query import store_clip
+    from clipsae.analysis.model.query import store_clip
     from clipsae.analysis.random_weights import WARNING, model_has_random_weights
 
     if where not in iv.WHERE:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipsae.analysis import dictionary_match as dm
-from clipsae.analysis.dictionary_match import match_dictionaries
+from clipsae.analysis.features import dictionary_match as dm
+from clipsae.analysis.features.dictionary_match import match_dictionaries
 from clipsae.errors import ClipsaeError
 from tests.analysis.helpers import sae_weights, saelens_dir
 from tests.train.formats.test_clipscope import clipscope_file

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from clipsae.analysis import correlate as corr_mod
 from clipsae.analysis.commands import run_correlate
 from clipsae.analysis.encode import EncodeConfig, run_encode
+from clipsae.analysis.features import correlate as corr_mod
 from clipsae.store.codes import Codes
 from clipsae.store.reader import ActivationStore
 from clipsae.store.writer import write_store
