@@ -20,7 +20,7 @@ from clipsae.train.data import holdout_mask
 from clipsae.train.request import TrainRequest
 from clipsae.train.spec import SAESpec
 
-SWEEP_KEYS = ("arch", "expansion", "k", "l1")
+SWEEP_KEYS = ("arch", "expansion", "k", "l1", "latents")
 _REQUEST = {f.name for f in fields(TrainRequest)} - {"store"}
 _SETTINGS = {f.name for f in fields(RunSettings)}
 
@@ -53,10 +53,11 @@ def parse_list(kind, value, name: str) -> list:
 
 def _specs(values: dict, d: int, options: dict, where: str = "--") -> list[SAESpec]:
     """Every combination of the comma lists in ``values``, each checked by its architecture."""
-    lists = [parse_list(kind, values[key], f"{where}{key}") for key, kind in zip(SWEEP_KEYS, (str, int, int, float))]
+    lists = [parse_list(kind, values[key], f"{where}{key}") if values.get(key) is not None else [None]
+             for key, kind in zip(SWEEP_KEYS, (str, int, int, float, int))]
     specs: list[SAESpec] = []
-    for arch, e, k, l1 in itertools.product(*lists):
-        spec = archs.get(arch).spec(d, e, k, l1, **options)
+    for arch, e, k, l1, n in itertools.product(*lists):
+        spec = archs.get(arch).spec(d, e, k, l1, latents=n, **options)
         if spec not in specs:
             specs.append(spec)
     return specs
@@ -110,7 +111,7 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
     if st.n_images == 0:
         raise ClipsaeError(f"{store} holds no complete images; run `clipsae extract` first")
     arch_options = {"aux_alpha": req.aux_alpha, "matryoshka_weighting": req.matryoshka_weighting}
-    values = {"arch": req.arch, "expansion": req.expansion, "k": req.k, "l1": req.l1}
+    values = {"arch": req.arch, "expansion": req.expansion, "k": req.k, "l1": req.l1, "latents": req.latents}
     specs = (_specs(values, d, arch_options) if req.sweep is None
              else _sweep_specs(Path(req.sweep), values, d, arch_options))
     if len(seeds) > 1:

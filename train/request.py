@@ -23,6 +23,8 @@ class TrainRequest:
     """relu, topk, batchtopk or matryoshka, or the baselines pca, kmeans, nmf and random; a comma list sweeps (an empty item is refused)."""
     expansion: str = option("16")
     """Latents per input dimension, n = expansion · d; a comma list sweeps."""
+    latents: str | None = option(None, shown_default="expansion · d")
+    """The number of latents n, instead of --expansion (a baseline may have fewer than d: PCA's top components, k-means' centroids, NMF's concepts); a comma list sweeps."""
     k: str = option("32")
     """Active latents per token (TopK family); a comma list sweeps."""
     l1: str = option("5")

@@ -16,11 +16,17 @@ class SAESpec:
     matryoshka_weighting: str = "uw"
     matryoshka_fractions: tuple[float, ...] = field(default=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0))
     seed: int | None = None  # its own initialisation seed, in a run of several seeds (None: the run's)
+    latents: int | None = None  # the number of latents where given directly (--latents), instead of expansion · d
 
     @property
     def d_sae(self) -> int:
         """The number of latents (SAELens's name, the one cfg.json and the codes record)."""
-        return self.expansion * self.d
+        return self.latents if self.latents is not None else self.expansion * self.d
+
+    @property
+    def size(self) -> str:
+        """How labels write the width: ``x16`` (the expansion), or ``n64`` where the latents were given."""
+        return f"n{self.latents}" if self.latents is not None else f"x{self.expansion}"
 
     @property
     def aux_k(self) -> int:
@@ -54,6 +60,7 @@ class SAESpec:
 
     def to_json(self) -> dict:
         seed = {"seed": self.seed} if self.seed is not None else {}
+        seed |= {"latents": self.latents} if self.latents is not None else {}
         return {"arch": self.arch, "d": self.d, "expansion": self.expansion, "k": self.k, "l1": self.l1,
                 "aux_alpha": self.aux_alpha, "matryoshka_weighting": self.matryoshka_weighting,
                 "matryoshka_fractions": list(self.matryoshka_fractions), **seed}

@@ -50,7 +50,8 @@ def initial_decoder_of(section: dict) -> torch.Tensor:
     spec = section["spec"]
     seed = spec.get("seed", section.get("seed", 0))
     unseeded = section["label"].removesuffix(f"-seed{spec['seed']}") if "seed" in spec else section["label"]
-    return draw_decoder(spec["expansion"] * spec["d"], spec["d"], generator_seed(int(seed), unseeded))
+    n = spec.get("latents") or spec["expansion"] * spec["d"]
+    return draw_decoder(n, spec["d"], generator_seed(int(seed), unseeded))
 
 
 def seed_stability(decoders: list[torch.Tensor], live: list[np.ndarray], initial: list[torch.Tensor | None]) -> dict:

@@ -127,7 +127,7 @@ what to look at and do next:
   {used['intervene']}   the model with the "red" features ablated: what its zero-shot read-out lost
   {compare_dir / 'compare.csv'}   resid.6 and resid.10 side by side (and compare.png)
   {sae_compare_dir / 'sae_compare.csv'}   the resid.10 SAE's features matched to another seed's
-  {baselines_dir / 'compare.html'}   the SAE (two seeds) beside the PCA, k-means and untrained baselines
+  {baselines_dir / 'compare.html'}   the SAE (two seeds) beside the PCA, k-means, NMF and untrained baselines
   {run_dir / 'density.png'}   the SAE's held-out feature-density histogram
   {exe} store verify {store_path}   checks every chunk of the store
   {exe} train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 1000
@@ -140,7 +140,7 @@ the report of the resid.10 SAE's features (open it in a browser):
 
 
 def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, train_steps: int) -> Path:
-    """The resid.10 SAE's two seeds beside the PCA, k-means and untrained baselines, scored alike: encoded,
+    """The resid.10 SAE's two seeds beside the PCA, k-means, NMF and untrained baselines, scored alike: encoded,
     sparse-probed and compared in one table. Returns the comparison's folder."""
     from clipsae.analysis import commands
     from clipsae.analysis.encode import EncodeConfig, run_encode
@@ -151,11 +151,11 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
     from clipsae.train.trainer import run_train
 
     click.echo("\nfitting the baselines on resid.10 from the same batches: PCA (top 16 projections by magnitude), "
-               "k-means (768 centroids) and an untrained TopK SAE of the SAE's width (nmf, saev's semi-NMF, is left "
-               "out here: its 300-update encoding takes minutes on a CPU; train it with --arch nmf)")
+               "k-means (768 centroids), saev's semi-NMF (64 concepts: its codes are dense, and 300 updates of "
+               "768 would take minutes here) and an untrained TopK SAE of the SAE's width")
     dirs = {}
-    for arch, expansion in (("pca,kmeans", 1), ("random", 8)):
-        plan = configure_training(store_path, hook="resid.10", tokens="all", arch=arch, expansion=expansion, k=16,
+    for arch, width in (("pca,kmeans", {"expansion": 1}), ("nmf", {"latents": 64}), ("random", {"expansion": 8})):
+        plan = configure_training(store_path, hook="resid.10", tokens="all", arch=arch, k=16, **width,
                                   batch_size=DEMO_BATCH, steps=train_steps, holdout=0.1, eval_every=50,
                                   out=root / "runs" / f"baselines-{arch.replace(',', '-')}-resid.10")
         dirs |= run_train(plan.cfg, store=plan.store, held=plan.held).dirs

@@ -75,8 +75,8 @@ def test_pca_keeps_the_k_projections_of_largest_magnitude_with_their_sign(correl
     assert ((codes != 0).sum(1) == 3).all() and (codes < 0).any()
 
 
-@pytest.mark.parametrize("options, message", [({"expansion": "2"}, "use --expansion 1, not 2"),
-                                              ({"expansion": "1", "k": "17"}, "--k 17 must be between 1 and d_in = 16")])
+@pytest.mark.parametrize("options, message", [({"expansion": "2"}, "use --expansion 1 .* or --latents N .*, not --expansion 2"),
+                                              ({"expansion": "1", "k": "17"}, "--k 17 must be between 1 and the 16 components")])
 def test_pca_width_and_k_are_checked(correlated, tmp_path, options, message):
     with pytest.raises(ClipsaeError, match=message):
         configure_training(correlated[0], arch="pca", out=tmp_path / "x", **options)
@@ -159,3 +159,14 @@ def test_the_nmf_solver_lowers_the_error_and_keeps_codes_positive():
     errors = [float((x - (z := seminmf_solve(x @ dictionary.T, dictionary, it)) @ dictionary).pow(2).sum())
               for it in (0, 10, 100)]
     assert errors[0] >= errors[1] >= errors[2] and (z >= 0).all()
+
+
+def test_latents_sets_the_width_directly_for_a_few_components_or_concepts(correlated, tmp_path):
+    store, rows = correlated
+    run = _train(store, tmp_path / "n", arch="pca,nmf", latents="4", k="2", steps=8)
+    pca, nmf = load_sae(run.dirs["pca-n4-k2"]), load_sae(run.dirs["nmf-n4"])
+    assert pca.d_sae == nmf.d_sae == 4
+    full = load_sae(_train(store, tmp_path / "all", arch="pca", expansion="1", k="2", steps=8).dirs["pca-k2"])
+    torch.testing.assert_close(pca.W_dec, full.W_dec[:4])  # the top 4 components of the same fit
+    with pytest.raises(ClipsaeError, match="--latents 17 must be between 1 and d_in = 16 for --arch pca"):
+        configure_training(store, arch="pca", latents="17", out=tmp_path / "x")

@@ -42,16 +42,22 @@ class Architecture:
     resamples: bool = False
     trains_by_gradient: bool = True
 
-    def spec(self, d: int, expansion: int, k: int, l1: float, **options) -> SAESpec:
-        """A checked spec, with the options this architecture ignores set to neutral values."""
-        if expansion < 1:
+    def spec(self, d: int, expansion: int, k: int, l1: float, latents: int | None = None, **options) -> SAESpec:
+        """A checked spec, with the options this architecture ignores set to neutral values. ``latents``,
+        where given, is the width instead of ``expansion`` · d."""
+        if latents is not None and latents < 1:
+            raise ClipsaeError(f"--latents must be at least 1, not {latents}")
+        if latents is None and expansion < 1:
             raise ClipsaeError(f"--expansion must be at least 1, not {expansion}")
-        if self.uses_k and not 1 <= k < expansion * d:
+        n = latents if latents is not None else expansion * d
+        if self.uses_k and not 1 <= k < n:
             raise ClipsaeError(f"--k {k} must be between 1 and the number of latents minus one "
-                               f"({expansion * d - 1} for expansion {expansion}, d={d})")
+                               f"({n - 1} for " + (f"{latents} latents)" if latents is not None else
+                                                   f"expansion {expansion}, d={d})"))
         if self.uses_l1 and l1 < 0:
             raise ClipsaeError(f"--l1 must be non-negative, not {l1}")
-        spec = SAESpec(self.name, d, expansion, k=k if self.uses_k else 0, l1=l1 if self.uses_l1 else 0.0, **options)
+        spec = SAESpec(self.name, d, 1 if latents is not None else expansion, k=k if self.uses_k else 0,
+                       l1=l1 if self.uses_l1 else 0.0, latents=latents, **options)
         return self.normalize(spec)
 
     def normalize(self, spec: SAESpec) -> SAESpec:
@@ -60,7 +66,7 @@ class Architecture:
 
     def label(self, spec: SAESpec) -> str:
         """A directory-safe name that tells SAEs of a sweep apart."""
-        return f"{self.name}-x{spec.expansion}-k{spec.k}"
+        return f"{self.name}-{spec.size}-k{spec.k}"
 
     def loss(self, sae, x_BD: torch.Tensor, dead_N: torch.Tensor | None, ranks: Ranks = Ranks()) -> StepOutput:
         """Loss of a batch of scaled inputs; ``dead_N`` marks the latents AuxK should revive.

@@ -24,7 +24,7 @@ class KMeans(Baseline):
     export_as = "onehot"
 
     def label(self, spec):
-        return f"kmeans-x{spec.expansion}"
+        return f"kmeans-{spec.size}"
 
     def check_run(self, spec, steps, batch_size):
         need = 3 * spec.d_sae

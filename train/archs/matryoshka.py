@@ -18,7 +18,7 @@ class Matryoshka(BatchTopK):
         return spec
 
     def label(self, spec):
-        return f"matryoshka-x{spec.expansion}-k{spec.k}-{spec.matryoshka_weighting}"
+        return f"matryoshka-{spec.size}-k{spec.k}-{spec.matryoshka_weighting}"
 
     def reconstruction(self, sae, x, codes):
         # Prefix reconstructions share one sparse code; each level adds the latents of its band.

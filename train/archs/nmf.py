@@ -27,7 +27,7 @@ class NMF(Baseline):
     export_as = "seminmf"
 
     def label(self, spec):
-        return f"nmf-x{spec.expansion}"
+        return f"nmf-{spec.size}"
 
     def setup(self, sae, run_seed):
         n, d = sae.spec.d_sae, sae.spec.d

@@ -3,7 +3,7 @@ z = U(x − μ), of which each token keeps the k of largest magnitude with their
 
 The fit is exact: the running sums Σx and Σxxᵀ (float64) over every training batch give the mean μ and
 the covariance Σxxᵀ/n − μμᵀ, whose eigenvectors, by decreasing eigenvalue, are the rows of U (all d of
-them: d_sae = d_in, so ``--expansion 1``); each is signed so that its entry of largest magnitude is
+them with ``--expansion 1``, the top N with ``--latents N``); each is signed so that its entry of largest magnitude is
 positive. These equal the right singular vectors of the centred rows up to sign.
 """
 
@@ -21,19 +21,23 @@ class PCA(Baseline):
     export_as = "topk_magnitude"
     uses_k = True
 
-    def spec(self, d, expansion, k, l1, **options):
-        if expansion != 1:
-            raise ClipsaeError(f"--arch pca has d_in = {d} principal directions, so d_sae = d_in: use --expansion 1, "
-                               f"not {expansion}")
-        if not 1 <= k <= d:
-            raise ClipsaeError(f"--k {k} must be between 1 and d_in = {d} for --arch pca (the projections kept per token)")
-        return self.normalize(SAESpec(self.name, d, 1, k=k, l1=0.0, **options))
+    def spec(self, d, expansion, k, l1, latents=None, **options):
+        if latents is None and expansion != 1:
+            raise ClipsaeError(f"--arch pca has at most d_in = {d} principal directions: use --expansion 1 (all of them) "
+                               f"or --latents N (the top N), not --expansion {expansion}")
+        if latents is not None and not 1 <= latents <= d:
+            raise ClipsaeError(f"--latents {latents} must be between 1 and d_in = {d} for --arch pca")
+        n = latents if latents is not None else d
+        if not 1 <= k <= n:
+            raise ClipsaeError(f"--k {k} must be between 1 and the {n} components of --arch pca (the projections kept "
+                               f"per token)")
+        return self.normalize(SAESpec(self.name, d, 1, k=k, l1=0.0, latents=latents, **options))
 
     def normalize(self, spec):
         return replace(spec, matryoshka_weighting="uw", aux_alpha=0.0)
 
     def label(self, spec):
-        return f"pca-k{spec.k}"
+        return f"pca-k{spec.k}" if spec.latents is None else f"pca-{spec.size}-k{spec.k}"
 
     def setup(self, sae, run_seed):
         d = sae.spec.d
@@ -63,6 +67,7 @@ class PCA(Baseline):
     def inference_weights(self, sae, scale):
         # Codes are the projections of raw activations: U is unit-norm both ways, μ moves to raw units.
         U, mu = self.components(sae)
+        U = U[: sae.spec.d_sae]  # the top d_sae components
         return U.float(), torch.zeros(len(U)), U.float().contiguous(), (mu / scale).float()
 
     def export_options(self, sae):

@@ -14,7 +14,7 @@ class Random(Baseline):
     uses_k = True
 
     def label(self, spec):
-        return f"random-x{spec.expansion}-k{spec.k}"
+        return f"random-{spec.size}-k{spec.k}"
 
     def fit_step(self, sae, x_BD):
         return no_loss(sae, x_BD, sae.spec.k, torch.ones(sae.spec.d_sae, dtype=torch.bool, device=x_BD.device))

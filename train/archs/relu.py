@@ -14,7 +14,7 @@ class ReLU(Architecture):
     resamples = True
 
     def label(self, spec):
-        return f"relu-x{spec.expansion}-l1_{spec.l1:g}"
+        return f"relu-{spec.size}-l1_{spec.l1:g}"
 
     def loss(self, sae, x, dead_N, ranks=Ranks()):
         f = F.relu(sae.pre_acts(x - sae.b_dec))
