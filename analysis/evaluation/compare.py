@@ -106,7 +106,7 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
     zero_shot = (splice or {}).get("zero_shot") or {}
     probing = _sparse_probe_summary(default_analysis_dir(store.path, codes.name), by)
     values = {"store": str(store.path), "codes": codes.name, "hook": codes.hook, "layer": layer_of(codes.hook),
-              "sae": f"{sae.get('architecture')} ({sae.get('format')})", "latents": codes.d_sae, "k": sae.get("k"),
+              "sae": f"{trained_as(codes) or sae.get('architecture')} ({sae.get('format')})", "latents": codes.d_sae, "k": sae.get("k"),
               "tokens": tokens,
               "l0": f.l0, "fvu": f.fvu, "explained_variance": 1 - f.fvu, "dead_share": f.dead / codes.d_sae,
               "dense_share": f.dense / codes.d_sae,
@@ -123,6 +123,13 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
 def _varies_by_layer(rows: list[Row]) -> bool:
     layers = [r.values["layer"] for r in rows]
     return None not in layers and len(set(layers)) > 1
+
+
+def trained_as(codes: Codes) -> str | None:
+    """The architecture a clipsae SAE was trained as (``random``, ``pca``, ``batchtopk``: the inference form
+    alone would call an untrained SAE ``topk``), or None for other tools' SAEs."""
+    section = clipsae_section(codes.identity.get("provenance", {}).get("sae_path"))
+    return (section or {}).get("spec", {}).get("arch")
 
 
 def seed_group(codes: Codes) -> str | None:
