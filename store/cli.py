@@ -30,8 +30,7 @@ def info_cmd(path, as_json, check):
         s["integrity"] = {"checked": True, "problems": report.problems}
     click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
     if report is not None and not report.ok:
-        raise ClipsaeError(f"{path}: {len(report.problems)} problem(s); first: {report.problems[0]}. "
-                           f"{'; '.join(_fixes(path, report))}")
+        raise _damaged(path, report)
 
 
 @store_group.command("verify")
@@ -53,11 +52,16 @@ def verify_cmd(path):
     if not report.ok:
         for p in report.problems:
             click.echo(f"problem: {p}")
-        raise ClipsaeError(f"{path}: {len(report.problems)} problem(s); first: {report.problems[0]}. "
-                           f"{'; '.join(_fixes(path, report))}")
+        raise _damaged(path, report)
     codes = [line.split(":")[0] for line in report.checked if line.startswith("codes ")]
     click.echo(f"ok: {len(store.parts)} parts, {store.n_images} images, hooks {', '.join(store.hooks)}"
                + "".join(f"; {c}" for c in codes))
+
+
+def _damaged(path: str, report) -> ClipsaeError:
+    """The one-line refusal of a store that verify found damaged: how many problems, the first, and the fixes."""
+    return ClipsaeError(f"{path}: {len(report.problems)} problem(s); first: {report.problems[0]}. "
+                        f"{'; '.join(_fixes(path, report))}")
 
 
 def _fixes(path: str, report) -> list[str]:

@@ -28,33 +28,35 @@ def _topk(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes(rows, top.indices[keep], top.values[keep], row_offsets(rows, z_BN.shape[0]))
 
 
+def _every_row(cols_BK: torch.Tensor, vals_BK: torch.Tensor) -> SparseCodes:
+    """Codes with the same number of entries, K, on every row: latents ``cols_BK`` with values ``vals_BK``."""
+    B, K = cols_BK.shape
+    rows = torch.arange(B, device=cols_BK.device).repeat_interleave(K)
+    return SparseCodes(rows, cols_BK.reshape(-1), vals_BK.reshape(-1), row_offsets(rows, B))
+
+
 def _topk_signed(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     # CLIP-Scope's TopK: the k largest pre-activations whatever their sign, no ReLU.
     top = z_BN.topk(model.k, dim=1)
-    rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(model.k)
-    return SparseCodes(rows, top.indices.reshape(-1), top.values.reshape(-1), row_offsets(rows, z_BN.shape[0]))
+    return _every_row(top.indices, top.values)
 
 
 def _topk_abs(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     # MSAE's TopKabs: the k largest |z|, coded as |z| (the sign is dropped, not kept).
     top = z_BN.abs().topk(model.k, dim=1)
-    rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(model.k)
-    return SparseCodes(rows, top.indices.reshape(-1), top.values.reshape(-1), row_offsets(rows, z_BN.shape[0]))
+    return _every_row(top.indices, top.values)
 
 
 def _topk_magnitude(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     # The PCA baseline's code: the k projections of largest magnitude, kept with their sign.
     top = z_BN.abs().topk(model.k, dim=1)
-    rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(model.k)
-    return SparseCodes(rows, top.indices.reshape(-1), z_BN.gather(1, top.indices).reshape(-1),
-                       row_offsets(rows, z_BN.shape[0]))
+    return _every_row(top.indices, z_BN.gather(1, top.indices))
 
 
 def _onehot(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     # The k-means baseline's code: the latent of largest z (the nearest centroid, with z = x·c − ‖c‖²/2), value 1.
-    rows = torch.arange(z_BN.shape[0], device=z_BN.device)
-    return SparseCodes(rows, z_BN.argmax(1), torch.ones(len(rows), dtype=z_BN.dtype, device=z_BN.device),
-                       row_offsets(rows, z_BN.shape[0]))
+    nearest = z_BN.argmax(1, keepdim=True)
+    return _every_row(nearest, torch.ones(nearest.shape, dtype=z_BN.dtype, device=z_BN.device))
 
 
 SEMINMF_EPS = 1e-8

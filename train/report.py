@@ -99,8 +99,9 @@ def format_sae_info(info: dict) -> str:
         lines += [f"{key:>22}: {_fmt(value)}" for key, value in info["heldout"].items()]
         if info["heldout"].get("fvu", 0) > 1:
             lines.append("FVU > 1: this SAE reconstructs worse than predicting the mean of its inputs")
-        if heldout_warning(info["heldout"]):
-            lines.append(heldout_warning(info["heldout"]).strip(" ()"))
+        warning = heldout_warning(info["heldout"])
+        if warning:
+            lines.append(warning.strip(" ()"))
     else:
         lines.append("no held-out metrics (trained with --holdout 0, or not by clipsae)")
     return "\n".join(lines)

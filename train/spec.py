@@ -1,6 +1,6 @@
 """What one SAE of a run is: its architecture and sizes, as a plain dataclass (no torch)."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,6 @@ class SAESpec:
     @property
     def unseeded(self) -> "SAESpec":
         """The same SAE without a seed of its own: what its seeds have in common."""
-        from dataclasses import replace
-
         return replace(self, seed=None)
 
     @property

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from clipsae.errors import ClipsaeError
 from clipsae.store.reader import ActivationStore
 from clipsae.train import archs
+from clipsae.train.archs.base import StepOutput
 from clipsae.train.config import TrainConfig
 from clipsae.train.data import RowSource, ShuffleStream, holdout_mask
 from clipsae.train.export import to_inference
@@ -185,9 +186,7 @@ class Run:
             if not sae.arch.trains_by_gradient:
                 out = sae.arch.fit_step(sae, x)
                 sae.track_firing(out.fired_N, len(x))
-                for key, v in (("loss", out.loss), ("mse", out.mse), ("l0", out.l0)):
-                    acc[key] = acc.get(key, 0.0) + v
-                acc["n"] = acc.get("n", 0) + 1
+                self._accumulate(acc, out)
                 continue
             lr = cfg.lr_of(sae.spec) * cfg.lr_factor(self.step)
             for g in opt.param_groups:
@@ -200,10 +199,14 @@ class Run:
                     and self.step + 1 <= cfg.steps // 2:
                 window = sae.tokens_since_fired >= min(dead_limit, cfg.resample_every * len(x))
                 acc["resampled"] = acc.get("resampled", 0) + sae.arch.resample(sae, x, window, self.resample_gen, opt)
-            # Summed on the device and read back once per logging interval.
-            for key, v in (("loss", out.loss), ("mse", out.mse), ("l0", out.l0), ("aux", out.aux), ("lr", lr)):
-                acc[key] = acc.get(key, 0.0) + v
-            acc["n"] = acc.get("n", 0) + 1
+            self._accumulate(acc, out, ("aux", out.aux), ("lr", lr))
+
+    @staticmethod
+    def _accumulate(acc: dict, out: StepOutput, *extra: tuple) -> None:
+        """Add a step's logged values to ``acc``: summed on the device, read back once per logging interval."""
+        for key, v in (("loss", out.loss), ("mse", out.mse), ("l0", out.l0), *extra):
+            acc[key] = acc.get(key, 0.0) + v
+        acc["n"] = acc.get("n", 0) + 1
 
     def evaluate(self, x_eval: torch.Tensor | None, final: bool = False) -> dict[str, dict]:
         """Held-out metrics of every SAE, logged; process 0 alone evaluates, the others return nothing."""

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from clipsae.analysis.defaults import ENTROPY_K
-from clipsae.analysis.evaluation.stability import THRESHOLD, clipsae_section, initial_decoder_of, seed_stability
+from clipsae.analysis.evaluation.sparse_probe import DEFAULT_KS as PROBE_KS
+from clipsae.analysis.evaluation.sparse_probe import summary_file
+from clipsae.analysis.evaluation.stability import (
+    THRESHOLD,
+    clipsae_section,
+    initial_decoder_of,
+    seed_stability,
+    unseeded_label,
+)
 from clipsae.analysis.features.fit import fit as store_fit
 from clipsae.analysis.features.label_entropy import label_entropy
 from clipsae.analysis.features.monosemanticity import embedding_hook, monosemanticity
@@ -32,7 +40,6 @@ AVERAGED = ("tokens", "l0", "fvu", "explained_variance", "dead_share", "dense_sh
             "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe")
 COLUMNS = COLUMNS + tuple(f"{c}_std" for c in AVERAGED) + ("sae_path",)
 SPLICE_ZERO_SHOT = ("ce_recovered", "ce_recovered_mean", "kl")  # from splice.json's zero_shot, where splice ran
-PROBE_KS = (1, 2, 5)  # sparse-probe's default k, the columns sparse_probe_k<k>
 # Below this many encoded tokens the fit figures of a row move by more than the differences compared.
 MIN_TOKENS = 10_000
 # compare.md's columns: the figures a paper's table shows (compare.csv has them all).
@@ -49,12 +56,14 @@ PLOTTED = (("l0", "L0 (active latents per token)"), ("explained_variance", "expl
 class Row:
     """One codes' figures (or the mean of several seeds'), in :data:`COLUMNS` order; nan where a figure
     could not be had (see ``notes``). ``seed_group`` is what its SAE shares with other seeds (None: an SAE
-    whose files do not say), ``codes`` the codes it was computed from."""
+    whose files do not say), ``codes`` the codes it was computed from and ``sections`` their SAEs' clipsae
+    blocks of cfg.json (None for other tools' SAEs)."""
 
     values: dict
     notes: list[str]
     seed_group: str | None = None
     codes: tuple = ()
+    sections: tuple = ()
 
     def cells(self) -> list:
         return [self.values.get(c, float("nan")) for c in COLUMNS]
@@ -73,11 +82,7 @@ def _median(x: np.ndarray) -> float:
 
 def _sparse_probe_summary(analysis: Path, by: str) -> dict:
     """sparse_probe.json of ``analyze sparse-probe --by by`` on these codes, or {} where it did not run."""
-    import json
-
-    from clipsae.analysis.output import by_setting
-
-    path = analysis / by_setting("sparse_probe", ".json", by)
+    path = analysis / summary_file(by)
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -101,12 +106,14 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
             raise
         ms = float("nan")
         notes.append(f"no monosemanticity for {codes.name}: {exc}")
-    splice = splice_result(default_analysis_dir(store.path, codes.name))
+    analysis = default_analysis_dir(store.path, codes.name)
+    splice = splice_result(analysis)
     spliced = splice["cosine_spliced"]["mean"] if splice and "cosine_spliced" in splice else float("nan")
     zero_shot = (splice or {}).get("zero_shot") or {}
-    probing = _sparse_probe_summary(default_analysis_dir(store.path, codes.name), by)
+    probing = _sparse_probe_summary(analysis, by)
+    section = clipsae_section(codes.identity.get("provenance", {}).get("sae_path"))
     values = {"store": str(store.path), "codes": codes.name, "hook": codes.hook, "layer": layer_of(codes.hook),
-              "sae": f"{trained_as(codes) or sae.get('architecture')} ({sae.get('format')})", "latents": codes.d_sae, "k": sae.get("k"),
+              "sae": f"{(section or {}).get('spec', {}).get('arch') or sae.get('architecture')} ({sae.get('format')})", "latents": codes.d_sae, "k": sae.get("k"),
               "tokens": tokens,
               "l0": f.l0, "fvu": f.fvu, "explained_variance": 1 - f.fvu, "dead_share": f.dead / codes.d_sae,
               "dense_share": f.dense / codes.d_sae,
@@ -117,7 +124,7 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
               "dense_probe": probing.get("dense_accuracy") if probing.get("dense_accuracy") is not None else float("nan"),
               "seeds": 1, "stability": float("nan"), "stability_init": float("nan"), "live_latents": float("nan"),
               "sae_path": codes.identity.get("provenance", {}).get("sae_path")}
-    return Row(values, notes, seed_group(codes), (codes,))
+    return Row(values, notes, seed_group(codes, section), (codes,), (section,))
 
 
 def _varies_by_layer(rows: list[Row]) -> bool:
@@ -125,26 +132,16 @@ def _varies_by_layer(rows: list[Row]) -> bool:
     return None not in layers and len(set(layers)) > 1
 
 
-def trained_as(codes: Codes) -> str | None:
-    """The architecture a clipsae SAE was trained as (``random``, ``pca``, ``batchtopk``: the inference form
-    alone would call an untrained SAE ``topk``), or None for other tools' SAEs."""
-    section = clipsae_section(codes.identity.get("provenance", {}).get("sae_path"))
-    return (section or {}).get("spec", {}).get("arch")
-
-
-def seed_group(codes: Codes) -> str | None:
+def seed_group(codes: Codes, section: dict | None) -> str | None:
     """What a clipsae SAE's codes share with the codes of its other seeds: the store, hook and tokens, and
-    every setting its cfg.json records but the seed (and the input scale, which the data order moves)."""
-    section = clipsae_section(codes.identity.get("provenance", {}).get("sae_path"))
+    every setting its cfg.json ``section`` records but the seed (and the input scale, which the data order
+    moves); None for other tools' SAEs."""
     if section is None:
         return None
     spec = {k: v for k, v in section.get("spec", {}).items() if k != "seed"}
-    label = section.get("label", "")
-    if "seed" in section.get("spec", {}):
-        label = label.removesuffix(f"-seed{section['spec']['seed']}")
     rest = {k: v for k, v in section.items() if k not in ("seed", "scale", "spec", "label")}
     return json.dumps({"store": str(codes.store.path), "hook": codes.hook, "tokens": codes.identity.get("tokens"),
-                       "spec": spec, "label": label, **rest}, sort_keys=True)
+                       "spec": spec, "label": unseeded_label(section), **rest}, sort_keys=True)
 
 
 def by_seed(rows: list[Row], device) -> tuple[list[Row], list[str]]:
@@ -172,15 +169,16 @@ def by_seed(rows: list[Row], device) -> tuple[list[Row], list[str]]:
             values[f"{col}_std"] = float(known.std(ddof=1)) if len(known) > 1 else float("nan")
         saes = [codes_sae(c, device=str(device)) for c in codes]
         live = [c.sums().latent_tokens_fired > 0 for c in codes]
-        initial = [initial_decoder_of(s) if (s := clipsae_section(c.identity["provenance"].get("sae_path"))) else None
-                   for c in codes]
+        sections = [s for r in members for s in r.sections]
+        initial = [initial_decoder_of(s) if s is not None else None for s in sections]
         st = seed_stability([sae.W_dec.detach().float().cpu() for sae in saes], live, initial)
         values.update({"stability": st["stability"], "stability_init": st["stability_init"], "live_latents": st["live"]})
         lines.append(f"{values['codes']}: {len(members)} seeds of one SAE in one row (mean ± std); of their live "
                      f"latents (≈{st['live']:.0f} each) {st['stability']:.1%} are matched one-to-one at cosine ≥ "
                      f"{THRESHOLD} across seeds, against {st['stability_init']:.1%} for the same latents' initial "
                      f"weights")
-        out.append(Row(values, [n for r in members for n in r.notes], members[0].seed_group, tuple(codes)))
+        out.append(Row(values, [n for r in members for n in r.notes], members[0].seed_group, tuple(codes),
+                       tuple(sections)))
     return out, lines
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from clipsae.analysis.output import by_setting
 from clipsae.errors import ClipsaeError
 
 TEST_SHARE = 0.2  # of the images, by key
@@ -28,6 +29,11 @@ MIN_PER_SIDE = 2  # positives and negatives a task needs in each split
 DEFAULT_KS = (1, 2, 5)
 MAX_ITER = 1000  # SAEBench's; scikit-learn's default warns before converging on raw activations
 COLUMNS = ("task", "k", "features", "accuracy", "dense_accuracy", "train_images", "test_images")
+
+
+def summary_file(by: str) -> str:
+    """The name of sparse_probe.json for ``--by by``, which ``analyze compare`` reads."""
+    return by_setting("sparse_probe", ".json", by)
 
 
 def key_hashes(keys) -> np.ndarray:
@@ -159,10 +165,10 @@ def chosen_values(codes, images: np.ndarray, features: np.ndarray, by: str) -> s
 def pooled_activations(store, hook: str, positions: np.ndarray, images: np.ndarray, by: str,
                        batch: int = 256) -> np.ndarray:
     """(len(images), d) float32: each image's activations at ``positions``, pooled as ``by`` pools codes."""
+    pool = {"max": lambda x: x.max(1), "mean": lambda x: x.mean(1), "cls": lambda x: x[:, 0]}[by]
     out = np.empty((len(images), store.d(hook)), dtype=np.float32)
     for lo in range(0, len(images), batch):
-        x_NTD = store.read(hook, images[lo:lo + batch])[:, positions].astype(np.float32)
-        out[lo:lo + batch] = {"max": lambda x: x.max(1), "mean": lambda x: x.mean(1), "cls": lambda x: x[:, 0]}[by](x_NTD)
+        out[lo:lo + batch] = pool(store.read(hook, images[lo:lo + batch])[:, positions].astype(np.float32))
     return out
 
 
@@ -211,33 +217,27 @@ def sparse_probe(codes, tasks: list[Task], ks=DEFAULT_KS, by: str = "max", dense
     features = np.unique(chosen_TK)
     used = np.unique(np.concatenate([s.images for s in p.train + p.test]))
     values = chosen_values(codes, used, features, by)
-    column = {int(f): i for i, f in enumerate(features)}
-    pooled = None
-    if dense:
-        pooled_used = pooled_activations(codes.store, codes.hook, codes.token_positions, used, by)
-        pooled = {int(img): i for i, img in enumerate(used)}
+    # ``features`` and ``used`` are sorted: a feature's column and an image's row are where they sort in.
+    pooled_UD = pooled_activations(codes.store, codes.hook, codes.token_positions, used, by) if dense else None
     rows = []
     for t, task in enumerate(tqdm(p.tasks, desc="sparse probe", unit="task", disable=not progress)):
         tr, te = p.train[t], p.test[t]
         dense_acc = None
         if dense:
-            at = lambda s: pooled_used[[pooled[int(i)] for i in s.images]]  # noqa: E731
+            at = lambda s: pooled_UD[np.searchsorted(used, s.images)]  # noqa: E731
             dense_acc = _accuracy(at(tr), tr.y, at(te), te.y)
         for k in ks:
-            cols = [column[int(f)] for f in chosen_TK[t, :k]]
+            cols = np.searchsorted(features, chosen_TK[t, :k])
             x_tr, x_te = values[tr.images][:, cols].toarray(), values[te.images][:, cols].toarray()
             rows.append((task.name, k, " ".join(str(int(f)) for f in chosen_TK[t, :k]),
                          _accuracy(x_tr, tr.y, x_te, te.y), dense_acc, len(tr.images), len(te.images)))
     return Result(rows, p.skipped)
 
 
-SUMMARY_FILE = "sparse_probe.json"
-
-
 def run_sparse_probe(t, attributes, ks, by: str, dense: bool, classes=None, shards=None) -> list[str]:
     """sparse_probe.csv (a row per task and k) and sparse_probe.json (the mean accuracy per k, the ceiling)."""
     from clipsae.analysis.class_names import class_names
-    from clipsae.analysis.output import by_setting, write_csv, write_json
+    from clipsae.analysis.output import write_csv, write_json
 
     tasks = tasks_of(t.store.labels(), class_names(t.store, classes, shards), attributes)
     res = sparse_probe(t.codes, tasks, ks, by, dense, progress=t.codes.progress)
@@ -247,7 +247,7 @@ def run_sparse_probe(t, attributes, ks, by: str, dense: bool, classes=None, shar
     summary = {"codes": t.codes.name, "by": by, "tasks": n_tasks, "test_share": TEST_SHARE,
                "accuracy": {str(k): v for k, v in means.items()},
                "dense_accuracy": res.mean_dense() if dense else None, "skipped": res.skipped}
-    js = write_json(t.out / by_setting("sparse_probe", ".json", by), summary)
+    js = write_json(t.out / summary_file(by), summary)
     lines = [f"{t.title}: sparse probing of {n_tasks} tasks by {by}: mean test accuracy "
              + ", ".join(f"{v:.4f} at k = {k}" for k, v in means.items())
              + (f"; dense ceiling {res.mean_dense():.4f}" if dense else "")]

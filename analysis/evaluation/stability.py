@@ -43,15 +43,20 @@ def clipsae_section(sae_path: str | Path | None) -> dict | None:
     return json.loads(cfg.read_text()).get("clipsae")
 
 
+def unseeded_label(section: dict) -> str:
+    """A clipsae SAE's label without the ``-seed<N>`` of a seed list: what its seeds share."""
+    spec = section.get("spec", {})
+    return section.get("label", "").removesuffix(f"-seed{spec['seed']}") if "seed" in spec else section.get("label", "")
+
+
 def initial_decoder_of(section: dict) -> torch.Tensor:
     """The decoder a clipsae SAE started from, drawn again from the seed and label its cfg.json records."""
     from clipsae.train.init import draw_decoder, generator_seed
 
     spec = section["spec"]
     seed = spec.get("seed", section.get("seed", 0))
-    unseeded = section["label"].removesuffix(f"-seed{spec['seed']}") if "seed" in spec else section["label"]
     n = spec.get("latents") or spec["expansion"] * spec["d"]
-    return draw_decoder(n, spec["d"], generator_seed(int(seed), unseeded))
+    return draw_decoder(n, spec["d"], generator_seed(int(seed), unseeded_label(section)))
 
 
 def seed_stability(decoders: list[torch.Tensor], live: list[np.ndarray], initial: list[torch.Tensor | None]) -> dict:
