@@ -91,6 +91,10 @@ class ExtractConfig:
     """Chunk compression (zstd level 1), for disks slower than the reader."""
     threads: int | None = option(None, at_least=1, shown_default="torch's")
     """torch CPU threads (a shared node's cores are not all yours)."""
+    mask_ext: str = option("seg.png")
+    """Extension of each sample's segmentation mask in the tars: a PNG of class indices, 0 = unlabelled."""
+    mask_classes: str | None = option(None, shown_default="mask_classes.json beside the tars, if there is one")
+    """JSON naming the masks' class indices; with it, every sample needs a mask and the store keeps patch labels."""
     skip_bad_tars: bool = option(False)
     """Record a tar that holds no readable image as an empty part and go on, instead of stopping there."""
     progress: bool = option(True, cli=False)

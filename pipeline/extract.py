@@ -15,13 +15,16 @@ from clipsae.pipeline.config import ExtractConfig
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks
 from clipsae.pipeline.host_ring import HostRing
 from clipsae.pipeline.loader import make_loader
+from clipsae.pipeline.masks import MaskSpec, check_masks, find_mask_classes, mask_geometry
 from clipsae.pipeline.model import load_model
 from clipsae.pipeline.preprocess import split_preprocess
 from clipsae.pipeline.shards import Shard, expand_shards, name_parts
-from clipsae.pipeline.tario import count_samples
+from clipsae.pipeline.tario import IMAGE_EXTS, count_samples
 from clipsae.store import layout
+from clipsae.store import zarr_backend as zb
 from clipsae.store.layout import HookLayout
-from clipsae.store.parts import claim
+from clipsae.store.location import store_path
+from clipsae.store.parts import claim, complete_names, task_of
 from clipsae.store.stats import HookStats
 from clipsae.store.writer import PartWriter, check_store_path, open_root, record_store_stats
 from clipsae.workers import worker_slot
@@ -82,31 +85,64 @@ class _Opened:
     """The tars, the model with its hooks on the device, and the store's root with each hook's layout."""
 
     shards: list[Shard]
+    masks: MaskSpec | None
     loaded: object
     forward: HookedForward
     root: object
     layouts: list[HookLayout]
 
 
-def _open(cfg: ExtractConfig, device: torch.device) -> _Opened:
-    """Load the model onto ``device`` and create the store's root, or check it was made the same way."""
+def _open(cfg: ExtractConfig, device: torch.device, n_workers: int = 1, index: int = 0) -> _Opened:
+    """Load the model onto ``device`` and create the store's root, or check it was made the same way.
+
+    Masks are checked first in the tars still to extract of worker ``index`` of ``n_workers``.
+    """
     shards = name_parts(expand_shards(cfg.shards))
     check_store_path(cfg.store)
     loaded = load_model(cfg.model)
     forward = HookedForward(loaded.visual.to(device), resolve_hooks(loaded.visual, cfg.layers, cfg.tokens), cfg.tokens)
     layouts = _layouts(forward, device, cfg.tokens)
+    masks, ignored = _mask_spec(cfg, shards, layouts, loaded.preprocess)
     config = {
         **loaded.identity,
         "tokens": cfg.tokens,
         "dtype": cfg.dtype,
         "hooks": {h.name: h.to_json() for h in layouts},
+        **({layout.MASK_CLASSES: {str(i): n for i, n in masks.classes.items()}} if masks else {}),
     }
     provenance = {
         **loaded.provenance,
         "created_by": "clipsae extract",
         "token_order": "CLS first, then patches row-major (ViT); spatial positions row-major (ResNet)",
     }
-    return _Opened(shards, loaded, forward, open_root(cfg.store, config, provenance), layouts)
+    # Masks are checked in every tar still to extract before the store is touched: a bad one stops the run here.
+    if not ignored:
+        check_masks([sh.path for sh in _pending(cfg.store, shards, n_workers, index)], masks, cfg.mask_ext,
+                    IMAGE_EXTS, cfg.progress)
+    return _Opened(shards, masks, loaded, forward, open_root(cfg.store, config, provenance), layouts)
+
+
+def _mask_spec(cfg: ExtractConfig, shards: list[Shard], layouts: list[HookLayout], preprocess) -> tuple[MaskSpec | None, bool]:
+    """How this run reads masks (None where it has no mask classes), and whether it ignores the masks
+    that it has classes for because no hook has patches to label (it says so)."""
+    classes, source = find_mask_classes(cfg.mask_classes, shards[0].path if shards else None)
+    if classes is None:
+        return None, False
+    grids = tuple(sorted({h.grid for h in layouts if h.grid is not None}))
+    if not grids:
+        if cfg.mask_classes:
+            raise ClipsaeError(f"--mask-classes labels patches, and no hook of this run stores any (--tokens "
+                               f"{cfg.tokens}); use --tokens patches or all")
+        tqdm.write(f"note: the masks of {source} are not read: no hook of this run stores patches (--tokens {cfg.tokens})")
+        return None, True
+    return MaskSpec(cfg.mask_ext, classes, mask_geometry(preprocess), grids), False
+
+
+def _pending(store: str, shards: list[Shard], n_workers: int, index: int) -> list[Shard]:
+    """The tars of worker ``index`` whose parts the store does not hold complete yet."""
+    parts = store_path(store) / layout.PARTS
+    done = complete_names(parts) if zb.is_node(parts) else set()
+    return [sh for i, sh in enumerate(shards) if task_of(i, n_workers) == index and sh.part not in done]
 
 
 def create_store(cfg: ExtractConfig) -> list[Shard]:
@@ -125,25 +161,25 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    o = _open(cfg, device)
+    o = _open(cfg, device, n_workers, index)
     mine = claim(o.shards, lambda s: s.part, o.root / layout.PARTS, n_workers, index)
     todo = mine.todo
     result = ExtractResult(parts_skipped=[s.part for s in mine.skipped], damaged_redone=mine.damaged)
     if todo:
         t1 = time.perf_counter()
-        _extract_parts(cfg, o.root, todo, o.forward, o.loaded.preprocess, o.layouts, device, result)
+        _extract_parts(cfg, o.root, todo, o.forward, o.loaded.preprocess, o.layouts, o.masks, device, result)
         result.seconds_streaming = time.perf_counter() - t1
     record_store_stats(cfg.store, {s.part for s in o.shards})
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result: ExtractResult) -> None:
+def _extract_parts(cfg, root, todo, forward, preprocess, layouts, masks, device, result: ExtractResult) -> None:
     # Loaders send uint8 images; the device divides and normalises (bitwise open_clip's result).
     split = split_preprocess(preprocess)
     loader = make_loader(
         todo, split.host if split else preprocess, cfg.batch_size, cfg.label_key, cfg.loader_workers,
-        pin_memory=device.type == "cuda"
+        pin_memory=device.type == "cuda", masks=masks
     )
     out_dtype = torch.float16 if cfg.dtype == "float16" else torch.float32
     writers: dict[str, PartWriter] = {}
@@ -152,22 +188,22 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
         if part not in writers:
             # The tar's sample count sizes the chunks so the part's last chunk wastes little disk.
             writers[part] = PartWriter(root, part, source, layouts, cfg.dtype, cfg.compression,
-                                       expected_images=count_samples(source))
+                                       expected_images=count_samples(source), patch_grids=masks.grids if masks else ())
         return writers[part]
 
-    def append(part, source, keys, labels, acts, stats):
-        writer_for(part, source).append(keys, labels, acts, stats)
+    def append(part, source, keys, labels, acts, stats, patches):
+        writer_for(part, source).append(keys, labels, acts, stats, patches)
 
     def close(part, source, report):
         writer_for(part, source).close({"source": source, **report})
         del writers[part]
 
-    def write_batch(part, keys, labels, slot):
+    def write_batch(part, keys, labels, patches, slot):
         try:
             arrays = slot.arrays()
             acts = {h: a for h, a in arrays.items() if not h.endswith("\0stats")}
             stats = {h: HookStats.from_reduced(a.shape[0] * a.shape[1], arrays[f"{h}\0stats"]) for h, a in acts.items()}
-            append(part, sources[part], keys, labels, acts, stats)
+            append(part, sources[part], keys, labels, acts, stats, patches)
         finally:
             ring.release(slot)
 
@@ -191,8 +227,9 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, device, result
                 reduced = {f"{h}\0stats": HookStats.reduce(a) for h, a in stored.items()}
                 slot = ring.acquire(runner.check)
                 slot.fill({**stored, **reduced})
-                runner.submit(lambda p=part, k=item["keys"], lb=item["labels"].numpy(), s=slot:
-                              write_batch(p, k, lb, s))
+                patches = {g: (lab.numpy(), share.numpy()) for g, (lab, share) in item["patch_labels"].items()}
+                runner.submit(lambda p=part, k=item["keys"], lb=item["labels"].numpy(), pl=patches, s=slot:
+                              write_batch(p, k, lb, pl, s))
                 result.images += len(item["keys"])
                 bar.update(len(item["keys"]))
             else:

@@ -7,7 +7,6 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import torch
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
@@ -52,6 +51,13 @@ def iter_samples(path: str, label_key: str | None, report: TarReport) -> Iterato
     A truncated or unreadable tar ends the iteration after its last whole sample and sets
     ``report.truncated``; the samples before it are kept.
     """
+    for key, data, label, _ in iter_samples_with(path, label_key, report, None):
+        yield key, data, label
+
+
+def iter_samples_with(path: str, label_key: str | None, report: TarReport,
+                      extra: str | None) -> Iterator[tuple[str, bytes, int, bytes | None]]:
+    """:func:`iter_samples`, with each sample's file of extension ``extra`` too (None where it has none)."""
 
     def skip_duplicate(exc: Exception) -> bool:
         report.fail("?", f"{type(exc).__name__}: {exc.args[0] if exc.args else exc}")
@@ -67,7 +73,7 @@ def iter_samples(path: str, label_key: str | None, report: TarReport) -> Iterato
                 if ext is None:
                     report.fail(key, "no image (jpg, jpeg, png or webp) in sample")
                     continue
-                yield key, sample[ext], _label(sample, label_key)
+                yield key, sample[ext], _label(sample, label_key), sample.get(extra) if extra else None
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         report.truncated = f"{type(exc).__name__}: {exc}"
 
@@ -101,9 +107,8 @@ def count_samples(path: str) -> int | None:
     return len(keys) or None
 
 
-def decode_image(data: bytes, preprocess) -> torch.Tensor:
-    """Decode fully (so a truncated JPEG fails here, not later) and preprocess to (3, H, W)."""
+def decode_rgb(data: bytes) -> Image.Image:
+    """The image in ``data``, decoded fully and converted to RGB."""
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        rgb = im.convert("RGB")
-    return preprocess(rgb)
+        return im.convert("RGB")

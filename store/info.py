@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from clipsae.store import layout
 from clipsae.store.location import storage_of
 from clipsae.store.reader import ActivationStore
 
@@ -36,6 +37,9 @@ def summarize(store: ActivationStore) -> dict:
         "parts_truncated": truncated,
         "disk_bytes": storage_of(store.path).disk_bytes(store.path),
         "hooks": hooks,
+        "mask_classes": len(store.mask_classes() or {}),
+        "patch_grids": sorted({layout.grid_name(store.layout(h).grid) for h in store.hooks
+                               if store.mask_classes() is not None and store.layout(h).grid is not None}),
         "integrity": {"checked": False, "problems": []},
     }
 
@@ -61,6 +65,8 @@ def format_summary(s: dict) -> str:
         + (f", {len(s['parts_damaged'])} DAMAGED (run `clipsae store verify`)" if s["parts_damaged"] else "")
         + f"  (store format {s['format_version']})",
         f"disk       {s['disk_bytes'] / 2**20:.1f} MiB",
+        f"patches    labelled from segmentation masks: {s['mask_classes']} classes, grid(s) {', '.join(s['patch_grids'])}"
+        if s["patch_grids"] else "patches    no patch labels (extracted without segmentation masks)",
         _integrity_line(s["integrity"]),
     ]
     for h, v in s["hooks"].items():

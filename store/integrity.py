@@ -94,6 +94,37 @@ def _check_keys_and_labels(store: ActivationStore, report: VerifyReport) -> bool
     return keys_readable
 
 
+def _check_patch_labels(store: ActivationStore, report: VerifyReport) -> None:
+    """Each part's patch labels and shares: one row per image and patch of each grid, every chunk
+    against its CRC32C, labels among the mask classes, shares in (0, 1]."""
+    classes = store.mask_classes()
+    if classes is None:
+        return
+    grids = sorted({store.layout(h).grid for h in store.hooks if store.layout(h).grid is not None})
+    known = np.array(sorted({0, *classes}))
+    for part in store.parts:
+        for grid in grids:
+            for array in (layout.PATCH_LABELS, layout.PATCH_LABEL_SHARE):
+                name = f"{array}/{layout.grid_name(grid)}"
+                problem = lambda text, n=name: report.part_problem(part.name, f"{n}: {text}")  # noqa: E731
+                try:
+                    arr = zb.Array(store.path / layout.PARTS / part.name / name, recorded_checksums(part.attrs, name))
+                except FileNotFoundError:
+                    problem("the array is missing")
+                    continue
+                want = (part.n_images, grid[0] * grid[1])
+                if arr.shape != want:
+                    problem(f"shape {arr.shape}, expected {want}")
+                    continue
+                for rows in _intact_chunks(arr, problem):
+                    if array == layout.PATCH_LABELS and not np.isin(rows, known).all():
+                        problem(f"class index {int(np.setdiff1d(rows, known)[0])} is not among the mask classes")
+                    if array == layout.PATCH_LABEL_SHARE and not ((rows > 0) & (rows <= 1)).all():
+                        problem("a share outside (0, 1]")
+    report.checked.append(f"patch labels: {len(grids)} grid(s) of {len(classes)} mask classes, every chunk against "
+                          f"its CRC32C, labels and shares in range")
+
+
 def _check_codes(store: ActivationStore, report: VerifyReport) -> None:
     """Every chunk of every complete codes part is there and has the CRC32C recorded when it was written."""
     for name in codes_names(store.path):
@@ -138,5 +169,6 @@ def verify(store: ActivationStore) -> VerifyReport:
             report.problems.append(f"{len(dup)} keys occur more than once (first: {dup[0]!r})")
     report.checked.append(f"activations: {len(store.parts)} complete part(s), {store.n_images} images, hooks "
                           f"{', '.join(store.hooks)}: every chunk against its CRC32C, keys, labels, non-finite values")
+    _check_patch_labels(store, report)
     _check_codes(store, report)
     return report

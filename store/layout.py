@@ -12,6 +12,11 @@ PARTS = "parts"
 ACTS = "acts"
 KEYS = "keys"
 LABELS = "labels"
+# Per patch grid (``16x16``), each image's patches' majority class from its segmentation mask and that
+# class's share of the patch's pixels: PATCH_LABELS/<grid> (uint16) and PATCH_LABEL_SHARE/<grid> (float16).
+PATCH_LABELS = "patch_labels"
+PATCH_LABEL_SHARE = "patch_label_share"
+MASK_CLASSES = "mask_classes"  # store config: class index -> name of the masks' indices (0 = unlabelled)
 COMPLETE = "complete"
 STARTED_BY = "started_by"  # part attribute: host, pid, time (and Slurm job) of the writer that began it
 CHUNKS = "chunks"  # part attribute: per hook, rows per chunk and each chunk's CRC32C
@@ -27,6 +32,11 @@ COMPRESSIONS = ("none", "zstd")
 ANALYSIS_SUFFIX = "-analysis"  # codes/<name>-analysis: where analyses of codes <name> write by default
 # Which of a hook's stored tokens a command reads (or extract keeps): the CLS token, the patches, or all.
 TOKEN_MODES = ("cls", "patches", "all")
+
+
+def grid_name(grid: tuple[int, int]) -> str:
+    """The name a patch grid's label arrays carry in a part: ``16x16``."""
+    return f"{grid[0]}x{grid[1]}"
 
 
 def chunk_rows(n_tokens: int, d: int, itemsize: int, target_bytes: int = TARGET_CHUNK_BYTES,

@@ -216,6 +216,33 @@ class ActivationStore:
         """Each image's integer label, -1 where the shard had none."""
         return self._labels
 
+    def mask_classes(self) -> dict[int, str] | None:
+        """Class index → name of the patch labels (0 = unlabelled), or None for a store without masks."""
+        classes = self.config.get(layout.MASK_CLASSES)
+        return None if classes is None else {int(k): v for k, v in classes.items()}
+
+    def patch_grid(self, hook: str) -> tuple[int, int]:
+        """The patch grid of ``hook`` whose labels the store keeps; one line where it keeps none."""
+        grid = self.layout(hook).grid
+        if self.mask_classes() is None:
+            raise ClipsaeError(f"{self.path} holds no patch labels: extract from tars with segmentation masks "
+                               f"(--mask-ext, --mask-classes) to get them")
+        if grid is None:
+            raise ClipsaeError(f"hook {hook} of {self.path} has no patch grid, so no patch labels")
+        return grid
+
+    def patch_labels(self, hook: str) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's patches' class and that class's share of the patch's pixels, at ``hook``'s grid:
+        (labels (n_images, patches) uint16, shares (n_images, patches) float16), in global image order;
+        each chunk checked against its recorded CRC32C."""
+        name = layout.grid_name(self.patch_grid(hook))
+        out = []
+        for array in (layout.PATCH_LABELS, layout.PATCH_LABEL_SHARE):
+            at = f"{array}/{name}"
+            out.append(np.concatenate([self._read_small(p, at, lambda f, crc: zb.Array(f, crc).read_all())
+                                       for p in self.parts]) if self.parts else np.empty((0, 0)))
+        return out[0], out[1]
+
     def sources(self) -> np.ndarray:
         """Each image's source tar, in global order."""
         return np.repeat(np.array([p.source for p in self.parts], dtype=object), [p.n_images for p in self.parts])

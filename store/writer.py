@@ -12,7 +12,7 @@ import numpy as np
 from clipsae.errors import ClipsaeError
 from clipsae.store import layout
 from clipsae.store import zarr_backend as zb
-from clipsae.store.layout import HookLayout
+from clipsae.store.layout import HookLayout, grid_name
 from clipsae.store.location import check_reachable, store_path
 from clipsae.store.parts import GroupSchema, WritingPart, complete_names, open_group
 from clipsae.store.stats import HookStats
@@ -76,6 +76,7 @@ class PartWriter(WritingPart):
         compression: str = "none",
         chunk_bytes: int = layout.TARGET_CHUNK_BYTES,
         expected_images: int | None = None,
+        patch_grids: Sequence[tuple[int, int]] = (),
     ):
         if compression not in layout.COMPRESSIONS:
             raise ClipsaeError(f"compression must be one of {', '.join(layout.COMPRESSIONS)}, not {compression!r}")
@@ -89,6 +90,16 @@ class PartWriter(WritingPart):
             self._arrays[h.name] = self.appender(h.name, (h.n_tokens, h.d), rows, dtype, compression,
                                                  at=f"{layout.ACTS}/{h.name}")
             self.stats[h.name] = HookStats()
+        self._patch_arrays = {}
+        if patch_grids:
+            zb.create_group(self.dir / layout.PATCH_LABELS, {})
+            zb.create_group(self.dir / layout.PATCH_LABEL_SHARE, {})
+        for g in patch_grids:
+            n = g[0] * g[1]
+            rows = layout.fitted_rows(max(1, chunk_bytes // (n * 2)), expected_images)
+            self._patch_arrays[grid_name(g)] = tuple(
+                self.appender(f"{array}/{grid_name(g)}", (n,), rows, dtype) for array, dtype in
+                ((layout.PATCH_LABELS, "uint16"), (layout.PATCH_LABEL_SHARE, "float16")))
         self._keys: list[str] = []
         self._labels: list[int] = []
 
@@ -102,12 +113,19 @@ class PartWriter(WritingPart):
         labels: Sequence[int],
         acts: Mapping[str, np.ndarray],
         stats: Mapping[str, HookStats] | None = None,
+        patch_labels: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         """Add a batch of images: ``acts[hook]`` is (len(keys), n_tokens, d).
 
         ``stats`` are the batch's statistics if the caller already has them (extraction
-        computes them on the GPU); otherwise they are computed here.
+        computes them on the GPU); otherwise they are computed here. ``patch_labels[grid]`` is the
+        images' (labels, shares), each (len(keys), patches), for every grid the part was made with.
         """
+        if sorted(patch_labels or {}) != sorted(self._patch_arrays):
+            raise ValueError(f"patch labels for grids {sorted(patch_labels or {})}, the part has {sorted(self._patch_arrays)}")
+        for g, (labels_IP, share_IP) in (patch_labels or {}).items():
+            self._patch_arrays[g][0].append(np.asarray(labels_IP, dtype=np.uint16))
+            self._patch_arrays[g][1].append(np.asarray(share_IP, dtype=np.float16))
         for name, arr in acts.items():
             if arr.shape[0] != len(keys):
                 raise ValueError(f"hook {name}: {arr.shape[0]} rows for {len(keys)} keys")
@@ -154,6 +172,8 @@ def write_store(
     part: str = "part-00000",
     layouts: Mapping[str, Mapping] | None = None,
     source: str = "write_store",
+    mask_classes: Mapping[int, str] | None = None,
+    patch_labels: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
     """Write activations computed elsewhere as a store (or one more part of one).
 
@@ -163,6 +183,9 @@ def write_store(
     ``layouts[hook]`` describes a hook's tokens: ``cls_token`` (token 0 is CLS), ``grid``
     ((rows, cols) of the patch tokens that follow) and ``meaning`` (free text). ``source`` is the
     webdataset tar the images came from, where analyses read them back to show them.
+    ``mask_classes`` (class index → name, 0 = unlabelled) and ``patch_labels`` (per patch grid name, as
+    ``"16x16"``: each image's patches' labels and shares, (n, patches) each) go together, for every grid
+    of the hooks.
     """
     keys = [str(k) for k in keys]
     n = len(keys)
@@ -184,15 +207,20 @@ def write_store(
                  for h, a in shaped.items()]
     except (TypeError, ValueError) as exc:
         raise ClipsaeError(f"layouts: {exc}") from None
+    grids = sorted({h.grid for h in hooks if h.grid is not None}) if mask_classes is not None else []
+    if sorted(patch_labels or {}) != [grid_name(g) for g in grids]:
+        raise ClipsaeError(f"patch_labels cover grids {sorted(patch_labels or {})}; with mask_classes they must cover "
+                           f"the hooks' grids {[grid_name(g) for g in grids]}")
     user = dict(attrs or {})
     config = {
         "model": user.pop("model", "unknown"),
         "tokens": user.pop("tokens", "all"),
         "dtype": dtype,
         "hooks": {h.name: h.to_json() for h in hooks},
+        **({layout.MASK_CLASSES: {str(k): v for k, v in mask_classes.items()}} if mask_classes is not None else {}),
         **user,
     }
     root = open_root(path, config, {"created_by": "clipsae.store.write_store"})
-    writer = PartWriter(root, part, source=source, hooks=hooks, dtype=dtype, expected_images=n)
-    writer.append(keys, labels, shaped)
+    writer = PartWriter(root, part, source=source, hooks=hooks, dtype=dtype, expected_images=n, patch_grids=grids)
+    writer.append(keys, labels, shaped, patch_labels=patch_labels)
     writer.close()
