@@ -309,6 +309,22 @@ def sparse_probe_cmd(store_path, codes_name, out, quiet, ks, attributes_csv, att
         click.echo(line)
 
 
+@analyze_group.command("patch-probe")
+@_codes_options
+@click.option("--min-share", type=float, default=0.5, show_default=True,
+              help="A patch is a sample when its label covers at least this share of its pixels.")
+@click.option("--top", type=int, default=None, help="Keep each class's N best features in patch_probe.csv [default: every live feature].")
+@click.option("--device", default="cpu", show_default=True, help="Where the Newton passes run: cpu, cuda, cuda:N or auto.")
+def patch_probe_cmd(store_path, codes_name, out, quiet, min_share, top, device):
+    """saev's probe1d: a 1-D logistic probe of each feature for each segmented class (patch_probe.csv, mAP)."""
+    from clipsae.analysis.commands import Target
+    from clipsae.analysis.evaluation.patch_probe import run_patch_probe
+
+    t = Target.open(store_path, codes_name, out, progress=not quiet)
+    for line in run_patch_probe(t, min_share, top, device):
+        click.echo(line)
+
+
 @analyze_group.command("monosemanticity")
 @_codes_options
 @_BY

@@ -333,6 +333,17 @@ class Codes:
                     lat, val = self._read(i, "token_latents", lo, hi), self._read(i, "token_values", lo, hi)
                 yield int(img) + part.offset, lat[start - lo:start - lo + t], val[start - lo:start - lo + t]
 
+    def iter_token_blocks(self, max_rows: int = _ENTRY_CHUNK) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first image's global index, latents (n·T, K), values (n·T, K)) of runs of whole images in
+        global order, about ``max_rows`` token rows at a time; latent −1 means none."""
+        t = self.n_positions
+        for i, part in enumerate(self.store.parts):
+            step = max(1, max_rows // t)
+            for start in range(0, part.n_images, step):
+                stop = min(start + step, part.n_images)
+                yield (part.offset + start, self._read(i, "token_latents", start * t, stop * t),
+                       self._read(i, "token_values", start * t, stop * t))
+
     def token_codes(self, image: int) -> tuple[np.ndarray, np.ndarray]:
         """(latents (T, K), values (T, K)) of one image's encoded tokens; latent −1 means none."""
         i, local = self._locate(image)
