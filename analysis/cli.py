@@ -325,6 +325,34 @@ def patch_probe_cmd(store_path, codes_name, out, quiet, min_share, top, device):
         click.echo(line)
 
 
+@analyze_group.command("absorption")
+@_codes_options
+@click.option("--hierarchy", "hierarchy_path", required=True, type=click.Path(path_type=Path),
+              help="JSON {parent: [child, …]} over the store's class names (or attribute tasks).")
+@_BY
+@click.option("--classes", type=click.Path(path_type=Path), default=None,
+              help="Class names of the labels [default: classes.json beside the tars].")
+@click.option("--attributes", "attributes_csv", type=click.Path(path_type=Path), default=None,
+              help="CSV of per-image attributes whose binary columns may be children too (as `analyze probe` reads it).")
+@click.option("--attributes-json", default=None, help="Or these fields of each sample's .json in the store's tars.")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Folder now holding the store's tars [default: where the store says].")
+@click.option("--sae", "sae_path", type=click.Path(path_type=Path), default=None,
+              help="The SAE that made the codes [default: the folder encode recorded].")
+def absorption_cmd(store_path, codes_name, out, quiet, hierarchy_path, by, classes, attributes_csv, attributes_json,
+                   shards, sae_path):
+    """SAEBench's feature absorption and splitting over a hierarchy of classes (absorption.csv)."""
+    from clipsae.analysis.attributes import from_options
+    from clipsae.analysis.commands import Target
+    from clipsae.analysis.evaluation.absorption import run_absorption
+
+    t = Target.open(store_path, codes_name, out, progress=not quiet)
+    attrs = (from_options(t.store, attributes_csv, attributes_json, shards)
+             if attributes_csv is not None or attributes_json is not None else None)
+    for line in run_absorption(t, hierarchy_path, by, classes, shards, attrs, sae_path):
+        click.echo(line)
+
+
 @analyze_group.command("monosemanticity")
 @_codes_options
 @_BY

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsae.analysis.defaults import ENTROPY_K
+from clipsae.analysis.evaluation.patch_probe import SUMMARY_FILE as PATCH_PROBE_FILE
 from clipsae.analysis.evaluation.sparse_probe import DEFAULT_KS as PROBE_KS
 from clipsae.analysis.evaluation.sparse_probe import summary_file
 from clipsae.analysis.evaluation.stability import (
@@ -26,26 +27,32 @@ from clipsae.analysis.features.fit import fit as store_fit
 from clipsae.analysis.features.label_entropy import label_entropy
 from clipsae.analysis.features.monosemanticity import embedding_hook, monosemanticity
 from clipsae.analysis.features.top_images import top_images
+from clipsae.analysis.output import by_setting
 from clipsae.analysis.report.siblings import splice_result
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes, default_analysis_dir
 
 COLUMNS = ("store", "codes", "hook", "layer", "sae", "latents", "k", "tokens", "l0", "fvu", "explained_variance", "dead_share",
            "dense_share", "median_density", "median_label_entropy", "median_ms", "spliced_cosine", "ce_recovered",
-           "ce_recovered_mean", "kl", "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe", "seeds",
+           "ce_recovered_mean", "kl", "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe", "patch_map",
+           "patch_purity_16", "patch_coverage_0.3", "absorption_rate", "full_absorption_rate", "split_count", "seeds",
            "stability", "stability_init", "live_latents")
 # The figures averaged over the seeds of a row; each has a <name>_std column (empty for one seed).
 AVERAGED = ("tokens", "l0", "fvu", "explained_variance", "dead_share", "dense_share", "median_density",
             "median_label_entropy", "median_ms", "spliced_cosine", "ce_recovered", "ce_recovered_mean", "kl",
-            "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe")
+            "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe", "patch_map", "patch_purity_16",
+            "patch_coverage_0.3", "absorption_rate", "full_absorption_rate", "split_count")
+# From patch_probe.json (``analyze patch-probe``) and absorption.json (``analyze absorption``), where they ran.
+PATCH_PROBE = {"patch_map": "map", "patch_purity_16": "purity_16", "patch_coverage_0.3": "coverage_0.3"}
+ABSORPTION = ("absorption_rate", "full_absorption_rate", "split_count")
 COLUMNS = COLUMNS + tuple(f"{c}_std" for c in AVERAGED) + ("sae_path",)
 SPLICE_ZERO_SHOT = ("ce_recovered", "ce_recovered_mean", "kl")  # from splice.json's zero_shot, where splice ran
 # Below this many encoded tokens the fit figures of a row move by more than the differences compared.
 MIN_TOKENS = 10_000
 # compare.md's columns: the figures a paper's table shows (compare.csv has them all).
 MARKDOWN = ("codes", "hook", "sae", "latents", "k", "tokens", "l0", "fvu", "dead_share", "median_label_entropy",
-            "median_ms", "ce_recovered", "kl", "sparse_probe_k1", "sparse_probe_k5", "dense_probe", "seeds", "stability",
-            "stability_init")
+            "median_ms", "ce_recovered", "kl", "sparse_probe_k1", "sparse_probe_k5", "dense_probe", "patch_map",
+            "patch_purity_16", "absorption_rate", "full_absorption_rate", "seeds", "stability", "stability_init")
 # Drawn side by side, one panel each, against the layer.
 PLOTTED = (("l0", "L0 (active latents per token)"), ("explained_variance", "explained variance"),
            ("dead_share", "dead share"), ("median_density", "median image density (live)"),
@@ -80,10 +87,14 @@ def _median(x: np.ndarray) -> float:
     return float(np.median(x)) if len(x) else float("nan")
 
 
-def _sparse_probe_summary(analysis: Path, by: str) -> dict:
-    """sparse_probe.json of ``analyze sparse-probe --by by`` on these codes, or {} where it did not run."""
-    path = analysis / summary_file(by)
+def _summary(path: Path) -> dict:
+    """An analysis's summary JSON, or {} where the analysis did not run."""
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _figure(summary: dict, key: str) -> float:
+    value = summary.get(key)
+    return float("nan") if value is None else float(value)
 
 
 def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, device) -> Row:
@@ -110,7 +121,9 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
     splice = splice_result(analysis)
     spliced = splice["cosine_spliced"]["mean"] if splice and "cosine_spliced" in splice else float("nan")
     zero_shot = (splice or {}).get("zero_shot") or {}
-    probing = _sparse_probe_summary(analysis, by)
+    probing = _summary(analysis / summary_file(by))
+    patches = _summary(analysis / PATCH_PROBE_FILE)
+    absorbed = _summary(analysis / by_setting("absorption", ".json", by))
     section = clipsae_section(codes.identity.get("provenance", {}).get("sae_path"))
     values = {"store": str(store.path), "codes": codes.name, "hook": codes.hook, "layer": layer_of(codes.hook),
               "sae": f"{(section or {}).get('spec', {}).get('arch') or sae.get('architecture')} ({sae.get('format')})", "latents": codes.d_sae, "k": sae.get("k"),
@@ -121,7 +134,9 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
               "median_label_entropy": _median(ent.entropy_F), "median_ms": ms, "spliced_cosine": spliced,
               **{c: zero_shot.get(c, float("nan")) for c in SPLICE_ZERO_SHOT},
               **{f"sparse_probe_k{k}": probing.get("accuracy", {}).get(str(k), float("nan")) for k in PROBE_KS},
-              "dense_probe": probing.get("dense_accuracy") if probing.get("dense_accuracy") is not None else float("nan"),
+              "dense_probe": _figure(probing, "dense_accuracy"),
+              **{c: _figure(patches, key) for c, key in PATCH_PROBE.items()},
+              **{c: _figure(absorbed, c) for c in ABSORPTION},
               "seeds": 1, "stability": float("nan"), "stability_init": float("nan"), "live_latents": float("nan"),
               "sae_path": codes.identity.get("provenance", {}).get("sae_path")}
     return Row(values, notes, seed_group(codes, section), (codes,), (section,))

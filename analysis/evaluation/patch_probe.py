@@ -20,7 +20,7 @@ from clipsae.errors import ClipsaeError
 DEFAULT_MIN_SHARE = 0.5
 PURITY_TOP = 16
 COVERAGE_AP = 0.3
-SUMMARY_FILE = "patch_probe.json"
+SUMMARY_FILE = "patch_probe.json"  # at the default --min-share, which ``analyze compare`` reads
 COLUMNS = ("feature", "class", "w", "b", "loss", "probe_r", "ap")
 CLASS_COLUMNS = ("class", "patches", "best_feature", "ap", "purity_16")
 SUMMARY_KEYS = ("map", "purity_16", "coverage_0.3")
@@ -130,8 +130,11 @@ def run_patch_probe(t, min_share: float = DEFAULT_MIN_SHARE, top: int | None = N
     """patch_probe.csv, patch_probe_classes.csv and patch_probe.json for the codes of target ``t``."""
     from tqdm import tqdm
 
-    from clipsae.analysis.output import write_csv, write_json
+    from clipsae.analysis.output import by_setting, write_csv, write_json
     from clipsae.device import resolve_device
+
+    def named(stem: str, suffix: str) -> str:  # another --min-share never overwrites the default's files
+        return by_setting(stem, suffix, min_share=(min_share, DEFAULT_MIN_SHARE))
 
     if top is not None and top < 1:
         raise ClipsaeError(f"--top must be at least 1, not {top}")
@@ -145,12 +148,12 @@ def run_patch_probe(t, min_share: float = DEFAULT_MIN_SHARE, top: int | None = N
         fit = fit_probes(e, str(resolve_device(device)), progress)
     best = best_per_class(fit, e)
     summary = summarize(best)
-    pairs = write_csv(t.out / "patch_probe.csv", COLUMNS, pair_rows(fit, samples.class_names, top))
+    pairs = write_csv(t.out / named("patch_probe", ".csv"), COLUMNS, pair_rows(fit, samples.class_names, top))
     class_rows = [(name, int(e.positives_C[c]), int(best.feature_C[c]), float(best.ap_C[c]), float(best.purity_C[c]))
                   for c, name in enumerate(samples.class_names)]
     class_rows += [(name, 0, None, None, None) for name in samples.absent]
-    per_class = write_csv(t.out / "patch_probe_classes.csv", CLASS_COLUMNS, class_rows)
-    js = write_json(t.out / SUMMARY_FILE, {"codes": t.codes.name, **summary, "classes": len(samples.class_names),
+    per_class = write_csv(t.out / named("patch_probe_classes", ".csv"), CLASS_COLUMNS, class_rows)
+    js = write_json(t.out / named("patch_probe", ".json"), {"codes": t.codes.name, **summary, "classes": len(samples.class_names),
                                            "absent_classes": samples.absent, "patches": e.n_samples,
                                            "min_share": min_share, "live_features": len(fit.features_F),
                                            "newton_passes": fit.iterations})

@@ -233,7 +233,7 @@ def _ap_one_order(e: Entries, start, stop, descending: bool) -> np.ndarray:
     first = np.r_[True, (f_p[1:] != f_p[:-1]) | (c_p[1:] != c_p[:-1]) | (g_p[1:] != g_p[:-1])]
     starts = np.flatnonzero(first)
     m = np.diff(np.r_[starts, len(pos)])
-    uf, uc, ug, up = f_p[starts], c_p[starts], g_p[starts], pos[starts]
+    uf, uc, up = f_p[starts], c_p[starts], pos[starts]
     pair = uf * c + uc
     new_pair = np.r_[True, pair[1:] != pair[:-1]]
     cum = np.cumsum(m)

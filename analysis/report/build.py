@@ -21,7 +21,7 @@ from clipsae.analysis.output import out_dir
 from clipsae.analysis.random_weights import WARNING as RANDOM_WEIGHTS_WARNING
 from clipsae.analysis.random_weights import store_has_random_weights as random_weights
 from clipsae.analysis.report import siblings, site
-from clipsae.analysis.report.content import FeatureContent, PatchMaps
+from clipsae.analysis.report.content import ClassMaps, FeatureContent, PatchMaps
 from clipsae.analysis.report.thumbnails import write_thumbnails
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes, PartSums
@@ -114,6 +114,13 @@ def _monosemanticity(cfg: ReportConfig, store: ActivationStore, codes: Codes, li
     return monosemanticity(codes, hook, cfg.by)
 
 
+def _class_maps(store: ActivationStore, codes: Codes) -> ClassMaps | None:
+    """The store's patch labels at the codes' hook, to draw a class over a feature's top image; None without."""
+    if store.mask_classes() is None:
+        return None
+    return ClassMaps(store.patch_labels(codes.hook)[0], {name: i for i, name in store.mask_classes().items()})
+
+
 def _shown_pairs(top: TopImages, samples: IntervalSamples, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(feature, image) of every image the live features' pages show: top images and interval samples."""
     imgs = np.concatenate([top.images_FK[live], samples.images_FQS[live].reshape(len(live), -1)], axis=1)
@@ -165,10 +172,12 @@ def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Pa
     n_thumbs = write_thumbnails(store, img_P, partial / "images", cfg.thumb_size, cfg.shards, cfg.progress)
 
     matchings = siblings.matchings(analysis)
+    segments = siblings.segmented_classes(analysis)
     content = FeatureContent(top, samples, dens, ent, top20, store.labels(), store.keys(),
                              class_names(store, cfg.classes, cfg.shards), nearest, siblings.feature_names(analysis),
                              matchings, PatchMaps(grid, feat_P, img_P, maps), None if ms is None else ms.ms_F,
-                             siblings.probed_attributes(analysis), random_weights=random_weights(store))
+                             siblings.probed_attributes(analysis), random_weights=random_weights(store),
+                             segments=segments, class_maps=_class_maps(store, codes) if segments and grid else None)
     folder = partial / "features"
     folder.mkdir()
     match_folders = [siblings.relative_link(m.other_report / "features", out / "features") for m in matchings]

@@ -47,6 +47,21 @@ class PatchMaps:
 
 
 @dataclass(frozen=True)
+class ClassMaps:
+    """Where each class covers an image's patches, from the store's patch labels (images × patches)."""
+
+    labels_IP: np.ndarray
+    index_of: dict[str, int]  # class name → mask class index
+
+    def get(self, name: str, image: int) -> str | None:
+        """Base64 of the grid's bytes, 255 where the patch is of class ``name``, else 0; None for an unknown class."""
+        if name not in self.index_of:
+            return None
+        cells = ((self.labels_IP[image] == self.index_of[name]) * 255).astype(np.uint8)
+        return base64.b64encode(cells.tobytes()).decode("ascii")
+
+
+@dataclass(frozen=True)
 class FeatureContent:
     """Everything the per-feature pages are made of, for all features at once."""
 
@@ -65,6 +80,8 @@ class FeatureContent:
     ms_F: np.ndarray | None = None  # monosemanticity scores, where the store has image embeddings
     attributes: dict | None = None  # from probe.csv: feature → [(attribute, statistic, value)]
     random_weights: bool = False  # the store's model was not pretrained: names and zero-shot figures mean nothing
+    segments: dict | None = None  # from patch_probe.csv: feature → [(class, AP, probe_r)], best first
+    class_maps: "ClassMaps | None" = None  # the store's patch labels, to show where a class is
 
     @property
     def live(self) -> np.ndarray:
@@ -122,6 +139,10 @@ class FeatureContent:
             rec["ms"] = sig(self.ms_F[f])
         rec["attributes"] = [{"attribute": a, "statistic": st, "value": sig(v)}
                              for a, st, v in (self.attributes or {}).get(f, [])]
+        rec["segments"] = [{"class": c, "ap": sig(ap), "probe_r": sig(pr)} for c, ap, pr in (self.segments or {}).get(f, [])]
+        if rec["segments"] and top and self.class_maps is not None:
+            best = rec["segments"][0]["class"]
+            rec["segment_map"] = {**top[0], "class": best, "class_map": self.class_maps.get(best, top[0]["image"])}
         if self.nearest is not None:
             rec["nearest"] = [{"feature": int(j), "cosine": sig(c), "live": bool(not d.dead_F[j])}
                               for j, c in zip(self.nearest.features_FN[f].tolist(), self.nearest.cosine_FN[f].tolist())]

@@ -1,5 +1,5 @@
 """What other analyses of the same codes left beside them, for the report to show:
-correlate matchings, feature names, attribute probes and the spliced check."""
+correlate matchings, feature names, attribute probes, segmented classes and the spliced check."""
 
 import csv
 import json
@@ -13,6 +13,8 @@ from clipsae.store.codes import default_analysis_dir
 REPORT_DIR = "report"
 NAMES_SHOWN = 3
 ATTRIBUTES_SHOWN = 3
+SEGMENTS_SHOWN = 3
+PATCH_PROBE_FILE = "patch_probe.csv"  # analysis/evaluation/patch_probe.py at the default --min-share
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,20 @@ def probed_attributes(analysis: Path) -> dict[int, list[tuple[str, str, float]]]
             strength = abs(v - 0.5) if stat == "AUROC" else abs(v)
             ranked.setdefault(int(r["feature"]), []).append((-strength, r["attribute"], stat, v))
     return {f: [(a, s, v) for _, a, s, v in sorted(rows)[:ATTRIBUTES_SHOWN]] for f, rows in ranked.items()}
+
+
+def segmented_classes(analysis: Path) -> dict[int, list[tuple[str, float, float]]]:
+    """patch_probe.csv from ``analyze patch-probe``: each feature's classes it segments best, (class, AP,
+    probe_r), by AP (ties in the file's order)."""
+    path = analysis / PATCH_PROBE_FILE
+    if not path.is_file():
+        return {}
+    ranked: dict[int, list[tuple[float, str, float]]] = {}
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            ranked.setdefault(int(r["feature"]), []).append((-float(r["ap"]), r["class"], float(r["probe_r"])))
+    return {f: [(c, -ap, pr) for ap, c, pr in sorted(rows, key=lambda r: r[0])[:SEGMENTS_SHOWN]]
+            for f, rows in ranked.items()}
 
 
 def splice_result(analysis: Path) -> dict | None:

@@ -104,7 +104,7 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     click.echo("\n".join(commands.run_sae_compare(run_dir, seed_dir, sae_compare_dir, device="cpu")))
     click.echo("(the share of features matched one-to-one above 0.7 says how many directions both seeds learned; the "
                "initial weights' share, from different draws, is the chance level it must beat)")
-    baselines_dir = _baselines(root, store_path, enc.name, seed_dir, train_steps)
+    baselines_dir = _baselines(root, store_path, enc.name, seed_dir, train_steps, shards)
     click.echo("\nnaming the resid.10 features through the text tower (vocabulary: the demo's class names), "
                "and splicing the SAE into the model")
     click.echo("\n".join(run_name_features(target, shards / "classes.json", progress=False)))
@@ -127,7 +127,8 @@ what to look at and do next:
   {used['intervene']}   the model with the "red" features ablated: what its zero-shot read-out lost
   {compare_dir / 'compare.csv'}   resid.6 and resid.10 side by side (and compare.png)
   {sae_compare_dir / 'sae_compare.csv'}   the resid.10 SAE's features matched to another seed's
-  {baselines_dir / 'compare.html'}   the SAE (two seeds) beside the PCA, k-means, NMF and untrained baselines
+  {baselines_dir / 'compare.html'}   the SAE (two seeds) beside the PCA, k-means, NMF and untrained baselines,
+      with sparse probing, patch-level concept alignment (patch_probe*.csv) and absorption (absorption.csv)
   {run_dir / 'density.png'}   the SAE's held-out feature-density histogram
   {exe} store verify {store_path}   checks every chunk of the store
   {exe} train --store {store_path} --hook resid.6 --arch topk,batchtopk --expansion 8 --k 16 --steps 1000
@@ -139,11 +140,13 @@ the report of the resid.10 SAE's features (open it in a browser):
   {report}""")
 
 
-def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, train_steps: int) -> Path:
+def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, train_steps: int, shards: Path) -> Path:
     """The resid.10 SAE's two seeds beside the PCA, k-means, NMF and untrained baselines, scored alike: encoded,
-    sparse-probed and compared in one table. Returns the comparison's folder."""
+    sparse-probed, patch-probed, measured for absorption and compared in one table. Returns the comparison's folder."""
     from clipsae.analysis import commands
     from clipsae.analysis.encode import EncodeConfig, run_encode
+    from clipsae.analysis.evaluation.absorption import run_absorption
+    from clipsae.analysis.evaluation.patch_probe import run_patch_probe
     from clipsae.analysis.evaluation.sparse_probe import run_sparse_probe
     from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS
     from clipsae.errors import ClipsaeError
@@ -170,6 +173,12 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
             click.echo(run_sparse_probe(t, None, (1, 2, 5), "max", True)[0])
         except ClipsaeError as exc:  # a demo of a few images has too few per class to split
             click.echo(f"{name}: sparse probing left out: {exc}")
+    click.echo("\npatch-level concept alignment (saev's probe1d: each feature a 1-D probe of each class over the patches "
+               "the segmentation masks label) and absorption (SAEBench's, each shape the parent of its colour classes):")
+    for name in names:
+        t = commands.Target.open(store_path, name, None, progress=False)
+        click.echo(run_patch_probe(t)[0])
+        click.echo("\n".join(run_absorption(t, shards / "hierarchy.json")[:-1]))
     out = root / "baselines-compare"
     click.echo(f"\nthe SAE's two seeds (one row) beside the baselines → {out}")
     click.echo("\n".join(commands.run_compare([(store_path, n) for n in names], out, "max", DEFAULT_MIN_HITS, None, "cpu")))

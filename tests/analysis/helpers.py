@@ -58,19 +58,29 @@ def reference_codes(cfg: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
     return torch.relu(z)
 
 
-def store_from_tars(path: Path, tars: list[Path], seed: int = 0, embed_d: int | None = None) -> Path:
+def store_from_tars(path: Path, tars: list[Path], seed: int = 0, embed_d: int | None = None,
+                    patch_labels: bool = False) -> Path:
     """A store with one part per webdataset tar (its keys, labels and path), random activations;
-    with ``embed_d``, also a pooled ``embed`` hook of that width."""
-    from clipsae.pipeline.tario import TarReport, iter_samples
+    with ``embed_d``, also a pooled ``embed`` hook of that width; with ``patch_labels``, each patch's class
+    from the tar's masks (mask_classes.json beside it), cut straight into the 2×2 grid."""
+    from clipsae.pipeline.masks import decode_mask, read_mask_classes
+    from clipsae.pipeline.masks import patch_labels as labels_of_mask
+    from clipsae.pipeline.tario import TarReport, iter_samples, iter_samples_with
 
     rng = np.random.default_rng(seed)
     for i, tar in enumerate(sorted(tars)):
         samples = list(iter_samples(str(tar), None, TarReport()))
+        extra = {}
+        if patch_labels:
+            cut = [labels_of_mask(decode_mask(m), GRID) for *_, m in iter_samples_with(str(tar), None, TarReport(), "seg.png")]
+            extra = {"mask_classes": read_mask_classes(Path(tar).parent / "mask_classes.json"),
+                     "patch_labels": {f"{GRID[0]}x{GRID[1]}": (np.stack([c[0] for c in cut]), np.stack([c[1] for c in cut]))}}
         hooks = {"blocks.0": rng.standard_normal((len(samples), N_TOKENS, D)).astype(np.float32)}
         layouts = {"blocks.0": {"cls_token": True, "grid": list(GRID)}}
         if embed_d:
             hooks["embed"] = rng.standard_normal((len(samples), embed_d)).astype(np.float32)
             layouts["embed"] = {"cls_token": False, "grid": None}
         write_store(path, hooks, [k for k, _, _ in samples], labels=[lb for _, _, lb in samples],
-                    attrs={"model": "test"}, dtype="float32", part=f"part-{i:03d}", source=str(tar), layouts=layouts)
+                    attrs={"model": "test"}, dtype="float32", part=f"part-{i:03d}", source=str(tar), layouts=layouts,
+                    **extra)
     return path

@@ -81,6 +81,29 @@
     app.append(el("p", {}, el("label", {}, toggle,
       ` show the feature's code over the ${R.grid[0]}×${R.grid[1]} patch grid (darkened where it is small relative to its largest value)`)));
   }
+  if (R.segments && R.segments.length) {
+    // analyze patch-probe: the classes this feature alone finds best among the segmented patches.
+    app.append(el("h2", { text: "Segments (analyze patch-probe)" }));
+    const t = el("table", { id: "segments" });
+    t.append(el("tr", {}, el("th", { text: "class" }), el("th", { text: "AP" }), el("th", { text: "probe_r" })));
+    for (const s of R.segments) {
+      t.append(el("tr", {}, el("td", { text: s.class }), el("td", { class: "num", text: fmt(s.ap) }),
+        el("td", { class: "num", text: fmt(s.probe_r) })));
+    }
+    app.append(t);
+    const S = R.segment_map;
+    if (S && S.class_map && R.grid && !anyPatch(S.class_map)) {
+      app.append(el("p", { id: "segment-absent", text: `${S.class} covers no patch of the top image` }));
+    } else if (S && S.class_map && R.grid) {
+      // Left: the patches the masks give the class on the top image; right: where the feature fires there.
+      const classCard = card({ ...S, map: S.class_map });
+      classCard.id = "segment-class-map";
+      classCard.append(el("div", { text: `patches of ${S.class}` }));
+      const featureCard = card(S);
+      featureCard.append(el("div", { text: "the feature's code" }));
+      app.append(el("div", { class: "cards" }, classCard, featureCard));
+    }
+  }
   app.append(el("h2", { text: `Top ${R.top.length} images` }), el("div", { class: "cards", id: "top-images" }, ...R.top.map(card)));
   for (const iv of R.intervals) {
     app.append(el("h2", { text: `Values in (${iv.low}, ${iv.high}]` }));

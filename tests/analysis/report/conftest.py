@@ -5,13 +5,13 @@ import pytest
 
 @pytest.fixture(scope="module")
 def tar_encoded(shards, tmp_path_factory):
-    """(store path, SAE folder): a store with one part per synthetic tar (and an ``embed`` hook), encoded by a
-    TopK SAE as codes 'sae' whose latents 0–2 never fire (a large negative encoder bias)."""
+    """(store path, SAE folder): a store with one part per synthetic tar (an ``embed`` hook and patch labels),
+    encoded by a TopK SAE as codes 'sae' whose latents 0–2 never fire (a large negative encoder bias)."""
     from clipsae.analysis.encode import EncodeConfig, run_encode
     from tests.analysis.helpers import sae_weights, saelens_dir, store_from_tars
 
     tmp = tmp_path_factory.mktemp("tar_encoded")
-    store = store_from_tars(tmp / "s.zarr", sorted(shards.glob("*.tar")), embed_d=6)
+    store = store_from_tars(tmp / "s.zarr", sorted(shards.glob("*.tar")), embed_d=6, patch_labels=True)
     w = sae_weights(7)
     w["b_enc"][:3] = -1e3
     sae = saelens_dir(tmp / "sae", {"architecture": "topk", "k": 4}, w)

@@ -150,3 +150,25 @@ def test_the_compare_page_shows_its_table_and_plots_without_errors(browser, tar_
     assert headers[:3] == ["codes", "hook", "sae"] and "stability" in headers
     assert browser.execute_script("return document.querySelectorAll('#compare tbody tr').length") == 1
     assert browser.execute_script("return document.getElementById('plots').naturalWidth") > 0
+
+
+def test_a_page_shows_the_classes_its_feature_segments_and_the_class_over_its_top_image(browser, tar_encoded, tmp_path):
+    from clipsae.analysis.commands import Target
+    from clipsae.analysis.evaluation.patch_probe import run_patch_probe
+    from clipsae.analysis.report.build import ReportConfig, run_report
+    from clipsae.analysis.report.siblings import report_dir
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(tar_encoded[0], store)
+    run_patch_probe(Target.open(store, "sae", None, progress=False))
+    run_report(ReportConfig(store, "sae", k=3, per_interval=2, progress=False))
+    report = report_dir(store, "sae")
+    recs = {f: json.loads((report / "features" / f"{f}.json").read_text()) for f in live_features(report)}
+    f = next(f for f, r in recs.items() if r.get("segment_map") and any(base64.b64decode(r["segment_map"]["class_map"])))
+    assert open_page(browser, report / "features" / f"{f}.html") == []
+    wait_for_images(browser)
+    classes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#segments tr')).slice(1).map(r => r.cells[0].textContent)")
+    assert classes == [s["class"] for s in recs[f]["segments"]]
+    assert browser.execute_script("return document.querySelector('#segment-class-map canvas').width") > 0
+    assert recs[f]["segment_map"]["class"] in browser.find_element("id", "segment-class-map").text

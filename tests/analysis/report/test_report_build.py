@@ -1,3 +1,5 @@
+import base64
+import csv
 import json
 import shutil
 
@@ -160,3 +162,30 @@ def test_index_shows_the_splice_line_and_pages_the_names_left_beside_the_codes(t
     # The attributes feature 5 predicts best, by |AUROC − ½| or |Spearman|: round (0.4), size (0.62), blue (0.1).
     assert [(a["attribute"], a["statistic"]) for a in records(tmp_path / "r")[5]["attributes"]] == [
         ("size", "Spearman"), ("round", "AUROC"), ("blue", "AUROC")]
+
+
+def test_pages_show_the_classes_a_feature_segments_best_with_the_class_over_its_top_image(tar_encoded, tmp_path):
+    from clipsae.analysis.commands import Target
+    from clipsae.analysis.evaluation.patch_probe import run_patch_probe
+    from clipsae.store.reader import ActivationStore
+
+    store, _ = tar_encoded
+    run_patch_probe(Target.open(store, "sae", tmp_path / "analysis", progress=False))
+    analysis = store / "codes" / "sae-analysis"
+    shutil.copy(tmp_path / "analysis" / "patch_probe.csv", analysis / "patch_probe.csv")
+    try:
+        run_report(ReportConfig(store, "sae", out=tmp_path / "r", k=2, per_interval=1, progress=False))
+    finally:
+        (analysis / "patch_probe.csv").unlink()
+    with open(tmp_path / "analysis" / "patch_probe.csv", newline="") as fh:
+        pairs = [r for r in csv.DictReader(fh) if r["feature"] == "5"]
+    best = sorted(pairs, key=lambda r: -float(r["ap"]))[:3]
+    rec = records(tmp_path / "r")[5]
+    assert [s["class"] for s in rec["segments"]] == [r["class"] for r in best]
+    # The class map marks exactly the top image's patches whose stored label is that class.
+    s = ActivationStore.open(store)
+    index = {v: k for k, v in s.mask_classes().items()}[rec["segment_map"]["class"]]
+    cells = np.frombuffer(base64.b64decode(rec["segment_map"]["class_map"]), np.uint8)
+    labels = s.patch_labels("blocks.0")[0][rec["segment_map"]["image"]]
+    assert rec["segment_map"]["image"] == rec["top"][0]["image"]
+    np.testing.assert_array_equal(cells, np.where(labels == index, 255, 0))
