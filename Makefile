@@ -61,6 +61,10 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/report_index.py  # needs Debian's chromium and chromium-driver
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/train_run.py
+	$(BIN)/python bench/sparse_probe.py
+	$(BIN)/python bench/baselines.py
+	$(BIN)/python bench/patch_probe.py
+	$(BIN)/python -m bench.absorption
 
 # The peers' own training steps, in a venv of their own so their pins never touch ours.
 PEERS := .venv-peers
@@ -82,6 +86,7 @@ bench-gpu: $(TEST_STAMP) $(PEERS)/.installed
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/encode.py --d 1024 --expansion 16 --device cuda
 	$(BIN)/python bench/correlate.py --device cuda
+	$(BIN)/python bench/patch_probe.py --device cuda
 
 clean:
 	rm -rf $(VENV) $(PEERS) demo_out

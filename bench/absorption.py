@@ -1,11 +1,11 @@
 """Absorption of TopK and Matryoshka SAEs of one width and L0 on planted hierarchies (docs/benchmarks.md).
 
 For each seed: a planted set (analysis/evaluation/planted_hierarchy.py: 4 parents × 12 children, d = 64,
-6,000 images), a TopK and a Matryoshka SAE (reverse-linear weights) of 64 latents and k = 2 trained for
+6,000 images), a TopK and a Matryoshka SAE (reverse-linear level weights unless asked) of 64 latents and k = 2 trained for
 600 steps of 256, each encoded and scored by ``analyze absorption``. Prints each seed's rates, the means
 and the ratio TopK / Matryoshka.
 
-    .venv/bin/python -m bench.absorption [--seeds 0,1,2,3] [--out /tmp/absorption-bench]
+    .venv/bin/python -m bench.absorption [--seeds 0,1,2,3] [--out /tmp/absorption-bench] [--matryoshka-weighting rw]
 """
 
 import argparse
@@ -23,18 +23,19 @@ from clipsae.analysis.evaluation.planted_hierarchy import HOOK, write_planted_hi
 from clipsae.train.configure import configure_training
 from clipsae.train.trainer import run_train
 
-ARCHS = {"topk": {}, "matryoshka": {"matryoshka_weighting": "rw"}}
+ARCHS = ("topk", "matryoshka")
 LATENTS, K, STEPS, BATCH = 64, 2, 600, 256
 
 
-def planted_absorption(root: Path, seed: int = 0) -> dict[str, dict]:
-    """absorption.json's figures of a TopK and a Matryoshka SAE trained on one planted hierarchy."""
+def planted_absorption(root: Path, seed: int = 0, weighting: str = "rw") -> dict[str, dict]:
+    """absorption.json's figures of a TopK and a Matryoshka SAE (level weights ``weighting``) trained on one
+    planted hierarchy."""
     planted = write_planted_hierarchy(root, seed=seed)
     out = {}
-    for arch, extra in ARCHS.items():
+    for arch in ARCHS:
         run_dir = root / arch
         plan = configure_training(planted.store, hook=HOOK, arch=arch, latents=LATENTS, k=K, batch_size=BATCH,
-                                  steps=STEPS, holdout=0.0, out=run_dir, **extra)
+                                  steps=STEPS, holdout=0.0, out=run_dir, matryoshka_weighting=weighting)
         run_train(plan.cfg, store=plan.store, held=plan.held)
         codes = run_encode(EncodeConfig(planted.store, run_dir, device="cpu", progress=False))
         t = Target.open(planted.store, codes.name, None, progress=False)
@@ -47,11 +48,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--out", type=Path, default=Path("/tmp/absorption-bench"))
+    ap.add_argument("--matryoshka-weighting", default="rw", choices=("uw", "rw"))
     args = ap.parse_args()
     table = {arch: [] for arch in ARCHS}
     for seed in map(int, args.seeds.split(",")):
         t0 = time.perf_counter()
-        rates = planted_absorption(args.out / f"seed{seed}", seed)
+        rates = planted_absorption(args.out / f"{args.matryoshka_weighting}-seed{seed}", seed, args.matryoshka_weighting)
         for arch in ARCHS:
             table[arch].append(rates[arch])
         print(f"seed {seed}: " + "; ".join(f"{a} absorption {r['absorption_rate']:.3f}, full {r['full_absorption_rate']:.3f}, "

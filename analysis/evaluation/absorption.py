@@ -133,12 +133,14 @@ def absorption(codes, sae, hierarchy: dict[str, list[str]], class_names: dict[in
 
     store = codes.store
     tasks = {t.name.removeprefix("class="): t for t in tasks_of(store.labels(), class_names, attributes)}
+    names = set(tasks) | set(class_names.values())  # a class with no image here is known, and has no positives
     for parent, children in hierarchy.items():
-        missing = [c for c in children if c not in tasks]
+        missing = [c for c in children if c not in names]
         if missing:
-            known = ", ".join(list(tasks)[:6]) + (" …" if len(tasks) > 6 else "")
+            known = ", ".join(sorted(names)[:6]) + (" …" if len(names) > 6 else "")
             raise ClipsaeError(f"hierarchy: {parent}'s child {missing[0]!r} is neither a class of the store nor an "
                                f"attribute task (it has {known or 'none'})")
+    hierarchy = {parent: [c for c in children if c in tasks] for parent, children in hierarchy.items()}
     is_test = in_test_split(store.keys())
     known_any = np.zeros(codes.n_images, dtype=bool)
     for children in hierarchy.values():
@@ -153,6 +155,10 @@ def absorption(codes, sae, hierarchy: dict[str, list[str]], class_names: dict[in
     dec_norm = np.linalg.norm(W_dec, axis=1)
     results = []
     for parent, children in tqdm(hierarchy.items(), desc="absorption", unit="parent", disable=not progress):
+        if not children:
+            results.append(ParentResult(parent, float("nan"), [], [], np.zeros(0), np.zeros(0, bool),
+                                        "none of its children has an image here"))
+            continue
         known = np.all([tasks[c].known_I[images] for c in children], axis=0)
         positive = np.any([tasks[c].positive_I[images] for c in children], axis=0)
         train, test = known & ~is_test[images], known & is_test[images]

@@ -25,7 +25,7 @@ import torch
 RIDGE = 1e-6
 TOLERANCE = 1e-12
 MAX_ITER = 100
-BLOCK_ELEMENTS = 2**22
+BLOCK_ELEMENTS = 2**20
 
 
 @dataclass(frozen=True)

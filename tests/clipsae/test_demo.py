@@ -17,7 +17,8 @@ def test_demo_writes_shards_extracts_trains_encodes_and_analyses(tmp_path, run_c
                  "splice.json", "report/index.html", "report/data/index.js", "monosemanticity.csv",
                  "token_mse_series.csv", "token_mse_series.png", "probe.csv", "probe_top.csv",
                  "search/features/search.csv", "search/key/search.csv", "search/text/search.csv",
-                 "intervene/intervene.csv", "intervene/intervene_summary.json"):
+                 "intervene/intervene.csv", "intervene/intervene_summary.json", "patch_probe.csv",
+                 "patch_probe_classes.csv", "patch_probe.json", "absorption.csv", "absorption.json"):
         assert (analysis / name).stat().st_size > 0, name
     snapshots = sorted(int(p.name) for p in (tmp_path / "demo" / "runs" / "topk-resid.10" / "snapshots").iterdir())
     assert snapshots == [1024, 2048, 2560]  # 5 steps of 512: the first to pass each third of 2,560 tokens
@@ -32,3 +33,6 @@ def test_demo_writes_shards_extracts_trains_encodes_and_analyses(tmp_path, run_c
         "topk-resid.10+topk-resid.10-seed1", "pca-k16-resid.10", "kmeans-x1-resid.10", "nmf-n64-resid.10",
         "random-x8-k16-resid.10"]
     assert (tmp_path / "demo" / "baselines-compare" / "compare.html").stat().st_size > 0
+    header = baselines[0].split(",")
+    patch_map = [line.split(",")[header.index("patch_map")] for line in baselines[1:]]
+    assert all(0 <= float(v) <= 1 for v in patch_map), patch_map
