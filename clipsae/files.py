@@ -56,3 +56,15 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
     """``obj`` as JSON in ``path``, atomically."""
     return write_text(path, json.dumps(obj, indent=indent))
+
+
+def read_json(path: str | Path, what: str):
+    """The JSON value in ``path``; one line calling the file ``what`` where it is missing or not JSON."""
+    from clipsae.errors import ClipsaeError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ClipsaeError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ClipsaeError(f"{what} {path} is not readable JSON: {exc}") from None

@@ -9,7 +9,6 @@ covers most of its pixels (ties to the smaller index) and that class's share of 
 
 import copy
 import io
-import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
 from clipsae.errors import ClipsaeError
+from clipsae.files import read_json
 from clipsae.store.layout import grid_name
 
 MASK_CLASSES_FILE = "mask_classes.json"
@@ -35,12 +35,7 @@ def read_mask_classes(path: Path) -> dict[int, str]:
 
     Index 0 means unlabelled whether or not the file names it.
     """
-    try:
-        obj = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ClipsaeError(f"mask classes file {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise ClipsaeError(f"mask classes file {path} is not readable JSON: {exc}") from None
+    obj = read_json(path, "mask classes file")
     items = enumerate(obj) if isinstance(obj, list) else obj.items() if isinstance(obj, dict) else None
     try:
         classes = {int(k): str(v) for k, v in items} if items is not None else None

@@ -27,7 +27,6 @@ store's class names or attribute tasks):
    ``full_absorption_rate`` the share fully absorbed.
 """
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from scipy import sparse
 
 from clipsae.analysis.evaluation.sparse_probe import in_test_split, pooled_activations, tasks_of
 from clipsae.errors import ClipsaeError
+from clipsae.files import read_json
 
 MIN_PROBE_F1 = 0.6
 F1_JUMP = 0.03
@@ -54,12 +54,7 @@ SUMMARY = ("absorption_rate", "full_absorption_rate", "split_count")
 
 def read_hierarchy(path: Path) -> dict[str, list[str]]:
     """``{parent: [child, …]}`` from a JSON file; one line where it is not that."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ClipsaeError(f"hierarchy file {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise ClipsaeError(f"hierarchy file {path} is not readable JSON: {exc}") from None
+    obj = read_json(path, "hierarchy file")
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(v, list) and v and all(isinstance(c, str) for c in v) for v in obj.values()):
         raise ClipsaeError(f"hierarchy file {path} must be a JSON object of parent name to a non-empty list of child names")

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, NAMES_FILE, PROBE_FILE, SPLICE_FILE
 from clipsae.store.codes import default_analysis_dir
@@ -47,47 +48,44 @@ def matchings(analysis: Path) -> list[Matching]:
     return found
 
 
+def _rows(path: Path) -> Iterator[dict]:
+    """The rows of a CSV an analysis left beside the codes, one at a time (patch_probe.csv has millions);
+    none where it did not run."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        yield from csv.DictReader(fh)
+
+
 def feature_names(analysis: Path) -> dict[int, list[tuple[str, float, str]]]:
     """names.csv from ``analyze name-features``: each feature's best words, (word, score, method)."""
-    path = analysis / NAMES_FILE
-    if not path.is_file():
-        return {}
     out: dict[int, list[tuple[str, float, str]]] = {}
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            if int(r["rank"]) <= NAMES_SHOWN:
-                out.setdefault(int(r["feature"]), []).append((r["word"], float(r["score"]), r["method"]))
+    for r in _rows(analysis / NAMES_FILE):
+        if int(r["rank"]) <= NAMES_SHOWN:
+            out.setdefault(int(r["feature"]), []).append((r["word"], float(r["score"]), r["method"]))
     return out
 
 
 def probed_attributes(analysis: Path) -> dict[int, list[tuple[str, str, float]]]:
     """probe.csv from ``analyze probe``: each feature's attributes it predicts best, (attribute, statistic,
     value), by |AUROC − ½| for binary attributes and |Spearman's ρ| for numeric ones."""
-    path = analysis / PROBE_FILE
-    if not path.is_file():
-        return {}
     ranked: dict[int, list[tuple[float, str, str, float]]] = {}
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            stat, value = ("AUROC", r["auroc"]) if r["auroc"] else ("Spearman", r["spearman"])
-            if not value:
-                continue
-            v = float(value)
-            strength = abs(v - 0.5) if stat == "AUROC" else abs(v)
-            ranked.setdefault(int(r["feature"]), []).append((-strength, r["attribute"], stat, v))
+    for r in _rows(analysis / PROBE_FILE):
+        stat, value = ("AUROC", r["auroc"]) if r["auroc"] else ("Spearman", r["spearman"])
+        if not value:
+            continue
+        v = float(value)
+        strength = abs(v - 0.5) if stat == "AUROC" else abs(v)
+        ranked.setdefault(int(r["feature"]), []).append((-strength, r["attribute"], stat, v))
     return {f: [(a, s, v) for _, a, s, v in sorted(rows)[:ATTRIBUTES_SHOWN]] for f, rows in ranked.items()}
 
 
 def segmented_classes(analysis: Path) -> dict[int, list[tuple[str, float, float]]]:
     """patch_probe.csv from ``analyze patch-probe``: each feature's classes it segments best, (class, AP,
     probe_r), by AP (ties in the file's order)."""
-    path = analysis / PATCH_PROBE_FILE
-    if not path.is_file():
-        return {}
     ranked: dict[int, list[tuple[float, str, float]]] = {}
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            ranked.setdefault(int(r["feature"]), []).append((-float(r["ap"]), r["class"], float(r["probe_r"])))
+    for r in _rows(analysis / PATCH_PROBE_FILE):
+        ranked.setdefault(int(r["feature"]), []).append((-float(r["ap"]), r["class"], float(r["probe_r"])))
     return {f: [(c, -ap, pr) for ap, c, pr in sorted(rows, key=lambda r: r[0])[:SEGMENTS_SHOWN]]
             for f, rows in ranked.items()}
 
