@@ -94,8 +94,8 @@ def main() -> None:
     ref = sklearn_seconds_per_probe(e, a.sklearn_pairs)
     first = times[0] - t0 if times else float("nan")
     print(f"patch-probe: {len(fit.features_F):,} live features × {a.classes} classes = {pairs:,} probes over "
-          f"{a.patches:,} patches (L0 {a.l0}) on {a.device}: {seconds:.1f} s for {fit.iterations} Newton passes"
-          f"{' (stopped by --passes)' if a.passes and fit.iterations == a.passes else ' (converged)'}, "
+          f"{a.patches:,} patches (L0 {a.l0}) on {a.device}: {seconds:.1f} s for {fit.passes} Newton passes"
+          f"{' (stopped by --passes)' if a.passes and fit.passes == a.passes else ' (converged)'}, "
           f"first pass {first:.1f} s; peak RSS {peak:,.0f} MiB")
     print(f"  reference: scikit-learn's LogisticRegression, one probe at a time on the dense values: "
           f"{ref * 1000:.0f} ms a probe, {ref * pairs / 3600:,.1f} h for all; this solver: "

@@ -156,7 +156,7 @@ def run_patch_probe(t, min_share: float = DEFAULT_MIN_SHARE, top: int | None = N
     js = write_json(t.out / named("patch_probe", ".json"), {"codes": t.codes.name, **summary, "classes": len(samples.class_names),
                                            "absent_classes": samples.absent, "patches": e.n_samples,
                                            "min_share": min_share, "live_features": len(fit.features_F),
-                                           "newton_passes": fit.iterations})
+                                           "newton_passes": fit.passes})
     return [f"{t.title}: patch probes of {len(fit.features_F)} live features × {len(samples.class_names)} classes over "
             f"{e.n_samples} labelled patches: mAP {summary['map']:.4f}, purity@16 {summary['purity_16']:.4f}, "
             f"coverage@0.3 {summary['coverage_0.3']:.4f}",

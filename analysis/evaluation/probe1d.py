@@ -68,7 +68,7 @@ class ProbeFit:
     loss_FC: np.ndarray
     probe_r_FC: np.ndarray
     ap_FC: np.ndarray
-    iterations: int
+    passes: int
 
 
 def _softplus(x):
@@ -140,12 +140,12 @@ def fit_probes(e: Entries, device: str = "cpu", progress=None) -> ProbeFit:
     best_w, best_b, best_loss = w.clone(), b.clone(), torch.full((n_f, c), float("inf"), dtype=torch.float64, device=dev)
     active = torch.ones(n_f, c, dtype=torch.bool, device=dev)
     step_w, step_b = torch.zeros_like(w), torch.zeros_like(b)
-    iterations = 0
-    for iterations in range(1, MAX_ITER + 1):
+    passes = 0
+    while passes < MAX_ITER:
         rows_F = np.flatnonzero(active.any(1).cpu().numpy())
         if not len(rows_F):
-            iterations -= 1
             break
+        passes += 1
         fit_rows = _concat_ranges(start[rows_F], stop[rows_F])
         row_of = np.repeat(np.arange(len(rows_F)), stop[rows_F] - start[rows_F])
         rf = torch.as_tensor(rows_F, device=dev)
@@ -179,20 +179,20 @@ def fit_probes(e: Entries, device: str = "cpu", progress=None) -> ProbeFit:
         stuck = worse & (new_step_w.abs() + new_step_b.abs() < 1e-12)
         active[rf] = act & ~done & ~stuck
         if progress is not None:
-            progress(iterations, int(active.sum()))
+            progress(passes, int(active.sum()))
     # Pairs never re-evaluated after their last accepted step keep that step's starting point.
     w, b, loss = best_w, best_b, best_loss
-    ap = average_precision(e, features, start, stop, w.cpu().numpy())
+    ap = average_precision(e, start, stop, w.cpu().numpy())
     loss_np, loss0_np = loss.cpu().numpy(), loss0.cpu().numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
         probe_r = np.where(loss0_np > 0, 1 - loss_np / loss0_np, 0.0)
     return ProbeFit(features, stop - start, w.cpu().numpy(), b.cpu().numpy(), loss_np / e.n_samples, probe_r, ap,
-                    iterations)
+                    passes)
 
 
-def average_precision(e: Entries, features, start, stop, w_FC: np.ndarray) -> np.ndarray:
-    """AP of every (live feature, class) probe, ranking by sign(w)·value (module docstring)."""
-    n_f, c = w_FC.shape
+def average_precision(e: Entries, start, stop, w_FC: np.ndarray) -> np.ndarray:
+    """AP of every (live feature, class) probe, ranking by sign(w)·value (module docstring); feature i's
+    entries are ``start[i]:stop[i]``."""
     ap_desc = _ap_one_order(e, start, stop, descending=True)
     ap_asc = _ap_one_order(e, start, stop, descending=False)
     ap = np.where(w_FC >= 0, ap_desc, ap_asc)
