@@ -20,7 +20,7 @@ from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from clipsae.store import codes as codes_store
 from clipsae.store import layout
-from clipsae.store.codes import CodesPartWriter, PartSums
+from clipsae.store.codes import CodesBlock, CodesPartWriter, PartSums
 from clipsae.store.parts import claim
 from clipsae.store.reader import ActivationStore
 from clipsae.train.load import load_sae
@@ -87,6 +87,17 @@ def _identity(sae: SparseAutoencoder, hook: str, tokens: str, positions: np.ndar
     return identity | ({"input_norm": norm} if norm is not None else {})
 
 
+def encode_batch(sae: SparseAutoencoder, batch_NTD: torch.Tensor, positions_T: torch.Tensor, width: int,
+                 cls_position: int | None) -> tuple[CodesBlock, dict[str, torch.Tensor]]:
+    """One batch of whole images on the SAE's device: its codes, in the cached form on the host, and its sums
+    (on the device). The codes' read back to the host is pool_batch's, once per batch."""
+    b, n_pos, d = batch_NTD.shape
+    x_RD = batch_NTD.reshape(b * n_pos, d).float()
+    codes = sae.encode_sparse(x_RD)
+    block, latent_sums = pool_batch(codes, b, positions_T, sae.d_sae, width, cls_position)
+    return block, latent_sums | reconstruction_sums(x_RD, sae.reconstruct_sparse(x_RD, codes), n_pos)
+
+
 def _encode_part(store: ActivationStore, part_index: int, hook: str, positions: np.ndarray, sae: SparseAutoencoder,
                  writer: CodesPartWriter, width: int, cls_position: int | None, images_per_batch: int,
                  dev: torch.device, bar) -> PartSums:
@@ -112,10 +123,8 @@ def _encode_part(store: ActivationStore, part_index: int, hook: str, positions: 
             for s in range(0, len(acts_NTD), images_per_batch):
                 batch = torch.from_numpy(np.ascontiguousarray(acts_NTD[s:s + images_per_batch])).to(dev)
                 b = len(batch)
-                x_RD = batch.reshape(b * n_pos, d).float()
-                codes = sae.encode_sparse(x_RD)
-                block, latent_sums = pool_batch(codes, b, positions_T, sae.d_sae, width, cls_position)
-                for name, value in (latent_sums | reconstruction_sums(x_RD, sae.reconstruct_sparse(x_RD, codes), n_pos)).items():
+                block, batch_sums = encode_batch(sae, batch, positions_T, width, cls_position)
+                for name, value in batch_sums.items():
                     sums[name] += value
                 capped += int((block.token_active_R > width).sum())
                 writer.append(block)

@@ -5,6 +5,7 @@ Everything is computed on the SAE's device from sparse codes; no (tokens, latent
 
 import torch
 
+from clipsae.host_sync import declared
 from clipsae.store.codes import CodesBlock
 from clipsae.train.codes import SparseCodes
 
@@ -23,6 +24,14 @@ def _rows_in_descending_order(rows: torch.Tensor, vals: torch.Tensor) -> torch.T
 
 def pool_batch(codes: SparseCodes, n_images: int, positions_T: torch.Tensor, d_sae: int, width: int,
                cls_position: int | None) -> tuple[CodesBlock, dict[str, torch.Tensor]]:
+    """:func:`_pool_batch`, whose codes go to the host to be written, sized by how many distinct latents
+    each image has: the one place of a batch that reads back (the host needs the codes to write them)."""
+    with declared("the codes go to the host to be written; each image's distinct latents size them"):
+        return _pool_batch(codes, n_images, positions_T, d_sae, width, cls_position)
+
+
+def _pool_batch(codes: SparseCodes, n_images: int, positions_T: torch.Tensor, d_sae: int, width: int,
+                cls_position: int | None) -> tuple[CodesBlock, dict[str, torch.Tensor]]:
     """The cached form of the codes of ``n_images`` whole images of T token rows each.
 
     Row r is stored token ``positions_T[r % T]`` of image r // T. ``width`` caps the latents kept

@@ -38,7 +38,7 @@ def train(arch: str, x: torch.Tensor, steps: int, expansion: int, k: int, batch:
             factor *= (steps - step) / (0.2 * steps)
         for group in opt.param_groups:
             group["lr"] = lr * factor
-        dead = sae.tokens_since_fired >= max(batch, steps * batch // 10)
+        dead = (sae.tokens_since_fired >= max(batch, steps * batch // 10)).nonzero().squeeze(1)
         optimise(sae, opt, xs[torch.randint(len(xs), (batch,), generator=gen)], dead, 1.0)
     return sae
 

@@ -38,17 +38,18 @@ def rate(step, batch: int, steps: int) -> float:
 
 def ours(spec: SAESpec, x: torch.Tensor, bf16: bool, dead_fraction: float = 0.0):
     sae = TrainingSAE(spec, 0, bf16_matmul=bf16).to(x.device)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)  # as the trainer's
     dead = None
     if dead_fraction:
         # Dead latents spread over the dictionary, as in a real run: AuxK ranks and decodes them.
-        dead = torch.rand(spec.d_sae, generator=torch.Generator().manual_seed(1)).to(x.device) < dead_fraction
+        dead = (torch.rand(spec.d_sae, generator=torch.Generator().manual_seed(1)) < dead_fraction).nonzero().squeeze(1)
+        dead = dead.to(x.device)
     return lambda: optimise(sae, opt, x, dead, 1.0)
 
 
 def dense(spec: SAESpec, x: torch.Tensor, bf16: bool):
     sae = TrainingSAE(spec, 0).to(x.device)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
 
     def step():
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -174,6 +174,20 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
     return result
 
 
+def device_batch(images_N3HW: torch.Tensor, split, forward: HookedForward, device: torch.device, precision: str,
+                 out_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One batch's work on the device: the images normalised, the forward pass, each hook's activations as
+    stored and their statistics (``<hook>\0stats``), reduced where they are (the GPU, if any). Nothing here
+    reads back to the host: the host ring's copy takes them there while the next batch runs."""
+    images = images_N3HW.to(device, non_blocking=True)
+    if split is not None:
+        images = split.finish(images)
+    with autocast_for(device, precision):
+        acts = forward(images)
+    stored = {h: a.to(out_dtype) for h, a in acts.items()}
+    return {**stored, **{f"{h}\0stats": HookStats.reduce(a) for h, a in stored.items()}}
+
+
 def _extract_parts(cfg, root, todo, forward, preprocess, layouts, masks, device, result: ExtractResult) -> None:
     # Loaders send uint8 images; the device divides and normalises (bitwise open_clip's result).
     split = split_preprocess(preprocess)
@@ -216,17 +230,8 @@ def _extract_parts(cfg, root, todo, forward, preprocess, layouts, masks, device,
         for item in loader:
             part = item["part"]
             if item["kind"] == "batch":
-                images = item["images"].to(device, non_blocking=True)
-                if split is not None:
-                    images = split.finish(images)
-                with autocast_for(device, cfg.precision):
-                    acts = forward(images)
-                stored = {h: a.to(out_dtype) for h, a in acts.items()}
-                # Statistics of the batch as stored, reduced where it is (the GPU, if any); they
-                # travel to the host with the activations, and nothing here waits for either.
-                reduced = {f"{h}\0stats": HookStats.reduce(a) for h, a in stored.items()}
                 slot = ring.acquire(runner.check)
-                slot.fill({**stored, **reduced})
+                slot.fill(device_batch(item["images"], split, forward, device, cfg.precision, out_dtype))
                 patches = {g: (lab.numpy(), share.numpy()) for g, (lab, share) in item["patch_labels"].items()}
                 runner.submit(lambda p=part, k=item["keys"], lb=item["labels"].numpy(), pl=patches, s=slot:
                               write_batch(p, k, lb, pl, s))

@@ -5,7 +5,7 @@ device does the division and normalisation, exactly as ``ToTensor`` and ``Normal
 x = (uint8 / 255 − mean) / std in float32, so the images the model sees are bitwise the same.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torchvision import transforms as T
@@ -17,12 +17,26 @@ class SplitPreprocess:
 
     host: T.Compose
     normalize: tuple[T.Normalize, ...]
+    _on_device: dict = field(default_factory=dict, compare=False, repr=False)
 
     def finish(self, images_N3HW: torch.Tensor) -> torch.Tensor:
         x = images_N3HW.to(torch.get_default_dtype()).div(255)
-        for norm in self.normalize:
-            x = norm(x)
+        # torchvision's Normalize does x.sub_(mean).div_(std), the same ops as here, but first makes mean and
+        # std on the device and asks whether std has a 0: a copy to the device and a read back, each batch.
+        for mean, std in self._stats(x.device, x.dtype):
+            x = x.sub(mean).div(std)
         return x
+
+    def _stats(self, device: torch.device, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        key = (device, dtype)
+        if key not in self._on_device:
+            for norm in self.normalize:
+                if any(v == 0 for v in norm.std):
+                    raise ValueError(f"std evaluated to zero after conversion to {dtype}, leading to division by zero.")
+            self._on_device[key] = [(torch.as_tensor(n.mean, dtype=dtype, device=device).view(-1, 1, 1),
+                                     torch.as_tensor(n.std, dtype=dtype, device=device).view(-1, 1, 1))
+                                    for n in self.normalize]
+        return self._on_device[key]
 
 
 def split_preprocess(preprocess: T.Compose) -> SplitPreprocess | None:

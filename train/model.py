@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsae.errors import ClipsaeError
+from clipsae.host_sync import declared
 from clipsae.train.codes import SparseCodes, row_offsets
 
 
@@ -245,7 +246,9 @@ class SparseAutoencoder(nn.Module):
 
     def encode_sparse(self, x_BD: torch.Tensor) -> SparseCodes:
         """The active latents of each row of ``x_BD``, without a dense (rows, d_sae) code matrix."""
-        codes = self._activation.codes(self, self.pre_acts(x_BD))
+        z = self.pre_acts(x_BD)
+        with declared("inference codes keep only their positive values, and how many there are sizes them"):
+            codes = self._activation.codes(self, z)
         if self.soft_cap > 0:
             codes = SparseCodes(codes.rows, codes.cols, self.soft_cap * torch.tanh(codes.vals / self.soft_cap),
                                 codes.offsets)

@@ -42,10 +42,10 @@ class TrainingSAE(nn.Module):
                 return F.linear(x_c_BD, self.W_enc, self.b_enc).float()
         return F.linear(x_c_BD, self.W_enc, self.b_enc)
 
-    def forward(self, x_BD: torch.Tensor, dead_N: torch.Tensor | None = None, ranks: Ranks = Ranks()) -> StepOutput:
-        """Loss of a batch of scaled inputs; ``dead_N`` marks latents AuxK should revive; ``ranks``
-        says which share of the global batch ``x_BD`` is."""
-        return self.arch.loss(self, x_BD, dead_N, ranks)
+    def forward(self, x_BD: torch.Tensor, dead_C: torch.Tensor | None = None, ranks: Ranks = Ranks()) -> StepOutput:
+        """Loss of a batch of scaled inputs; ``dead_C`` are the indices of the latents AuxK should revive;
+        ``ranks`` says which share of the global batch ``x_BD`` is."""
+        return self.arch.loss(self, x_BD, dead_C, ranks)
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
@@ -62,11 +62,11 @@ class TrainingSAE(nn.Module):
     @torch.no_grad()
     def track_firing(self, fired_N: torch.Tensor, n_tokens: int) -> None:
         """Count tokens since each latent last fired (for dead latents and AuxK)."""
-        self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fired_N] = 0
+        # masked_fill, not a boolean index: that would read the mask's count back to the host.
+        self.tokens_since_fired.add_(n_tokens).masked_fill_(fired_N, 0)
 
 
-def optimise(sae: TrainingSAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_N: torch.Tensor | None,
+def optimise(sae: TrainingSAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, dead_C: torch.Tensor | None,
              clip: float, ranks: Ranks = Ranks()) -> StepOutput:
     """One training step of one SAE on a scaled batch: loss, backward, constrained Adam step.
 
@@ -77,7 +77,7 @@ def optimise(sae: TrainingSAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, d
     share's part of the global loss: gradients are summed and firing combined across processes,
     so every copy takes the global batch's step.
     """
-    out = sae(x_BD, dead_N, ranks)
+    out = sae(x_BD, dead_C, ranks)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     for p in sae.parameters():

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from clipsae.errors import ClipsaeError
+from clipsae.host_sync import declared
 from clipsae.store.reader import ActivationStore
 from clipsae.train import archs
 from clipsae.train.archs.base import StepOutput
@@ -77,13 +78,22 @@ class Run:
                                     cfg.loader_threads, rank=ranks.rank, world=ranks.world)
         self.saes = [TrainingSAE(spec, cfg.seed, bf16_matmul=cfg.precision == "bf16").to(self.device)
                      for spec in cfg.saes]
-        self.opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr_of(s.spec), betas=(0.9, 0.999)) for s in self.saes]
+        # Fused: one kernel per step for all parameters, and no read of its step count back to the host.
+        self.opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr_of(s.spec), betas=(0.9, 0.999), fused=True)
+                     for s in self.saes]
         self.resample_gen = torch.Generator().manual_seed(cfg.seed + 17)
         self.scale = 1.0
         self.step = 0
         self.metrics = MetricsLog(cfg, enabled=ranks.is_main)
         # Per SAE, on the device: the first step whose loss was not finite, −1 while none was.
         self.first_bad = [torch.full((), -1, dtype=torch.int64, device=self.device) for _ in self.saes]
+        # Per SAE, the indices of the latents AuxK revives, as of the last logging step (refresh_dead).
+        self.dead_cols = [torch.zeros(0, dtype=torch.int64, device=self.device) for _ in self.saes]
+
+    def refresh_dead(self) -> None:
+        """Which latents are dead now, for AuxK to rank only them until the next logging step."""
+        with declared("the dead latents' indices: their count sizes AuxK's ranking; once per logging interval"):
+            self.dead_cols = [(s.tokens_since_fired >= self.dead_after()).nonzero().squeeze(1) for s in self.saes]
 
     def dead_after(self) -> int:
         """Tokens without firing after which a latent counts as dead, scaled down for short runs."""
@@ -117,7 +127,7 @@ class Run:
             "step": self.step, "scale": self.scale, "world": self.ranks.world,
             "saes": [s.state_dict() for s in self.saes], "opts": [o.state_dict() for o in self.opts],
             "stream": self.stream.state_dict(), "resample_rng": self.resample_gen.get_state(),
-            "metrics_bytes": self.metrics.size(),
+            "metrics_bytes": self.metrics.size(), "dead_cols": [c.cpu() for c in self.dead_cols],
         }
 
     def restore(self, ckpt: dict) -> None:
@@ -135,6 +145,10 @@ class Run:
         self.stream.load_state_dict(stream)
         self.resample_gen.set_state(ckpt["resample_rng"])
         self.metrics.truncate(int(ckpt["metrics_bytes"]))
+        if "dead_cols" in ckpt:
+            self.dead_cols = [c.to(self.device) for c in ckpt["dead_cols"]]
+        else:  # a checkpoint from before the dead set was kept: the set as of now
+            self.refresh_dead()
 
     def checkpoint(self) -> None:
         """Write the checkpoint, and log how long it took (``split: checkpoint``).
@@ -191,14 +205,15 @@ class Run:
             lr = cfg.lr_of(sae.spec) * cfg.lr_factor(self.step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            dead = sae.tokens_since_fired >= dead_limit if sae.arch.revives_with_auxk else None
+            dead = self.dead_cols[i] if sae.arch.revives_with_auxk else None
             out = optimise(sae, opt, x, dead, cfg.clip, self.ranks)
             self.first_bad[i] = torch.where((self.first_bad[i] < 0) & ~torch.isfinite(out.loss),
                                             self.step, self.first_bad[i])
             if cfg.resample_every and sae.arch.resamples and (self.step + 1) % cfg.resample_every == 0 \
                     and self.step + 1 <= cfg.steps // 2:
                 window = sae.tokens_since_fired >= min(dead_limit, cfg.resample_every * len(x))
-                acc["resampled"] = acc.get("resampled", 0) + sae.arch.resample(sae, x, window, self.resample_gen, opt)
+                with declared("resampling draws inputs for the dead latents it finds; every --resample-every steps"):
+                    acc["resampled"] = acc.get("resampled", 0) + sae.arch.resample(sae, x, window, self.resample_gen, opt)
             self._accumulate(acc, out, ("aux", out.aux), ("lr", lr))
 
     @staticmethod
@@ -351,6 +366,7 @@ def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: n
                 bar.update(B)
                 logged = run.step % cfg.log_every == 0 or run.step == cfg.steps
                 if logged:
+                    run.refresh_dead()
                     elapsed = max(time.perf_counter() - t_loop, 1e-9)
                     wait = run.stream.wait_s / elapsed
                     throughput = {"train_tokens_per_s": (run.step - first_step) * B / elapsed,

@@ -79,7 +79,7 @@ def test_auxk_loss_sends_gradient_to_dead_latents_only_through_aux_term():
     sae(x).loss.backward()
     without = sae.W_enc.grad[:10].abs().sum()
     sae.zero_grad()
-    out = sae(x, dead)
+    out = sae(x, dead.nonzero().squeeze(1))
     out.loss.backward()
     assert out.aux > 0
     assert sae.W_enc.grad[:10].abs().sum() > without
@@ -117,7 +117,7 @@ def test_auxk_loss_and_gradients_equal_a_dense_masked_reference():
     x = torch.randn(48, 16, generator=torch.Generator().manual_seed(8))
     dead = torch.zeros(sae.spec.d_sae, dtype=torch.bool)
     dead[[1, 4, 9, 33, 60, 61, 100, 127]] = True
-    out = sae(x, dead)
+    out = sae(x, dead.nonzero().squeeze(1))
     out.loss.backward()
     P = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
     spec = sae.spec
@@ -141,13 +141,14 @@ def test_training_step_reads_nothing_back_from_the_device(arch):
     from clipsae.train.sae import optimise
 
     sae = _sae(arch, d=64, expansion=8, k=8).cuda()
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3, fused=True)  # as the trainer makes it
     x = torch.randn(256, 64, device="cuda")
-    optimise(sae, opt, x, None, 1.0)  # Adam's state is created on the first step
+    dead = torch.arange(0, sae.spec.d_sae, 3, device="cuda")  # AuxK active
+    optimise(sae, opt, x, dead, 1.0)  # Adam's state is created on the first step
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        optimise(sae, opt, x, None, 1.0)
+        optimise(sae, opt, x, dead, 1.0)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

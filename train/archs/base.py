@@ -68,8 +68,9 @@ class Architecture:
         """A directory-safe name that tells SAEs of a sweep apart."""
         return f"{self.name}-{spec.size}-k{spec.k}"
 
-    def loss(self, sae, x_BD: torch.Tensor, dead_N: torch.Tensor | None, ranks: Ranks = Ranks()) -> StepOutput:
-        """Loss of a batch of scaled inputs; ``dead_N`` marks the latents AuxK should revive.
+    def loss(self, sae, x_BD: torch.Tensor, dead_C: torch.Tensor | None, ranks: Ranks = Ranks()) -> StepOutput:
+        """Loss of a batch of scaled inputs; ``dead_C`` are the indices of the latents AuxK should revive
+        (known on the host by their count, so that the step reads nothing back from the device).
 
         With several processes (``ranks``), ``x_BD`` is one share of the global batch and the loss
         is that share's part of the global batch's loss: its parts sum to the global loss.

@@ -15,7 +15,7 @@ class Baseline(Architecture):
         """Update the fit with one batch of scaled inputs; what to log (its loss is no gradient's)."""
         raise NotImplementedError
 
-    def loss(self, sae, x_BD, dead_N, ranks=None):
+    def loss(self, sae, x_BD, dead_C, ranks=None):
         raise NotImplementedError(f"{self.name} is a baseline, fitted by fit_step")
 
 

@@ -15,6 +15,7 @@ Exported as ``onehot``: z = x·c_j − ‖c_j‖²/2, whose largest entry is the
 import torch
 
 from clipsae.errors import ClipsaeError
+from clipsae.host_sync import declared
 from clipsae.train.archs.base import StepOutput
 from clipsae.train.archs.baseline import Baseline, no_loss
 
@@ -43,23 +44,27 @@ class KMeans(Baseline):
 
     @torch.no_grad()
     def fit_step(self, sae, x_BD):
-        m = len(sae.seed_rows_MD)
-        filled = int(sae.seed_filled)
-        if filled < m:
-            take = min(m - filled, len(x_BD))
-            sae.seed_rows_MD[filled:filled + take] = x_BD[:take]
-            sae.seed_filled += take
-            if filled + take < m:
-                return no_loss(sae, x_BD, 1, torch.zeros(sae.spec.d_sae, dtype=torch.bool, device=x_BD.device))
-            self._seed(sae)
+        if not getattr(sae, "kmeans_seeded", False):
+            with declared("k-means++ seeds on the host from the first 3·n rows: read each step until then, never after"):
+                m = len(sae.seed_rows_MD)
+                filled = int(sae.seed_filled)
+                if filled < m:
+                    take = min(m - filled, len(x_BD))
+                    sae.seed_rows_MD[filled:filled + take] = x_BD[:take]
+                    sae.seed_filled += take
+                    if filled + take < m:
+                        return no_loss(sae, x_BD, 1, torch.zeros(sae.spec.d_sae, dtype=torch.bool, device=x_BD.device))
+                    self._seed(sae)
+                sae.kmeans_seeded = True
         nearest, dist = self.assign(sae.centroids_ND, x_BD)
         b = torch.bincount(nearest, minlength=sae.spec.d_sae).double()
         sums = torch.zeros_like(sae.centroids_ND, dtype=torch.float64).index_add_(0, nearest, x_BD.double())
         sae.counts_N += b
-        moved = b > 0
-        step = (b[moved] / sae.counts_N[moved])[:, None]
-        mean = sums[moved] / b[moved][:, None]
-        sae.centroids_ND[moved] += (step * (mean - sae.centroids_ND[moved].double())).float()
+        # Every centroid moves by its batch mean's share; one no row chose moves by 0 (b = 0), so no
+        # boolean index (which would read the count of moved centroids back to the host) is needed.
+        step = (b / sae.counts_N.clamp_min(1))[:, None]
+        mean = sums / b.clamp_min(1)[:, None]
+        sae.centroids_ND += (step * (mean - sae.centroids_ND.double())).float()
         mse = dist.mean()
         return StepOutput(mse, mse, torch.ones((), device=x_BD.device), b > 0)
 

@@ -11,6 +11,7 @@ D, the statistics and the step count are the SAE's buffers, so the fit checkpoin
 
 import torch
 
+from clipsae.host_sync import declared
 from clipsae.train.archs.base import StepOutput
 from clipsae.train.archs.baseline import Baseline
 from clipsae.train.init import generator_seed
@@ -43,8 +44,12 @@ class NMF(Baseline):
         sse = (x_BD - z @ sae.D_ND).pow(2).sum()
         sae.ztz_NN.mul_(FORGET).add_((1 - FORGET) * (z.T @ z))
         sae.ztx_ND.mul_(FORGET).add_((1 - FORGET) * (z.T @ x_BD))
+        if not hasattr(sae, "nmf_steps"):
+            with declared("the fit's step count, read once a run; the host counts it from then on"):
+                sae.nmf_steps = int(sae.fit_steps)
         sae.fit_steps += 1
-        if int(sae.fit_steps) % UPDATE_EVERY == 0:
+        sae.nmf_steps += 1
+        if sae.nmf_steps % UPDATE_EVERY == 0:
             eye = torch.eye(len(sae.ztz_NN), device=x_BD.device)
             sae.D_ND.copy_(torch.linalg.solve(sae.ztz_NN + RIDGE * eye, sae.ztx_ND))
         mse = sse / len(x_BD)

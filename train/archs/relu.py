@@ -16,7 +16,7 @@ class ReLU(Architecture):
     def label(self, spec):
         return f"relu-{spec.size}-l1_{spec.l1:g}"
 
-    def loss(self, sae, x, dead_N, ranks=Ranks()):
+    def loss(self, sae, x, dead_C, ranks=Ranks()):
         f = F.relu(sae.pre_acts(x - sae.b_dec))
         x_hat = f @ sae.W_dec + sae.b_dec
         mse = (x - x_hat).pow(2).sum(1).mean()

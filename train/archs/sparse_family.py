@@ -39,7 +39,7 @@ class SparseFamily(Architecture):
     def after_step(self, sae, codes: SparseCodes) -> None:
         """Bookkeeping after the forward pass (BatchTopK's running threshold)."""
 
-    def loss(self, sae, x, dead_N, ranks=Ranks()):
+    def loss(self, sae, x, dead_C, ranks=Ranks()):
         spec = sae.spec
         x_c = x - sae.b_dec
         with torch.no_grad():
@@ -51,10 +51,8 @@ class SparseFamily(Architecture):
         sse = e.pow(2).sum()
         loss = main / total_var
         aux = torch.zeros((), device=x.device)
-        # The one read back to the host in a step: which latents are dead, to rank only those.
-        dead_cols = dead_N.nonzero().squeeze(1) if dead_N is not None else None
-        if dead_cols is not None and len(dead_cols):
-            aux_codes = gathered_codes(sae, x_c, z, select_topk_in(z, dead_cols, spec.aux_k))
+        if dead_C is not None and len(dead_C):
+            aux_codes = gathered_codes(sae, x_c, z, select_topk_in(z, dead_C, spec.aux_k))
             e_hat = decode_sparse(aux_codes, sae.W_dec)
             target = e.detach()
             l_aux = (target - e_hat).pow(2).sum() / ranks.total_variance(target)
