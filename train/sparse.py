@@ -46,15 +46,21 @@ def select_topk_in(z_BN: torch.Tensor, cols_C: torch.Tensor, k: int):
     return rows, cols_C[sub], offsets
 
 
+def _b_dec_grad(grad_b_enc_N: torch.Tensor, W_enc_ND: torch.Tensor) -> torch.Tensor:
+    """dL/db_dec through the encoder, x̃ = x − b_dec: −Σ_rows Σ_latents g·W_enc[latent] = −(Σ_rows g)·W_enc,
+    that is minus the encoder bias's gradient times W_enc: an n·d product, not a per-row (B, d) one."""
+    return -(grad_b_enc_N.to(W_enc_ND.dtype) @ W_enc_ND)
+
+
 class _GatheredLinear(torch.autograd.Function):
-    """vals[j] = (x_c[rows[j]] · W_enc[cols[j]]) + b_enc[cols[j]], with values already computed.
+    """vals[j] = ((x − b_dec)[rows[j]] · W_enc[cols[j]]) + b_enc[cols[j]], with values already computed.
 
     The forward takes the values from the dense pre-activations (the matmul every SAE needs);
-    the backward touches only the nnz selected entries.
+    the backward touches only the nnz selected entries. ``x`` is data: its own gradient is not made.
     """
 
     @staticmethod
-    def forward(ctx, vals, x_c, W_enc, b_enc, rows, cols, offsets):
+    def forward(ctx, vals, x_c, b_dec, W_enc, b_enc, rows, cols, offsets):
         ctx.save_for_backward(x_c, W_enc, rows, cols, offsets)
         return vals.clone()
 
@@ -63,8 +69,8 @@ class _GatheredLinear(torch.autograd.Function):
         x_c, W_enc, rows, cols, offsets = ctx.saved_tensors
         n, B = W_enc.shape[0], x_c.shape[0]
         g = g.to(x_c.dtype)
-        grad_W = grad_b = grad_x = None
-        if ctx.needs_input_grad[2]:
+        grad_W = grad_b = grad_b_dec = None
+        if ctx.needs_input_grad[3]:
             # dL/dW_enc = Sᵀ X with S the (B, n) sparse gradient of the codes, as CSR by latent
             # (measured 1.6x faster than a coalesced COO product here).
             order = torch.argsort(cols, stable=True)
@@ -75,21 +81,54 @@ class _GatheredLinear(torch.autograd.Function):
                 warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
                 S_NB = torch.sparse_csr_tensor(crow, rows[order], g[order], (n, B), check_invariants=False)
             grad_W = S_NB @ x_c
-        if ctx.needs_input_grad[3]:
+        if ctx.needs_input_grad[4] or ctx.needs_input_grad[2]:
             grad_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
-        if ctx.needs_input_grad[1]:
-            grad_x = F.embedding_bag(cols, W_enc, offsets, mode="sum", per_sample_weights=g)
-        return None, grad_x, grad_W, grad_b, None, None, None
+        if ctx.needs_input_grad[2]:
+            grad_b_dec = _b_dec_grad(grad_b, W_enc)
+        return None, None, grad_b_dec, grad_W, grad_b if ctx.needs_input_grad[4] else None, None, None, None
 
 
-def encode_sparse(x_c_BD: torch.Tensor, W_enc_ND: torch.Tensor, b_enc_N: torch.Tensor, z_BN: torch.Tensor,
-                  rows: torch.Tensor, cols: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def encode_sparse(x_c_BD: torch.Tensor, b_dec_D: torch.Tensor, W_enc_ND: torch.Tensor, b_enc_N: torch.Tensor,
+                  z_BN: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Selected pre-activations z[rows, cols] as a differentiable (nnz,) tensor with a sparse backward.
 
-    ``z_BN`` must equal ``x_c @ W_encᵀ + b_enc`` (computed without gradient).
+    ``x_c_BD`` is x − b_dec computed without gradient (x is data), ``z_BN`` equals ``x_c @ W_encᵀ + b_enc``
+    (computed without gradient); the gradient reaches W_enc, b_enc and b_dec.
     """
     vals = z_BN[rows, cols].to(x_c_BD.dtype)
-    return _GatheredLinear.apply(vals, x_c_BD, W_enc_ND, b_enc_N, rows, cols, offsets)
+    return _GatheredLinear.apply(vals, x_c_BD, b_dec_D, W_enc_ND, b_enc_N, rows, cols, offsets)
+
+
+class _GatheredColumns(torch.autograd.Function):
+    """z[:, cols] = (x − b_dec) W_enc[cols]ᵀ + b_enc[cols] as a dense (B, C) block, its values taken from
+    the pre-activations already computed; the backward is two dense products over those C columns."""
+
+    @staticmethod
+    def forward(ctx, z_BC, x_c, b_dec, W_enc, b_enc, cols):
+        ctx.save_for_backward(x_c, W_enc, cols)
+        return z_BC.clone()
+
+    @staticmethod
+    def backward(ctx, g_BC):
+        x_c, W_enc, cols = ctx.saved_tensors
+        g_BC = g_BC.to(x_c.dtype)
+        n = W_enc.shape[0]
+        grad_W = grad_b = grad_b_dec = None
+        if ctx.needs_input_grad[3]:
+            grad_W = torch.zeros_like(W_enc).index_add_(0, cols, g_BC.T @ x_c)
+        col_sums = g_BC.sum(0)
+        if ctx.needs_input_grad[4]:
+            grad_b = torch.zeros(n, dtype=g_BC.dtype, device=g_BC.device).index_add_(0, cols, col_sums)
+        if ctx.needs_input_grad[2]:
+            grad_b_dec = -(col_sums @ W_enc.index_select(0, cols))
+        return None, None, grad_b_dec, grad_W, grad_b, None
+
+
+def encode_columns(x_c_BD: torch.Tensor, b_dec_D: torch.Tensor, W_enc_ND: torch.Tensor, b_enc_N: torch.Tensor,
+                   z_BN: torch.Tensor, cols_C: torch.Tensor) -> torch.Tensor:
+    """The pre-activations of the latents ``cols_C``, (B, C), differentiable; ``z_BN`` as for :func:`encode_sparse`."""
+    return _GatheredColumns.apply(z_BN.index_select(1, cols_C).to(x_c_BD.dtype), x_c_BD, b_dec_D, W_enc_ND, b_enc_N,
+                                  cols_C)
 
 
 def decode_sparse(codes: SparseCodes, W_dec_ND: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

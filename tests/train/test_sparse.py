@@ -112,7 +112,12 @@ def test_training_trajectory_equals_a_plain_dense_reference_on_hard_data(arch):
         torch.testing.assert_close(p, dict(ref.named_parameters())[name], rtol=1e-3, atol=1e-4)
 
 
-def test_auxk_loss_and_gradients_equal_a_dense_masked_reference():
+@pytest.mark.parametrize("path", ["dense columns", "sparse codes"])
+def test_auxk_loss_and_gradients_equal_a_dense_masked_reference(path, monkeypatch):
+    from clipsae.train.archs import sparse_family
+
+    # The ratio of dead latents to k_aux above which AuxK takes the sparse kernels: 0 forces them.
+    monkeypatch.setattr(sparse_family, "DENSE_AUXK_RATIO", 16 if path == "dense columns" else 0)
     sae = _sae("topk", k=3)
     x = torch.randn(48, 16, generator=torch.Generator().manual_seed(8))
     dead = torch.zeros(sae.spec.d_sae, dtype=torch.bool)

@@ -3,6 +3,11 @@
 Codes come from the sparse kernels (only the selected latents are touched), the reconstruction
 loss is normalised by the batch's total variance, and AuxK revives dead latents:
 L = ‖x̃ − x̂‖² / Σ‖x̃ − x̄‖² + α ‖e − ê‖² / Σ‖e − ē‖², e = x̃ − x̂, ê the AuxK reconstruction.
+
+AuxK's k_aux codes per row among C dead latents are computed densely over those C columns (three
+(B, C, d) products in all) while C ≤ :data:`DENSE_AUXK_RATIO`·k_aux, and as sparse codes beyond: k_aux
+is d/2, a large share of C where few latents are dead, and dense products run at many times the
+speed of the sparse kernels per multiply-add (docs/benchmarks.md, "SAE training step").
 """
 
 import torch
@@ -11,14 +16,29 @@ import torch.nn.functional as F
 from clipsae.train.archs.base import Architecture, StepOutput
 from clipsae.train.codes import SparseCodes
 from clipsae.train.ranks import Ranks
-from clipsae.train.sparse import decode_sparse, encode_sparse, select_topk_in
+from clipsae.train.sparse import decode_sparse, encode_columns, encode_sparse, select_topk_in
+
+DENSE_AUXK_RATIO = 16
 
 
 def gathered_codes(sae, x_c: torch.Tensor, z: torch.Tensor, selection) -> SparseCodes:
-    """The selected entries of ReLU(z), differentiable with a sparse backward."""
+    """The selected entries of ReLU(z), differentiable with a sparse backward; ``x_c`` = x − b_dec, no gradient."""
     rows, cols, offsets = selection
-    vals = F.relu(encode_sparse(x_c, sae.W_enc, sae.b_enc, z, rows, cols, offsets))
+    vals = F.relu(encode_sparse(x_c, sae.b_dec, sae.W_enc, sae.b_enc, z, rows, cols, offsets))
     return SparseCodes(rows, cols, vals, offsets)
+
+
+def auxk_reconstruction(sae, x_c: torch.Tensor, z: torch.Tensor, dead_C: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """ê = W_dec TopK_{k_aux}(ReLU of z over the dead latents), (B, d), differentiable (module docstring)."""
+    k_aux = min(k_aux, len(dead_C))
+    if len(dead_C) > DENSE_AUXK_RATIO * k_aux:
+        return decode_sparse(gathered_codes(sae, x_c, z, select_topk_in(z, dead_C, k_aux)), sae.W_dec)
+    z_BC = encode_columns(x_c, sae.b_dec, sae.W_enc, sae.b_enc, z, dead_C)
+    with torch.no_grad():
+        top = z_BC.topk(k_aux, dim=1, sorted=False).indices
+        keep = torch.zeros_like(z_BC).scatter_(1, top, 1.0)
+    f_BC = F.relu(z_BC) * keep
+    return f_BC @ sae.W_dec.index_select(0, dead_C)
 
 
 class SparseFamily(Architecture):
@@ -41,8 +61,8 @@ class SparseFamily(Architecture):
 
     def loss(self, sae, x, dead_C, ranks=Ranks()):
         spec = sae.spec
-        x_c = x - sae.b_dec
-        with torch.no_grad():
+        with torch.no_grad():  # the kernels give b_dec its gradient themselves
+            x_c = x - sae.b_dec
             z = sae.pre_acts(x_c)
         codes = gathered_codes(sae, x_c, z, self.select(z, spec.k))
         total_var = ranks.total_variance(x)
@@ -52,8 +72,7 @@ class SparseFamily(Architecture):
         loss = main / total_var
         aux = torch.zeros((), device=x.device)
         if dead_C is not None and len(dead_C):
-            aux_codes = gathered_codes(sae, x_c, z, select_topk_in(z, dead_C, spec.aux_k))
-            e_hat = decode_sparse(aux_codes, sae.W_dec)
+            e_hat = auxk_reconstruction(sae, x_c, z, dead_C, spec.aux_k)
             target = e.detach()
             l_aux = (target - e_hat).pow(2).sum() / ranks.total_variance(target)
             loss = loss + spec.aux_alpha * l_aux
