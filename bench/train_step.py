@@ -4,7 +4,9 @@ Both steps do the same work: TopK forward, normalised MSE, backward, decoder-gra
 projection, clipping, Adam, renormalisation. The dense one multiplies the full (B, n) code
 matrix by the decoder; ours touches only the k active latents per token in the decoder and in
 the encoder's backward. With --peers-python, the peers' own steps (bench/peer_steps.py) run
-in their venv within the same run. Goals: ≥ 2.5× dense, ≥ 1.2× sparsify.
+in their venv within the same run, with no latent dead and with the same dead latents as ours. The encoder
+matmul alone, measured in the same run, is the floor. Goals: none dead, ≥ 0.7× the matmul; 25% dead, ≥ 2×
+sparsify's step and ≥ 0.5× the matmul.
 """
 
 import argparse
@@ -65,6 +67,24 @@ def dense(spec: SAESpec, x: torch.Tensor, bf16: bool):
     return step
 
 
+def encoder_matmul(spec: SAESpec, x: torch.Tensor, bf16: bool):
+    """The encoder's (B, d) × (d, n) product alone: the floor every SAE step stands on."""
+    W = torch.randn(spec.d_sae, spec.d, device=x.device)
+
+    def step():
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            x @ W.T
+
+    return step
+
+
+def peers(a, dead_fraction: float) -> dict:
+    cmd = [a.peers_python, str(Path(__file__).with_name("peer_steps.py")), "--d", str(a.d), "--expansion",
+           str(a.expansion), "--k", str(a.k), "--batch", str(a.batch), "--threads", str(a.threads), "--steps",
+           str(a.steps), "--device", a.device, "--precision", a.precision, "--dead-fraction", str(dead_fraction)]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_options(ap)
@@ -72,7 +92,7 @@ def main():
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="matmul precision of both steps")
     ap.add_argument("--peers-python", default=None, help="Python of a venv with eai-sparsify and sae-lens")
     ap.add_argument("--dead-fraction", type=float, default=0.25,
-                    help="Share of latents dead for the AuxK line (k_aux = d/2); 0 skips it")
+                    help="Share of latents dead for the AuxK lines (k_aux = d/2); 0 skips them")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = SAESpec("topk", a.d, a.expansion, k=a.k)
@@ -80,24 +100,25 @@ def main():
     print(f"d={a.d} n={spec.d_sae} k={a.k} batch={a.batch} threads={a.threads} device={a.device} "
           f"precision={a.precision}")
     bf16 = a.precision == "bf16"
+    r_mm = rate(encoder_matmul(spec, x, bf16), a.batch, a.steps)
     r_dense = rate(dense(spec, x, bf16), a.batch, a.steps)
-    r_ours = rate(ours(spec, x, bf16), a.batch, a.steps)
-    print(f"dense PyTorch TopK step  {r_dense:10,.0f} tokens/s")
-    print(f"clipsae sparse TopK step {r_ours:10,.0f} tokens/s   ratio vs dense {r_ours / r_dense:.2f}")
-    if a.dead_fraction:
-        r_aux = rate(ours(spec, x, bf16, a.dead_fraction), a.batch, a.steps)
-        print(f"clipsae step, {a.dead_fraction:.0%} dead (AuxK k_aux={spec.aux_k}) {r_aux:10,.0f} tokens/s   "
-              f"ratio vs dense {r_aux / r_dense:.2f}, vs no dead {r_aux / r_ours:.2f}")
-    if a.peers_python:
-        cmd = [a.peers_python, str(Path(__file__).with_name("peer_steps.py")), "--d", str(a.d), "--expansion",
-               str(a.expansion), "--k", str(a.k), "--batch", str(a.batch), "--threads", str(a.threads), "--steps",
-               str(a.steps), "--device", a.device, "--precision", a.precision]
-        peers = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-        for name, r in peers.items():
-            if isinstance(r, float):
-                print(f"{name + ' step':24} {r:10,.0f} tokens/s   clipsae / {name} {r_ours / r:.2f}")
-            else:
-                print(f"{name}: {r}")
+    print(f"encoder matmul alone     {r_mm:10,.0f} tokens/s")
+    print(f"dense PyTorch TopK step  {r_dense:10,.0f} tokens/s   ratio vs the matmul {r_dense / r_mm:.2f}")
+    settings = [("none dead", 0.0)] + ([(f"{a.dead_fraction:.0%} dead, AuxK k_aux={spec.aux_k}", a.dead_fraction)]
+                                        if a.dead_fraction else [])
+    for label, fraction in settings:
+        r_ours = rate(ours(spec, x, bf16, fraction), a.batch, a.steps)
+        print(f"clipsae step, {label}: {r_ours:10,.0f} tokens/s   vs the matmul {r_ours / r_mm:.2f}, "
+              f"vs dense {r_ours / r_dense:.2f}")
+        if a.peers_python:
+            for name, r in peers(a, fraction).items():
+                if name.endswith("_auxk_reaches_encoder"):
+                    if r is not None:
+                        print(f"  {name.removesuffix('_auxk_reaches_encoder')}'s AuxK gives the encoder a gradient: {r}")
+                elif isinstance(r, float):
+                    print(f"  {name + ' step':22} {r:10,.0f} tokens/s   clipsae / {name} {r_ours / r:.2f}")
+                else:
+                    print(f"  {name}: {r}")
 
 
 if __name__ == "__main__":

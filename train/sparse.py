@@ -60,9 +60,9 @@ class _GatheredLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, vals, x_c, b_dec, W_enc, b_enc, rows, cols, offsets):
+    def forward(ctx, z_BN, x_c, b_dec, W_enc, b_enc, rows, cols, offsets):
         ctx.save_for_backward(x_c, W_enc, rows, cols, offsets)
-        return vals.clone()
+        return z_BN[rows, cols].to(x_c.dtype)
 
     @staticmethod
     def backward(ctx, g):
@@ -95,8 +95,7 @@ def encode_sparse(x_c_BD: torch.Tensor, b_dec_D: torch.Tensor, W_enc_ND: torch.T
     ``x_c_BD`` is x − b_dec computed without gradient (x is data), ``z_BN`` equals ``x_c @ W_encᵀ + b_enc``
     (computed without gradient); the gradient reaches W_enc, b_enc and b_dec.
     """
-    vals = z_BN[rows, cols].to(x_c_BD.dtype)
-    return _GatheredLinear.apply(vals, x_c_BD, b_dec_D, W_enc_ND, b_enc_N, rows, cols, offsets)
+    return _GatheredLinear.apply(z_BN, x_c_BD, b_dec_D, W_enc_ND, b_enc_N, rows, cols, offsets)
 
 
 class _GatheredColumns(torch.autograd.Function):
@@ -104,9 +103,9 @@ class _GatheredColumns(torch.autograd.Function):
     the pre-activations already computed; the backward is two dense products over those C columns."""
 
     @staticmethod
-    def forward(ctx, z_BC, x_c, b_dec, W_enc, b_enc, cols):
+    def forward(ctx, z_BN, x_c, b_dec, W_enc, b_enc, cols):
         ctx.save_for_backward(x_c, W_enc, cols)
-        return z_BC.clone()
+        return z_BN.index_select(1, cols).to(x_c.dtype)
 
     @staticmethod
     def backward(ctx, g_BC):
@@ -127,8 +126,7 @@ class _GatheredColumns(torch.autograd.Function):
 def encode_columns(x_c_BD: torch.Tensor, b_dec_D: torch.Tensor, W_enc_ND: torch.Tensor, b_enc_N: torch.Tensor,
                    z_BN: torch.Tensor, cols_C: torch.Tensor) -> torch.Tensor:
     """The pre-activations of the latents ``cols_C``, (B, C), differentiable; ``z_BN`` as for :func:`encode_sparse`."""
-    return _GatheredColumns.apply(z_BN.index_select(1, cols_C).to(x_c_BD.dtype), x_c_BD, b_dec_D, W_enc_ND, b_enc_N,
-                                  cols_C)
+    return _GatheredColumns.apply(z_BN, x_c_BD, b_dec_D, W_enc_ND, b_enc_N, cols_C)
 
 
 def decode_sparse(codes: SparseCodes, W_dec_ND: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

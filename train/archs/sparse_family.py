@@ -35,9 +35,9 @@ def auxk_reconstruction(sae, x_c: torch.Tensor, z: torch.Tensor, dead_C: torch.T
         return decode_sparse(gathered_codes(sae, x_c, z, select_topk_in(z, dead_C, k_aux)), sae.W_dec)
     z_BC = encode_columns(x_c, sae.b_dec, sae.W_enc, sae.b_enc, z, dead_C)
     with torch.no_grad():
-        top = z_BC.topk(k_aux, dim=1, sorted=False).indices
-        keep = torch.zeros_like(z_BC).scatter_(1, top, 1.0)
-    f_BC = F.relu(z_BC) * keep
+        top_BK = z_BC.topk(k_aux, dim=1, sorted=False).indices
+    # The k_aux codes of each row put in place among the C columns: ReLU and its backward touch B·k_aux values.
+    f_BC = torch.zeros_like(z_BC).scatter(1, top_BK, F.relu(z_BC.gather(1, top_BK)))
     return f_BC @ sae.W_dec.index_select(0, dead_C)
 
 
