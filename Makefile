@@ -61,6 +61,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/report_index.py  # needs Debian's chromium and chromium-driver
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/train_run.py
+	$(BIN)/python bench/train_memory.py
 	$(BIN)/python bench/sparse_probe.py
 	$(BIN)/python bench/baselines.py
 	$(BIN)/python bench/patch_probe.py
@@ -82,6 +83,7 @@ bench-gpu: $(TEST_STAMP) $(PEERS)/.installed
 	$(BIN)/python bench/extract_vs_forward.py --model ViT-L-14 --layers embed --tokens cls --batch 256 --images 4096 --image-size 400 --loader-workers 14 --device cuda --precision bf16
 	$(BIN)/python bench/train_step.py --d 1024 --expansion 16 --batch 4096 --device cuda --precision bf16 --peers-python $(PEERS)/bin/python
 	$(BIN)/python bench/train_step.py --d 1024 --expansion 64 --batch 4096 --device cuda --precision bf16
+	$(BIN)/python bench/train_memory.py --device cuda
 	$(BIN)/python bench/train_run.py --d 1024 --tokens 257 --images 8192 --steps 600 --device cuda --precision bf16 --threads 16
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/encode.py --d 1024 --expansion 16 --device cuda
