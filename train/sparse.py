@@ -100,11 +100,13 @@ def encode_sparse(x_c_BD: torch.Tensor, b_dec_D: torch.Tensor, W_enc_ND: torch.T
 
 class _GatheredColumns(torch.autograd.Function):
     """z[:, cols] = (x − b_dec) W_enc[cols]ᵀ + b_enc[cols] as a dense (B, C) block, its values taken from
-    the pre-activations already computed; the backward is two dense products over those C columns."""
+    the pre-activations already computed; the backward is a dense product over those C columns (in bf16
+    where the step's matmuls are), and b_dec's n·d one."""
 
     @staticmethod
-    def forward(ctx, z_BN, x_c, b_dec, W_enc, b_enc, cols):
+    def forward(ctx, z_BN, x_c, b_dec, W_enc, b_enc, cols, bf16):
         ctx.save_for_backward(x_c, W_enc, cols)
+        ctx.bf16 = bf16
         return z_BN.index_select(1, cols).to(x_c.dtype)
 
     @staticmethod
@@ -114,19 +116,21 @@ class _GatheredColumns(torch.autograd.Function):
         n = W_enc.shape[0]
         grad_W = grad_b = grad_b_dec = None
         if ctx.needs_input_grad[3]:
-            grad_W = torch.zeros_like(W_enc).index_add_(0, cols, g_BC.T @ x_c)
+            product = (g_BC.T.bfloat16() @ x_c.bfloat16()).to(W_enc.dtype) if ctx.bf16 else g_BC.T @ x_c
+            grad_W = torch.zeros_like(W_enc).index_add_(0, cols, product)
         col_sums = g_BC.sum(0)
         if ctx.needs_input_grad[4]:
             grad_b = torch.zeros(n, dtype=g_BC.dtype, device=g_BC.device).index_add_(0, cols, col_sums)
         if ctx.needs_input_grad[2]:
             grad_b_dec = -(col_sums @ W_enc.index_select(0, cols))
-        return None, None, grad_b_dec, grad_W, grad_b, None
+        return None, None, grad_b_dec, grad_W, grad_b, None, None
 
 
 def encode_columns(x_c_BD: torch.Tensor, b_dec_D: torch.Tensor, W_enc_ND: torch.Tensor, b_enc_N: torch.Tensor,
-                   z_BN: torch.Tensor, cols_C: torch.Tensor) -> torch.Tensor:
-    """The pre-activations of the latents ``cols_C``, (B, C), differentiable; ``z_BN`` as for :func:`encode_sparse`."""
-    return _GatheredColumns.apply(z_BN, x_c_BD, b_dec_D, W_enc_ND, b_enc_N, cols_C)
+                   z_BN: torch.Tensor, cols_C: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """The pre-activations of the latents ``cols_C``, (B, C), differentiable; ``z_BN`` as for :func:`encode_sparse`.
+    ``bf16``: the encoder's gradient product in bf16 (the step's ``--precision bf16``)."""
+    return _GatheredColumns.apply(z_BN, x_c_BD, b_dec_D, W_enc_ND, b_enc_N, cols_C, bf16)
 
 
 def decode_sparse(codes: SparseCodes, W_dec_ND: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

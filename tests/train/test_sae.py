@@ -144,3 +144,19 @@ def test_matryoshka_levels_nest_and_weights_sum_to_one():
     assert uw.levels == [4, 8, 16, 32, 64]
     assert uw.level_weights() == pytest.approx([0.2] * 5)
     assert rw.level_weights() == pytest.approx([5 / 15, 4 / 15, 3 / 15, 2 / 15, 1 / 15])
+
+
+def test_bf16_auxk_gradients_stay_close_to_fp32():
+    sae = _sae("topk", d=64)
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(11))
+    dead = torch.arange(0, sae.spec.d_sae, 4)  # AuxK's dense path: 64 dead latents, k_aux 32
+    grads = []
+    for bf16 in (False, True):
+        sae.bf16_matmul = bf16
+        sae.zero_grad()
+        sae(x, dead).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
+    for name, exact in grads[0].items():
+        approx = grads[1][name]
+        assert (approx - exact).abs().max() <= 0.05 * exact.abs().max(), name
+        assert (approx[dead] if name in ("W_enc", "W_dec") else approx).abs().sum() > 0, name

@@ -33,12 +33,15 @@ def auxk_reconstruction(sae, x_c: torch.Tensor, z: torch.Tensor, dead_C: torch.T
     k_aux = min(k_aux, len(dead_C))
     if len(dead_C) > DENSE_AUXK_RATIO * k_aux:
         return decode_sparse(gathered_codes(sae, x_c, z, select_topk_in(z, dead_C, k_aux)), sae.W_dec)
-    z_BC = encode_columns(x_c, sae.b_dec, sae.W_enc, sae.b_enc, z, dead_C)
+    z_BC = encode_columns(x_c, sae.b_dec, sae.W_enc, sae.b_enc, z, dead_C, sae.bf16_matmul)
     with torch.no_grad():
         top_BK = z_BC.topk(k_aux, dim=1, sorted=False).indices
     # The k_aux codes of each row put in place among the C columns: ReLU and its backward touch B·k_aux values.
     f_BC = torch.zeros_like(z_BC).scatter(1, top_BK, F.relu(z_BC.gather(1, top_BK)))
-    return f_BC @ sae.W_dec.index_select(0, dead_C)
+    # Under --precision bf16 the products are bf16 as the encoder's is (their backward too: autocast casts
+    # what they save).
+    with torch.autocast(x_c.device.type, dtype=torch.bfloat16, enabled=sae.bf16_matmul):
+        return (f_BC @ sae.W_dec.index_select(0, dead_C)).float()
 
 
 class SparseFamily(Architecture):
