@@ -75,8 +75,18 @@ def test_ctrl_c_says_how_to_continue(tmp_path):
     deadline = time.monotonic() + 120
     while not (tmp_path / "d").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    # Python drops a Ctrl-C that lands while a finalizer runs ("Exception ignored in ... __del__", seen
+    # with regex's under load); a person presses it again, and so does the test.
+    for _ in range(4):
+        p.send_signal(signal.SIGINT)
+        try:
+            _, err = p.communicate(timeout=30)  # the interrupted demo exits within seconds
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        p.kill()
+        pytest.fail("clipsae demo did not stop on Ctrl-C")
     assert p.returncode == 130
     assert err.strip().splitlines()[-1] == "interrupted; rerun the same command to continue"
 
