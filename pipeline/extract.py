@@ -21,10 +21,9 @@ from clipsae.pipeline.preprocess import split_preprocess
 from clipsae.pipeline.shards import Shard, expand_shards, name_parts
 from clipsae.pipeline.tario import IMAGE_EXTS, count_samples
 from clipsae.store import layout
-from clipsae.store import zarr_backend as zb
 from clipsae.store.layout import HookLayout
 from clipsae.store.location import store_path
-from clipsae.store.parts import claim, complete_names, task_of
+from clipsae.store.parts import Claim, claim
 from clipsae.store.stats import HookStats
 from clipsae.store.writer import PartWriter, check_store_path, open_root, record_store_stats
 from clipsae.workers import worker_slot
@@ -86,6 +85,7 @@ class _Opened:
 
     shards: list[Shard]
     masks: MaskSpec | None
+    mine: Claim
     loaded: object
     forward: HookedForward
     root: object
@@ -95,7 +95,8 @@ class _Opened:
 def _open(cfg: ExtractConfig, device: torch.device, n_workers: int = 1, index: int = 0) -> _Opened:
     """Load the model onto ``device`` and create the store's root, or check it was made the same way.
 
-    Masks are checked first in the tars still to extract of worker ``index`` of ``n_workers``.
+    Worker ``index`` of ``n_workers`` claims its tars first, and their masks are checked before the
+    store is touched.
     """
     shards = name_parts(expand_shards(cfg.shards))
     check_store_path(cfg.store)
@@ -115,11 +116,11 @@ def _open(cfg: ExtractConfig, device: torch.device, n_workers: int = 1, index: i
         "created_by": "clipsae extract",
         "token_order": "CLS first, then patches row-major (ViT); spatial positions row-major (ResNet)",
     }
+    mine = claim(shards, lambda s: s.part, store_path(cfg.store) / layout.PARTS, n_workers, index)
     # Masks are checked in every tar still to extract before the store is touched: a bad one stops the run here.
     if not ignored:
-        check_masks([sh.path for sh in _pending(cfg.store, shards, n_workers, index)], masks, cfg.mask_ext,
-                    IMAGE_EXTS, cfg.progress)
-    return _Opened(shards, masks, loaded, forward, open_root(cfg.store, config, provenance), layouts)
+        check_masks([sh.path for sh in mine.todo], masks, cfg.mask_ext, IMAGE_EXTS, cfg.progress)
+    return _Opened(shards, masks, mine, loaded, forward, open_root(cfg.store, config, provenance), layouts)
 
 
 def _mask_spec(cfg: ExtractConfig, shards: list[Shard], layouts: list[HookLayout], preprocess) -> tuple[MaskSpec | None, bool]:
@@ -128,7 +129,7 @@ def _mask_spec(cfg: ExtractConfig, shards: list[Shard], layouts: list[HookLayout
     classes, source = find_mask_classes(cfg.mask_classes, shards[0].path if shards else None)
     if classes is None:
         return None, False
-    grids = tuple(sorted({h.grid for h in layouts if h.grid is not None}))
+    grids = layout.patch_grids(layouts)
     if not grids:
         if cfg.mask_classes:
             raise ClipsaeError(f"--mask-classes labels patches, and no hook of this run stores any (--tokens "
@@ -136,13 +137,6 @@ def _mask_spec(cfg: ExtractConfig, shards: list[Shard], layouts: list[HookLayout
         tqdm.write(f"note: the masks of {source} are not read: no hook of this run stores patches (--tokens {cfg.tokens})")
         return None, True
     return MaskSpec(cfg.mask_ext, classes, mask_geometry(preprocess), grids), False
-
-
-def _pending(store: str, shards: list[Shard], n_workers: int, index: int) -> list[Shard]:
-    """The tars of worker ``index`` whose parts the store does not hold complete yet."""
-    parts = store_path(store) / layout.PARTS
-    done = complete_names(parts) if zb.is_node(parts) else set()
-    return [sh for i, sh in enumerate(shards) if task_of(i, n_workers) == index and sh.part not in done]
 
 
 def create_store(cfg: ExtractConfig) -> list[Shard]:
@@ -162,9 +156,8 @@ def run_extract(cfg: ExtractConfig) -> ExtractResult:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     o = _open(cfg, device, n_workers, index)
-    mine = claim(o.shards, lambda s: s.part, o.root / layout.PARTS, n_workers, index)
-    todo = mine.todo
-    result = ExtractResult(parts_skipped=[s.part for s in mine.skipped], damaged_redone=mine.damaged)
+    todo = o.mine.todo
+    result = ExtractResult(parts_skipped=[s.part for s in o.mine.skipped], damaged_redone=o.mine.damaged)
     if todo:
         t1 = time.perf_counter()
         _extract_parts(cfg, o.root, todo, o.forward, o.loaded.preprocess, o.layouts, o.masks, device, result)

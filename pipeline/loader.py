@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clipsae.pipeline.masks import MaskSpec, decode_mask
+from clipsae.pipeline.masks import MaskSpec
 from clipsae.pipeline.shards import Shard
 from clipsae.pipeline.tario import TarReport, decode_rgb, iter_samples_with
 
@@ -49,11 +49,7 @@ class TarBatches(IterableDataset):
             return {}
         if mask is None:
             raise ValueError(f"no mask ({self.masks.ext}) in sample")
-        mask_HW = decode_mask(mask)
-        why = self.masks.check(mask_HW, image.size)
-        if why:
-            raise ValueError(why)
-        return self.masks.labels(mask_HW)
+        return self.masks.labels(self.masks.read(mask, image.size))
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

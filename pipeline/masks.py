@@ -64,8 +64,8 @@ def mask_geometry(preprocess) -> Callable[[Image.Image], Image.Image]:
     and padding with 0, for masks: a resize or crop of the image moves the mask's pixels with it.
 
     Steps that convert the colour mode (open_clip's ``MaybeConvertMode``, or a plain function, as older
-    open_clip's ``_convert_to_rgb``) are not geometry, and are skipped; everything from ``ToTensor`` on is the tensor's. A step of another kind is refused:
-    we cannot know where it moves pixels.
+    open_clip's ``_convert_to_rgb``) are not geometry, and are skipped; everything from ``ToTensor`` on is
+    the tensor's. A step of another kind is refused: we cannot know where it moves pixels.
     """
     steps = []
     for step in getattr(preprocess, "transforms", []):
@@ -111,6 +111,10 @@ def patch_labels(mask_HW: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray
     return label_of[first].astype(np.uint16), (count[first] / pixels[cell_of[first]]).astype(np.float16)
 
 
+class MaskMismatch(ValueError):
+    """A mask that decodes but does not fit its image or the class list."""
+
+
 @dataclass(frozen=True)
 class MaskSpec:
     """How a run reads masks: the tar extension, the class list, the geometry and the patch grids."""
@@ -120,17 +124,19 @@ class MaskSpec:
     geometry: Callable[[Image.Image], Image.Image]
     grids: tuple[tuple[int, int], ...]
 
-    def check(self, mask_HW: np.ndarray, image_size: tuple[int, int]) -> str | None:
-        """Why ``mask_HW`` does not fit an image of ``image_size`` (W, H) and the class list; None if it does."""
+    def read(self, data: bytes, image_size: tuple[int, int]) -> np.ndarray:
+        """The mask in ``data`` as (H, W) class indices; :class:`MaskMismatch` where it does not fit an image
+        of ``image_size`` (W, H) or the class list (undecodable bytes raise what PIL raises)."""
+        mask_HW = decode_mask(data)
         if mask_HW.shape != (image_size[1], image_size[0]):
-            return f"mask is {mask_HW.shape[1]}x{mask_HW.shape[0]}, its image {image_size[0]}x{image_size[1]}"
+            raise MaskMismatch(f"mask is {mask_HW.shape[1]}x{mask_HW.shape[0]}, its image {image_size[0]}x{image_size[1]}")
         bad = np.setdiff1d(np.unique(mask_HW), [UNLABELLED, *self.classes])
         if len(bad):
-            return f"mask holds class index {int(bad[0])}, which the mask classes do not list"
-        return None
+            raise MaskMismatch(f"mask holds class index {int(bad[0])}, which the mask classes do not list")
+        return mask_HW
 
     def labels(self, mask_HW: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per grid (by :func:`grid_name`): the patches' labels and shares, from a mask that passed :meth:`check`."""
+        """Per grid (by :func:`grid_name`): the patches' labels and shares, from a mask :meth:`read` gave."""
         moved = np.asarray(self.geometry(Image.fromarray(mask_HW.astype(np.int32), mode="I"))).astype(np.int64)
         return {grid_name(g): patch_labels(moved, g) for g in self.grids}
 
@@ -168,13 +174,11 @@ def check_tar_masks(path: str, spec: MaskSpec | None, ext: str, image_exts: tupl
                     raise ClipsaeError(f"{path}: sample {key} has no mask ({ext}) while others have: every sample "
                                        f"needs one, or none (then leave out {MASK_CLASSES_FILE} and --mask-classes)")
                 try:
-                    mask = decode_mask(tar.extractfile(members[ext]).read())
-                    size = _image_size(tar.extractfile(image).read())
+                    spec.read(tar.extractfile(members[ext]).read(), _image_size(tar.extractfile(image).read()))
+                except MaskMismatch as exc:
+                    raise ClipsaeError(f"{path}: sample {key}: {exc}") from None
                 except Exception as exc:  # PIL raises many types for bad bytes
                     raise ClipsaeError(f"{path}: sample {key}: unreadable mask or image: {type(exc).__name__}: {exc}") from None
-                why = spec.check(mask, size)
-                if why:
-                    raise ClipsaeError(f"{path}: sample {key}: {why}")
     except (tarfile.TarError, EOFError, OSError):
         return  # a truncated tar is extract's to report, for the samples it can read
 

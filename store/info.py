@@ -38,8 +38,7 @@ def summarize(store: ActivationStore) -> dict:
         "disk_bytes": storage_of(store.path).disk_bytes(store.path),
         "hooks": hooks,
         "mask_classes": len(store.mask_classes() or {}),
-        "patch_grids": sorted({layout.grid_name(store.layout(h).grid) for h in store.hooks
-                               if store.mask_classes() is not None and store.layout(h).grid is not None}),
+        "patch_grids": [layout.grid_name(g) for g in store.patch_grids()],
         "integrity": {"checked": False, "problems": []},
     }
 

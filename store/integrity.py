@@ -100,7 +100,7 @@ def _check_patch_labels(store: ActivationStore, report: VerifyReport) -> None:
     classes = store.mask_classes()
     if classes is None:
         return
-    grids = sorted({store.layout(h).grid for h in store.hooks if store.layout(h).grid is not None})
+    grids = store.patch_grids()
     known = np.array(sorted({0, *classes}))
     for part in store.parts:
         for grid in grids:

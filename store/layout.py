@@ -39,6 +39,11 @@ def grid_name(grid: tuple[int, int]) -> str:
     return f"{grid[0]}x{grid[1]}"
 
 
+def patch_grids(hooks) -> tuple[tuple[int, int], ...]:
+    """The distinct patch grids of ``hooks`` (HookLayouts), sorted: those a part keeps patch labels at."""
+    return tuple(sorted({h.grid for h in hooks if h.grid is not None}))
+
+
 def chunk_rows(n_tokens: int, d: int, itemsize: int, target_bytes: int = TARGET_CHUNK_BYTES,
                expected_images: int | None = None) -> int:
     """Images per chunk: about ``target_bytes`` a chunk, fitted to the part when its size is known.

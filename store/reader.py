@@ -221,6 +221,10 @@ class ActivationStore:
         classes = self.config.get(layout.MASK_CLASSES)
         return None if classes is None else {int(k): v for k, v in classes.items()}
 
+    def patch_grids(self) -> tuple[tuple[int, int], ...]:
+        """The patch grids the store keeps labels at (none without masks)."""
+        return () if self.mask_classes() is None else layout.patch_grids(self._layouts.values())
+
     def patch_grid(self, hook: str) -> tuple[int, int]:
         """The patch grid of ``hook`` whose labels the store keeps; one line where it keeps none."""
         grid = self.layout(hook).grid

@@ -96,7 +96,7 @@ class PartWriter(WritingPart):
             zb.create_group(self.dir / layout.PATCH_LABEL_SHARE, {})
         for g in patch_grids:
             n = g[0] * g[1]
-            rows = layout.fitted_rows(max(1, chunk_bytes // (n * 2)), expected_images)
+            rows = layout.chunk_rows(1, n, 2, chunk_bytes, expected_images)  # a row: n two-byte values
             self._patch_arrays[grid_name(g)] = tuple(
                 self.appender(f"{array}/{grid_name(g)}", (n,), rows, dtype) for array, dtype in
                 ((layout.PATCH_LABELS, "uint16"), (layout.PATCH_LABEL_SHARE, "float16")))
@@ -207,7 +207,7 @@ def write_store(
                  for h, a in shaped.items()]
     except (TypeError, ValueError) as exc:
         raise ClipsaeError(f"layouts: {exc}") from None
-    grids = sorted({h.grid for h in hooks if h.grid is not None}) if mask_classes is not None else []
+    grids = layout.patch_grids(hooks) if mask_classes is not None else ()
     if sorted(patch_labels or {}) != [grid_name(g) for g in grids]:
         raise ClipsaeError(f"patch_labels cover grids {sorted(patch_labels or {})}; with mask_classes they must cover "
                            f"the hooks' grids {[grid_name(g) for g in grids]}")

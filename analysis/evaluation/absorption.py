@@ -27,14 +27,19 @@ store's class names or attribute tasks):
    ``full_absorption_rate`` the share fully absorbed.
 """
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import sparse
 
-from clipsae.analysis.evaluation.sparse_probe import in_test_split, pooled_activations, tasks_of
+from clipsae.analysis.evaluation.sparse_probe import (
+    block_matrix,
+    fit_logistic,
+    in_test_split,
+    pooled_activations,
+    tasks_of,
+)
 from clipsae.errors import ClipsaeError
 from clipsae.files import read_json
 
@@ -46,10 +51,9 @@ FULL_ABSORPTION_COS = 0.025
 PROJECTION_SHARE = 0.4
 MAX_ABSORBERS = 3
 SILENT = 1e-8
-MAX_ITER = 1000
 ALL_CHILDREN = "(all)"
 COLUMNS = ("parent", "child", "images", "main_features", "split_count", "absorption_rate", "full_absorption_rate")
-SUMMARY = ("absorption_rate", "full_absorption_rate", "split_count")
+SUMMARY = ("absorption_rate", "full_absorption_rate", "split_count")  # absorption.json's means, compare's columns
 
 
 def read_hierarchy(path: Path) -> dict[str, list[str]]:
@@ -84,15 +88,6 @@ def is_full_absorption(a: float, z_F: np.ndarray, proj_F: np.ndarray, cos_F: np.
     return bool(cos_F[top] >= FULL_ABSORPTION_COS and a > 0 and proj_F[top] / a >= PROJECTION_SHARE)
 
 
-def _fit(x, y):
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return LogisticRegression(C=1.0, class_weight="balanced", max_iter=MAX_ITER).fit(x, y)
-
-
 def _f1(model, x, y) -> float:
     from sklearn.metrics import f1_score
 
@@ -115,8 +110,7 @@ class ParentResult:
 
 def image_values(codes, by: str) -> sparse.csr_matrix:
     """(images, d_sae) per-image values of every feature, as ``--by`` makes them."""
-    blocks = [sparse.csr_matrix((b.values_E.astype(np.float64), b.latents_E, b.offsets),
-                                shape=(len(b.images_I), codes.d_sae)) for b in codes.iter_images(by)]
+    blocks = [block_matrix(b, codes.d_sae) for b in codes.iter_images(by)]
     return sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, codes.d_sae))
 
 
@@ -162,7 +156,7 @@ def absorption(codes, sae, hierarchy: dict[str, list[str]], class_names: dict[in
             results.append(ParentResult(parent, float("nan"), [], [], np.zeros(0), np.zeros(0, bool),
                                         "fewer than 2 positive or negative images in a split"))
             continue
-        probe = _fit(x_ID[train], positive[train])
+        probe = fit_logistic(x_ID[train], positive[train], "balanced")
         f1 = _f1(probe, x_ID[test], positive[test])
         if f1 < MIN_PROBE_F1:
             results.append(ParentResult(parent, f1, [], [], np.zeros(0), np.zeros(0, bool),
@@ -192,7 +186,7 @@ def _main_features(z_IF: sparse.csr_matrix, positive, train, test) -> list[int]:
     main, best = [], -np.inf
     for k in range(1, len(ranked) + 1):
         cols = ranked[:k]
-        probe = _fit(z_IF[train][:, cols].toarray(), positive[train])
+        probe = fit_logistic(z_IF[train][:, cols].toarray(), positive[train], "balanced")
         score = _f1(probe, z_IF[test][:, cols].toarray(), positive[test])
         if score <= best + F1_JUMP:
             break

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsae.analysis.defaults import ENTROPY_K
+from clipsae.analysis.evaluation.absorption import SUMMARY as ABSORPTION_SUMMARY
 from clipsae.analysis.evaluation.patch_probe import SUMMARY_FILE as PATCH_PROBE_FILE
 from clipsae.analysis.evaluation.sparse_probe import DEFAULT_KS as PROBE_KS
 from clipsae.analysis.evaluation.sparse_probe import summary_file
@@ -42,9 +43,8 @@ AVERAGED = ("tokens", "l0", "fvu", "explained_variance", "dead_share", "dense_sh
             "median_label_entropy", "median_ms", "spliced_cosine", "ce_recovered", "ce_recovered_mean", "kl",
             "sparse_probe_k1", "sparse_probe_k2", "sparse_probe_k5", "dense_probe", "patch_map", "patch_purity_16",
             "patch_coverage_0.3", "absorption_rate", "full_absorption_rate", "split_count")
-# From patch_probe.json (``analyze patch-probe``) and absorption.json (``analyze absorption``), where they ran.
+# From patch_probe.json (``analyze patch-probe``), where it ran; absorption.json gives ABSORPTION_SUMMARY.
 PATCH_PROBE = {"patch_map": "map", "patch_purity_16": "purity_16", "patch_coverage_0.3": "coverage_0.3"}
-ABSORPTION = ("absorption_rate", "full_absorption_rate", "split_count")
 COLUMNS = COLUMNS + tuple(f"{c}_std" for c in AVERAGED) + ("sae_path",)
 SPLICE_ZERO_SHOT = ("ce_recovered", "ce_recovered_mean", "kl")  # from splice.json's zero_shot, where splice ran
 # Below this many encoded tokens the fit figures of a row move by more than the differences compared.
@@ -136,7 +136,7 @@ def summarise(codes: Codes, by: str, min_hits: int, embed_hook: str | None, devi
               **{f"sparse_probe_k{k}": probing.get("accuracy", {}).get(str(k), float("nan")) for k in PROBE_KS},
               "dense_probe": _figure(probing, "dense_accuracy"),
               **{c: _figure(patches, key) for c, key in PATCH_PROBE.items()},
-              **{c: _figure(absorbed, c) for c in ABSORPTION},
+              **{c: _figure(absorbed, c) for c in ABSORPTION_SUMMARY},
               "seeds": 1, "stability": float("nan"), "stability_init": float("nan"), "live_latents": float("nan"),
               "sae_path": codes.identity.get("provenance", {}).get("sae_path")}
     return Row(values, notes, seed_group(codes, section), (codes,), (section,))

@@ -117,7 +117,8 @@ def plan(tasks: list[Task], keys) -> Plan:
     return out
 
 
-def _block_matrix(block, n_features: int) -> sparse.csr_matrix:
+def block_matrix(block, n_features: int) -> sparse.csr_matrix:
+    """A block of per-image values (store.codes.ImageValues) as an (images, features) CSR matrix."""
     return sparse.csr_matrix((block.values_E.astype(np.float64), block.latents_E, block.offsets),
                              shape=(len(block.images_I), n_features))
 
@@ -135,7 +136,7 @@ def mean_differences(codes, p: Plan, by: str) -> np.ndarray:
                                    shape=(len(p.tasks), n_images))
     diff_TF = np.zeros((len(p.tasks), codes.d_sae))
     for block in codes.iter_images(by):
-        diff_TF += (weights_TI[:, block.images_I] @ _block_matrix(block, codes.d_sae)).toarray()
+        diff_TF += (weights_TI[:, block.images_I] @ block_matrix(block, codes.d_sae)).toarray()
     return diff_TF
 
 
@@ -172,17 +173,21 @@ def pooled_activations(store, hook: str, positions: np.ndarray, images: np.ndarr
     return out
 
 
-def _accuracy(x_train, y_train, x_test, y_test) -> float:
+def fit_logistic(x, y, class_weight=None):
+    """scikit-learn's L2 logistic regression (C = 1, up to :data:`MAX_ITER` iterations, SAEBench's) fitted to (x, y)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     with warnings.catch_warnings():
-        # Reported by the accuracy itself; a probe that has not converged in MAX_ITER is what it is.
+        # Reported by the score itself; a probe that has not converged in MAX_ITER is what it is.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        probe = LogisticRegression(C=1.0, max_iter=MAX_ITER).fit(x_train, y_train)
-    return float((probe.predict(x_test) == y_test).mean())
+        return LogisticRegression(C=1.0, max_iter=MAX_ITER, class_weight=class_weight).fit(x, y)
+
+
+def _accuracy(x_train, y_train, x_test, y_test) -> float:
+    return float((fit_logistic(x_train, y_train).predict(x_test) == y_test).mean())
 
 
 @dataclass
