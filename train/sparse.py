@@ -122,7 +122,7 @@ class _GatheredColumns(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             grad_b = torch.zeros(n, dtype=g_BC.dtype, device=g_BC.device).index_add_(0, cols, col_sums)
         if ctx.needs_input_grad[2]:
-            grad_b_dec = -(col_sums @ W_enc.index_select(0, cols))
+            grad_b_dec = _b_dec_grad(col_sums, W_enc.index_select(0, cols))
         return None, None, grad_b_dec, grad_W, grad_b, None, None
 
 
