@@ -48,6 +48,8 @@ def main() -> None:
         loader = [r for r in lines if r["split"] == "loader"][-1]
         ckpts = [r["seconds"] for r in lines if r["split"] == "checkpoint"]
         dead = [r["dead"] for r in lines if r["split"] == "heldout"]
+        evals = [r["seconds"] for r in lines if r["split"] == "heldout"][:-1]  # the last is after the loop
+        writes = [r["write_seconds"] for r in lines if r["split"] == "checkpoint"]
         spec = SAESpec("topk", a.d, a.expansion, k=a.k)
         x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0)).to(a.device)
         alone = rate(ours(spec, x, a.precision == "bf16"), a.batch, 5)
@@ -55,7 +57,8 @@ def main() -> None:
     print(f"store of {a.images} images × {a.tokens} tokens, d={a.d} float16; TopK n={spec.d_sae} k={a.k}, "
           f"batch {a.batch}, {a.steps} steps on {a.device} ({a.precision}); dead latents at the evaluations: {dead}")
     print(f"clipsae train, whole run: {run:,.0f} tokens/s, waiting for data {loader['wait_fraction']:.1%} of the "
-          f"time; checkpoints {', '.join(f'{s:.2f}' for s in ckpts)} s")
+          f"time; checkpoints held the loop {', '.join(f'{s:.2f}' for s in ckpts)} s, written on a thread of their own "
+          f"in {', '.join(f'{s:.2f}' for s in writes)} s; evaluations {', '.join(f'{s:.2f}' for s in evals)} s")
     print(f"step alone on a batch in memory: {alone:,.0f} tokens/s; run / step alone = {run / alone:.2f}")
 
 

@@ -15,22 +15,25 @@ HIST_EDGES = np.arange(-8.0, 0.25, 0.25)
 def evaluate(model: SparseAutoencoder, x_MD: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """(metrics, density_N) of ``model`` on raw held-out rows ``x_MD`` (float32, model's device)."""
     n = model.d_sae
-    # Dense codes of a block stay near 256 MB whatever the number of latents.
+    # Pre-activations of a block stay near 256 MB whatever the number of latents.
     block = max(64, 2**26 // n)
+    # Few active latents per row: decoded from the sparse codes (nnz·d), not a dense (block, n) × (n, d) product
+    # that would cost as much as the encoder's.
+    sparse = model.max_active is not None and model.max_active * 16 <= n
     mean_D = x_MD.mean(0)
     sse = var = cos = 0.0
     fires_N = torch.zeros(n, dtype=torch.float64, device=x_MD.device)
     l0_M = []
     for s in range(0, len(x_MD), block):
         x = x_MD[s : s + block]
-        f = model.encode(x)
-        x_hat = model.decode(f)
+        codes = model.encode_sparse(x)
+        x_hat = model.decode_sparse(codes) if sparse else model.decode(codes.to_dense(n))
         sse += float((x - x_hat).pow(2).sum())
         var += float((x - mean_D).pow(2).sum())
         cos += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=1).sum())
-        active = f != 0  # signed codes (PCA's, CLIP-Scope's) count where negative too
-        fires_N += active.sum(0)
-        l0_M.append(active.sum(1).cpu())
+        active = (codes.vals != 0).double()  # signed codes (PCA's, CLIP-Scope's) count where negative too
+        fires_N.index_add_(0, codes.cols, active)
+        l0_M.append(torch.zeros(len(x), dtype=torch.float64, device=x.device).index_add_(0, codes.rows, active).cpu())
     m, d = x_MD.shape
     l0 = torch.cat(l0_M).double()
     density = (fires_N / max(m, 1)).float().cpu()

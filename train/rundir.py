@@ -3,6 +3,7 @@
 import hashlib
 import json
 from pathlib import Path
+from typing import Collection
 
 import torch
 
@@ -67,10 +68,11 @@ def load_stream_state(out: Path, rank: int, step: int) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def remove_stream_states(out: Path, rank: int, keep: int) -> None:
-    """Remove process ``rank``'s positions of steps other than ``keep`` (the checkpoint's)."""
+def remove_stream_states(out: Path, rank: int, keep: Collection[int]) -> None:
+    """Remove process ``rank``'s positions of steps other than those in ``keep`` (checkpoints' steps)."""
+    kept = {_stream_file(out, rank, step) for step in keep}
     for path in out.glob(f"stream-rank{rank}-step*.pt"):
-        if path != _stream_file(out, rank, keep):
+        if path not in kept:
             path.unlink(missing_ok=True)
 
 

@@ -15,6 +15,7 @@ from clipsae.host_sync import declared
 from clipsae.store.reader import ActivationStore
 from clipsae.train import archs
 from clipsae.train.archs.base import StepOutput
+from clipsae.train.checkpoint_writer import CheckpointWriter, host_copy
 from clipsae.train.config import TrainConfig
 from clipsae.train.data import RowSource, ShuffleStream, holdout_mask
 from clipsae.train.export import to_inference
@@ -89,6 +90,8 @@ class Run:
         self.first_bad = [torch.full((), -1, dtype=torch.int64, device=self.device) for _ in self.saes]
         # Per SAE, the indices of the latents AuxK revives, as of the last logging step (refresh_dead).
         self.dead_cols = [torch.zeros(0, dtype=torch.int64, device=self.device) for _ in self.saes]
+        self.writer = CheckpointWriter()
+        self.last_checkpoint_step = 0
 
     def refresh_dead(self) -> None:
         """Which latents are dead now, for AuxK to rank only them until the next logging step."""
@@ -138,6 +141,7 @@ class Run:
                 f"run has {self.ranks.world}; resume it with the same number (torchrun --nproc-per-node {world}"
                 f"{', or plain clipsae train' if world == 1 else ''}): another number would change its batches")
         self.step, self.scale = int(ckpt["step"]), float(ckpt["scale"])
+        self.last_checkpoint_step = self.step
         for sae, opt, s, o in zip(self.saes, self.opts, ckpt["saes"], ckpt["opts"]):
             sae.load_state_dict(s)
             opt.load_state_dict(o)
@@ -150,24 +154,52 @@ class Run:
         else:  # a checkpoint from before the dead set was kept: the set as of now
             self.refresh_dead()
 
-    def checkpoint(self) -> None:
-        """Write the checkpoint, and log how long it took (``split: checkpoint``).
+    def checkpoint(self, wait: bool = False) -> None:
+        """Checkpoint now: the loop waits for a copy of the state in host memory, and the file is written
+        on a background thread (``train/checkpoint_writer.py``) while training goes on; ``wait``: until it is
+        on disk (before stopping or finishing). Each checkpoint's record (``split: checkpoint``: ``seconds``
+        the loop was held, ``write_seconds`` the write took) is logged once its file is on disk.
 
         With several processes, each first writes its stream's position for this step; once all
-        have, process 0 writes the shared checkpoint, which names the step; only then are older
-        positions removed. A kill at any moment leaves a checkpoint whose positions all exist.
+        have, process 0 writes the shared checkpoint, which names the step. Positions are removed only
+        once no checkpoint on disk can name them (the last written, or the one being written), so a
+        kill at any moment leaves a checkpoint whose positions all exist.
         """
         t = time.perf_counter()
+        if self.ranks.is_main:
+            self.finish_checkpoints()  # logged before the state is taken, which records the log's length
         state = self.state()
         if self.ranks.world > 1:
             save_stream_state(self.cfg.out, self.ranks.rank, self.step, state.pop("stream"))
             self.ranks.barrier()
         if self.ranks.is_main:
-            save_checkpoint(self.cfg.out, state)
+            snapshot = host_copy(state)
+            self.writer.submit(lambda: save_checkpoint(self.cfg.out, snapshot), (self.step, time.perf_counter() - t))
+            if wait:
+                self.finish_checkpoints()
         if self.ranks.world > 1:
             self.ranks.barrier()
-            remove_stream_states(self.cfg.out, self.ranks.rank, keep=self.step)
-        self.metrics.log({"step": self.step, "split": "checkpoint", "seconds": time.perf_counter() - t})
+            on_disk = [self.step] if wait else [self.step, self.last_checkpoint_step]
+            remove_stream_states(self.cfg.out, self.ranks.rank, keep=on_disk)
+        self.last_checkpoint_step = self.step
+
+    def _log_written(self, done: tuple | None) -> None:
+        if done is not None:
+            (step, held), write_seconds = done
+            self.metrics.log({"step": step, "split": "checkpoint", "seconds": held, "write_seconds": write_seconds})
+
+    def finish_checkpoints(self) -> None:
+        """Wait for the checkpoint being written, if any, and raise what its write raised."""
+        self._log_written(self.writer.wait())
+
+    def finish_checkpoints_failing(self) -> None:
+        """As :meth:`finish_checkpoints` while another error is on its way out: that one is reported, and a
+        failed write only said (the checkpoint before it is whole)."""
+        try:
+            self.finish_checkpoints()
+        except Exception as e:
+            print(f"note: the checkpoint being written failed too ({e}); the one before it is kept", file=sys.stderr,
+                  flush=True)
 
     def agree_any(self, flag: bool, synchronised: bool) -> bool:
         """``flag`` alone; with several processes, whether it holds on any of them, asked only
@@ -233,9 +265,11 @@ class Run:
             record = {"step": self.step, "tokens": self.step * self.cfg.batch_size, "sae": sae.spec.label,
                       "split": "heldout", "dead": dead, "dead_fraction": dead / sae.spec.d_sae}
             if x_eval is not None and len(x_eval):
+                t = time.perf_counter()
                 metrics, density = evaluate(to_inference(sae, self.scale).to(self.device), x_eval)
                 record.update(metrics)
                 record["heldout_tokens"] = len(x_eval)
+                record["seconds"] = time.perf_counter() - t
                 if final:
                     record["_density"] = density
             results[sae.spec.label] = record
@@ -358,7 +392,7 @@ def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: n
                 # Processes must agree on when to stop or checkpoint; they compare only at logging
                 # steps, where they wait for one another anyway.
                 if stop is not None and run.agree_any(stop(), logged):
-                    run.checkpoint()
+                    run.checkpoint(wait=True)
                     raise TrainingStopped(run.step)
                 x = _to_device(run.stream.next_batch(), run.device) * run.scale
                 run.train_step(x, sums)
@@ -391,15 +425,18 @@ def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: n
                 due = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
                 late = run.agree_any(time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60, logged)
                 if due or late or run.step == cfg.steps:
-                    run.checkpoint()
+                    run.checkpoint(wait=run.step == cfg.steps)
                     last_ckpt = time.monotonic()
         finally:
             bar.close()
             run.stream.close()
+            if sys.exc_info()[0] is not None:
+                run.finish_checkpoints_failing()
         dirs, metrics = _finalize(run, x_eval)
         run.metrics.close()
         return TrainResult(dirs, metrics, resumed_from, False, throughput or None)
     except ClipsaeError:
+        run.finish_checkpoints_failing()
         if ckpt is None and run.step == 0 and ranks.is_main:
             # A new run that failed before its first step (a damaged store, say) leaves no run behind.
             _remove_unstarted(cfg.out, existed)

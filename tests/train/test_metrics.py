@@ -12,8 +12,17 @@ def _relu_sae(d=6, n=10, seed=0) -> SparseAutoencoder:
                              torch.randn(n, d, generator=g), torch.randn(d, generator=g))
 
 
-def test_metrics_follow_their_formulas():
-    sae = _relu_sae()
+def _topk_sae(d=6, n=64, k=3, seed=0) -> SparseAutoencoder:
+    # n ≥ 16·k: evaluated from its sparse codes
+    g = torch.Generator().manual_seed(seed)
+    return SparseAutoencoder("topk", torch.randn(n, d, generator=g), torch.randn(n, generator=g) - 0.5,
+                             torch.randn(n, d, generator=g), torch.randn(d, generator=g), k=k)
+
+
+@pytest.mark.parametrize("make", [_relu_sae, _topk_sae], ids=["dense-codes", "sparse-codes"])
+def test_metrics_follow_their_formulas(make):
+    sae = make()
+    n = sae.d_sae
     x = torch.randn(300, 6, generator=torch.Generator().manual_seed(1))
     m, density = evaluate(sae, x)
     with torch.no_grad():
@@ -28,7 +37,7 @@ def test_metrics_follow_their_formulas():
     assert m["cosine"] == pytest.approx(cos.mean(), rel=1e-5)
     l0 = (f > 0).sum(1)
     assert m["l0"] == pytest.approx(l0.mean()) and m["l0_max"] == l0.max()
-    assert m["population_sparsity"] == pytest.approx(l0.mean() / 10)
+    assert m["population_sparsity"] == pytest.approx(l0.mean() / n)
     assert np.allclose(density.numpy(), (f > 0).mean(0))
     assert m["dense"] == int(((f > 0).mean(0) > 0.1).sum())
     assert m["dead_heldout"] == int(((f > 0).sum(0) == 0).sum())
