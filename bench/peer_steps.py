@@ -20,6 +20,7 @@ os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "" if torch.cuda.is_available()
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_step_options  # noqa: E402
+from clipsae.memory import keep_freed_memory  # noqa: E402 (imports nothing of clipsae's dependencies)
 
 
 def _rate(step, batch: int, warmup: int, steps: int) -> float:
@@ -122,6 +123,7 @@ def main():
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--dead-fraction", type=float, default=0.0, help="Share of latents dead (AuxK active)")
     a = ap.parse_args()
+    keep_freed_memory()  # as clipsae's own process does, so that the allocator is the same for all
     torch.set_num_threads(a.threads)
     x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0)).to(a.device)
     n = a.expansion * a.d

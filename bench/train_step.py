@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_step_options  # noqa: E402
+from clipsae.memory import keep_freed_memory  # noqa: E402
 from clipsae.train.dense import dense_forward  # noqa: E402
 from clipsae.train.sae import TrainingSAE, optimise  # noqa: E402
 from clipsae.train.spec import SAESpec  # noqa: E402
@@ -94,11 +95,13 @@ def main():
     ap.add_argument("--dead-fraction", type=float, default=0.25,
                     help="Share of latents dead for the AuxK lines (k_aux = d/2); 0 skips them")
     a = ap.parse_args()
+    # As `clipsae train` runs; the reference and the peers' process (bench/peer_steps.py) get the same allocator.
+    kept = keep_freed_memory()
     torch.set_num_threads(a.threads)
     spec = SAESpec("topk", a.d, a.expansion, k=a.k)
     x = torch.randn(a.batch, a.d, generator=torch.Generator().manual_seed(0)).to(a.device)
     print(f"d={a.d} n={spec.d_sae} k={a.k} batch={a.batch} threads={a.threads} device={a.device} "
-          f"precision={a.precision}")
+          f"precision={a.precision} freed memory kept for reuse={kept}")
     bf16 = a.precision == "bf16"
     r_mm = rate(encoder_matmul(spec, x, bf16), a.batch, a.steps)
     r_dense = rate(dense(spec, x, bf16), a.batch, a.steps)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from clipsae.errors import ClipsaeError
 from clipsae.host_sync import declared
+from clipsae.memory import keep_freed_memory
 from clipsae.store.reader import ActivationStore
 from clipsae.train import archs
 from clipsae.train.archs.base import StepOutput
@@ -326,6 +327,7 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
     :class:`TrainingStopped`, and the same call later resumes exactly there. Started by torchrun,
     the processes train one set of SAEs together (``train/ranks.py``).
     """
+    keep_freed_memory()
     ranks = join_ranks(cfg.device)
     try:
         result = _train(cfg, quiet or not ranks.is_main, store, held, stop, ranks, notes if ranks.is_main else ())

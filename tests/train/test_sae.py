@@ -138,6 +138,22 @@ def test_bf16_matmul_pre_activations_stay_close_to_fp32():
     assert torch.isfinite(sae.W_enc.grad).all()
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_pre_activations_without_autograd_equal_the_differentiable_ones_in_one_reused_buffer(bf16):
+    sae = _sae("topk", d=64)
+    sae.bf16_matmul = bf16
+    x = torch.randn(128, 64, generator=torch.Generator().manual_seed(12))
+    exact = sae.pre_acts(x).detach()
+    with torch.no_grad():
+        z = sae.pre_acts(x)
+        again = sae.pre_acts(x * 2)
+    assert z.data_ptr() == again.data_ptr()  # the same buffer, written over
+    with torch.no_grad():
+        z = sae.pre_acts(x)
+    # bf16: the bias is added in fp32 here, in bf16 under autocast
+    assert torch.allclose(z, exact, rtol=0, atol=0.02 if bf16 else 1e-5)
+
+
 def test_matryoshka_levels_nest_and_weights_sum_to_one():
     uw = SAESpec("matryoshka", 16, 4, matryoshka_weighting="uw")
     rw = SAESpec("matryoshka", 16, 4, matryoshka_weighting="rw")

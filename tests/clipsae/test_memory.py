@@ -1,0 +1,31 @@
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+# A child process allocates 256 MiB, touches it, frees it and reports how much of it stays resident.
+_CHILD = """
+import sys
+from clipsae.memory import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def resident():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096 / 2**20
+block = bytearray(256 * 2**20)
+held = resident()
+del block
+print(held - resident())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_stays_for_reuse_once_asked_and_goes_back_otherwise():
+    def released(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", _CHILD, mode], cwd=ROOT, capture_output=True, text=True, check=True)
+        return float(out.stdout)
+
+    assert released("default") > 200  # glibc unmaps a block that large when it is freed
+    assert released("keep") < 16
