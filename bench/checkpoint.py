@@ -41,7 +41,7 @@ def main():
         for sae, opt in zip(run.saes, run.opts):
             optimise(sae, opt, x, None, 1.0)
         t = time.perf_counter()
-        run.checkpoint()
+        run.checkpoint(wait=True)  # the whole write, as the reference's (the loop itself waits only for a copy)
         ckpt_s = time.perf_counter() - t
         size = (tmp / "run" / CHECKPOINT_FILE).stat().st_size / 2**20
         state = run.state()

@@ -30,9 +30,11 @@ def child(d: int, n: int, batch: int, k: int, dead_fraction: float, bf16: bool, 
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from clipsae.memory import keep_freed_memory
     from clipsae.train.sae import TrainingSAE, optimise
     from clipsae.train.spec import SAESpec
 
+    keep_freed_memory()  # as `clipsae train` runs: what the step frees stays resident for the next one
     torch.set_num_threads(2)
     cuda = device.startswith("cuda")
     # On a GPU, the caching allocator's figures; on the CPU, the process's resident memory.

@@ -327,7 +327,9 @@ def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | No
     :class:`TrainingStopped`, and the same call later resumes exactly there. Started by torchrun,
     the processes train one set of SAEs together (``train/ranks.py``).
     """
-    keep_freed_memory()
+    if torch.device(cfg.device).type == "cpu":
+        # The step's large temporaries live in host memory only when training on the CPU (docs/sae.md).
+        keep_freed_memory()
     ranks = join_ranks(cfg.device)
     try:
         result = _train(cfg, quiet or not ranks.is_main, store, held, stop, ranks, notes if ranks.is_main else ())

@@ -4,10 +4,11 @@ Codes come from the sparse kernels (only the selected latents are touched), the 
 loss is normalised by the batch's total variance, and AuxK revives dead latents:
 L = ‖x̃ − x̂‖² / Σ‖x̃ − x̄‖² + α ‖e − ê‖² / Σ‖e − ē‖², e = x̃ − x̂, ê the AuxK reconstruction.
 
-AuxK's k_aux codes per row among C dead latents are computed densely over those C columns (three
-(B, C, d) products in all) while C ≤ :data:`DENSE_AUXK_RATIO`·k_aux, and as sparse codes beyond: k_aux
-is d/2, a large share of C where few latents are dead, and dense products run at many times the
-speed of the sparse kernels per multiply-add (docs/benchmarks.md, "SAE training step").
+AuxK's k_aux codes per row among C dead latents are computed densely over those C columns while
+C ≤ :data:`DENSE_AUXK_RATIO`·k_aux (four (B, C, d) products: the decoding, and the gradients of the
+codes, of the decoder rows and of the encoder rows), and as sparse codes beyond: k_aux is d/2, a large
+share of C where few latents are dead, and dense products run at many times the speed of the sparse
+kernels per multiply-add (docs/benchmarks.md, "SAE training step").
 """
 
 import torch
