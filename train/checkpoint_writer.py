@@ -52,6 +52,10 @@ class CheckpointWriter:
         self._thread.start()
         return done
 
+    def done(self) -> bool:
+        """Whether no write is in flight (the last one, if any, has finished; :meth:`wait` collects it)."""
+        return self._thread is None or not self._thread.is_alive()
+
     def wait(self) -> tuple | None:
         """Block until the write in flight is on disk: its (tag, seconds it took), or None if there was none."""
         if self._thread is None:

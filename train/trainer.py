@@ -189,6 +189,11 @@ class Run:
             (step, held), write_seconds = done
             self.metrics.log({"step": step, "split": "checkpoint", "seconds": held, "write_seconds": write_seconds})
 
+    def log_written_checkpoint(self) -> None:
+        """Log the checkpoint whose write has finished since, if any, without waiting for one in flight."""
+        if self.ranks.is_main and self.writer.done():
+            self.finish_checkpoints()
+
     def finish_checkpoints(self) -> None:
         """Wait for the checkpoint being written, if any, and raise what its write raised."""
         self._log_written(self.writer.wait())
@@ -417,6 +422,7 @@ def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: n
                                  **{k: (float(v) / n if k != "resampled" else v) for k, v in mean.items()}})
                         acc.clear()
                     run.metrics.log({"step": run.step, "split": "loader", **throughput})
+                    run.log_written_checkpoint()
                     bar.set_postfix_str(_postfix(last_eval, wait), refresh=False)
                 if run.step % eval_every == 0 and run.step < cfg.steps:
                     run.check_finite()

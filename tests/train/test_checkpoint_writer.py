@@ -36,14 +36,14 @@ def test_writes_run_one_at_a_time_in_order_off_the_calling_thread():
         return run
 
     assert writer.submit(write(0), "a") is None
-    assert order == []  # the first write is held, and submit returned without waiting for it
+    assert order == [] and not writer.done()  # the first write is held, and submit returned without waiting
     release[0].set()
     done = writer.submit(write(1), "b")  # waits for the first
     assert done[0] == "a" and order == [0]
     release[1].set()
     assert writer.wait()[0] == "b" and order == [0, 1]
     assert threads == {"clipsae-checkpoint"}
-    assert writer.wait() is None
+    assert writer.wait() is None and writer.done()
 
 
 def test_a_failed_write_is_raised_where_the_writer_is_next_waited_for():
