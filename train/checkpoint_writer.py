@@ -47,8 +47,10 @@ class CheckpointWriter:
             self._seconds = time.perf_counter() - t
 
         self._tag = tag
-        # Not a daemon: a process that exits while a checkpoint is being written finishes writing it first.
-        self._thread = threading.Thread(target=run, name="clipsae-checkpoint")
+        # A daemon: the trainer waits for the write on every way out (finishing, stopping, failing), so
+        # only a process killed outright leaves one unfinished, and then, as after kill -9, the previous
+        # checkpoint is whole; the interpreter's exit never waits on it.
+        self._thread = threading.Thread(target=run, name="clipsae-checkpoint", daemon=True)
         self._thread.start()
         return done
 
