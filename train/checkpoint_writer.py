@@ -34,9 +34,11 @@ class CheckpointWriter:
         self._seconds = 0.0
         self._tag = None
 
-    def submit(self, write: Callable[[], None], tag=None) -> tuple | None:
-        """Start ``write()`` after the write in flight, if any, is done: that one's (tag, seconds), or None."""
-        done = self.wait()
+    def submit(self, write: Callable[[], None], tag=None) -> None:
+        """Start ``write()``. The last write must have been collected by :meth:`wait`, which gives its
+        (tag, seconds) and raises its error: none is dropped unseen."""
+        if self._thread is not None:
+            raise RuntimeError("a checkpoint write is still uncollected: wait() for it first")
 
         def run() -> None:
             t = time.perf_counter()
@@ -52,7 +54,6 @@ class CheckpointWriter:
         # checkpoint is whole; the interpreter's exit never waits on it.
         self._thread = threading.Thread(target=run, name="clipsae-checkpoint", daemon=True)
         self._thread.start()
-        return done
 
     def done(self) -> bool:
         """Whether no write is in flight (the last one, if any, has finished; :meth:`wait` collects it)."""

@@ -35,11 +35,13 @@ def test_writes_run_one_at_a_time_in_order_off_the_calling_thread():
             order.append(i)
         return run
 
-    assert writer.submit(write(0), "a") is None
+    writer.submit(write(0), "a")
     assert order == [] and not writer.done()  # the first write is held, and submit returned without waiting
+    with pytest.raises(RuntimeError, match="uncollected"):
+        writer.submit(write(1), "b")  # its result would be lost
     release[0].set()
-    done = writer.submit(write(1), "b")  # waits for the first
-    assert done[0] == "a" and order == [0]
+    assert writer.wait()[0] == "a" and order == [0]
+    writer.submit(write(1), "b")
     release[1].set()
     assert writer.wait()[0] == "b" and order == [0, 1]
     assert threads == {"clipsae-checkpoint"}
