@@ -13,7 +13,7 @@ from clipsae.train.codes import SparseCodes
 def _rows_in_descending_order(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
     """An order of the entries by row, and within a row by value descending (ties keep entry order).
 
-    TopK's codes already come so (torch.topk sorts), and are checked rather than sorted again.
+    TopK's codes already come so (``train/topk.py``'s ``topk_sorted``), and are checked rather than sorted again.
     """
     same_row = rows[1:] == rows[:-1]
     if bool(((vals[1:] <= vals[:-1]) | ~same_row).all()) and bool((rows[1:] >= rows[:-1]).all()):

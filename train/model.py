@@ -16,6 +16,7 @@ from torch import nn
 from clipsae.errors import ClipsaeError
 from clipsae.host_sync import declared
 from clipsae.train.codes import SparseCodes, row_offsets
+from clipsae.train.topk import topk_sorted
 
 
 def _relu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
@@ -23,10 +24,10 @@ def _relu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
 
 
 def _topk(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
-    top = z_BN.topk(model.k, dim=1)
-    keep = top.values > 0  # fewer than k positive pre-activations: the rest are zeros, not codes
+    vals_BK, cols_BK = topk_sorted(z_BN, model.k)
+    keep = vals_BK > 0  # fewer than k positive pre-activations: the rest are zeros, not codes
     rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(model.k).view_as(keep)[keep]
-    return SparseCodes(rows, top.indices[keep], top.values[keep], row_offsets(rows, z_BN.shape[0]))
+    return SparseCodes(rows, cols_BK[keep], vals_BK[keep], row_offsets(rows, z_BN.shape[0]))
 
 
 def _every_row(cols_BK: torch.Tensor, vals_BK: torch.Tensor) -> SparseCodes:
@@ -38,20 +39,20 @@ def _every_row(cols_BK: torch.Tensor, vals_BK: torch.Tensor) -> SparseCodes:
 
 def _topk_signed(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     # CLIP-Scope's TopK: the k largest pre-activations whatever their sign, no ReLU.
-    top = z_BN.topk(model.k, dim=1)
-    return _every_row(top.indices, top.values)
+    vals_BK, cols_BK = topk_sorted(z_BN, model.k)
+    return _every_row(cols_BK, vals_BK)
 
 
 def _topk_abs(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     # MSAE's TopKabs: the k largest |z|, coded as |z| (the sign is dropped, not kept).
-    top = z_BN.abs().topk(model.k, dim=1)
-    return _every_row(top.indices, top.values)
+    vals_BK, cols_BK = topk_sorted(z_BN.abs(), model.k)
+    return _every_row(cols_BK, vals_BK)
 
 
 def _topk_magnitude(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     # The PCA baseline's code: the k projections of largest magnitude, kept with their sign.
-    top = z_BN.abs().topk(model.k, dim=1)
-    return _every_row(top.indices, z_BN.gather(1, top.indices))
+    cols_BK = topk_sorted(z_BN.abs(), model.k)[1]
+    return _every_row(cols_BK, z_BN.gather(1, cols_BK))
 
 
 def _onehot(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:

@@ -1,5 +1,5 @@
 """The training kernels that touch only the active latents: choosing them (TopK, BatchTopK, TopK
-among some columns), the encoder's gathered linear map with its backward, and the decoder.
+among some columns; the two-pass top-k itself is ``train/topk.py``, shared with inference), the encoder's gathered linear map with its backward, and the decoder.
 
 The codes themselves (``SparseCodes``, COO sorted by row) live in ``train/codes.py``, shared with
 inference. With nnz active latents in a batch, the decoder and the encoder's backward cost nnz·d
@@ -12,28 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from clipsae.train.codes import SparseCodes, row_offsets
-
-
-def topk_columns(z_BN: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k): the columns of each row's k largest values, in no order, as ``torch.topk`` finds them.
-
-    In two passes instead of one over all n columns: column j is put in block j mod m (s = n/m columns
-    each), and the k blocks of largest maxima hold the row's k largest values. A block holding one of
-    them has a maximum that fewer than k other blocks exceed, each by a value larger than that one, which
-    is itself among the k largest. So the k largest of the k·s columns of those blocks are the row's.
-    The block maxima are one pass over z; ranking n/s maxima and then k·s values costs far less than
-    ranking n values (docs/benchmarks.md: 50 against 64 ms at 12,288 columns, 107 against 264 ms at
-    65,536, k = 32, on a 2-core CPU; BatchTopK's one row of B·n, 120 against 464 ms). Values that tie
-    may be taken from other columns than torch.topk would take them: the values are the same.
-    """
-    B, n = z_BN.shape
-    s = 16 if n >= 2048 * k else 8
-    if n % s or n // s < 2 * k:
-        return z_BN.topk(k, dim=1, sorted=False).indices
-    m = n // s
-    blocks_BK = z_BN.view(B, s, m).amax(1).topk(k, dim=1, sorted=False).indices
-    candidates = (blocks_BK.unsqueeze(2) + torch.arange(0, n, m, device=z_BN.device)).view(B, k * s)
-    return candidates.gather(1, z_BN.gather(1, candidates).topk(k, dim=1, sorted=False).indices)
+from clipsae.train.topk import topk_columns
 
 
 def select_topk(z_BN: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -165,7 +165,7 @@ def test_analysis_side_imports_no_training_code():
             "SparseCodes; print(sorted(m for m in sys.modules if m.startswith('clipsae.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert eval(out) == ["clipsae.train", "clipsae.train.codes", "clipsae.train.formats", "clipsae.train.formats.saelens",
-                         "clipsae.train.load", "clipsae.train.model"]
+                         "clipsae.train.load", "clipsae.train.model", "clipsae.train.topk"]
 
 
 def test_a_loaded_sae_builds_no_autograd_graph(tmp_path):

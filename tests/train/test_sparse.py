@@ -3,7 +3,7 @@ import torch
 
 from clipsae.train.dense import dense_forward
 from clipsae.train.sae import TrainingSAE
-from clipsae.train.sparse import select_topk_in, topk_columns
+from clipsae.train.sparse import select_topk_in
 from clipsae.train.spec import SAESpec
 
 
@@ -44,22 +44,6 @@ def _assert_step_equals_dense(sae: TrainingSAE, x: torch.Tensor):
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 def test_sparse_step_equals_dense_computation_in_value_and_gradient(arch):
     _assert_step_equals_dense(_sae(arch), torch.randn(64, 16, generator=torch.Generator().manual_seed(3)))
-
-
-@pytest.mark.parametrize("n, k", [(128, 4), (4096, 2), (768, 32), (100, 3), (96, 40)],
-                         ids=["blocks of 8", "blocks of 16", "768 columns", "not a multiple of 8", "k too large"])
-@pytest.mark.parametrize("values", ["continuous", "ties"])
-def test_topk_columns_take_the_values_torch_topk_takes(n, k, values):
-    g = torch.Generator().manual_seed(n + k)
-    z = torch.randn(64, n, generator=g)
-    if values == "ties":
-        z = (z * 2).round()  # a few distinct values, many equal
-    z[0] = torch.arange(n, dtype=z.dtype)  # a row whose k largest sit in k neighbouring columns
-    cols = topk_columns(z, k)
-    assert cols.shape == (64, k)
-    assert (cols.sort(1).values.diff(dim=1) > 0).all()  # k distinct columns per row
-    expected = z.topk(k, dim=1).values
-    assert torch.equal(z.gather(1, cols).sort(1, descending=True).values, expected)
 
 
 def test_topk_codes_have_exactly_k_latents_per_row():
