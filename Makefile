@@ -54,6 +54,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/train_loader.py
 	$(BIN)/python bench/encode.py
+	$(BIN)/python bench/topk.py
 	$(BIN)/python bench/analyze_memory.py
 	$(BIN)/python bench/correlate.py
 	$(BIN)/python bench/monosemanticity.py
@@ -87,6 +88,7 @@ bench-gpu: $(TEST_STAMP) $(PEERS)/.installed
 	$(BIN)/python bench/train_run.py --d 1024 --tokens 257 --images 8192 --steps 600 --device cuda --precision bf16 --threads 16
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/encode.py --d 1024 --expansion 16 --device cuda
+	$(BIN)/python bench/topk.py --d 1024 --latents 16384,65536 --device cuda
 	$(BIN)/python bench/correlate.py --device cuda
 	$(BIN)/python bench/patch_probe.py --device cuda
 
