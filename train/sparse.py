@@ -1,5 +1,6 @@
 """The training kernels that touch only the active latents: choosing them (TopK, BatchTopK, TopK
-among some columns; the two-pass top-k itself is ``train/topk.py``, shared with inference), the encoder's gathered linear map with its backward, and the decoder.
+among some columns; the two-pass top-k itself is ``train/topk.py``, shared with inference), the
+encoder's gathered linear map with its backward, and the decoder.
 
 The codes themselves (``SparseCodes``, COO sorted by row) live in ``train/codes.py``, shared with
 inference. With nnz active latents in a batch, the decoder and the encoder's backward cost nnz·d
