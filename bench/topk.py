@@ -16,16 +16,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipsae.device import resolve_device  # noqa: E402
 from clipsae.train import model  # noqa: E402
-from clipsae.train.codes import SparseCodes, row_offsets  # noqa: E402
+from clipsae.train.codes import SparseCodes  # noqa: E402
 from clipsae.train.topk import topk_sorted  # noqa: E402
 
 
 def torch_topk_codes(sae: model.SparseAutoencoder, z_BN: torch.Tensor) -> SparseCodes:
-    """The reference: TopK codes as ``torch.topk`` (sorted) selects them, the rest as clipsae's."""
-    top = z_BN.topk(sae.k, dim=1)
-    keep = top.values > 0
-    rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(sae.k).view_as(keep)[keep]
-    return SparseCodes(rows, top.indices[keep], top.values[keep], row_offsets(rows, z_BN.shape[0]))
+    """The reference: TopK codes as ``torch.topk`` (sorted) selects them, made into codes as clipsae's are."""
+    return model.positive_codes(*z_BN.topk(sae.k, dim=1))
 
 
 def seconds(fn, device: torch.device) -> float:

@@ -23,11 +23,17 @@ def _relu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes.from_mask(z_BN, z_BN > 0)
 
 
+def positive_codes(vals_BK: torch.Tensor, cols_BK: torch.Tensor) -> SparseCodes:
+    """Codes of the positive ones of each row's K selected values: where fewer than K pre-activations are
+    positive, the rest are zeros, not codes."""
+    B, K = vals_BK.shape
+    keep = vals_BK > 0
+    rows = torch.arange(B, device=vals_BK.device).repeat_interleave(K).view_as(keep)[keep]
+    return SparseCodes(rows, cols_BK[keep], vals_BK[keep], row_offsets(rows, B))
+
+
 def _topk(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
-    vals_BK, cols_BK = topk_sorted(z_BN, model.k)
-    keep = vals_BK > 0  # fewer than k positive pre-activations: the rest are zeros, not codes
-    rows = torch.arange(z_BN.shape[0], device=z_BN.device).repeat_interleave(model.k).view_as(keep)[keep]
-    return SparseCodes(rows, cols_BK[keep], vals_BK[keep], row_offsets(rows, z_BN.shape[0]))
+    return positive_codes(*topk_sorted(z_BN, model.k))
 
 
 def _every_row(cols_BK: torch.Tensor, vals_BK: torch.Tensor) -> SparseCodes:
