@@ -6,6 +6,8 @@ shape), and tests/store/test_docs_tables.py holds the two together. The parts ar
 protocol of store/parts.py, of which this module is the codes schema.
 """
 
+import hashlib
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -198,6 +200,13 @@ class Codes:
         self.d_sae: int = int(self.identity["sae"]["d_sae"])
         self.width: int = int(self.identity["width"])
         self._part_attrs = [zb.read_attributes(self._part_dir(i)) for i in range(len(store.parts))]
+        self._image_offsets: dict[int, np.ndarray] = {}
+
+    def fingerprint(self) -> str:
+        """A sha256 of what the codes are: their identity and every part's recorded attributes (sizes and
+        each chunk's checksum), so that anything derived from them can tell whether they changed."""
+        record = {"identity": self.identity, "parts": [[p.name, a] for p, a in zip(self.store.parts, self._part_attrs)]}
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
     @property
     def n_images(self) -> int:
@@ -271,9 +280,10 @@ class Codes:
         """(latents, values > 0) of one image, as :meth:`iter_images` gives them, read without a pass."""
         self._check_by(by)
         i, local = self._locate(image)
-        counts = self._read(i, "image_counts").astype(np.int64)
-        lo = int(counts[:local].sum())
-        latents, values, _ = self._entries(i, by, lo, lo + int(counts[local]))
+        if i not in self._image_offsets:  # a part's offsets are read once: an explorer asks image after image
+            self._image_offsets[i] = np.concatenate([[0], np.cumsum(self._read(i, "image_counts").astype(np.int64))])
+        lo, hi = self._image_offsets[i][local:local + 2]
+        latents, values, _ = self._entries(i, by, int(lo), int(hi))
         keep = values > 0
         return latents[keep].astype(np.int64), values[keep].astype(np.float32)
 
@@ -291,25 +301,31 @@ class Codes:
                 bar.update(len(block.images_I))
 
     def _iter_images(self, by: str, max_entries: int) -> Iterator[ImageValues]:
-        for i, part in enumerate(self.store.parts):
-            counts = self._read(i, "image_counts").astype(np.int64)
-            offsets = np.concatenate([[0], np.cumsum(counts)])
-            start = 0
-            while start < len(counts):
-                # Whole images, about max_entries entries (at least one image).
-                stop = max(start + 1, int(np.searchsorted(offsets, offsets[start] + max_entries, side="right")) - 1)
-                stop = min(stop, len(counts))
-                lo, hi = int(offsets[start]), int(offsets[stop])
-                latents, values, tokens = self._entries(i, by, lo, hi)
-                keep = values > 0
-                local = offsets[start:stop + 1] - lo
-                if not keep.all():
-                    kept = np.concatenate([[0], np.cumsum(keep)])
-                    local = kept[local]
-                    latents, values, tokens = latents[keep], values[keep], tokens[keep]
-                yield ImageValues(np.arange(part.offset + start, part.offset + stop, dtype=np.int64), local,
-                                  latents.astype(np.int64), values.astype(np.float32), tokens.astype(np.int64))
-                start = stop
+        for i in range(len(self.store.parts)):
+            yield from self.iter_part_images(i, by, max_entries)
+
+    def iter_part_images(self, i: int, by: str = "max", max_entries: int = _ENTRY_CHUNK) -> Iterator[ImageValues]:
+        """:meth:`iter_images` over part ``i`` alone (global image indices), for passes that resume by part."""
+        self._check_by(by)
+        part = self.store.parts[i]
+        counts = self._read(i, "image_counts").astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        start = 0
+        while start < len(counts):
+            # Whole images, about max_entries entries (at least one image).
+            stop = max(start + 1, int(np.searchsorted(offsets, offsets[start] + max_entries, side="right")) - 1)
+            stop = min(stop, len(counts))
+            lo, hi = int(offsets[start]), int(offsets[stop])
+            latents, values, tokens = self._entries(i, by, lo, hi)
+            keep = values > 0
+            local = offsets[start:stop + 1] - lo
+            if not keep.all():
+                kept = np.concatenate([[0], np.cumsum(keep)])
+                local = kept[local]
+                latents, values, tokens = latents[keep], values[keep], tokens[keep]
+            yield ImageValues(np.arange(part.offset + start, part.offset + stop, dtype=np.int64), local,
+                              latents.astype(np.int64), values.astype(np.float32), tokens.astype(np.int64))
+            start = stop
 
     def iter_token_codes(self, images: Iterable[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(image, latents (T, K), values (T, K)) of each given image in ascending order; each chunk

@@ -51,7 +51,8 @@ class Selection:
         return np.arange(min(self.n, t.store.n_images))
 
 
-def _probabilities(emb: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+def zero_shot_probabilities(emb: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax_c(s · cos(e, t_c)) per image embedding e, over unit text embeddings t_c."""
     return torch.softmax(scale * torch.nn.functional.normalize(emb.float(), dim=1) @ text.T, dim=1)
 
 
@@ -135,10 +136,10 @@ def run_intervene(t, edit: str | None, where: str, keep_top: tuple[int, ...], se
 def _keep_top(t, keep_top, orig, edited, labels, order, class_text, scale) -> list[str]:
     if class_text is None:
         raise ClipsaeError("--keep-top reports zero-shot accuracy: the images need labels with class names (--classes)")
-    pred_o = np.array(order)[_probabilities(orig, class_text, scale).argmax(1).numpy()]
+    pred_o = np.array(order)[zero_shot_probabilities(orig, class_text, scale).argmax(1).numpy()]
     rows, lines = [], []
     for k, e in zip(keep_top, edited):
-        pred = np.array(order)[_probabilities(e, class_text, scale).argmax(1).numpy()]
+        pred = np.array(order)[zero_shot_probabilities(e, class_text, scale).argmax(1).numpy()]
         cos = torch.nn.functional.cosine_similarity(orig, e, dim=1).double().numpy()
         rows.append((k, len(labels), float((pred == labels).mean()), float((pred == pred_o).mean()), float(cos.mean())))
         lines.append(f"K = {k}: zero-shot accuracy {rows[-1][2]:.4f} (original {float((pred_o == labels).mean()):.4f}), "
@@ -157,7 +158,7 @@ def _edited(t, idx, labels, orig, edited, order, names, class_text, pair_text, t
     pred_o = pred_e = name_o = name_e = p_lab_o = p_lab_e = [None] * len(idx)
     written = []
     if class_text is not None:
-        po, pe = _probabilities(orig, class_text, scale).numpy(), _probabilities(edited, class_text, scale).numpy()
+        po, pe = zero_shot_probabilities(orig, class_text, scale).numpy(), zero_shot_probabilities(edited, class_text, scale).numpy()
         cls = np.array(order)
         pred_o, pred_e = cls[po.argmax(1)], cls[pe.argmax(1)]
         name_o, name_e = [names[c] for c in pred_o.tolist()], [names[c] for c in pred_e.tolist()]
@@ -186,8 +187,8 @@ def _edited(t, idx, labels, orig, edited, order, names, class_text, pair_text, t
         lines.append("no zero-shot probabilities: the images have no labels with class names (see --classes)")
         remove_stale(t.out / "intervene.png")
     if pair_text is not None:
-        a_o = _probabilities(orig, pair_text, scale)[:, 0].double().numpy()
-        a_e = _probabilities(edited, pair_text, scale)[:, 0].double().numpy()
+        a_o = zero_shot_probabilities(orig, pair_text, scale)[:, 0].double().numpy()
+        a_e = zero_shot_probabilities(edited, pair_text, scale)[:, 0].double().numpy()
         contrast = {"texts": texts, "p_first_before": float(a_o.mean()), "p_first_after": float(a_e.mean())}
         lines.append(f"contrast {texts[0]!r} vs {texts[1]!r}: P({texts[0]!r}) {a_o.mean():.4f} → {a_e.mean():.4f}")
         if group is not None:

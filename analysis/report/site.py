@@ -12,7 +12,7 @@ ASSETS = ("report.css", "common.js", "index.js", "feature.js")
 MARKER = "report.json"
 
 
-def _script_json(obj) -> str:
+def script_json(obj) -> str:
     """JSON safe inside a <script> element."""
     return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
 
@@ -27,7 +27,7 @@ def copy_assets(out: Path) -> None:
 def write_index(out: Path, index: dict) -> None:
     """index.html plus data/index.js (the summary, plots' points and the feature table)."""
     (out / "data").mkdir(exist_ok=True)
-    (out / "data" / "index.js").write_text(f"window.CLIPSAE_INDEX = {_script_json(index)};\n")
+    (out / "data" / "index.js").write_text(f"window.CLIPSAE_INDEX = {script_json(index)};\n")
     title = html.escape(index["title"])
     (out / "index.html").write_text(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -37,14 +37,15 @@ def write_index(out: Path, index: dict) -> None:
 """)
 
 
-def feature_page(record: dict) -> str:
-    """One feature's page: a shell, its record inline, and the shared script that draws it."""
+def feature_page(record: dict, assets: str = "../assets") -> str:
+    """One feature's page: a shell, its record inline, and the shared script that draws it. ``assets``: where
+    the page finds the scripts and style (the report's folder, or the explorer's /assets)."""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>feature {record['feature']}</title>
-<link rel="stylesheet" href="../assets/report.css"></head>
+<link rel="stylesheet" href="{assets}/report.css"></head>
 <body><main id="app"></main>
-<script id="feature-data" type="application/json">{_script_json(record)}</script>
-<script src="../assets/common.js"></script><script src="../assets/feature.js"></script></body></html>
+<script id="feature-data" type="application/json">{script_json(record)}</script>
+<script src="{assets}/common.js"></script><script src="{assets}/feature.js"></script></body></html>
 """
 
 

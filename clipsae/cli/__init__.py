@@ -23,6 +23,7 @@ COMMANDS = {
     "sae": ("clipsae.cli.sae", "sae_group", "Inspect SAEs and compare two dictionaries."),
     "encode": ("clipsae.analysis.cli", "encode_cmd", "Encode a store with an SAE and cache the codes in the store."),
     "analyze": ("clipsae.analysis.cli", "analyze_group", "Statistics, tables and plots from cached codes."),
+    "serve": ("clipsae.analysis.explore.cli", "serve_cmd", "Explore codes live in a browser: features, patches, steering."),
     "demo": ("clipsae.cli.demo", "demo_cmd", "The whole pipeline on built-in synthetic data."),
 }
 

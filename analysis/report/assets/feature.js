@@ -7,6 +7,9 @@
   const el = window.clipsae.el;
   const fmt = (x) => (x === null || x === undefined ? "–" : String(x));
   const L = R.links;
+  // Where thumbnails, other features and image pages are: the report's files, or the explorer's URLs.
+  const thumbHref = (x) => (L.thumb || "../images/{image}.jpg").replace("{image}", x.image);
+  const featureHref = (f) => (L.feature || "{feature}.html").replace("{feature}", f);
 
   const nav = el("div", { class: "nav" }, el("a", { href: L.index, text: "← all features" }));
   if (L.prev) nav.append(el("a", { href: L.prev, id: "prev-feature", text: "‹ previous live feature" }));
@@ -61,8 +64,12 @@
   // A map with no patch firing (the value is the CLS token's) would darken the whole thumbnail: none is drawn.
   const anyPatch = (b64) => Array.from(atob(b64)).some((c) => c.charCodeAt(0) > 0);
   const card = (x) => {
-    const img = el("img", { src: `../images/${x.image}.jpg`, alt: `image ${x.key}`, class: "thumbnail" });
+    const img = el("img", { src: thumbHref(x), alt: `image ${x.key}`, class: "thumbnail" });
     const box = el("div", { class: "thumb" }, img);
+    if (L.image_page) {
+      box.style.cursor = "pointer";
+      box.addEventListener("click", () => { window.location.href = L.image_page.replace("{key}", encodeURIComponent(x.key)); });
+    }
     if (x.map && R.grid && !anyPatch(x.map)) box.append(el("div", { class: "nopatch", text: "no patch fires" }));
     if (x.map && R.grid && anyPatch(x.map)) {
       const cv = el("canvas");
@@ -130,16 +137,29 @@
     const p = el("p");
     R.nearest.forEach((n, i) => {
       if (i) p.append(", ");
-      p.append(n.live ? el("a", { href: `${n.feature}.html`, text: String(n.feature) }) : `${n.feature} (never fired)`, ` (${n.cosine})`);
+      p.append(n.live ? el("a", { href: featureHref(n.feature), text: String(n.feature) }) : `${n.feature} (never fired)`, ` (${n.cosine})`);
     });
     app.append(p);
   } else {
     app.append(el("p", { text: "the SAE was not found when the report was written (pass --sae)" }));
   }
+  if (R.cofiring) {
+    // The explorer's: features firing on the images this page shows.
+    app.append(el("h2", { text: "Most co-firing features (on the images shown here)" }));
+    const p = el("p", { id: "cofiring" });
+    if (!R.cofiring.length) p.append("none");
+    R.cofiring.forEach((c, i) => {
+      if (i) p.append(", ");
+      p.append(el("a", { href: featureHref(c.feature), text: String(c.feature) }), ` (${c.share} of ${c.images} images)`);
+    });
+    app.append(p);
+  }
   if (R.matches.length) {
-    app.append(el("h2", { text: "Matched features in other codes (analyze correlate)" }));
+    app.append(el("h2", { text: "Matched features in other codes" }));
     for (const m of R.matches) {
-      app.append(el("p", {}, `${m.other}: `, el("a", { href: m.href, text: `feature ${m.feature}` }), `, r = ${m.corr}`));
+      const how = m.corr !== undefined ? `r = ${m.corr} (analyze correlate)`
+        : `affinity ${m.affinity}: its mean value over this feature's top ${m.images} images, over its own largest`;
+      app.append(el("p", { class: "match" }, `${m.other}: `, el("a", { href: m.href, text: `feature ${m.feature}` }), `, ${how}`));
     }
   }
 })();

@@ -1,0 +1,1 @@
+"""`clipsae serve`: the live explorer of cached codes (index, JSON API, pages)."""

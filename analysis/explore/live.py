@@ -1,0 +1,131 @@
+"""What the explorer computes through the model, loaded on first need (browsing cached codes needs none):
+an image's codes as encode would cache them, a text's features, and steering.
+
+An image goes through what made the codes: the store's model and preprocessing, the codes' hook and
+tokens, the codes' SAE, and encode's pooling (analysis/pooling.py). Steering is ``analyze intervene``
+on one image: at the hook, x + (x̂′ − x̂) with the SAE's error term kept, then zero-shot class
+probabilities softmax_c(s · cos(e, t_c)) before and after, t_c the text embedding of
+"a photo of a {class}." or of a prompt as typed.
+"""
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipsae.analysis.edits import Edit
+from clipsae.errors import ClipsaeError
+from clipsae.store.codes import Codes
+
+
+@dataclass(frozen=True)
+class TokenCodes:
+    """One image's codes as the cache keeps them: per encoded token its ``width`` largest latents
+    (−1 for none) and values, and per latent its maximum over all the image's tokens."""
+
+    latents_TK: np.ndarray
+    values_TK: np.ndarray
+    image_latents: np.ndarray
+    image_max: np.ndarray
+
+
+@dataclass(frozen=True)
+class Steered:
+    """Zero-shot probabilities before and after an edit, per class (in ``classes``' order), and cos(e, e′)."""
+
+    classes: list[str]
+    before: np.ndarray
+    after: np.ndarray
+    cosine: float
+
+
+class LiveModel:
+    """The CLIP model and SAE behind one set of codes, loaded once on first use, on ``device``.
+    Requests share it; a lock lets one forward run at a time (the CPU's cores are one pool anyway)."""
+
+    def __init__(self, codes: Codes, device: str):
+        self.codes, self.device = codes, device
+        self._lock = threading.Lock()
+        self._loaded = None
+        self._texts: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def _load(self):
+        if self._loaded is None:
+            from clipsae.analysis.codes_sae import codes_sae
+            from clipsae.analysis.model import intervene as iv
+            from clipsae.analysis.model.query import ModelChoice, store_clip
+            from clipsae.pipeline.hooks import HookedForward, resolve_hooks
+
+            sae = codes_sae(self.codes, None, device=self.device)
+            clip = store_clip(self.codes, ModelChoice(device=self.device))
+            visual = clip.vision.visual
+            tokens = str(self.codes.store.config.get("tokens", "all"))
+            hooked = HookedForward(visual, resolve_hooks(visual, [self.codes.hook], tokens), tokens)
+            positions = iv.edited_positions(visual, self.codes.store, self.codes, "all")
+            self._loaded = (sae, clip, hooked, positions)
+        return self._loaded
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def _pixels(self, clip, image: Image.Image) -> torch.Tensor:
+        return clip.vision.preprocess(image).unsqueeze(0).to(self.device)
+
+    @torch.no_grad()
+    def token_codes(self, image: Image.Image) -> TokenCodes:
+        """The image's codes, as ``clipsae encode`` would have cached them had it been in the store."""
+        from clipsae.analysis.pooling import pool_batch
+
+        with self._lock:
+            sae, clip, hooked, _ = self._load()
+            positions = torch.as_tensor(self.codes.token_positions)
+            acts_NTD = hooked(self._pixels(clip, image))[self.codes.hook][:, positions]
+            rows = acts_NTD.reshape(-1, acts_NTD.shape[-1]).float()
+            block, _ = pool_batch(sae.encode_sparse(rows), 1, positions.to(rows.device), sae.d_sae, self.codes.width,
+                                  0 if self.codes.has_cls else None)
+        return TokenCodes(block.token_latents_RK, block.token_values_RK, block.image_latents_E.astype(np.int64),
+                          block.image_max_E)
+
+    @torch.no_grad()
+    def text_scores(self, text: str) -> np.ndarray:
+        """cos(J·W_dec[f], t) for every feature, as ``analyze search --text`` scores them."""
+        from clipsae.analysis.model.joint_space import directions_to_joint, text_embeddings
+
+        with self._lock:
+            sae, clip, _, _ = self._load()
+            t = text_embeddings(clip.model, clip.tokenizer, [text], prompt="{}", device=self.device)
+            joint = directions_to_joint(sae.W_dec, clip.vision.visual, self.codes.hook).cpu()
+        if joint.shape[1] != t.shape[1]:
+            raise ClipsaeError(f"{self.codes.hook} directions land in {joint.shape[1]} dimensions but the text "
+                               f"embeddings have {t.shape[1]}; is this the store's model?")
+        return (torch.nn.functional.normalize(joint, dim=1) @ t[0]).double().numpy()
+
+    def _class_text(self, clip, classes: tuple[str, ...], prompt: str) -> torch.Tensor:
+        from clipsae.analysis.model.joint_space import text_embeddings
+
+        key = (prompt, *classes)
+        if key not in self._texts:
+            self._texts[key] = text_embeddings(clip.model, clip.tokenizer, list(classes), prompt=prompt,
+                                               device=self.device)
+        return self._texts[key]
+
+    @torch.no_grad()
+    def steer(self, image: Image.Image, edits: tuple[Edit, ...], classes: tuple[str, ...], prompt: str) -> Steered:
+        """Zero-shot probabilities over ``classes`` (each put in ``prompt``) before and after ``edits``."""
+        from clipsae.analysis.model import intervene as iv
+        from clipsae.analysis.model.intervene_run import zero_shot_probabilities
+
+        with self._lock:
+            sae, clip, _, positions = self._load()
+            visual = clip.vision.visual
+            x = self._pixels(clip, image)
+            original, edited = iv.image_embeddings(visual, self.codes.hook, positions, sae, iv.Change(edits, "all"), x)
+            text = self._class_text(clip, classes, prompt)
+            scale = float(clip.model.logit_scale.detach().exp())
+        before = zero_shot_probabilities(original.float().cpu(), text, scale)[0].double().numpy()
+        after = zero_shot_probabilities(edited.float().cpu(), text, scale)[0].double().numpy()
+        cos = float(torch.nn.functional.cosine_similarity(original.float(), edited.float(), dim=1)[0])
+        return Steered(list(classes), before, after, cos)

@@ -1,0 +1,102 @@
+"""Any one store image read straight from its tar: the tar's headers are listed once (where each
+image's bytes lie), then an image is one seek and one read, not a scan of the tar."""
+
+import io
+import re
+import tarfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clipsae.analysis.images import require_tar
+from clipsae.errors import ClipsaeError
+from clipsae.pipeline.tario import IMAGE_EXTS
+from clipsae.store.reader import ActivationStore
+
+THUMB_QUALITY = 85
+_KEY = re.compile(r"^(.*?/?[^/.]+)\.([^/]+)$")  # webdataset: the key ends at the first dot of the file name
+
+
+class LRU:
+    """A thread-safe cache of at most ``capacity`` items, the least recently used dropped first."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self._items, self._lock = capacity, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key, value):
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value
+
+
+def list_tar_images(tar: Path) -> dict[str, tuple[int, int]]:
+    """Key → (byte offset, size) of each sample's image in a tar, from its headers alone (the first of
+    jpg, jpeg, png, webp a sample has, as extraction chose it)."""
+    found: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with tarfile.open(tar, "r:") as t:
+            for m in t:
+                match = _KEY.match(m.name) if m.isfile() else None
+                if match and match.group(2) in IMAGE_EXTS:
+                    found.setdefault(match.group(1), {})[match.group(2)] = (m.offset_data, m.size)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ClipsaeError(f"cannot list {tar}: {exc}") from None
+    return {key: next(exts[e] for e in IMAGE_EXTS if e in exts) for key, exts in found.items()}
+
+
+class TarImages:
+    """A store's images by global index, from the tars its parts name (or ``shards``, where they moved)."""
+
+    def __init__(self, store: ActivationStore, shards: Path | None = None, thumbs_cached: int = 4096):
+        self.store, self.shards = store, shards
+        self._offsets = np.array([p.offset for p in store.parts])
+        self._keys = store.keys()
+        self._tars = LRU(256)
+        self._thumbs = LRU(thumbs_cached)
+
+    def _part(self, image: int) -> int:
+        return int(np.searchsorted(self._offsets, image, side="right")) - 1
+
+    def image_bytes(self, image: int) -> bytes:
+        """The encoded bytes of store image ``image`` as the tar holds them."""
+        if not 0 <= image < self.store.n_images:
+            raise ClipsaeError(f"image {image} is out of range for a store of {self.store.n_images} images")
+        part = self.store.parts[self._part(image)]
+        tar = require_tar(part, self.shards)
+        members = self._tars.get(tar) or self._tars.put(tar, list_tar_images(tar))
+        key = str(self._keys[image])
+        if key not in members:
+            raise ClipsaeError(f"{tar} does not hold image {key!r} (part {part.name}); is it the tar the store was made from?")
+        offset, size = members[key]
+        with open(tar, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(size)
+
+    def image(self, image: int) -> Image.Image:
+        """Store image ``image`` as RGB."""
+        with Image.open(io.BytesIO(self.image_bytes(image))) as im:
+            return im.convert("RGB")
+
+    def thumbnail(self, image: int, size: int) -> bytes:
+        """A JPEG of store image ``image``, its longest side ``size`` pixels (cached)."""
+        cached = self._thumbs.get((image, size))
+        if cached is not None:
+            return cached
+        im = self.image(image)
+        im.thumbnail((size, size), Image.Resampling.BICUBIC)
+        out = io.BytesIO()
+        im.save(out, "JPEG", quality=THUMB_QUALITY)
+        return self._thumbs.put((image, size), out.getvalue())
