@@ -282,6 +282,8 @@ def _nan(v) -> bool:
 def _cell(v) -> str:
     if _nan(v):
         return ""
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
+        return f"{int(v):,}"  # a count averaged over seeds prints as the counts of single runs do
     if isinstance(v, float):
         return f"{v:.4g}"
     return f"{v:,}" if isinstance(v, int) else str(v)
@@ -290,7 +292,9 @@ def _cell(v) -> str:
 def _with_std(r: Row, col: str) -> str:
     """A cell, with ± its standard deviation over seeds where the row has several."""
     std = r.values.get(f"{col}_std", float("nan"))
-    return _cell(r.values[col]) + (f" ± {std:.2g}" if not _nan(std) and not _nan(r.values[col]) else "")
+    # A count the seeds share (the tokens encoded) is one number, not "± 0".
+    same_count = std == 0 and isinstance(r.values[col], float) and r.values[col].is_integer()
+    return _cell(r.values[col]) + (f" ± {std:.2g}" if not _nan(std) and not _nan(r.values[col]) and not same_count else "")
 
 
 def markdown_table(rows: list[Row]) -> str:

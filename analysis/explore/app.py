@@ -287,6 +287,10 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
         return Response((asset_folder / name).read_bytes(), media_type=kind,
                         headers={"cache-control": "no-cache"})
 
+    def favicon(request):
+        # Browsers ask every page's origin for one; a 404 would be an error in every page's console.
+        return Response(status_code=204)
+
     def thumb(request):
         s = explorer.codes(request.path_params["codes"])
         img = request.path_params["image"]
@@ -462,7 +466,7 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
     routes = [
         Route("/", home), Route("/features/{codes}", features_page), Route("/features/{codes}/{feature}", feature_page),
         Route("/images/{codes}/{key:path}", image_page), Route("/compare/{key:path}", compare_page),
-        Route("/game/{codes}", game_page), Route("/assets/{name}", asset),
+        Route("/game/{codes}", game_page), Route("/assets/{name}", asset), Route("/favicon.ico", favicon),
         Route("/thumbs/{codes}/{image:int}.jpg", thumb), Route("/uploads/{upload}.jpg", upload_image),
         Route("/api/codes", api_codes), Route("/api/codes/{codes}/features", api_features),
         Route("/api/codes/{codes}/features/{feature}", api_feature), Route("/api/codes/{codes}/search", api_search),

@@ -4,12 +4,14 @@ import pytest
 
 from clipsae import options
 from clipsae.analysis.encode_config import EncodeConfig
+from clipsae.analysis.explore.config import ServeConfig
 from clipsae.pipeline.config import ExtractConfig, ModelConfig
 from clipsae.train.config import RunSettings
 from clipsae.train.request import TrainRequest
 from tests.conftest import ROOT
 
-COMMANDS = {"extract": (ModelConfig, ExtractConfig), "encode": (EncodeConfig,), "train": (TrainRequest, RunSettings)}
+COMMANDS = {"extract": (ModelConfig, ExtractConfig), "encode": (EncodeConfig,), "train": (TrainRequest, RunSettings),
+            "serve": (ServeConfig,)}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

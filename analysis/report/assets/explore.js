@@ -47,8 +47,9 @@
     ctx.drawImage(small, 0, 0, img.width, img.height);
   }
   function mapped(src, b64, grid, size) {
-    const img = el("img", { src, alt: "", style: `max-width:${size}px;max-height:${size}px` });
-    const box = el("div", { class: "thumb", style: `width:${size}px;height:${size}px` }, img);
+    // Drawn at the full width whatever the thumbnail's own size, so that the map's cells fall on the image's.
+    const img = el("img", { src, alt: "", style: `width:${size}px;max-width:${size}px;max-height:none;display:block` });
+    const box = el("div", { class: "thumb", style: `width:${size}px;height:auto` }, img);
     if (b64 && grid) {
       const cv = el("canvas");
       box.append(cv);
@@ -176,7 +177,7 @@
     const SIZE = 448;
     const grid = info.grid;
     const selected = new Set();
-    const img = el("img", { id: "main-image", alt: D.key, style: `max-width:${SIZE}px;max-height:${SIZE}px;display:block` });
+    const img = el("img", { id: "main-image", alt: D.key, style: `width:${SIZE}px;display:block` });
     const overlay = el("canvas", { id: "patch-grid", style: "position:absolute;left:0;top:0;cursor:crosshair" });
     const stage = el("div", { style: "position:relative;display:inline-block" }, img, overlay);
     const side = el("div", { style: "flex:1;min-width:320px" });
@@ -197,7 +198,7 @@
         window.location.href = `/images/${enc(codes)}/upload?upload=${enc(r.upload)}`;
       } catch (err) { fail(err); }
     });
-    img.src = upload ? `/uploads/${enc(upload)}.jpg` : null;
+    if (upload) img.src = `/uploads/${enc(upload)}.jpg`;  // a store image's is set once the API names its number
     let current = null;
     const drawGrid = () => {
       if (!grid) return;

@@ -1,0 +1,224 @@
+"""The explorer's JSON API over a real server on loopback: every endpoint, and every error it answers."""
+
+import io
+import json
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsae.analysis.images import load_images
+from clipsae.store.codes import Codes
+from clipsae.store.reader import ActivationStore
+
+
+def multipart(field: str, data: bytes, filename: str = "x.png") -> tuple[bytes, dict]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def codes(vit_encoded):
+    return Codes(ActivationStore.open(vit_encoded[0]), "l3")
+
+
+def test_codes_lists_every_served_codes(served):
+    status, body = served.get("/api/codes")
+    assert status == 200
+    assert [(c["name"], c["hook"], c["n_features"], c["n_images"], c["grid"]) for c in body] == [
+        ("l3", "resid.3", 64, 18, [7, 7]), ("emb", "embed", 32, 18, None)]
+
+
+def test_features_table_sorts_filters_and_pages(served, explorer):
+    st = explorer.served["l3"].index.stats
+    live = np.nonzero(~np.asarray(st["dead"]))[0]
+    status, body = served.get("/api/codes/l3/features?sort=density&desc=1&limit=5")
+    assert status == 200 and body["total"] == len(live)
+    dens = [r["density"] for r in body["rows"]]
+    assert dens == sorted(dens, reverse=True) and dens[0] == pytest.approx(float(st["density_images"][live].max()), rel=1e-2)
+    _, page2 = served.get("/api/codes/l3/features?sort=feature&offset=5&limit=5")
+    assert [r["feature"] for r in page2["rows"]] == live[5:10].tolist()
+    _, dead = served.get("/api/codes/l3/features?state=dead&limit=100")
+    assert [r["feature"] for r in dead["rows"]] == np.nonzero(np.asarray(st["dead"]))[0].tolist()
+    label = body["rows"][0]["top_label"]
+    _, filtered = served.get(f"/api/codes/l3/features?label={label.replace(' ', '%20')}&limit=100")
+    assert filtered["total"] >= 1 and all(label in r["top_label"] for r in filtered["rows"])
+    _, dense_cut = served.get("/api/codes/l3/features?min_density=0.5&limit=100")
+    assert all(r["density"] >= 0.5 for r in dense_cut["rows"])
+
+
+def test_feature_record_top_images_are_each_images_maximum_over_its_tokens(served, codes):
+    _, table = served.get("/api/codes/l3/features?limit=1")
+    f = table["rows"][0]["feature"]
+    status, rec = served.get(f"/api/codes/l3/features/{f}")
+    assert status == 200 and rec["feature"] == f
+    values = [x["value"] for x in rec["top"]]
+    assert values == sorted(values, reverse=True) and values
+    for x in rec["top"]:
+        lat, val = codes.image_values(x["image"])
+        assert x["value"] == pytest.approx(float(val[lat == f][0]), rel=1e-3)
+        lat_TK, val_TK = codes.token_codes(x["image"])
+        assert float(val[lat == f][0]) == pytest.approx(float((val_TK * (lat_TK == f)).max()), rel=1e-6)
+    assert {"intervals", "neighbours", "cofiring", "labels", "density"} <= set(rec)
+    assert [n["feature"] for n in rec["neighbours"]] and all(c["feature"] != f for c in rec["cofiring"])
+
+
+def test_feature_page_is_the_reports_page_with_live_links(served):
+    status, html = served.get("/features/l3/5")
+    assert status == 200
+    text = html.decode()
+    assert '<script src="/assets/feature.js">' in text
+    rec = json.loads(text.split('<script id="feature-data" type="application/json">')[1].split("</script>")[0])
+    assert rec["links"]["thumb"] == "/thumbs/l3/{image}.jpg" and rec["links"]["feature"] == "/features/l3/{feature}"
+
+
+def test_image_features_over_all_tokens_and_over_patches(served, codes):
+    status, body = served.get("/api/codes/l3/images/img0000003?limit=500")
+    assert status == 200 and body["image"] == 3 and body["label_name"]
+    lat, val = codes.image_values(3)
+    got = {x["feature"]: x["value"] for x in body["features"]}
+    assert sorted(got) == sorted(lat.tolist())
+    assert [x["value"] for x in body["features"]] == sorted(got.values(), reverse=True)
+    # Patches 0 and 8 of the 7×7 grid: stored positions 1 and 9 (CLS is token 0).
+    _, sel = served.get("/api/codes/l3/images/img0000003?patches=0,8&limit=500")
+    lat_TK, val_TK = codes.token_codes(3)
+    rows = np.nonzero(np.isin(codes.token_positions, [1, 9]))[0]
+    want = {}
+    for g, v in zip(lat_TK[rows].ravel(), val_TK[rows].ravel()):
+        if g >= 0 and v > 0:
+            want[int(g)] = max(want.get(int(g), 0.0), float(v))
+    assert {x["feature"]: x["value"] for x in sel["features"]} == {g: pytest.approx(v, rel=1e-3) for g, v in want.items()}
+    assert sel["patches"] == [0, 8]
+
+
+def test_upload_of_a_store_image_gives_its_cached_codes(served, vit_encoded, codes):
+    image = load_images(codes.store, [4])[4]
+    body, headers = multipart("image", png(image))
+    status, ans = served.request("/api/codes/l3/encode", body, headers)
+    assert status == 200, ans
+    lat, val = codes.image_values(4)
+    got = {x["feature"]: x["value"] for x in ans["features"]}
+    top = np.argsort(-val, kind="stable")[:len(got)]
+    assert got == {int(lat[j]): pytest.approx(float(val[j]), rel=1e-3) for j in top}
+    # The upload's patches can be selected as a store image's.
+    status, sel = served.get(f"/api/codes/l3/uploads/{ans['upload']}?patches=3")
+    _, stored = served.get("/api/codes/l3/images/img0000004?patches=3")
+    assert status == 200 and [x["feature"] for x in sel["features"]] == [x["feature"] for x in stored["features"]]
+
+
+def test_steer_without_edits_leaves_the_probabilities(served):
+    status, r = served.post_json("/api/codes/l3/steer", {"key": "img0000003", "edits": []})
+    assert status == 200 and r["after"] == r["before"] and r["cosine"] == pytest.approx(1.0)
+    assert len(r["before"]) == 12 and sum(p["prob"] for p in r["before"]) == pytest.approx(1.0)
+
+
+def test_steer_equals_analyze_intervene(served, vit_encoded, run_cli, tmp_path):
+    store, _ = vit_encoded
+    _, img = served.get("/api/codes/l3/images/img0000003")
+    f = img["features"][0]["feature"]
+    status, r = served.post_json("/api/codes/l3/steer", {"key": "img0000003", "edits": [{"feature": f, "op": "scale", "value": 4}],
+                                                         "classes": ["red circle", "blue square", "green cross"]})
+    assert status == 200
+    code, out, err = run_cli("analyze", "intervene", "--store", store, "--codes", "l3", "--edit", f"{f}:x4",
+                             "--images", "img0000003", "--out", tmp_path, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    row = next(iter(__import__("csv").DictReader(open(tmp_path / "intervene.csv"))))
+    assert r["cosine"] == pytest.approx(float(row["cosine"]), abs=1e-5)
+    assert r["cosine"] < 1
+
+
+def test_text_search_ranks_live_features(served, explorer):
+    status, r = served.get("/api/codes/l3/search?text=a%20red%20circle&n=5")
+    assert status == 200 and len(r["features"]) == 5
+    scores = [x["score"] for x in r["features"]]
+    assert scores == sorted(scores, reverse=True)
+    assert not any(explorer.served["l3"].index.stats["dead"][x["feature"]] for x in r["features"])
+
+
+def test_game_round_hides_its_image_and_scores_a_guess(served):
+    _, r = served.get("/api/codes/l3/game?round=7")
+    assert len(r["choices"]) == 4 and r["features"]
+    _, reveal = served.post_json("/api/codes/l3/game/guess?round=7", {"image": None})
+    assert reveal["answer"] in [c["image"] for c in r["choices"]]
+    assert all(t["image"] != reveal["answer"] for f in r["features"] for t in f["top"])
+    _, right = served.post_json("/api/codes/l3/game/guess?round=7", {"image": reveal["answer"]})
+    assert right["correct"] is True
+
+
+def test_compare_shows_the_image_in_every_served_codes(served):
+    status, r = served.get("/api/compare/img0000003")
+    assert status == 200 and [c["codes"] for c in r["codes"]] == ["l3", "emb"]
+    assert all(c["held"] and c["features"] for c in r["codes"])
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/api/codes/nope/features", 404), ("/api/codes/l3/features/64", 404), ("/api/codes/l3/features/x", 400),
+    ("/api/codes/l3/images/no-such-key", 404), ("/api/codes/l3/images/img0000003?patches=49", 400),
+    ("/api/codes/l3/features?sort=colour", 400), ("/api/codes/l3/features?limit=0", 400),
+    ("/api/codes/emb/images/img0000003?patches=0", 400), ("/api/codes/l3/uploads/nope", 404),
+    ("/assets/..%2F..%2Fbuild.py", 404), ("/assets/site.py", 404), ("/thumbs/l3/99.jpg", 404),
+    ("/api/codes/l3/search?text=", 400), ("/api/codes/l3/features?min_density=nan", 400),
+])
+def test_bad_requests_get_one_line_json_errors(served, path, status):
+    got, body = served.get(path)
+    assert got == status and isinstance(body, dict) and "\n" not in body["error"], body
+
+
+@pytest.mark.parametrize("body, why", [
+    ({"key": "img0000003", "edits": [{"feature": 1, "op": "scale", "value": 21}]}, "within"),
+    ({"key": "img0000003", "edits": [{"feature": 1, "op": "clamp", "value": "inf"}]}, "finite"),
+    ({"key": "img0000003", "edits": [{"feature": 1, "op": "twist", "value": 1}]}, "op must be"),
+    ({"key": "img0000003", "edits": [{"feature": 1, "op": "ablate"}, {"feature": 1, "op": "ablate"}]}, "twice"),
+    ({"edits": []}, "key"), ({"key": "img0000003", "classes": []}, "classes"),
+])
+def test_bad_steers_are_refused(served, body, why):
+    status, r = served.post_json("/api/codes/l3/steer", body)
+    assert status == 400 and why in r["error"]
+
+
+def test_uploads_that_are_not_images_or_too_large_are_refused_and_the_server_goes_on(served, explorer, monkeypatch):
+    monkeypatch.setattr(explorer, "max_upload", 2_000_000)
+    body, headers = multipart("image", b"not an image at all")
+    status, r = served.request("/api/codes/l3/encode", body, headers)
+    assert status == 400 and "not an image" in r["error"]
+    gif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, "GIF")
+    status, r = served.request("/api/codes/l3/encode", *multipart("image", gif.getvalue()))
+    assert status == 400 and "GIF" in r["error"]
+    # A decompression bomb: a small PNG of more pixels than the server takes.
+    bomb = png(Image.new("L", (8000, 6000)))
+    assert len(bomb) < 1_000_000
+    status, r = served.request("/api/codes/l3/encode", *multipart("image", bomb))
+    assert status == 413 and "pixels" in r["error"]
+    status, r = served.request("/api/codes/l3/encode", *multipart("image", b"\0" * (explorer.max_upload + 1)))
+    assert status == 413
+    status, r = served.request("/api/codes/l3/encode", b"{}", {"content-type": "application/json"})
+    assert status == 400
+    assert served.get("/api/codes")[0] == 200
+
+
+def test_a_token_is_required_by_header_query_or_cookie(explorer):
+    from tests.analysis.explore.conftest import serve_in_thread
+
+    s, stop = serve_in_thread(explorer, token="sesame-123")
+    try:
+        status, r = s.get("/api/codes")
+        assert status == 401 and "token" in r["error"]
+        assert s.get("/api/codes", headers={"Authorization": "Bearer wrong-token"})[0] == 401
+        assert s.get("/api/codes", headers={"Authorization": "Bearer sesame-123"})[0] == 200
+        import urllib.request
+
+        with urllib.request.urlopen(s.url + "/api/codes?token=sesame-123") as resp:
+            cookie = resp.headers["set-cookie"].split(";")[0]
+        assert s.get("/features/l3", headers={"Cookie": cookie})[0] == 200
+    finally:
+        stop()
