@@ -16,7 +16,16 @@ from clipsae.analysis.features import density as density_mod
 from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS, check_min_hits, label_entropy
 from clipsae.analysis.features.token_mse import plot_token_mse, plot_token_mse_series, snapshot_title, token_mse
 from clipsae.analysis.features.top_images import check_k, top_images
-from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, by_setting, out_dir, remove_stale, write_csv, write_json
+from clipsae.analysis.output import (
+    CORRELATE_PAIR,
+    CORRELATE_PREFIX,
+    NEURON_ALIGNMENT_FILE,
+    by_setting,
+    out_dir,
+    remove_stale,
+    write_csv,
+    write_json,
+)
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes
@@ -404,7 +413,7 @@ def run_neuron_alignment(t: Target, sae: Path | None = None, model: str | None =
         raise ClipsaeError(f"{cfg.name}'s {t.codes.hook} is {neurons.shape[1]}-wide; the SAE reads {model_sae.d_in}")
     al = na.neuron_alignment(model_sae.W_enc, neurons, seed)
     above = al.above_random_F()
-    path = write_csv(t.out / "neuron_alignment.csv", NEURON_ALIGNMENT_COLUMNS,
+    path = write_csv(t.out / NEURON_ALIGNMENT_FILE, NEURON_ALIGNMENT_COLUMNS,
                      zip(range(len(above)), al.max_cos_F.tolist(), al.neuron_F.tolist(), above.astype(int).tolist()))
     png = na.plot_alignment(al, t.out / "neuron_alignment.png", f"{t.title}; {neurons.shape[0]} MLP neurons")
     lines = [f"{t.title}: encoder directions against the {neurons.shape[0]} MLP output directions of "

@@ -15,6 +15,7 @@ CORRELATE_PAIR = "pair.json"
 NAMES_FILE = "names.csv"
 SPLICE_FILE = "splice.json"
 PROBE_FILE = "probe.csv"
+NEURON_ALIGNMENT_FILE = "neuron_alignment.csv"
 
 
 DEFAULT_BY = "max"

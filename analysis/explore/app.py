@@ -25,7 +25,7 @@ from starlette.routing import Route
 from clipsae.analysis.edits import Edit
 from clipsae.analysis.explore.live import TokenCodes
 from clipsae.analysis.explore.served import BadRequest, ImageRef, NotFound, ServedCodes
-from clipsae.analysis.explore.tar_images import LRU
+from clipsae.analysis.explore.tar_images import LRU, jpeg
 from clipsae.analysis.report import site
 from clipsae.errors import ClipsaeError
 
@@ -240,6 +240,10 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
         rec["density"] = rec["density_images"]
         rec["neighbours"] = rec["nearest"]
         rec["cofiring"] = s.cofiring(f)
+        for m in rec["matches"]:  # analyze correlate's: a link where its other codes are served too
+            other = next((o for o in explorer.served.values() if o.codes.name == m.get("codes")
+                          and str(o.store.path) == str(m.get("store"))), None)
+            m["href"] = f"/features/{quote(other.label)}/{m['feature']}" if other is not None else None
         keys = [x["key"] for x in rec["top"]]
         for other in explorer.served.values():
             if other is s:
@@ -299,14 +303,14 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
             raise BadRequest(f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
         if not 0 <= img < s.store.n_images:
             raise NotFound(f"no image {img}: the store of codes {s.label!r} has {s.store.n_images}")
-        return Response(s.images.thumbnail(img, size), media_type="image/jpeg",
+        whole = request.query_params.get("whole", "0") in ("1", "true")
+        return Response(s.images.thumbnail(img, size, whole), media_type="image/jpeg",
                         headers={"cache-control": "max-age=3600"})
 
     def upload_image(request):
-        image, _ = explorer.upload(request.path_params["upload"])
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=90)
-        return Response(out.getvalue(), media_type="image/jpeg")
+        image, per_codes = explorer.upload(request.path_params["upload"])
+        s = explorer.served.get(request.query_params.get("codes", ""), next(iter(explorer.served.values())))
+        return Response(jpeg(image, 448, s.images.preprocess), media_type="image/jpeg")
 
     # -- the JSON API ----------------------------------------------------------------------------------------
     def api_codes(request):

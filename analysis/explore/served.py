@@ -85,11 +85,15 @@ class ServedCodes:
         self._cell_T = np.where(rows_T >= 0, rows_T * (grid[1] if grid else 0) + cols_T, -1)
         analysis = default_analysis_dir(self.store.path, name)
         self.names = siblings.feature_names(analysis)
+        self.neurons = siblings.neuron_alignment(analysis)
+        self.matchings = siblings.matchings(analysis)
         self.random_weights = store_has_random_weights(self.store)
         self._content = self._feature_content()
         stats = self.index.stats
         self._top_label_names = np.array([self.label_name(int(lab)) if n else "" for lab, n in
                                           zip(stats["top_label"], stats["labelled_top"])], dtype=object)
+        dens_live = np.asarray(stats["density_images"])[~np.asarray(stats["dead"])]
+        self._live_densities = np.sort(dens_live)
         self._first_name = np.array([self.names[f][0][0] if f in self.names else "" for f in range(self.n_features)],
                                     dtype=object)
 
@@ -203,6 +207,18 @@ class ServedCodes:
         rec = content.record(f, {**links, "match_folders": []})
         rec["codes"] = self.label
         rec["n_features"] = self.n_features
+        if len(self._live_densities) and not self.index.stats["dead"][f]:
+            # Where the feature sits in the density histogram: the share of live features firing on fewer images.
+            below = np.searchsorted(self._live_densities, self.index.stats["density_images"][f], side="left")
+            rec["density_rank"] = sig(below / len(self._live_densities), 3)
+        if f in self.neurons:
+            cos, neuron, above = self.neurons[f]
+            rec["neuron"] = {"max_cos": sig(cos), "neuron": neuron, "above_random": above}
+        for m in self.matchings:
+            if f in m.b_of_a:
+                b, r = m.b_of_a[f]
+                rec["matches"].append({"other": m.label, "feature": b, "corr": sig(r), "store": m.other_store,
+                                       "codes": m.other_codes, "href": None})
         return rec
 
     def cofiring(self, f: int, n: int = 10) -> list[dict]:

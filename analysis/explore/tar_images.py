@@ -57,11 +57,29 @@ def list_tar_images(tar: Path) -> dict[str, tuple[int, int]]:
     return {key: next(exts[e] for e in IMAGE_EXTS if e in exts) for key, exts in found.items()}
 
 
+def model_view(im: Image.Image, preprocess: dict | None) -> Image.Image:
+    """What the model saw of an image: the store's recorded resize (the shorter side to ``resize``, or to
+    ``[h, w]``) then centre crop, so that a patch grid drawn over it falls on the patches the codes are of.
+    Without a recorded geometry, the image as it is."""
+    resize, crop = (preprocess or {}).get("resize"), (preprocess or {}).get("crop")
+    if isinstance(resize, int):
+        scale = resize / min(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
+    elif isinstance(resize, (list, tuple)) and len(resize) == 2:
+        im = im.resize((int(resize[1]), int(resize[0])), Image.Resampling.BICUBIC)
+    if isinstance(crop, (list, tuple)) and len(crop) == 2:
+        h, w = int(crop[0]), int(crop[1])
+        left, top = round((im.width - w) / 2), round((im.height - h) / 2)
+        im = im.crop((left, top, left + w, top + h))
+    return im
+
+
 class TarImages:
     """A store's images by global index, from the tars its parts name (or ``shards``, where they moved)."""
 
     def __init__(self, store: ActivationStore, shards: Path | None = None, thumbs_cached: int = 4096):
         self.store, self.shards = store, shards
+        self.preprocess = store.config.get("preprocess")
         self._offsets = np.array([p.offset for p in store.parts])
         self._keys = store.keys()
         self._tars = LRU(256)
@@ -90,13 +108,22 @@ class TarImages:
         with Image.open(io.BytesIO(self.image_bytes(image))) as im:
             return im.convert("RGB")
 
-    def thumbnail(self, image: int, size: int) -> bytes:
-        """A JPEG of store image ``image``, its longest side ``size`` pixels (cached)."""
-        cached = self._thumbs.get((image, size))
+    def thumbnail(self, image: int, size: int, whole: bool = False) -> bytes:
+        """A JPEG of what the model saw of store image ``image`` (:func:`model_view`), or of the ``whole``
+        image, its longest side ``size`` pixels (cached)."""
+        cached = self._thumbs.get((image, size, whole))
         if cached is not None:
             return cached
-        im = self.image(image)
-        im.thumbnail((size, size), Image.Resampling.BICUBIC)
-        out = io.BytesIO()
-        im.save(out, "JPEG", quality=THUMB_QUALITY)
-        return self._thumbs.put((image, size), out.getvalue())
+        return self._thumbs.put((image, size, whole), jpeg(self.image(image), size, None if whole else self.preprocess))
+
+
+def jpeg(im: Image.Image, size: int, preprocess: dict | None) -> bytes:
+    """A JPEG of :func:`model_view` of ``im`` (``preprocess`` None: the whole image), its longest side ``size``."""
+    im = model_view(im, preprocess)
+    im.thumbnail((size, size), Image.Resampling.BICUBIC)
+    if max(im.size) < size:  # small images are drawn at the size asked, as the grid over them is
+        scale = size / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=THUMB_QUALITY)
+    return out.getvalue()

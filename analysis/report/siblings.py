@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, NAMES_FILE, PROBE_FILE, SPLICE_FILE
+from clipsae.analysis.output import CORRELATE_PAIR, CORRELATE_PREFIX, NAMES_FILE, NEURON_ALIGNMENT_FILE, PROBE_FILE, SPLICE_FILE
 from clipsae.store.codes import default_analysis_dir
 
 REPORT_DIR = "report"
@@ -26,6 +26,8 @@ class Matching:
     folder: Path
     other_report: Path
     b_of_a: dict[int, tuple[int, float]]
+    other_store: str = ""
+    other_codes: str = ""
 
 
 def report_dir(store: Path, codes: str) -> Path:
@@ -44,7 +46,7 @@ def matchings(analysis: Path) -> list[Matching]:
         with open(table, newline="") as fh:
             rows = {int(r["a"]): (int(r["b"]), float(r["corr"])) for r in csv.DictReader(fh)}
         label = f"{b.get('model') or Path(b['store']).name}, {b['codes']} ({b['hook']})"
-        found.append(Matching(label, folder, report_dir(Path(b["store"]), b["codes"]), rows))
+        found.append(Matching(label, folder, report_dir(Path(b["store"]), b["codes"]), rows, b["store"], b["codes"]))
     return found
 
 
@@ -88,6 +90,13 @@ def segmented_classes(analysis: Path) -> dict[int, list[tuple[str, float, float]
         ranked.setdefault(int(r["feature"]), []).append((-float(r["ap"]), r["class"], float(r["probe_r"])))
     return {f: [(c, -ap, pr) for ap, c, pr in sorted(rows, key=lambda r: r[0])[:SEGMENTS_SHOWN]]
             for f, rows in ranked.items()}
+
+
+def neuron_alignment(analysis: Path) -> dict[int, tuple[float, int, bool]]:
+    """neuron_alignment.csv from ``analyze neuron-alignment``: each feature's (best |cosine| with an MLP neuron's
+    output direction, that neuron, whether it is above the random directions' level)."""
+    return {int(r["feature"]): (float(r["max_cos"]), int(r["neuron"]), r["above_random"] in ("1", "True", "true"))
+            for r in _rows(analysis / NEURON_ALIGNMENT_FILE)}
 
 
 def splice_result(analysis: Path) -> dict | None:

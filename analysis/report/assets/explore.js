@@ -198,7 +198,7 @@
         window.location.href = `/images/${enc(codes)}/upload?upload=${enc(r.upload)}`;
       } catch (err) { fail(err); }
     });
-    if (upload) img.src = `/uploads/${enc(upload)}.jpg`;  // a store image's is set once the API names its number
+    if (upload) img.src = `/uploads/${enc(upload)}.jpg?codes=${enc(codes)}`;  // a store image's is set once the API names its number
     let current = null;
     const drawGrid = () => {
       if (!grid) return;
@@ -281,7 +281,7 @@
           const clamp = el("input", { type: "number", step: "any", class: "clamp", placeholder: "clamp", size: "5" });
           clamp.addEventListener("change", () => { if (clamp.value !== "") { steer.edits.set(x.feature, { op: "clamp", value: Number(clamp.value) }); val.textContent = `=${clamp.value}`; later(); } });
           const card = el("div", { class: "card feature-card", style: "width:200px" },
-            mapped(upload ? `/uploads/${enc(upload)}.jpg` : thumb(codes, r.image, 160), x.map, r.grid, 160),
+            mapped(upload ? `/uploads/${enc(upload)}.jpg?codes=${enc(codes)}` : thumb(codes, r.image, 160), x.map, r.grid, 160),
             el("div", {}, el("a", { href: featureHref(codes, x.feature), class: "feature-link", text: `feature ${x.feature}` }), ` value ${x.value}` + (x.name ? ` — ${x.name}` : "")),
             el("div", { class: "tops" }, ...(x.top || []).map((t) => el("a", { href: imageHref(codes, t.key) }, el("img", { src: thumb(codes, t.image, 96), style: "width:46px;height:46px;object-fit:cover", alt: t.key })))),
             el("div", {}, slider, " ", val), el("div", {}, ablate, " ", clamp));

@@ -23,13 +23,18 @@
   }
 
   const stats = [
-    ["density (images)", `${fmt(R.density_images)} (${R.images_fired.toLocaleString()} images)`],
+    ["density (images)", `${fmt(R.density_images)} (${R.images_fired.toLocaleString()} images)` +
+      ("density_rank" in R ? ` — denser than ${Math.round(100 * R.density_rank)}% of live features` : "")],
     ["density (tokens)", `${fmt(R.density_tokens)} (${R.tokens_fired.toLocaleString()} tokens)` + (R.dense ? " — dense" : "")],
     ["largest value", fmt(R.max)], ["mean of top-20 values", fmt(R.mean_top20)],
     ["label entropy", R.entropy === null ? `– (only ${R.labelled_top} labelled top images)` : `${R.entropy} nats (normalised ${fmt(R.entropy_norm)})`],
     ["top label", fmt(R.top_label)],
   ];
   if ("ms" in R) stats.push(["monosemanticity", R.ms === null ? "– (fires on one image)" : fmt(R.ms)]);
+  if (R.neuron) {
+    stats.push(["MLP neuron alignment", `|cos| ${R.neuron.max_cos} with neuron ${R.neuron.neuron}` +
+      (R.neuron.above_random ? " (above random directions)" : " (not above random directions)")]);
+  }
   const st = el("table", { class: "stats" });
   for (const [k, v] of stats) st.append(el("tr", {}, el("th", { text: k }), el("td", { text: v })));
   app.append(st);
@@ -159,7 +164,8 @@
     for (const m of R.matches) {
       const how = m.corr !== undefined ? `r = ${m.corr} (analyze correlate)`
         : `affinity ${m.affinity}: its mean value over this feature's top ${m.images} images, over its own largest`;
-      app.append(el("p", { class: "match" }, `${m.other}: `, el("a", { href: m.href, text: `feature ${m.feature}` }), `, ${how}`));
+      const target = m.href ? el("a", { href: m.href, text: `feature ${m.feature}` }) : `feature ${m.feature}`;
+      app.append(el("p", { class: "match" }, `${m.other}: `, target, `, ${how}`));
     }
   }
 })();

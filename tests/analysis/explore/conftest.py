@@ -90,3 +90,14 @@ def served(explorer):
     s, stop = serve_in_thread(explorer)
     yield s
     stop()
+
+
+@pytest.fixture(scope="module")
+def encoded_tar_store(shards, tmp_path_factory):
+    """(store, {image: PIL image}): a store made from the shared tars, with each of its images as the tars hold them."""
+    from clipsae.analysis.images import load_images
+    from clipsae.store.reader import ActivationStore
+    from tests.analysis.helpers import store_from_tars
+
+    store = ActivationStore.open(store_from_tars(tmp_path_factory.mktemp("tars") / "s.zarr", sorted(shards.glob("*.tar"))))
+    return store, load_images(store, range(store.n_images))

@@ -222,3 +222,29 @@ def test_a_token_is_required_by_header_query_or_cookie(explorer):
         assert s.get("/features/l3", headers={"Cookie": cookie})[0] == 200
     finally:
         stop()
+
+
+def test_feature_page_shows_density_rank_neuron_alignment_and_correlate_matches(vit_encoded, run_cli):
+    from clipsae.analysis.explore.app import build_app  # noqa: F401 (the app's record is what is checked)
+    from clipsae.analysis.explore.config import ServeConfig
+    from clipsae.analysis.explore.serve import open_explorer
+    from tests.analysis.explore.conftest import serve_in_thread
+
+    store, _ = vit_encoded
+    for args in (("analyze", "neuron-alignment", "--store", store, "--codes", "l3", "--quiet"),
+                 ("analyze", "correlate", "--a", f"{store}:l3", "--b", f"{store}:emb", "--device", "cpu")):
+        code, out, err = run_cli(*args)
+        assert code == 0, err
+    explorer = open_explorer(ServeConfig(store=str(store), codes=("l3", "emb"), device="cpu", progress=False))
+    s, stop = serve_in_thread(explorer)
+    try:
+        import csv
+
+        rows = list(csv.DictReader(open(store / "codes" / "l3-analysis" / "correlate-emb" / "matching.csv")))
+        a, b = int(rows[0]["a"]), int(rows[0]["b"])
+        _, rec = s.get(f"/api/codes/l3/features/{a}")
+        assert "max_cos" in rec["neuron"] and 0 <= rec["density_rank"] <= 1
+        match = next(m for m in rec["matches"] if "corr" in m)
+        assert (match["feature"], match["href"]) == (b, f"/features/emb/{b}")
+    finally:
+        stop()

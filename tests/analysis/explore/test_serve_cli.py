@@ -75,3 +75,21 @@ def test_index_only_builds_and_exits(vit_encoded, run_cli):
     assert code == 0 and "ready for l3" in out
     assert (store / "codes" / "l3-analysis" / "explore-index" / "index.json").is_file()
     assert "CLIPSAE_DEBUG" not in os.environ
+
+
+def test_two_processes_starting_at_once_build_the_index_once(tmp_path):
+    import subprocess
+
+    from clipsae.analysis.encode import EncodeConfig, run_encode
+    from tests.analysis.helpers import make_store, sae_weights, saelens_dir
+
+    store = make_store(tmp_path / "s.zarr", n_parts=3, per_part=6)
+    run_encode(EncodeConfig(store, saelens_dir(tmp_path / "sae", {"architecture": "topk", "k": 4}, sae_weights(5)),
+                            progress=False))
+    procs = [subprocess.Popen([sys.executable, "-m", "clipsae", "serve", "--store", str(store), "--codes", "sae",
+                               "--index-only", "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert sum("explore index: top" in err for _, err in results) == 1, results
+    assert (store / "codes" / "sae-analysis" / "explore-index" / "index.json").is_file()
