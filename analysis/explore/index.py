@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipsae.analysis.features import density as density_mod
-from clipsae.analysis.features.interval_samples import N_INTERVALS, IntervalSamples, interval_of, priority
+from clipsae.analysis.features.interval_samples import N_INTERVALS, IntervalSamples, interval_of, priority, samples_of
 from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS, label_entropy
 from clipsae.analysis.features.top_images import StreamingTopK, TopImages
 from clipsae.errors import ClipsaeError
@@ -133,18 +133,7 @@ def _samples(codes: Codes, folder: Path, top: TopImages, progress: bool) -> Inte
 
     pick = _Pass(folder, "intervals", codes.d_sae * N_INTERVALS, PER_INTERVAL + TOP_SHOWN, progress,
                  codes.n_images).run(codes, feed)
-    images = pick.images.reshape(codes.d_sae, N_INTERVALS, -1)
-    values = pick.values.reshape(codes.d_sae, N_INTERVALS, -1)
-    tokens = pick.tokens.reshape(codes.d_sae, N_INTERVALS, -1)
-    shown = top.images_FK[:, :TOP_SHOWN]
-    in_top = (images[:, :, :, None] == shown[:, None, None, :]).any(-1) & (images >= 0)
-    images = np.where(in_top, -1, images)
-    order = np.argsort(images < 0, axis=2, kind="stable")[:, :, :PER_INTERVAL]
-    images, values, tokens = (np.take_along_axis(a, order, 2) for a in (images, values, tokens))
-    by_value = np.argsort(np.where(images >= 0, -values, np.inf), axis=2, kind="stable")
-    images, values, tokens = (np.take_along_axis(a, by_value, 2) for a in (images, values, tokens))
-    values[images < 0], tokens[images < 0] = 0.0, -1
-    return IntervalSamples(images, values, tokens)
+    return samples_of(pick, top.images_FK[:, :TOP_SHOWN], codes.d_sae, N_INTERVALS, PER_INTERVAL)
 
 
 def _nearest(codes: Codes, sae_path: Path | None) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:

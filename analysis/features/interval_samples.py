@@ -60,10 +60,17 @@ def interval_samples(codes: Codes, top: TopImages, per_interval: int, by: str = 
         lat, img = block.latents_E, block.image_of_E
         group = lat * n_intervals + interval_of(block.values_E, max_F[lat], n_intervals)
         pick.update(group, priority(lat, img, seed), img, block.tokens_E, block.values_E)
-    images = pick.images.reshape(n_F, n_intervals, -1)
-    values = pick.values.reshape(n_F, n_intervals, -1)
-    tokens = pick.tokens.reshape(n_F, n_intervals, -1)
-    in_top = (images[:, :, :, None] == top.images_FK[:, None, None, :]).any(-1) & (images >= 0)
+    return samples_of(pick, top.images_FK, n_F, n_intervals, per_interval)
+
+
+def samples_of(pick: StreamingTopK, top_images_FK: np.ndarray, n_features: int, n_intervals: int,
+               per_interval: int) -> IntervalSamples:
+    """The samples from a pass's per-(feature, interval) picks by priority: the images of ``top_images_FK``
+    left out, the first ``per_interval`` survivors kept and ordered by value."""
+    images = pick.images.reshape(n_features, n_intervals, -1)
+    values = pick.values.reshape(n_features, n_intervals, -1)
+    tokens = pick.tokens.reshape(n_features, n_intervals, -1)
+    in_top = (images[:, :, :, None] == top_images_FK[:, None, None, :]).any(-1) & (images >= 0)
     images = np.where(in_top, -1, images)
     # Keep the first per_interval survivors by priority, then order them by value.
     order = np.argsort(images < 0, axis=2, kind="stable")[:, :, :per_interval]
@@ -72,4 +79,3 @@ def interval_samples(codes: Codes, top: TopImages, per_interval: int, by: str = 
     images, values, tokens = (np.take_along_axis(a, by_value, 2) for a in (images, values, tokens))
     values[images < 0], tokens[images < 0] = 0.0, -1
     return IntervalSamples(images, values, tokens)
-

@@ -162,7 +162,8 @@ def test_compare_shows_the_image_in_every_served_codes(served):
 
 @pytest.mark.parametrize("path, status", [
     ("/api/codes/nope/features", 404), ("/api/codes/l3/features/64", 404), ("/api/codes/l3/features/x", 400),
-    ("/api/codes/l3/images/no-such-key", 404), ("/api/codes/l3/images/img0000003?patches=49", 400),
+    ("/api/codes/l3/images/no-such-key", 404), ("/api/codes/l3/images/..%2F..%2Fzarr.json", 404),
+    ("/thumbs/l3/..%2F..%2Fzarr.json", 404), ("/features/l3/..%2F..%2Fzarr.json", 404), ("/api/codes/l3/images/img0000003?patches=49", 400),
     ("/api/codes/l3/features?sort=colour", 400), ("/api/codes/l3/features?limit=0", 400),
     ("/api/codes/emb/images/img0000003?patches=0", 400), ("/api/codes/l3/uploads/nope", 404),
     ("/assets/..%2F..%2Fbuild.py", 404), ("/assets/site.py", 404), ("/thumbs/l3/99.jpg", 404),

@@ -1,31 +1,20 @@
 """The live explorer (clipsae serve) as a person uses it: headless Chromium, driven by selenium through
 Debian's chromedriver, against the session's real uvicorn server (the ``served`` fixture)."""
 
-import shutil
 import urllib.parse
 
 import pytest
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+from tests.browser import chromium, needs_chromium
+
+pytestmark = needs_chromium
 
 LIMIT_S = 300  # bounds a hung wait only: the model loads on first use, on CPU; nothing asserts how long it took
 
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
+    yield from chromium(1400, 1000)
 
 
 def wait(browser, predicate, limit_s: float = LIMIT_S):

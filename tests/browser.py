@@ -1,0 +1,24 @@
+"""Headless Chromium, driven by selenium through Debian's chromedriver, for the tests of every page."""
+
+import shutil
+
+import pytest
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+
+
+def chromium(width: int = 1200, height: int = 900):
+    """A headless Chromium that keeps every console message (a generator: a fixture yields from it)."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
