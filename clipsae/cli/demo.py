@@ -95,9 +95,11 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     run_train(plan.cfg, store=plan.store, held=plan.held)
     early = run_encode(EncodeConfig(store_path, early_dir, device="cpu"))
     click.echo("\n".join(commands.run_correlate((store_path, enc.name), (store_path, early.name), None, 16, "max")))
-    click.echo("\nsplicing each SAE into the model (CE recovered, KL: the comparison tables' columns)")
+    click.echo("\nsplicing each SAE into the model (CE recovered, KL) and sparse-probing its codes (the classes one "
+               "against the rest, the k = 1, 2, 5 features of largest mean difference): the comparison's columns")
     for name in (enc.name, early.name):
         click.echo("\n".join(run_splice(commands.Target.open(store_path, name, None), images=32, progress=False)))
+        _sparse_probe(store_path, name)
     compare_dir = root / "compare"
     click.echo(f"\nthe two layers side by side → {compare_dir}")
     click.echo("\n".join(commands.run_compare([(store_path, early.name), (store_path, enc.name)], compare_dir, "max",
@@ -155,10 +157,8 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
     from clipsae.analysis.encode import EncodeConfig, run_encode
     from clipsae.analysis.evaluation.absorption import run_absorption
     from clipsae.analysis.evaluation.patch_probe import run_patch_probe
-    from clipsae.analysis.evaluation.sparse_probe import run_sparse_probe
     from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS
     from clipsae.analysis.model.splice import run_splice
-    from clipsae.errors import ClipsaeError
     from clipsae.train.configure import configure_training
     from clipsae.train.trainer import run_train
 
@@ -174,14 +174,9 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
     names = [sae_codes, run_encode(EncodeConfig(store_path, seed_dir, device="cpu", progress=False)).name]
     names += [run_encode(EncodeConfig(store_path, path, name=f"{label}-resid.10", device="cpu", progress=False)).name
               for label, path in dirs.items()]
-    click.echo("sparse probing of each (the classes one against the rest, the k = 1, 2, 5 features of largest mean "
-               "difference):")
-    for name in names:
-        t = commands.Target.open(store_path, name, None)
-        try:
-            click.echo(run_sparse_probe(t, None, (1, 2, 5), "max", True)[0])
-        except ClipsaeError as exc:  # a demo of a few images has too few per class to split
-            click.echo(f"{name}: sparse probing left out: {exc}")
+    click.echo("sparse probing of the second seed and the baselines:")
+    for name in names[1:]:
+        _sparse_probe(store_path, name)
     click.echo("\npatch-level concept alignment (saev's probe1d: each feature a 1-D probe of each class over the patches "
                "the segmentation masks label) and absorption (SAEBench's, each shape the parent of its colour classes):")
     for name in names:
@@ -199,6 +194,19 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
                "one-to-one at cosine ≥ 0.7 between seed 0 and seed 1; stability_init, the same share for their initial "
                "weights, is the chance level it must beat)")
     return out
+
+
+def _sparse_probe(store_path: Path, name: str) -> None:
+    """SAEBench's sparse probing of codes ``name``: the classes one against the rest, with the k = 1, 2, 5 features
+    of largest mean difference."""
+    from clipsae.analysis import commands
+    from clipsae.analysis.evaluation.sparse_probe import run_sparse_probe
+
+    t = commands.Target.open(store_path, name, None)
+    try:
+        click.echo(run_sparse_probe(t, None, (1, 2, 5), "max", True)[0])
+    except ClipsaeError as exc:  # a demo of a few images has too few per class to split
+        click.echo(f"{name}: sparse probing left out: {exc}")
 
 
 def _use_features(store_path: Path, codes: str, shards: Path) -> dict[str, Path]:
