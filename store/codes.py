@@ -201,6 +201,7 @@ class Codes:
         self.width: int = int(self.identity["width"])
         self._part_attrs = [zb.read_attributes(self._part_dir(i)) for i in range(len(store.parts))]
         self._image_offsets: dict[int, np.ndarray] = {}
+        self._arrays: dict[tuple[int, str], zb.Array] = {}
 
     def fingerprint(self) -> str:
         """A sha256 of what the codes are: their identity and every part's recorded attributes (sizes and
@@ -224,8 +225,12 @@ class Codes:
         return self.path / layout.PARTS / self.store.parts[i].name
 
     def _array(self, i: int, name: str) -> zb.Array:
+        # Opened once: its metadata does not change while the codes are read (an explorer reads image after image).
+        if (i, name) in self._arrays:
+            return self._arrays[i, name]
         try:
-            return zb.Array(self._part_dir(i) / name, recorded_checksums(self._part_attrs[i], name))
+            return self._arrays.setdefault((i, name), zb.Array(self._part_dir(i) / name,
+                                                               recorded_checksums(self._part_attrs[i], name)))
         except FileNotFoundError:
             raise ClipsaeError(f"codes {self.name!r}, part {self.store.parts[i].name}: {name} is missing; "
                                f"delete {self._part_dir(i)} and rerun `clipsae encode`") from None

@@ -42,18 +42,25 @@ def label_entropy(top: TopImages, labels: np.ndarray, min_hits: int = DEFAULT_MI
     use = (top.images_FK >= 0) & (img_lab >= 0) & (top.values_FK > 0)
     n_F = use.sum(1)
     rows, cols = np.nonzero(use)
-    # Value per (feature, label), over the labels present in the store.
-    lab_idx = np.searchsorted(distinct, img_lab[rows, cols])
-    mass = np.zeros((n_features, max(len(distinct), 1)))
-    np.add.at(mass, (rows, lab_idx), top.values_FK[rows, cols])
-    total = mass.sum(1, keepdims=True)
+    # Value per (feature, label) pair present: at most k pairs a feature, never a (features × labels) matrix,
+    # which at 65,536 features and 1,000 classes would be 0.5 GB a copy.
+    n_labels = max(len(distinct), 1)
+    key = rows.astype(np.int64) * n_labels + np.searchsorted(distinct, img_lab[rows, cols])
+    pairs, inverse = np.unique(key, return_inverse=True)
+    mass_P = np.bincount(inverse, weights=top.values_FK[rows, cols].astype(np.float64), minlength=len(pairs))
+    feat_P, lab_P = pairs // n_labels, pairs % n_labels
+    total_F = np.bincount(feat_P, weights=mass_P, minlength=n_features)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(total > 0, mass / total, 0.0)
-        h = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(1)
+        p_P = mass_P / total_F[feat_P]
+        h = -np.bincount(feat_P, weights=np.where(p_P > 0, p_P * np.log(np.where(p_P > 0, p_P, 1.0)), 0.0),
+                         minlength=n_features)
     entropy = np.where(n_F >= min_hits, h, np.nan)
     norm = entropy / np.log(len(distinct)) if len(distinct) > 1 else np.full(n_features, np.nan)
-    best = mass.argmax(1)
-    has = n_F > 0
-    top_label = np.where(has, distinct[best] if len(distinct) else -1, -1)
-    share = np.where(has, p[np.arange(n_features), best], np.nan)
+    # Each feature's label of most value; ties go to the smaller label.
+    order = np.lexsort((lab_P, -mass_P, feat_P))
+    first = order[np.r_[True, feat_P[order][1:] != feat_P[order][:-1]]] if len(order) else order
+    top_label = np.full(n_features, -1, dtype=np.int64)
+    share = np.full(n_features, np.nan)
+    top_label[feat_P[first]] = distinct[lab_P[first]]
+    share[feat_P[first]] = p_P[first]
     return LabelEntropy(entropy, norm, n_F, top_label, share, len(distinct))

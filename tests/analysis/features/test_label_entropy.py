@@ -25,3 +25,27 @@ def test_single_label_feature_has_zero_entropy():
     top = TopImages(np.array([[0, 1]]), np.array([[1.0, 2.0]]), np.zeros((1, 2), int))
     e = label_entropy(top, np.array([5, 5, 6]), min_hits=2)
     assert e.entropy_F[0] == 0.0 and e.top_label_F[0] == 5
+
+
+def test_label_entropy_equals_a_plain_loop_over_each_features_images():
+    rng = np.random.default_rng(3)
+    n_f, k, n_img = 200, 20, 500
+    images = rng.integers(-1, n_img, (n_f, k))
+    values = np.where(images >= 0, rng.integers(1, 4, (n_f, k)).astype(float), 0.0)  # integers: ties happen
+    labels = rng.integers(-1, 30, n_img)
+    e = label_entropy(TopImages(images, values, np.zeros((n_f, k), int)), labels, min_hits=5)
+    for f in range(n_f):
+        mass = {}
+        for img, v in zip(images[f], values[f]):
+            if img >= 0 and labels[img] >= 0 and v > 0:
+                mass[int(labels[img])] = mass.get(int(labels[img]), 0.0) + v
+        n = sum(1 for img, v in zip(images[f], values[f]) if img >= 0 and labels[img] >= 0 and v > 0)
+        assert e.n_F[f] == n
+        if not mass:
+            assert e.top_label_F[f] == -1 and np.isnan(e.top_label_share_F[f])
+            continue
+        total = sum(mass.values())
+        h = -sum(m / total * math.log(m / total) for m in mass.values())
+        assert (np.isnan(e.entropy_F[f]) if n < 5 else e.entropy_F[f] == pytest.approx(h))
+        best = min(mass, key=lambda lab: (-mass[lab], lab))
+        assert e.top_label_F[f] == best and e.top_label_share_F[f] == pytest.approx(mass[best] / total)
