@@ -6,6 +6,26 @@ import sys
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+
+
+def _mallopt():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt
+
+
+def limit_arenas(n: int) -> bool:
+    """Ask glibc's malloc to use at most ``n`` arenas. By default each thread that allocates may get an arena
+    of its own (up to 8 per core), and a server's thread pool keeps a little freed memory in each: the explorer's
+    resident memory grew by 280 MiB over 16 clients (docs/benchmarks.md). Returns whether it applied (glibc only)."""
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(_M_ARENA_MAX, n) == 1
 
 
 def keep_freed_memory() -> bool:
@@ -18,12 +38,8 @@ def keep_freed_memory() -> bool:
     stays at its peak until it exits. Returns whether it applied: only glibc has these knobs; elsewhere
     (macOS, musl) nothing changes.
     """
-    if not sys.platform.startswith("linux"):
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # mallopt returns 1 on success; a trim threshold of −1 turns trimming off (mallopt(3)).
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1

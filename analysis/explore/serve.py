@@ -47,7 +47,9 @@ def run_serve(cfg: ServeConfig, echo=print, print_token: bool = False) -> None:
     import uvicorn
 
     from clipsae.analysis.explore.app import build_app
+    from clipsae.memory import limit_arenas
 
+    limit_arenas(2)
     explorer = open_explorer(cfg)
     if cfg.index_only:
         echo(f"explorer indexes ready for {', '.join(explorer.served)}")

@@ -51,12 +51,15 @@ class KeyIndex:
 
     def __init__(self, keys: np.ndarray):
         self.keys = keys
-        self._order = np.argsort(keys, kind="stable")
-        self._sorted = keys[self._order]
+        order = np.argsort(keys, kind="stable")
+        self._order = order.astype(np.int32 if len(keys) < 2**31 else np.int64)
+        # As UTF-8 bytes (a quarter of numpy's 4-byte characters), which sort in the same order.
+        self._sorted = np.char.encode(keys[order].astype(str), "utf-8")
 
     def find(self, key: str) -> int | None:
-        j = int(np.searchsorted(self._sorted, key))
-        if j < len(self._sorted) and self._sorted[j] == key:
+        want = key.encode("utf-8")
+        j = int(np.searchsorted(self._sorted, want))
+        if j < len(self._sorted) and self._sorted[j] == want:
             return int(self._order[j])
         return None
 

@@ -29,3 +29,10 @@ def test_freed_memory_stays_for_reuse_once_asked_and_goes_back_otherwise():
 
     assert released("default") > 200  # glibc unmaps a block that large when it is freed
     assert released("keep") < 16
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_malloc_arenas_can_be_limited():
+    from clipsae.memory import limit_arenas
+
+    assert limit_arenas(8)  # glibc's default for 64-bit is 8 per core: asking 8 changes nothing in this process
