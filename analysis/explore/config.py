@@ -69,6 +69,9 @@ class ServeConfig:
     """Largest uploaded image, in MB."""
     max_pixels: int = option(40_000_000, at_least=1)
     """Largest uploaded image, in pixels (a decompression bomb is refused)."""
+    preload: bool = option(False)
+    """Load the model and SAE in the background as soon as the server starts, so that the first upload, steer or
+    text search does not wait for them (by default they load on first need, and browsing never loads them)."""
     index_only: bool = option(False)
     """Build (or check) the index of every --codes, then exit without serving."""
     progress: bool = option(True, cli=False)

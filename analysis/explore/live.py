@@ -71,6 +71,20 @@ class LiveModel:
     def loaded(self) -> bool:
         return self._loaded is not None
 
+    def preload(self) -> threading.Thread:
+        """Load the model and SAE on a thread of their own; a failure is left for the first request that needs
+        them to report (browsing goes on without them)."""
+        def load():
+            try:
+                with self._lock:
+                    self._load()
+            except Exception:  # noqa: BLE001 (the request that needs the model says why, in one line)
+                pass
+
+        thread = threading.Thread(target=load, name=f"preload {self.codes.name}", daemon=True)
+        thread.start()
+        return thread
+
     def _pixels(self, clip, image: Image.Image) -> torch.Tensor:
         return clip.vision.preprocess(image).unsqueeze(0).to(self.device)
 

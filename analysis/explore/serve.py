@@ -54,6 +54,9 @@ def run_serve(cfg: ServeConfig, echo=print, print_token: bool = False) -> None:
     if cfg.index_only:
         echo(f"explorer indexes ready for {', '.join(explorer.served)}")
         return
+    if cfg.preload:
+        for served in explorer.served.values():
+            served.live.preload()
     sock = bind(cfg.host, cfg.port)
     app = build_app(explorer, cfg.token)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
