@@ -342,7 +342,7 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
         feats = np.nonzero(live)[0]
         order = feats[np.lexsort((feats, -scores[feats]))][:n]
         return JSONResponse({"text": text, "features": [{"feature": int(f), "score": round(float(scores[f]), 4),
-                                                          **{k: v for k, v in s._row(int(f)).items() if k != "feature"}}
+                                                          **{k: v for k, v in s.row(int(f)).items() if k != "feature"}}
                                                          for f in order]})
 
     def api_image(request):

@@ -174,9 +174,10 @@ class ServedCodes:
             ranks = -ranks if desc else ranks
             order = feats[np.lexsort((feats, np.where(empty, 0, ranks), empty))]
         page = order[offset:offset + limit]
-        return {"total": int(len(feats)), "offset": offset, "rows": [self._row(int(f)) for f in page]}
+        return {"total": int(len(feats)), "offset": offset, "rows": [self.row(int(f)) for f in page]}
 
-    def _row(self, f: int) -> dict:
+    def row(self, f: int) -> dict:
+        """Feature ``f``'s row of the features table."""
         st = self.index.stats
         return {"feature": f, "density": sig(st["density_images"][f], 3), "density_tokens": sig(st["density_tokens"][f], 3),
                 "mean_top": sig(st["mean_top"][f], 3), "label_entropy": sig(st["entropy"][f], 3),
