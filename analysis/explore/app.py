@@ -7,10 +7,10 @@ input, 401 no token, 404 unknown codes, feature, key or upload, 413 too large; a
 """
 
 import hmac
+import html
 import io
 import json
 import secrets
-import warnings
 from importlib import resources
 from urllib.parse import quote
 
@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -38,6 +39,10 @@ MAX_EDITS = 64
 MAX_CLASSES = 2000
 GAME_CHOICES = 4
 GAME_FEATURES = 5
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_JSON_BODY = 1_000_000  # bytes of a steer or a guess
+UPLOADS_KEPT_PIXELS = 100_000_000  # the uploads kept for their pages, at most (400 MB as RGB)
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
 
 class TooLarge(ClipsaeError):
@@ -49,7 +54,9 @@ class Unauthorized(ClipsaeError):
 
 
 def _status(exc: Exception) -> int:
-    return {NotFound: 404, TooLarge: 413, Unauthorized: 401}.get(type(exc), 400)
+    """Bad input is 400 (and its kinds theirs); any other ClipsaeError is the server's own data failing it (a tar
+    moved, the SAE gone, a damaged chunk): 500, with the reason."""
+    return {BadRequest: 400, NotFound: 404, TooLarge: 413, Unauthorized: 401}.get(type(exc), 500)
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -87,7 +94,7 @@ class Explorer:
     def __init__(self, served: list[ServedCodes], max_upload: int, max_pixels: int):
         self.served = {s.label: s for s in served}
         self.max_upload, self.max_pixels = max_upload, max_pixels
-        self.uploads = LRU(64)  # id → (image, {codes label: TokenCodes})
+        self.uploads = LRU(64, UPLOADS_KEPT_PIXELS, weight=lambda item: item[0].width * item[0].height)
         self._secret = secrets.token_bytes(16)
 
     def codes(self, label: str) -> ServedCodes:
@@ -117,19 +124,16 @@ class Explorer:
         if len(data) > self.max_upload:
             raise TooLarge(f"the upload is {len(data) / 1e6:.1f} MB; this server takes at most {self.max_upload / 1e6:g} MB")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as im:
-                    if im.format not in ("PNG", "JPEG", "WEBP"):
-                        raise BadRequest(f"the upload is {im.format}; send a PNG, JPEG or WebP image")
-                    if im.width * im.height > self.max_pixels:
-                        raise TooLarge(f"the upload is {im.width}×{im.height} pixels; this server takes at most "
-                                       f"{self.max_pixels:,}")
-                    return im.convert("RGB")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # Only these three formats' decoders are tried; the pixel count is checked from the header, before decoding.
+            with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as im:
+                if im.width * im.height > self.max_pixels:
+                    raise TooLarge(f"the upload is {im.width}×{im.height} pixels; this server takes at most "
+                                   f"{self.max_pixels:,}")
+                return im.convert("RGB")
+        except Image.DecompressionBombError as exc:
             raise TooLarge(f"the upload is too many pixels ({exc})") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise BadRequest(f"the upload is not an image PIL can read ({type(exc).__name__})") from None
+            raise BadRequest(f"the upload is not a PNG, JPEG or WebP image PIL can read ({type(exc).__name__})") from None
 
     def keep_upload(self, image: Image.Image) -> str:
         upload_id = secrets.token_hex(8)
@@ -182,6 +186,32 @@ def _patches(request: Request) -> list[int] | None:
         raise BadRequest(f"patches must be comma-separated patch numbers, not {text!r}") from None
 
 
+async def _json_body(request: Request):
+    """A request's JSON body: ``application/json`` (a page's script sends it; a form posted from another site
+    cannot), at most MAX_JSON_BODY bytes."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise BadRequest("send the body as JSON (Content-Type: application/json)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise TooLarge(f"the body is over {MAX_JSON_BODY:,} bytes")
+    try:
+        return json.loads(bytes(body))
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+
+
+def _prompt(body: dict) -> str:
+    """The steer's prompt: a text of at most 200 characters with one {} where each class goes, and no other braces
+    (it is filled by str.format, whose other fields could ask for any padding)."""
+    prompt = body.get("prompt", "a photo of a {}.")
+    if (not isinstance(prompt, str) or len(prompt) > 200 or prompt.count("{") != 1 or prompt.count("}") != 1
+            or "{}" not in prompt):
+        raise BadRequest("prompt must be a text of at most 200 characters with one {} where each class goes")
+    return prompt
+
+
 def _edits(body: dict, s: ServedCodes) -> tuple[Edit, ...]:
     raw = body.get("edits", [])
     if not isinstance(raw, list) or len(raw) > MAX_EDITS:
@@ -218,7 +248,7 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
     def page(view: str, title: str, data: dict) -> HTMLResponse:
         data = {"view": view, "codes": [s.describe() for s in explorer.served.values()], **data}
         return HTMLResponse(f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <link rel="stylesheet" href="/assets/report.css"></head>
 <body><main id="app"><p>Loading…</p></main>
 <script id="explore-data" type="application/json">{site.script_json(data)}</script>
@@ -389,10 +419,7 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
 
     async def api_steer(request: Request):
         s = explorer.codes(request.path_params["codes"])
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise BadRequest("the body must be JSON: {key or upload, edits, classes?}") from None
+        body = await _json_body(request)
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
         if ("key" in body) == ("upload" in body):
@@ -407,9 +434,7 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
         if (not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES
                 or not all(isinstance(c, str) and 0 < len(c.strip()) <= 200 for c in classes)):
             raise BadRequest(f"classes must be a list of 1 to {MAX_CLASSES} non-empty texts")
-        prompt = body.get("prompt", "a photo of a {}.")
-        if not isinstance(prompt, str) or prompt.count("{}") != 1:
-            raise BadRequest("prompt must be a text with one {} where each class goes")
+        prompt = _prompt(body)
 
         def run():
             return s.live.steer(explorer.pil(s, ref), edits, tuple(c.strip() for c in classes), prompt)
@@ -428,23 +453,24 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
         answer, choices = explorer.round_answer(s, round_id)
         feats = s.image_features(ImageRef("", answer), s.stored_token_codes(answer), None, GAME_FEATURES)["features"]
         return JSONResponse({"codes": s.label, "round": round_id,
-                             # Each feature's top images, the hidden one left out: it would give the answer away.
+                             # Each feature's top images, the choices left out: the hidden one would give the
+                             # answer away, and the others, shown, would rule themselves out.
                              "features": [{"feature": x["feature"], "value": x["value"],
-                                           "top": [t for t in s.top_keys(x["feature"], 5) if t["image"] != answer][:4]}
+                                           "top": [t for t in s.top_keys(x["feature"], 4 + len(choices))
+                                                   if t["image"] not in choices][:4]}
                                           for x in feats],
                              "choices": [{"image": c, "key": str(s.keys.keys[c])} for c in choices]})
 
     async def api_guess(request):
         s = explorer.codes(request.path_params["codes"])
+        if "round" not in request.query_params:
+            raise BadRequest("give the round: /game/guess?round=N")
         round_id = _int(request, "round", -1)
-        try:
-            body = json.loads(await request.body())
-            guess = body.get("image") if isinstance(body, dict) else None
-        except ValueError:
-            guess = None
-        if not isinstance(guess, int) and guess is not None:
-            raise BadRequest("image must be an image number, or null to reveal")
-        answer, choices = explorer.round_answer(s, round_id)
+        body = await _json_body(request)
+        guess = body.get("image", "missing") if isinstance(body, dict) else "missing"
+        if guess is not None and (isinstance(guess, bool) or not isinstance(guess, int)):
+            raise BadRequest('send {"image": N} for a guess, or {"image": null} to reveal')
+        answer, choices = await run_in_threadpool(explorer.round_answer, s, round_id)
         if guess is not None and guess not in choices:
             raise BadRequest(f"image {guess} is not one of this round's choices")
         return JSONResponse({"round": round_id, "answer": answer, "key": str(s.keys.keys[answer]),
@@ -495,4 +521,7 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={ClipsaeError: clipsae_error, HTTPException: not_found,
                                                        Exception: internal})
     app.add_middleware(TokenGate, token=token)
+    if token is None:
+        # Without a token the server is the loopback's alone: a page elsewhere must not reach it by DNS rebinding.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
     return app

@@ -30,7 +30,7 @@ def parse_codes(values: tuple[str, ...], store: str | None) -> tuple[CodesSpec, 
     specs = []
     for v in values:
         where, sep, name = v.rpartition(":")
-        if sep and where and not where.endswith(("s3", "gs")):
+        if sep and where and where not in ("s3", "gs"):  # s3://… alone is a store, not STORE:CODES
             specs.append((where, name))
         elif store is None:
             raise ClipsaeError(f"--codes {v!r} names no store: give --store, or write STORE:CODES")

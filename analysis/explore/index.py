@@ -160,14 +160,28 @@ def _monosemanticity(codes: Codes) -> np.ndarray:
     return monosemanticity(codes, hook, "max").ms_F
 
 
+def _kept(folder: Path, name: str, compute) -> np.ndarray:
+    """``name``'s array as a build before a kill saved it, or computed now and saved (a pass of its own)."""
+    path = folder / f"{name}.npy"
+    if path.is_file():
+        return np.load(path)
+    arr = np.asarray(compute())
+    _save_npy(folder, name, arr)
+    return arr
+
+
 def _build(codes: Codes, folder: Path, fingerprint: str, sae_path: Path | None, progress: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = folder / _STATE
-    if (folder / _META).is_file() or _state_fingerprint(folder) != fingerprint:
-        # Another codes' index, or its unfinished build: start again.
+    mark = f"{INDEX_VERSION}:{fingerprint}"  # the version too: another version's arrays are never reused
+    if (folder / _META).is_file() or _state_fingerprint(folder) != mark:
+        # Another codes' index, or its unfinished build: start again. Its mark goes first, so that a kill during
+        # the clean-up leaves nothing a rerun would take for this build's.
+        (folder / "fingerprint").unlink(missing_ok=True)
+        (folder / _META).unlink(missing_ok=True)
         for f in folder.iterdir():
             f.unlink()
-        (folder / "fingerprint").write_text(fingerprint)
+        (folder / "fingerprint").write_text(mark)
     if (folder / "top_tokens.npy").is_file():
         # The first pass finished before a kill: its result was kept (top_tokens is written last).
         top_images = TopImages(*(np.load(folder / f"top_{n}.npy") for n in ("images", "values", "tokens")))
@@ -184,7 +198,7 @@ def _build(codes: Codes, folder: Path, fingerprint: str, sae_path: Path | None, 
              "density_images": dens.density_images_F, "density_tokens": dens.density_tokens_F,
              "mean_top": dens.mean_top_F, "dense": dens.dense_F, "dead": dens.dead_F, "entropy": ent.entropy_F,
              "entropy_norm": ent.entropy_norm_F, "labelled_top": ent.n_F, "top_label": ent.top_label_F,
-             "top_label_share": ent.top_label_share_F, "ms": _monosemanticity(codes)}
+             "top_label_share": ent.top_label_share_F, "ms": _kept(folder, "stat_ms", lambda: _monosemanticity(codes))}
     for name, arr in stats.items():
         _save_npy(folder, f"stat_{name}", np.asarray(arr))
     for name, arr in (("interval_images", samples.images_FQS), ("interval_values", samples.values_FQS),
@@ -198,7 +212,10 @@ def _build(codes: Codes, folder: Path, fingerprint: str, sae_path: Path | None, 
             "n_images": codes.n_images, "top_k": TOP_K, "per_interval": PER_INTERVAL, "n_intervals": N_INTERVALS,
             "nearest": None if near_f is None else NEAREST, "nearest_missing": why}
     tmp = folder / f".{_META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(meta, indent=1))
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, folder / _META)  # written last: its presence marks the index complete
     state.unlink(missing_ok=True)
 
@@ -212,7 +229,10 @@ def _complete(folder: Path, fingerprint: str) -> dict | None:
     path = folder / _META
     if not path.is_file():
         return None
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, OSError):  # unreadable (a crash as it was written): as if absent, so it is built again
+        return None
     return meta if meta.get("fingerprint") == fingerprint and meta.get("version") == INDEX_VERSION else None
 
 

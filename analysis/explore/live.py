@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from clipsae.analysis.edits import Edit
+from clipsae.analysis.explore.tar_images import LRU
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import Codes
 
@@ -49,7 +50,8 @@ class LiveModel:
         self.codes, self.device = codes, device
         self._lock = threading.Lock()
         self._loaded = None
-        self._texts: dict[tuple[str, ...], torch.Tensor] = {}
+        self._texts = LRU(8)  # (prompt, *classes) → their unit text embeddings
+        self._joint = None  # the decoder's directions in the joint space, unit length, made on the first text search
 
     def _load(self):
         if self._loaded is None:
@@ -100,8 +102,9 @@ class LiveModel:
             rows = acts_NTD.reshape(-1, acts_NTD.shape[-1]).float()
             block, _ = pool_batch(sae.encode_sparse(rows), 1, positions.to(rows.device), sae.d_sae, self.codes.width,
                                   0 if self.codes.has_cls else None)
-        return TokenCodes(block.token_latents_RK, block.token_values_RK, block.image_latents_E.astype(np.int64),
-                          block.image_max_E)
+        keep = block.image_max_E > 0  # as Codes.image_values keeps them (a signed SAE's codes may be negative)
+        return TokenCodes(block.token_latents_RK, block.token_values_RK, block.image_latents_E[keep].astype(np.int64),
+                          block.image_max_E[keep])
 
     @torch.no_grad()
     def text_scores(self, text: str) -> np.ndarray:
@@ -111,20 +114,24 @@ class LiveModel:
         with self._lock:
             sae, clip, _, _ = self._load()
             t = text_embeddings(clip.model, clip.tokenizer, [text], prompt="{}", device=self.device)
-            joint = directions_to_joint(sae.W_dec, clip.vision.visual, self.codes.hook).cpu()
+            if self._joint is None:
+                joint = directions_to_joint(sae.W_dec, clip.vision.visual, self.codes.hook).cpu()
+                self._joint = torch.nn.functional.normalize(joint, dim=1)
+            joint = self._joint
         if joint.shape[1] != t.shape[1]:
             raise ClipsaeError(f"{self.codes.hook} directions land in {joint.shape[1]} dimensions but the text "
                                f"embeddings have {t.shape[1]}; is this the store's model?")
-        return (torch.nn.functional.normalize(joint, dim=1) @ t[0]).double().numpy()
+        return (joint @ t[0]).double().numpy()
 
     def _class_text(self, clip, classes: tuple[str, ...], prompt: str) -> torch.Tensor:
         from clipsae.analysis.model.joint_space import text_embeddings
 
         key = (prompt, *classes)
-        if key not in self._texts:
-            self._texts[key] = text_embeddings(clip.model, clip.tokenizer, list(classes), prompt=prompt,
-                                               device=self.device)
-        return self._texts[key]
+        cached = self._texts.get(key)
+        if cached is None:
+            cached = self._texts.put(key, text_embeddings(clip.model, clip.tokenizer, list(classes), prompt=prompt,
+                                                          device=self.device))
+        return cached
 
     @torch.no_grad()
     def steer(self, image: Image.Image, edits: tuple[Edit, ...], classes: tuple[str, ...], prompt: str) -> Steered:

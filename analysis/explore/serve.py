@@ -43,7 +43,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 def run_serve(cfg: ServeConfig, echo=print, print_token: bool = False) -> None:
-    """Serve until Ctrl-C, which ends the process with status 130 and one line."""
+    """Serve until Ctrl-C (or SIGTERM), which ends the process with status 130 and one line."""
     import uvicorn
 
     from clipsae.analysis.explore.app import build_app
@@ -66,5 +66,5 @@ def run_serve(cfg: ServeConfig, echo=print, print_token: bool = False) -> None:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
-    print("stopped serving (Ctrl-C)", file=sys.stderr)
+    print("stopped serving", file=sys.stderr)
     sys.exit(EXIT_INTERRUPTED)

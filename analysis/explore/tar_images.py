@@ -17,28 +17,34 @@ from clipsae.pipeline.tario import IMAGE_EXTS
 from clipsae.store.reader import ActivationStore
 
 THUMB_QUALITY = 85
+THUMBS_CACHED_BYTES = 64 * 2**20
 _KEY = re.compile(r"^(.*?/?[^/.]+)\.([^/]+)$")  # webdataset: the key ends at the first dot of the file name
 
 
 class LRU:
-    """A thread-safe cache of at most ``capacity`` items, the least recently used dropped first."""
+    """A thread-safe cache of at most ``capacity`` items whose ``weight`` (1 each by default) sums to at most
+    ``budget``, the least recently used dropped first (the newest is kept whatever its weight)."""
 
-    def __init__(self, capacity: int):
-        self.capacity, self._items, self._lock = capacity, OrderedDict(), threading.Lock()
+    def __init__(self, capacity: int, budget: float = float("inf"), weight=lambda value: 1):
+        self.capacity, self.budget, self.weight = capacity, budget, weight
+        self._items, self._lock, self._total = OrderedDict(), threading.Lock(), 0
 
     def get(self, key):
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
-                return self._items[key]
+                return self._items[key][0]
         return None
 
     def put(self, key, value):
         with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            if key in self._items:
+                self._total -= self._items.pop(key)[1]
+            w = self.weight(value)
+            self._items[key] = (value, w)
+            self._total += w
+            while len(self._items) > 1 and (len(self._items) > self.capacity or self._total > self.budget):
+                self._total -= self._items.popitem(last=False)[1][1]
         return value
 
 
@@ -83,7 +89,7 @@ class TarImages:
         self._offsets = np.array([p.offset for p in store.parts])
         self._keys = store.keys()
         self._tars = LRU(256)
-        self._thumbs = LRU(thumbs_cached)
+        self._thumbs = LRU(thumbs_cached, THUMBS_CACHED_BYTES, weight=len)
 
     def _part(self, image: int) -> int:
         return int(np.searchsorted(self._offsets, image, side="right")) - 1

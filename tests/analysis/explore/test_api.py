@@ -148,8 +148,11 @@ def test_game_round_hides_its_image_and_scores_a_guess(served):
     _, r = served.get("/api/codes/l3/game?round=7")
     assert len(r["choices"]) == 4 and r["features"]
     _, reveal = served.post_json("/api/codes/l3/game/guess?round=7", {"image": None})
-    assert reveal["answer"] in [c["image"] for c in r["choices"]]
-    assert all(t["image"] != reveal["answer"] for f in r["features"] for t in f["top"])
+    choices = [c["image"] for c in r["choices"]]
+    assert reveal["answer"] in choices
+    assert all(t["image"] not in choices for f in r["features"] for t in f["top"])
+    assert served.post_json("/api/codes/l3/game/guess?round=7", {"image": True})[0] == 400
+    assert served.post_json("/api/codes/l3/game/guess", {"image": None})[0] == 400
     _, right = served.post_json("/api/codes/l3/game/guess?round=7", {"image": reveal["answer"]})
     assert right["correct"] is True
 
@@ -168,9 +171,13 @@ def test_compare_shows_the_image_in_every_served_codes(served):
     ("/api/codes/emb/images/img0000003?patches=0", 400), ("/api/codes/l3/uploads/nope", 404),
     ("/assets/..%2F..%2Fbuild.py", 404), ("/assets/site.py", 404), ("/thumbs/l3/99.jpg", 404),
     ("/api/codes/l3/search?text=", 400), ("/api/codes/l3/features?min_density=nan", 400),
+    ("/compare/%3C%2Ftitle%3E%3Cscript%3E", 200),
 ])
 def test_bad_requests_get_one_line_json_errors(served, path, status):
     got, body = served.get(path)
+    if status == 200:  # a page: whatever the path holds is text in it, never markup
+        assert got == 200 and b"<script>" not in body.split(b"<script id=")[0], body[:300]
+        return
     assert got == status and isinstance(body, dict) and "\n" not in body["error"], body
 
 
@@ -180,6 +187,7 @@ def test_bad_requests_get_one_line_json_errors(served, path, status):
     ({"key": "img0000003", "edits": [{"feature": 1, "op": "twist", "value": 1}]}, "op must be"),
     ({"key": "img0000003", "edits": [{"feature": 1, "op": "ablate"}, {"feature": 1, "op": "ablate"}]}, "twice"),
     ({"edits": []}, "key"), ({"key": "img0000003", "classes": []}, "classes"),
+    ({"key": "img0000003", "prompt": "{{}}{:>999999999}"}, "prompt"), ({"key": "img0000003", "prompt": "x" * 300 + "{}"}, "prompt"),
 ])
 def test_bad_steers_are_refused(served, body, why):
     status, r = served.post_json("/api/codes/l3/steer", body)
@@ -190,11 +198,11 @@ def test_uploads_that_are_not_images_or_too_large_are_refused_and_the_server_goe
     monkeypatch.setattr(explorer, "max_upload", 2_000_000)
     body, headers = multipart("image", b"not an image at all")
     status, r = served.request("/api/codes/l3/encode", body, headers)
-    assert status == 400 and "not an image" in r["error"]
+    assert status == 400 and "not a PNG, JPEG or WebP image" in r["error"]
     gif = io.BytesIO()
     Image.new("RGB", (8, 8)).save(gif, "GIF")
     status, r = served.request("/api/codes/l3/encode", *multipart("image", gif.getvalue()))
-    assert status == 400 and "GIF" in r["error"]
+    assert status == 400 and "PNG, JPEG or WebP" in r["error"]
     # A decompression bomb: a small PNG of more pixels than the server takes.
     bomb = png(Image.new("L", (8000, 6000)))
     assert len(bomb) < 1_000_000
@@ -204,7 +212,16 @@ def test_uploads_that_are_not_images_or_too_large_are_refused_and_the_server_goe
     assert status == 413
     status, r = served.request("/api/codes/l3/encode", b"{}", {"content-type": "application/json"})
     assert status == 400
+    status, r = served.request("/api/codes/l3/steer", b'{"key": "img0000003"}', {"content-type": "text/plain"})
+    assert status == 400 and "JSON" in r["error"]
+    status, r = served.request("/api/codes/l3/steer", b" " * 1_000_001, {"content-type": "application/json"})
+    assert status == 413
     assert served.get("/api/codes")[0] == 200
+
+
+def test_without_a_token_only_loopback_host_names_are_served(served):
+    assert served.get("/api/codes", headers={"Host": "attacker.example:8000"})[0] == 400
+    assert served.get("/api/codes", headers={"Host": "localhost"})[0] == 200
 
 
 def test_a_token_is_required_by_header_query_or_cookie(explorer):
