@@ -28,6 +28,20 @@ def limit_arenas(n: int) -> bool:
     return mallopt is not None and mallopt(_M_ARENA_MAX, n) == 1
 
 
+def release_freed_memory() -> bool:
+    """Hand the memory glibc's malloc holds free back to the system (malloc_trim): after a one-off burst of
+    temporaries, such as a model's construction and the load of its weights. Returns whether it applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    trim(0)
+    return True
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to serve every block from its heap and never hand freed memory back to the system.
 

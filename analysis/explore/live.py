@@ -8,6 +8,7 @@ probabilities softmax_c(s · cos(e, t_c)) before and after, t_c the text embeddi
 "a photo of a {class}." or of a prompt as typed.
 """
 
+import gc
 import threading
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from PIL import Image
 from clipsae.analysis.edits import Edit
 from clipsae.analysis.explore.tar_images import LRU
 from clipsae.errors import ClipsaeError
+from clipsae.memory import release_freed_memory
 from clipsae.store.codes import Codes
 
 
@@ -67,6 +69,9 @@ class LiveModel:
             hooked = HookedForward(visual, resolve_hooks(visual, [self.codes.hook], tokens), tokens)
             positions = iv.edited_positions(visual, self.codes.store, self.codes, "all")
             self._loaded = (sae, clip, hooked, positions)
+            # The model's construction (initial weights, then the checkpoint's) freed as much as it keeps.
+            gc.collect()
+            release_freed_memory()
         return self._loaded
 
     @property
