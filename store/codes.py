@@ -261,17 +261,19 @@ class Codes:
         if by == "cls" and not self.has_cls:
             raise ClipsaeError(f"codes {self.name!r} were not made on a CLS token; use --by max or mean")
 
-    def _entries(self, i: int, by: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(latents, per-image values by ``by``, tokens) of entries lo:hi of part i's per-image arrays."""
+    def _entries(self, i: int, by: str, lo: int, hi: int,
+                 tokens: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(latents, per-image values by ``by``, tokens) of entries lo:hi of part i's per-image arrays; without
+        ``tokens`` the argmax array is not read (None)."""
         latents = self._read(i, "image_latents", lo, hi)
-        tokens = self._read(i, "image_argmax", lo, hi)
+        tokens = self._read(i, "image_argmax", lo, hi) if tokens else None
         if by == "max":
             values = self._read(i, "image_max", lo, hi)
         elif by == "mean":
             values = self._read(i, "image_sum", lo, hi) / np.float32(self.n_positions)
         else:
             values = self._read(i, "image_cls", lo, hi)
-            tokens = np.zeros_like(tokens)
+            tokens = np.zeros_like(latents) if tokens is not None else None
         return latents, values, tokens
 
     def _locate(self, image: int) -> tuple[int, int]:
@@ -288,7 +290,7 @@ class Codes:
         if i not in self._image_offsets:  # a part's offsets are read once: an explorer asks image after image
             self._image_offsets[i] = np.concatenate([[0], np.cumsum(self._read(i, "image_counts").astype(np.int64))])
         lo, hi = self._image_offsets[i][local:local + 2]
-        latents, values, _ = self._entries(i, by, int(lo), int(hi))
+        latents, values, _ = self._entries(i, by, int(lo), int(hi), tokens=False)
         keep = values > 0
         return latents[keep].astype(np.int64), values[keep].astype(np.float32)
 
