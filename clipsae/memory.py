@@ -9,15 +9,20 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
 
-def _mallopt():
+def _glibc(name: str, argtypes: tuple):
+    """glibc's function ``name`` returning an int, or None where there is none (macOS, musl)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        fn = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return mallopt
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
+def _mallopt():
+    return _glibc("mallopt", (ctypes.c_int, ctypes.c_int))
 
 
 def limit_arenas(n: int) -> bool:
@@ -31,13 +36,9 @@ def limit_arenas(n: int) -> bool:
 def release_freed_memory() -> bool:
     """Hand the memory glibc's malloc holds free back to the system (malloc_trim): after a one-off burst of
     temporaries, such as a model's construction and the load of its weights. Returns whether it applied."""
-    if not sys.platform.startswith("linux"):
+    trim = _glibc("malloc_trim", (ctypes.c_size_t,))
+    if trim is None:
         return False
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
     trim(0)
     return True
 
