@@ -11,7 +11,6 @@ the one the index recorded; otherwise rebuilt.
 
 import fcntl
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from clipsae.analysis.features.interval_samples import N_INTERVALS, IntervalSamp
 from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS, label_entropy
 from clipsae.analysis.features.top_images import StreamingTopK, TopImages
 from clipsae.errors import ClipsaeError
+from clipsae.files import atomic_write, write_json, write_text
 from clipsae.store.codes import Codes, default_analysis_dir
 
 INDEX_FOLDER = "explore-index"
@@ -63,21 +63,19 @@ class FeatureIndex:
 
 
 def _save_npy(folder: Path, name: str, arr: np.ndarray) -> None:
-    tmp = folder / f".{name}.npy.tmp"
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / f"{name}.npy")
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file, not a name: np.save would add .npy to the temporary's
+            np.save(fh, arr)
+
+    atomic_write(folder / f"{name}.npy", write)
 
 
 def _save_state(folder: Path, state: dict) -> None:
-    tmp = folder / f".{_STATE}.tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **state)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / _STATE)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **state)
+
+    atomic_write(folder / _STATE, write)
 
 
 class _Pass:
@@ -181,7 +179,7 @@ def _build(codes: Codes, folder: Path, fingerprint: str, sae_path: Path | None, 
         (folder / _META).unlink(missing_ok=True)
         for f in folder.iterdir():
             f.unlink()
-        (folder / "fingerprint").write_text(mark)
+        write_text(folder / "fingerprint", mark)
     if (folder / "top_tokens.npy").is_file():
         # The first pass finished before a kill: its result was kept (top_tokens is written last).
         top_images = TopImages(*(np.load(folder / f"top_{n}.npy") for n in ("images", "values", "tokens")))
@@ -211,12 +209,7 @@ def _build(codes: Codes, folder: Path, fingerprint: str, sae_path: Path | None, 
     meta = {"version": INDEX_VERSION, "fingerprint": fingerprint, "codes": codes.name, "n_features": codes.d_sae,
             "n_images": codes.n_images, "top_k": TOP_K, "per_interval": PER_INTERVAL, "n_intervals": N_INTERVALS,
             "nearest": None if near_f is None else NEAREST, "nearest_missing": why}
-    tmp = folder / f".{_META}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(meta, indent=1))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / _META)  # written last: its presence marks the index complete
+    write_json(folder / _META, meta, indent=1)  # written last: its presence marks the index complete
     state.unlink(missing_ok=True)
 
 
