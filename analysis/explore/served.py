@@ -15,7 +15,7 @@ from clipsae.analysis.explore.tar_images import TarImages
 from clipsae.analysis.features.density import Density
 from clipsae.analysis.features.label_entropy import LabelEntropy
 from clipsae.analysis.features.nearest_features import Nearest
-from clipsae.analysis.features.patch_maps import grid_cells, patch_maps
+from clipsae.analysis.features.patch_maps import cell_of_token, patch_maps, token_maps
 from clipsae.analysis.random_weights import store_has_random_weights
 from clipsae.analysis.report import siblings
 from clipsae.analysis.report.content import FeatureContent, PatchMaps, sig
@@ -84,8 +84,7 @@ class ServedCodes:
         self.layout = self.store.layout(self.codes.hook)
         grid = self.layout.grid
         self.grid = tuple(grid) if grid is not None and self.codes.n_positions > 1 else None
-        rows_T, cols_T = grid_cells(self.codes.token_positions, self.layout)
-        self._cell_T = np.where(rows_T >= 0, rows_T * (grid[1] if grid else 0) + cols_T, -1)
+        self._cell_T = cell_of_token(self.codes.token_positions, self.layout)
         analysis = default_analysis_dir(self.store.path, name)
         self.names = siblings.feature_names(analysis)
         self.neurons = siblings.neuron_alignment(analysis)
@@ -301,23 +300,20 @@ class ServedCodes:
             values = np.zeros(len(latents), np.float32)
             np.maximum.at(values, inverse, val[ok])
         order = np.lexsort((latents, -values))[:limit]
+        if self.grid:
+            scale = np.where(values[order] > 0, values[order], 1.0)
+            maps = token_maps(tc.latents_TK, tc.values_TK, latents[order], scale, self._cell_T,
+                              self.grid[0] * self.grid[1])
         feats = []
-        for j in order:
+        for i, j in enumerate(order):
             g, v = int(latents[j]), float(values[j])
             item = {"feature": g, "value": sig(v), "name": self._first_name[g] or None, "top": self.top_keys(g, 4)}
             if self.grid:
-                item["map"] = self._map(tc, g, v)
+                item["map"] = _b64(maps[i])
             feats.append(item)
         return {"codes": self.label, "key": ref.key, "image": ref.image, "upload": ref.upload, "label": ref.label,
                 "label_name": self.label_name(ref.label), "grid": list(self.grid) if self.grid else None,
                 "patches": patches, "features": feats, "total": int(len(latents))}
-
-    def _map(self, tc: TokenCodes, g: int, scale: float) -> str:
-        code_T = (tc.values_TK * (tc.latents_TK == g)).sum(1)
-        cells = np.zeros(self.grid[0] * self.grid[1])
-        on = self._cell_T >= 0
-        cells[self._cell_T[on]] = code_T[on]
-        return _b64(np.clip(np.rint(255 * cells / (scale if scale > 0 else 1.0)), 0, 255))
 
     def random_image(self, rng: np.random.Generator, with_features: bool = True) -> int:
         """A store image drawn at random (one that fires some feature, where ``with_features``)."""

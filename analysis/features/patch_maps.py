@@ -17,6 +17,27 @@ def grid_cells(positions_T: np.ndarray, layout: HookLayout) -> tuple[np.ndarray,
     return rows, cols
 
 
+def cell_of_token(positions_T: np.ndarray, layout: HookLayout) -> np.ndarray:
+    """The patch-grid cell (row-major) of each stored token position; −1 for CLS or tokens of no grid."""
+    rows_T, cols_T = grid_cells(positions_T, layout)
+    width = layout.grid[1] if layout.grid is not None else 0
+    return np.where(rows_T >= 0, rows_T * width + cols_T, -1)
+
+
+def token_maps(latents_TK: np.ndarray, values_TK: np.ndarray, feature_P: np.ndarray, scale_P: np.ndarray,
+               cell_T: np.ndarray, n_cells: int) -> np.ndarray:
+    """(features, n_cells) uint8 from one image's token codes: feature_P[p]'s code on each cell, as
+    round(255 · code / scale_P[p]) clipped to 0…255; cells no token covers are 0."""
+    on_grid = cell_T >= 0
+    lat, val = latents_TK[on_grid], values_TK[on_grid]
+    hit_TKP = lat[:, :, None] == np.asarray(feature_P)[None, None, :]
+    code_TP = (val[:, :, None] * hit_TKP).sum(1)
+    out = np.zeros((len(feature_P), n_cells), dtype=np.uint8)
+    scaled = np.rint(255 * code_TP / np.asarray(scale_P)[None, :])
+    out[:, cell_T[on_grid]] = np.clip(scaled, 0, 255).astype(np.uint8).T
+    return out
+
+
 def patch_maps(codes: Codes, feature_P: np.ndarray, image_P: np.ndarray, scale_P: np.ndarray) -> np.ndarray:
     """(pairs, grid rows · grid cols) uint8: feature_P[p]'s code on each patch of image_P[p], as
     round(255 · code / scale_P[p]) clipped to 0…255, row-major; patches not encoded are 0.
@@ -24,10 +45,7 @@ def patch_maps(codes: Codes, feature_P: np.ndarray, image_P: np.ndarray, scale_P
     Reads each image's token codes once, in one pass over the store's chunks.
     """
     layout = codes.store.layout(codes.hook)
-    rows_T, cols_T = grid_cells(codes.token_positions, layout)
-    on_grid = rows_T >= 0
-    width = layout.grid[1] if layout.grid is not None else 0
-    cell_T = (rows_T * width + cols_T)[on_grid]
+    cell_T = cell_of_token(codes.token_positions, layout)
     n_cells = layout.grid[0] * layout.grid[1] if layout.grid is not None else 0
     out = np.zeros((len(feature_P), n_cells), dtype=np.uint8)
     if not n_cells or not len(feature_P):
@@ -37,9 +55,5 @@ def patch_maps(codes: Codes, feature_P: np.ndarray, image_P: np.ndarray, scale_P
     bounds = np.append(starts, len(order))
     for j, (img, lat_TK, val_TK) in enumerate(codes.iter_token_codes(images)):
         pairs = order[bounds[j]:bounds[j + 1]]
-        lat, val = lat_TK[on_grid], val_TK[on_grid]
-        hit_TKP = lat[:, :, None] == feature_P[pairs][None, None, :]
-        code_TP = (val[:, :, None] * hit_TKP).sum(1)
-        scaled = np.rint(255 * code_TP / scale_P[pairs][None, :])
-        out[pairs[:, None], cell_T[None, :]] = np.clip(scaled, 0, 255).astype(np.uint8).T
+        out[pairs] = token_maps(lat_TK, val_TK, feature_P[pairs], scale_P[pairs], cell_T, n_cells)
     return out

@@ -266,3 +266,16 @@ def test_feature_page_shows_density_rank_neuron_alignment_and_correlate_matches(
         assert (match["feature"], match["href"]) == (b, f"/features/emb/{b}")
     finally:
         stop()
+
+
+def test_an_images_patch_maps_are_the_reports_over_that_image(served, codes):
+    import base64
+
+    from clipsae.analysis.features.patch_maps import patch_maps
+
+    _, body = served.get("/api/codes/l3/images/img0000003?limit=5")
+    lat, val = codes.image_values(3)
+    for x in body["features"]:
+        v = float(val[lat == x["feature"]][0])
+        want = patch_maps(codes, np.array([x["feature"]]), np.array([3]), np.array([v], np.float32))[0]
+        assert base64.b64decode(x["map"]) == want.tobytes()
