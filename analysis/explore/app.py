@@ -256,7 +256,7 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
 """)
 
     def feature_links(s: ServedCodes, f: int) -> dict:
-        live = np.nonzero(~np.asarray(s.index.stats["dead"]))[0]
+        live = s.live_features
         before, after = live[:np.searchsorted(live, f)], live[np.searchsorted(live, f, side="right"):]
         prev = int(before[-1]) if len(before) else None
         nxt = int(after[0]) if len(after) else None
@@ -368,8 +368,7 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
         if not 1 <= n <= 100:
             raise BadRequest("n must be between 1 and 100")
         scores = s.live.text_scores(text)
-        live = ~np.asarray(s.index.stats["dead"])
-        feats = np.nonzero(live)[0]
+        feats = s.live_features
         order = feats[np.lexsort((feats, -scores[feats]))][:n]
         return JSONResponse({"text": text, "features": [{"feature": int(f), "score": round(float(scores[f]), 4),
                                                           **{k: v for k, v in s.row(int(f)).items() if k != "feature"}}

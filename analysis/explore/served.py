@@ -92,10 +92,11 @@ class ServedCodes:
         self.random_weights = store_has_random_weights(self.store)
         self._content = self._feature_content()
         stats = self.index.stats
+        self.label_name = self._content.label_name  # the report's naming of labels, "(no label)" for −1
         self._top_label_names = np.array([self.label_name(int(lab)) if n else "" for lab, n in
                                           zip(stats["top_label"], stats["labelled_top"])], dtype=object)
-        dens_live = np.asarray(stats["density_images"])[~np.asarray(stats["dead"])]
-        self._live_densities = np.sort(dens_live)
+        self.live_features = np.nonzero(~np.asarray(stats["dead"]))[0]
+        self._live_densities = np.sort(np.asarray(stats["density_images"])[self.live_features])
         self._first_name = np.array([self.names[f][0][0] if f in self.names else "" for f in range(self.n_features)],
                                     dtype=object)
 
@@ -112,13 +113,8 @@ class ServedCodes:
                         "path": self.codes.identity.get("provenance", {}).get("sae_path")},
                 "n_features": self.n_features, "n_images": self.store.n_images, "tokens": self.codes.identity["tokens"],
                 "grid": list(self.grid) if self.grid else None, "cls": bool(self.layout.cls_token),
-                "live": int((~self.index.stats["dead"]).sum()), "random_weights": self.random_weights,
+                "live": len(self.live_features), "random_weights": self.random_weights,
                 "classes": len(self.class_names)}
-
-    def label_name(self, label: int) -> str:
-        if label < 0:
-            return "(no label)"
-        return self.class_names.get(label, str(label))
 
     def feature(self, text) -> int:
         """A feature number from a request; 404 where there is no such feature."""
@@ -200,8 +196,7 @@ class ServedCodes:
         """Feature ``f``'s page record, in the report's format (analysis/report/content.py), its patch
         maps read from the cached codes of the images it shows."""
         ix = self.index
-        imgs = np.concatenate([ix.top.images_FK[f, :TOP_SHOWN], ix.samples.images_FQS[f].ravel()])
-        imgs = np.unique(imgs[imgs >= 0]).astype(np.int64)
+        imgs = self.shown_images(f)
         feats = np.full(len(imgs), f, dtype=np.int64)
         top = float(ix.top.values_FK[f, 0])
         maps = (patch_maps(self.codes, feats, imgs, np.full(len(imgs), top if top > 0 else 1.0))
@@ -224,12 +219,16 @@ class ServedCodes:
                                        "codes": m.other_codes, "href": None})
         return rec
 
+    def shown_images(self, f: int) -> np.ndarray:
+        """The images feature ``f``'s page shows: its top images and interval samples, ascending."""
+        ix = self.index
+        imgs = np.concatenate([ix.top.images_FK[f, :TOP_SHOWN], ix.samples.images_FQS[f].ravel()])
+        return np.unique(imgs[imgs >= 0]).astype(np.int64)
+
     def cofiring(self, f: int, n: int = 10) -> list[dict]:
         """The features that fire most often on the images this feature's page shows (its top images and
         interval samples): for each, the share of those images it fires on and its mean value there."""
-        ix = self.index
-        imgs = np.concatenate([ix.top.images_FK[f, :TOP_SHOWN], ix.samples.images_FQS[f].ravel()])
-        imgs = np.unique(imgs[imgs >= 0])
+        imgs = self.shown_images(f)
         if not len(imgs):
             return []
         counts = np.zeros(self.n_features, np.int64)
