@@ -186,18 +186,27 @@ def _patches(request: Request) -> list[int] | None:
         raise BadRequest(f"patches must be comma-separated patch numbers, not {text!r}") from None
 
 
+async def _body(request: Request, cap: int, what: str) -> bytes:
+    """A request's body, refused (413) once it passes ``cap`` bytes, by its declared length or as it streams in."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise TooLarge(f"{what} is {int(declared):,} bytes; this server takes at most {cap:,}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise TooLarge(f"{what} is over {cap:,} bytes, this server's limit")
+    return bytes(body)
+
+
 async def _json_body(request: Request):
     """A request's JSON body: ``application/json`` (a page's script sends it; a form posted from another site
     cannot), at most MAX_JSON_BODY bytes."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise BadRequest("send the body as JSON (Content-Type: application/json)")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise TooLarge(f"the body is over {MAX_JSON_BODY:,} bytes")
+    body = await _body(request, MAX_JSON_BODY, "the body")
     try:
-        return json.loads(bytes(body))
+        return json.loads(body)
     except ValueError:
         raise BadRequest("the body is not valid JSON") from None
 
@@ -389,18 +398,11 @@ def build_app(explorer: Explorer, token: str | None = None) -> Starlette:
 
     async def api_encode(request: Request):
         s = explorer.codes(request.path_params["codes"])
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > explorer.max_upload + 65536:
-            raise TooLarge(f"the upload is {int(declared) / 1e6:.1f} MB; this server takes at most "
-                           f"{explorer.max_upload / 1e6:g} MB")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > explorer.max_upload + 65536:
-                raise TooLarge(f"the upload is over {explorer.max_upload / 1e6:g} MB, this server's limit")
+        # The image, and up to 64 KiB of the form around it.
+        body = await _body(request, explorer.max_upload + 65536, "the upload")
 
         async def replay():
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         try:
             form = await Request(request.scope, replay).form(max_part_size=explorer.max_upload + 1)

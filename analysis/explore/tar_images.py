@@ -12,11 +12,11 @@ import numpy as np
 from PIL import Image
 
 from clipsae.analysis.images import require_tar
+from clipsae.analysis.report.thumbnails import QUALITY
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.tario import IMAGE_EXTS
 from clipsae.store.reader import ActivationStore
 
-THUMB_QUALITY = 85
 THUMBS_CACHED_BYTES = 64 * 2**20
 _KEY = re.compile(r"^(.*?/?[^/.]+)\.([^/]+)$")  # webdataset: the key ends at the first dot of the file name
 
@@ -131,5 +131,5 @@ def jpeg(im: Image.Image, size: int, preprocess: dict | None) -> bytes:
         scale = size / max(im.size)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
     out = io.BytesIO()
-    im.save(out, "JPEG", quality=THUMB_QUALITY)
+    im.save(out, "JPEG", quality=QUALITY)
     return out.getvalue()
