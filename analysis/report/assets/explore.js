@@ -31,21 +31,6 @@
     app.replaceChildren(nav, el("h1", { text: title }), message);
   }
 
-  // A patch map (base64 bytes, 0–255 over the grid) drawn over an image as a spotlight.
-  function drawMap(canvas, img, b64, grid) {
-    const [gh, gw] = grid;
-    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    const small = document.createElement("canvas");
-    small.width = gw; small.height = gh;
-    const sctx = small.getContext("2d");
-    const data = sctx.createImageData(gw, gh);
-    for (let i = 0; i < gw * gh; i++) data.data[4 * i + 3] = Math.round(170 * (1 - bytes[i] / 255));
-    sctx.putImageData(data, 0, 0);
-    canvas.width = img.width; canvas.height = img.height;
-    const ctx = canvas.getContext("2d");
-    ctx.imageSmoothingEnabled = true;
-    ctx.drawImage(small, 0, 0, img.width, img.height);
-  }
   function mapped(src, b64, grid, size) {
     // Drawn at the full width whatever the thumbnail's own size, so that the map's cells fall on the image's.
     const img = el("img", { src, alt: "", style: `width:${size}px;max-width:${size}px;max-height:none;display:block` });
@@ -53,7 +38,7 @@
     if (b64 && grid) {
       const cv = el("canvas");
       box.append(cv);
-      const draw = () => { cv.style.left = img.offsetLeft + "px"; cv.style.top = img.offsetTop + "px"; drawMap(cv, img, b64, grid); };
+      const draw = () => window.clipsae.drawMap(cv, img, b64, grid);
       if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw);
     }
     return box;

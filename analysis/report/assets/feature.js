@@ -47,25 +47,6 @@
       R.names.map((n) => `${n.word} (${n.score}, ${n.method})`).join(", ") }));
   }
 
-  // The patch map: bytes 0–255 (the code over the feature's largest value) on the grid, drawn smooth
-  // over the image as a spotlight: patches where the feature is silent are darkened, whatever the image's colours.
-  const drawMap = (img, canvas, b64) => {
-    const [gh, gw] = R.grid;
-    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    const small = document.createElement("canvas");
-    small.width = gw; small.height = gh;
-    const sctx = small.getContext("2d");
-    const data = sctx.createImageData(gw, gh);
-    for (let i = 0; i < gw * gh; i++) {
-      data.data[4 * i + 3] = Math.round(170 * (1 - bytes[i] / 255));
-    }
-    sctx.putImageData(data, 0, 0);
-    canvas.width = img.width; canvas.height = img.height;
-    canvas.style.left = img.offsetLeft + "px"; canvas.style.top = img.offsetTop + "px";
-    const ctx = canvas.getContext("2d");
-    ctx.imageSmoothingEnabled = true;
-    ctx.drawImage(small, 0, 0, img.width, img.height);
-  };
   // A map with no patch firing (the value is the CLS token's) would darken the whole thumbnail: none is drawn.
   const anyPatch = (b64) => Array.from(atob(b64)).some((c) => c.charCodeAt(0) > 0);
   const card = (x) => {
@@ -79,7 +60,7 @@
     if (x.map && R.grid && anyPatch(x.map)) {
       const cv = el("canvas");
       box.append(cv);
-      const draw = () => drawMap(img, cv, x.map);
+      const draw = () => window.clipsae.drawMap(cv, img, x.map, R.grid);
       if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw);
     }
     return el("div", { class: "card" }, box,
