@@ -18,7 +18,6 @@ from PIL import Image
 
 from clipsae.analysis.edits import Edit
 from clipsae.analysis.explore.tar_images import LRU
-from clipsae.errors import ClipsaeError
 from clipsae.memory import release_freed_memory
 from clipsae.store.codes import Codes
 
@@ -59,14 +58,12 @@ class LiveModel:
         if self._loaded is None:
             from clipsae.analysis.codes_sae import codes_sae
             from clipsae.analysis.model import intervene as iv
-            from clipsae.analysis.model.query import ModelChoice, store_clip
-            from clipsae.pipeline.hooks import HookedForward, resolve_hooks
+            from clipsae.analysis.model.query import ModelChoice, hooked_forward, store_clip
 
             sae = codes_sae(self.codes, None, device=self.device)
             clip = store_clip(self.codes, ModelChoice(device=self.device))
             visual = clip.vision.visual
-            tokens = str(self.codes.store.config.get("tokens", "all"))
-            hooked = HookedForward(visual, resolve_hooks(visual, [self.codes.hook], tokens), tokens)
+            hooked = hooked_forward(self.codes, visual)
             positions = iv.edited_positions(visual, self.codes.store, self.codes, "all")
             self._loaded = (sae, clip, hooked, positions)
             # The model's construction (initial weights, then the checkpoint's) freed as much as it keeps.
@@ -98,15 +95,11 @@ class LiveModel:
     @torch.no_grad()
     def token_codes(self, image: Image.Image) -> TokenCodes:
         """The image's codes, as ``clipsae encode`` would have cached them had it been in the store."""
-        from clipsae.analysis.pooling import pool_batch
+        from clipsae.analysis.model.query import encode_pixels
 
         with self._lock:
             sae, clip, hooked, _ = self._load()
-            positions = torch.as_tensor(self.codes.token_positions)
-            acts_NTD = hooked(self._pixels(clip, image))[self.codes.hook][:, positions]
-            rows = acts_NTD.reshape(-1, acts_NTD.shape[-1]).float()
-            block, _ = pool_batch(sae.encode_sparse(rows), 1, positions.to(rows.device), sae.d_sae, self.codes.width,
-                                  0 if self.codes.has_cls else None)
+            block = encode_pixels(self.codes, sae, hooked, self._pixels(clip, image))
         keep = block.image_max_E > 0  # as Codes.image_values keeps them (a signed SAE's codes may be negative)
         return TokenCodes(block.token_latents_RK, block.token_values_RK, block.image_latents_E[keep].astype(np.int64),
                           block.image_max_E[keep])
@@ -114,19 +107,13 @@ class LiveModel:
     @torch.no_grad()
     def text_scores(self, text: str) -> np.ndarray:
         """cos(J·W_dec[f], t) for every feature, as ``analyze search --text`` scores them."""
-        from clipsae.analysis.model.joint_space import directions_to_joint, text_embeddings
+        from clipsae.analysis.model.query import joint_directions, text_scores
 
         with self._lock:
             sae, clip, _, _ = self._load()
-            t = text_embeddings(clip.model, clip.tokenizer, [text], prompt="{}", device=self.device)
             if self._joint is None:
-                joint = directions_to_joint(sae.W_dec, clip.vision.visual, self.codes.hook).cpu()
-                self._joint = torch.nn.functional.normalize(joint, dim=1)
-            joint = self._joint
-        if joint.shape[1] != t.shape[1]:
-            raise ClipsaeError(f"{self.codes.hook} directions land in {joint.shape[1]} dimensions but the text "
-                               f"embeddings have {t.shape[1]}; is this the store's model?")
-        return (joint @ t[0]).double().numpy()
+                self._joint = joint_directions(sae, clip.vision.visual, self.codes.hook)
+            return text_scores(clip, self._joint, self.codes.hook, text, self.device)
 
     def _class_text(self, clip, classes: tuple[str, ...], prompt: str) -> torch.Tensor:
         from clipsae.analysis.model.joint_space import text_embeddings

@@ -18,7 +18,7 @@ from clipsae.analysis.codes_sae import codes_sae
 from clipsae.analysis.model.joint_space import directions_to_joint, text_embeddings
 from clipsae.analysis.pooling import pool_batch
 from clipsae.errors import ClipsaeError
-from clipsae.store.codes import Codes
+from clipsae.store.codes import Codes, CodesBlock
 
 
 @dataclass(frozen=True)
@@ -52,22 +52,33 @@ def read_image(path: Path) -> Image.Image:
         raise ClipsaeError(f"--image {path} is not an image PIL can read ({exc})") from None
 
 
+def hooked_forward(codes: Codes, visual):
+    """The forward of ``visual`` that returns the activations at the codes' hook, with the store's tokens."""
+    from clipsae.pipeline.hooks import HookedForward, resolve_hooks
+
+    tokens = str(codes.store.config.get("tokens", "all"))
+    return HookedForward(visual, resolve_hooks(visual, [codes.hook], tokens), tokens)
+
+
+@torch.no_grad()
+def encode_pixels(codes: Codes, sae, hooked, pixels_NCHW: torch.Tensor) -> CodesBlock:
+    """Preprocessed images' codes in the cached form (:func:`pool_batch`), as ``clipsae encode`` makes them:
+    the codes' token positions at their hook, through their SAE."""
+    positions = torch.as_tensor(codes.token_positions)
+    acts_NTD = hooked(pixels_NCHW)[codes.hook][:, positions.to(pixels_NCHW.device)]
+    rows = acts_NTD.reshape(-1, acts_NTD.shape[-1]).float()
+    block, _ = pool_batch(sae.encode_sparse(rows), len(pixels_NCHW), positions.to(rows.device), sae.d_sae,
+                          codes.width, 0 if codes.has_cls else None)
+    return block
+
+
 @torch.no_grad()
 def image_vectors(codes: Codes, images: list[Image.Image], by: str, choice: ModelChoice) -> np.ndarray:
     """(images, latents): each image's per-image values by ``by``, as encode would have cached them."""
-    from clipsae.pipeline.hooks import HookedForward, resolve_hooks
-
     sae = codes_sae(codes, choice.sae, device=choice.device)
     clip = store_clip(codes, choice)
-    visual = clip.vision.visual
-    tokens = str(codes.store.config.get("tokens", "all"))
-    hooked = HookedForward(visual, resolve_hooks(visual, [codes.hook], tokens), tokens)
     x = torch.stack([clip.vision.preprocess(im) for im in images]).to(choice.device)
-    acts_NTD = hooked(x)[codes.hook][:, torch.as_tensor(codes.token_positions)]
-    rows = acts_NTD.reshape(-1, acts_NTD.shape[-1]).float()
-    positions = torch.as_tensor(codes.token_positions)
-    block, _ = pool_batch(sae.encode_sparse(rows), len(images), positions, sae.d_sae, codes.width,
-                          0 if codes.has_cls else None)
+    block = encode_pixels(codes, sae, hooked_forward(codes, clip.vision.visual), x)
     value_E = {"max": block.image_max_E, "mean": block.image_sum_E / np.float32(codes.n_positions),
                "cls": block.image_cls_E}[by]
     out = np.zeros((len(images), sae.d_sae))
@@ -78,16 +89,26 @@ def image_vectors(codes: Codes, images: list[Image.Image], by: str, choice: Mode
 
 
 @torch.no_grad()
+def joint_directions(sae, visual, hook: str) -> torch.Tensor:
+    """(features, joint dims) unit vectors: each feature's decoder direction J·W_dec[f] in the joint space."""
+    return torch.nn.functional.normalize(directions_to_joint(sae.W_dec, visual, hook).cpu(), dim=1)
+
+
+@torch.no_grad()
+def text_scores(clip, joint_FJ: torch.Tensor, hook: str, text: str, device: str) -> np.ndarray:
+    """cos(J·W_dec[f], t) for every feature f, from :func:`joint_directions`, t the unit embedding of ``text`` as typed."""
+    t = text_embeddings(clip.model, clip.tokenizer, [text], prompt="{}", device=device)
+    if joint_FJ.shape[1] != t.shape[1]:
+        raise ClipsaeError(f"{hook} directions land in {joint_FJ.shape[1]} dimensions but the text embeddings "
+                           f"have {t.shape[1]}; is this the store's model?")
+    return (joint_FJ @ t[0]).double().numpy()
+
+
 def text_feature_scores(codes: Codes, text: str, choice: ModelChoice) -> np.ndarray:
     """cos(J·W_dec[f], t) for every feature f, t the unit text embedding of ``text`` as typed."""
     sae = codes_sae(codes, choice.sae, device=choice.device)
     clip = store_clip(codes, choice)
-    t = text_embeddings(clip.model, clip.tokenizer, [text], prompt="{}", device=choice.device)
-    joint = directions_to_joint(sae.W_dec, clip.vision.visual, codes.hook).cpu()
-    if joint.shape[1] != t.shape[1]:
-        raise ClipsaeError(f"{codes.hook} directions land in {joint.shape[1]} dimensions but the text embeddings "
-                           f"have {t.shape[1]}; is this the store's model?")
-    return (torch.nn.functional.normalize(joint, dim=1) @ t[0]).double().numpy()
+    return text_scores(clip, joint_directions(sae, clip.vision.visual, codes.hook), codes.hook, text, choice.device)
 
 
 def model_has_random_weights_note(codes: Codes) -> str | None:
