@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipsae.analysis.features import density as density_mod
-from clipsae.analysis.features.interval_samples import N_INTERVALS, IntervalSamples, interval_of, priority, samples_of
+from clipsae.analysis.features.interval_samples import N_INTERVALS, IntervalSamples, pick_block, samples_of
 from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS, label_entropy
 from clipsae.analysis.features.top_images import StreamingTopK, TopImages
 from clipsae.errors import ClipsaeError
@@ -125,9 +125,7 @@ def _samples(codes: Codes, folder: Path, top: TopImages, progress: bool) -> Inte
     max_F = top.values_FK[:, 0].astype(np.float64)
 
     def feed(pick: StreamingTopK, block) -> None:
-        lat, img = block.latents_E, block.image_of_E
-        group = lat * N_INTERVALS + interval_of(block.values_E, max_F[lat], N_INTERVALS)
-        pick.update(group, priority(lat, img, _SEED), img, block.tokens_E, block.values_E)
+        pick_block(pick, block, max_F, N_INTERVALS, _SEED)
 
     pick = _Pass(folder, "intervals", codes.d_sae * N_INTERVALS, PER_INTERVAL + TOP_SHOWN, progress,
                  codes.n_images).run(codes, feed)

@@ -57,10 +57,16 @@ def interval_samples(codes: Codes, top: TopImages, per_interval: int, by: str = 
     n_F, spare = codes.d_sae, top.k
     pick = StreamingTopK(n_F * n_intervals, per_interval + spare)
     for block in codes.iter_images(by):
-        lat, img = block.latents_E, block.image_of_E
-        group = lat * n_intervals + interval_of(block.values_E, max_F[lat], n_intervals)
-        pick.update(group, priority(lat, img, seed), img, block.tokens_E, block.values_E)
+        pick_block(pick, block, max_F, n_intervals, seed)
     return samples_of(pick, top.images_FK, n_F, n_intervals, per_interval)
+
+
+def pick_block(pick: StreamingTopK, block, max_F: np.ndarray, n_intervals: int, seed: int) -> None:
+    """Feed one block of per-image values (store/codes.py ImageValues) to the per-(feature, interval) picks,
+    each entry by its priority, given each feature's maximum ``max_F``."""
+    lat, img = block.latents_E, block.image_of_E
+    group = lat * n_intervals + interval_of(block.values_E, max_F[lat], n_intervals)
+    pick.update(group, priority(lat, img, seed), img, block.tokens_E, block.values_E)
 
 
 def samples_of(pick: StreamingTopK, top_images_FK: np.ndarray, n_features: int, n_intervals: int,
