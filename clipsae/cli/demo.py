@@ -32,7 +32,6 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     from clipsae.analysis.encode import EncodeConfig, run_encode
     from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS
     from clipsae.analysis.model.name_features import run_name_features
-    from clipsae.analysis.model.splice import run_splice
     from clipsae.analysis.report.build import ReportConfig, run_report
     from clipsae.analysis.report.siblings import report_dir
     from clipsae.pipeline.config import ExtractConfig, ModelConfig
@@ -98,8 +97,7 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     click.echo("\nsplicing each SAE into the model (CE recovered, KL) and sparse-probing its codes (the classes one "
                "against the rest, the k = 1, 2, 5 features of largest mean difference): the comparison's columns")
     for name in (enc.name, early.name):
-        click.echo("\n".join(run_splice(commands.Target.open(store_path, name, None), images=32, progress=False)))
-        _sparse_probe(store_path, name)
+        _splice_and_probe(store_path, name)
     compare_dir = root / "compare"
     click.echo(f"\nthe two layers side by side → {compare_dir}")
     click.echo("\n".join(commands.run_compare([(store_path, early.name), (store_path, enc.name)], compare_dir, "max",
@@ -158,7 +156,6 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
     from clipsae.analysis.evaluation.absorption import run_absorption
     from clipsae.analysis.evaluation.patch_probe import run_patch_probe
     from clipsae.analysis.features.label_entropy import DEFAULT_MIN_HITS
-    from clipsae.analysis.model.splice import run_splice
     from clipsae.train.configure import configure_training
     from clipsae.train.trainer import run_train
 
@@ -174,19 +171,16 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
     names = [sae_codes, run_encode(EncodeConfig(store_path, seed_dir, device="cpu", progress=False)).name]
     names += [run_encode(EncodeConfig(store_path, path, name=f"{label}-resid.10", device="cpu", progress=False)).name
               for label, path in dirs.items()]
-    click.echo("sparse probing of the second seed and the baselines:")
+    click.echo("splicing the second seed and each baseline into the model (CE recovered, KL), and sparse-probing "
+               "their codes:")
     for name in names[1:]:
-        _sparse_probe(store_path, name)
+        _splice_and_probe(store_path, name)
     click.echo("\npatch-level concept alignment (saev's probe1d: each feature a 1-D probe of each class over the patches "
                "the segmentation masks label) and absorption (SAEBench's, each shape the parent of its colour classes):")
     for name in names:
         t = commands.Target.open(store_path, name, None, progress=False)
         click.echo(run_patch_probe(t)[0])
         click.echo("\n".join(run_absorption(t, shards / "hierarchy.json")[:-1]))
-    click.echo("\nsplicing the second seed and each baseline into the model (CE recovered, KL)")
-    for name in names[1:]:
-        click.echo("\n".join(run_splice(commands.Target.open(store_path, name, None, progress=False), images=32,
-                                        progress=False)))
     out = root / "baselines-compare"
     click.echo(f"\nthe SAE's two seeds (one row) beside the baselines → {out}")
     click.echo("\n".join(commands.run_compare([(store_path, n) for n in names], out, "max", DEFAULT_MIN_HITS, None, "cpu")))
@@ -196,13 +190,16 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
     return out
 
 
-def _sparse_probe(store_path: Path, name: str) -> None:
-    """SAEBench's sparse probing of codes ``name``: the classes one against the rest, with the k = 1, 2, 5 features
-    of largest mean difference."""
+def _splice_and_probe(store_path: Path, name: str) -> None:
+    """What a comparison table shows beside the codes' own figures: the SAE of codes ``name`` spliced into the
+    model (CE recovered, KL), and SAEBench's sparse probing of the codes (the classes one against the rest, with
+    the k = 1, 2, 5 features of largest mean difference)."""
     from clipsae.analysis import commands
     from clipsae.analysis.evaluation.sparse_probe import run_sparse_probe
+    from clipsae.analysis.model.splice import run_splice
 
-    t = commands.Target.open(store_path, name, None)
+    t = commands.Target.open(store_path, name, None, progress=False)
+    click.echo("\n".join(run_splice(t, images=32, progress=False)))
     try:
         click.echo(run_sparse_probe(t, None, (1, 2, 5), "max", True)[0])
     except ClipsaeError as exc:  # a demo of a few images has too few per class to split
