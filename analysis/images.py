@@ -46,13 +46,12 @@ def iter_tar_images(store: ActivationStore, images: Iterable[int],
     wanted = sorted({int(i) for i in images})
     if not wanted:
         return
-    offsets = np.array([p.offset for p in store.parts])
     keys = store.keys()
     by_part: dict[int, dict[str, int]] = defaultdict(dict)
     for img in wanted:
         if not 0 <= img < store.n_images:
             raise ClipsaeError(f"image {img} is out of range for a store of {store.n_images} images")
-        by_part[int(np.searchsorted(offsets, img, side="right")) - 1][str(keys[img])] = img
+        by_part[store.part_of(img)][str(keys[img])] = img
     for part_index, want in by_part.items():
         part = store.parts[part_index]
         tar = require_tar(part, shards)

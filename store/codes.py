@@ -280,7 +280,7 @@ class Codes:
         """(part, index within it) of a global image index; one line where it is out of range."""
         if not 0 <= image < self.n_images:
             raise ClipsaeError(f"image {image} is out of range for a store of {self.n_images} images")
-        i = int(np.searchsorted([p.offset for p in self.store.parts], image, side="right")) - 1
+        i = self.store.part_of(image)
         return i, image - self.store.parts[i].offset
 
     def image_values(self, image: int, by: str = "max") -> tuple[np.ndarray, np.ndarray]:

@@ -259,13 +259,18 @@ class ActivationStore:
             raise IndexError(f"image index out of range for a store of {self.n_images} images")
         return np.where(idx < 0, idx + self.n_images, idx)
 
+    def part_of(self, images):
+        """The index in ``parts`` of the part holding each global image index (an int for an int)."""
+        found = np.searchsorted(self._offsets, images, side="right") - 1
+        return int(found) if np.ndim(found) == 0 else found
+
     def read(self, hook: str, images) -> np.ndarray:
         """Activations (len(images), n_tokens, d) for a slice or an index array, in that order."""
         idx = self._indices(images)
         out = np.empty((len(idx), self.n_tokens(hook), self.d(hook)), dtype=self.dtype)
         if not len(idx):
             return out
-        part_of = np.searchsorted(self._offsets, idx, side="right") - 1
+        part_of = self.part_of(idx)
         for part in np.unique(part_of):
             sel = np.flatnonzero(part_of == part)
             local = idx[sel] - self._offsets[part]

@@ -8,13 +8,12 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from clipsae.analysis.images import require_tar
 from clipsae.analysis.report.thumbnails import QUALITY
 from clipsae.errors import ClipsaeError
-from clipsae.pipeline.tario import IMAGE_EXTS
+from clipsae.pipeline.tario import IMAGE_EXTS, decode_rgb
 from clipsae.store.reader import ActivationStore
 
 THUMBS_CACHED_BYTES = 64 * 2**20
@@ -86,19 +85,15 @@ class TarImages:
     def __init__(self, store: ActivationStore, shards: Path | None = None, thumbs_cached: int = 4096):
         self.store, self.shards = store, shards
         self.preprocess = store.config.get("preprocess")
-        self._offsets = np.array([p.offset for p in store.parts])
         self._keys = store.keys()
         self._tars = LRU(256)
         self._thumbs = LRU(thumbs_cached, THUMBS_CACHED_BYTES, weight=len)
-
-    def _part(self, image: int) -> int:
-        return int(np.searchsorted(self._offsets, image, side="right")) - 1
 
     def image_bytes(self, image: int) -> bytes:
         """The encoded bytes of store image ``image`` as the tar holds them."""
         if not 0 <= image < self.store.n_images:
             raise ClipsaeError(f"image {image} is out of range for a store of {self.store.n_images} images")
-        part = self.store.parts[self._part(image)]
+        part = self.store.parts[self.store.part_of(image)]
         tar = require_tar(part, self.shards)
         members = self._tars.get(tar) or self._tars.put(tar, list_tar_images(tar))
         key = str(self._keys[image])
@@ -111,8 +106,7 @@ class TarImages:
 
     def image(self, image: int) -> Image.Image:
         """Store image ``image`` as RGB."""
-        with Image.open(io.BytesIO(self.image_bytes(image))) as im:
-            return im.convert("RGB")
+        return decode_rgb(self.image_bytes(image))
 
     def thumbnail(self, image: int, size: int, whole: bool = False) -> bytes:
         """A JPEG of what the model saw of store image ``image`` (:func:`model_view`), or of the ``whole``
