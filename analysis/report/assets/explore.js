@@ -106,7 +106,6 @@
     const info2 = el("span", { id: "page-info" });
     const prev = el("button", { id: "prev-page", text: "‹ previous" });
     const next = el("button", { id: "next-page", text: "next ›" });
-    let total = 0;
     const load = async () => {
       const q = new URLSearchParams({ sort: st.sort, desc: st.desc ? "1" : "0", offset: st.offset, limit: st.limit, state: st.state });
       for (const [k, input] of [["min_density", minD], ["max_density", maxD], ["label", label], ["name", name]]) {
@@ -114,7 +113,7 @@
       }
       try {
         const r = await api(`/api/codes/${enc(codes)}/features?${q}`);
-        total = r.total;
+        const total = r.total;
         tbody.replaceChildren();
         for (const row of r.rows) {
           const tr = el("tr");
@@ -184,7 +183,6 @@
       } catch (err) { fail(err); }
     });
     if (upload) img.src = `/uploads/${enc(upload)}.jpg?codes=${enc(codes)}`;  // a store image's is set once the API names its number
-    let current = null;
     const drawGrid = () => {
       if (!grid) return;
       overlay.width = img.width; overlay.height = img.height;
@@ -251,7 +249,6 @@
       const q = selected.size ? `?patches=${[...selected].sort((a, b) => a - b).join(",")}` : "";
       try {
         const r = await api(base + q);
-        current = r;
         if (!upload && !img.src) img.src = thumb(codes, r.image, SIZE);
         document.getElementById("selection-info").textContent = selected.size
           ? `${selected.size} patch(es) selected: each feature's largest value over them` : "All tokens: each feature's largest value over the image. " +
