@@ -36,8 +36,8 @@ TOP_IMAGES_COLUMNS = ("feature", "rank", "image", "key", "label", "value", "toke
 LABEL_ENTROPY_COLUMNS = ("feature", "entropy", "entropy_norm", "n", "top_label", "top_label_share")
 DENSITY_COLUMNS = ("feature", "tokens_fired", "images_fired", "density_tokens", "density_images", "mean_top20",
                    "dead", "dense")
-TOKEN_MSE_COLUMNS = ("token", "row", "col", "mse", "fvu")
-TOKEN_MSE_SERIES_COLUMNS = ("codes", "token", "row", "col", "mse", "fvu")
+TOKEN_MSE_COLUMNS = ("token", "role", "row", "col", "mse", "fvu")
+TOKEN_MSE_SERIES_COLUMNS = ("codes", "token", "role", "row", "col", "mse", "fvu")
 BEST_MATCHES_COLUMNS = ("a", "rank", "b", "corr", "max_diff")
 MATCHING_COLUMNS = ("a", "b", "corr", "topk_overlap")
 NEURON_ALIGNMENT_COLUMNS = ("feature", "max_cos", "neuron", "above_random")
@@ -142,8 +142,8 @@ def run_token_mse(t: Target) -> list[str]:
     """token_mse.csv and the MSE heat map over the patch grid."""
     lay = t.store.layout(t.codes.hook)
     res = token_mse(t.codes.sums(), t.codes.token_positions, lay)
-    rows = ((int(p), int(r), int(c), float(m), float(f))
-            for p, r, c, m, f in zip(res.positions_T, res.rows_T, res.cols_T, res.mse_T, res.fvu_T))
+    rows = ((int(p), role, int(r), int(c), float(m), float(f))
+            for p, role, r, c, m, f in zip(res.positions_T, res.roles_T, res.rows_T, res.cols_T, res.mse_T, res.fvu_T))
     path = write_csv(t.out / "token_mse.csv", TOKEN_MSE_COLUMNS, rows)
     png = t.out / "token_mse.png"
     plot_token_mse(res, lay.grid, png, t.title)
@@ -187,8 +187,8 @@ def run_token_mse_series(store: Path, names: list[str], out: Path | None) -> lis
         raise ClipsaeError(f"{first.hook} has no patch grid to draw the maps on; run token-mse on one codes at a time")
     results = [token_mse(c.sums(), c.token_positions, lay) for c in codes]
     folder = out_dir(out, store, first.name)
-    rows = ((c.name, int(p), int(r), int(col), float(m), float(f)) for c, res in zip(codes, results)
-            for p, r, col, m, f in zip(res.positions_T, res.rows_T, res.cols_T, res.mse_T, res.fvu_T))
+    rows = ((c.name, int(p), role, int(r), int(col), float(m), float(f)) for c, res in zip(codes, results)
+            for p, role, r, col, m, f in zip(res.positions_T, res.roles_T, res.rows_T, res.cols_T, res.mse_T, res.fvu_T))
     path = write_csv(folder / "token_mse_series.csv", TOKEN_MSE_SERIES_COLUMNS, rows)
     png = folder / "token_mse_series.png"
     titles = [snapshot_title(c.name, c.identity.get("provenance", {}).get("sae_path")) for c in codes]

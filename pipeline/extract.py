@@ -1,7 +1,6 @@
 """``clipsae extract``: run a vision tower over tars and write one store part per tar."""
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -60,25 +59,6 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _layouts(forward: HookedForward, device: torch.device, tokens: str) -> list[HookLayout]:
-    """Each hook's (n_tokens, d) read off one forward pass on a blank image, and its token layout."""
-    size = forward.visual.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    with torch.no_grad():
-        out = forward(torch.zeros(1, 3, *size, device=device))
-    layouts = []
-    for h in forward.hooks:
-        n_tokens, d = out[h.name].shape[1:]
-        cls_token = h.kind in ("resid", "ln_pre") and tokens != "patches"
-        grid = None
-        if not h.pooled and tokens != "cls":
-            # ViT patches form the tower's grid; a ResNet feature map of a square image is square.
-            side = math.isqrt(n_tokens - int(cls_token))
-            grid = tuple(forward.visual.grid_size) if h.kind in ("resid", "ln_pre") else (side, side)
-        layouts.append(HookLayout(h.name, n_tokens, d, h.meaning, cls_token, grid))
-    return layouts
-
-
 @dataclass(frozen=True)
 class _Opened:
     """The tars, the model with its hooks on the device, and the store's root with each hook's layout."""
@@ -102,7 +82,7 @@ def _open(cfg: ExtractConfig, device: torch.device, n_workers: int = 1, index: i
     check_store_path(cfg.store)
     loaded = load_model(cfg.model)
     forward = HookedForward(loaded.visual.to(device), resolve_hooks(loaded.visual, cfg.layers, cfg.tokens), cfg.tokens)
-    layouts = _layouts(forward, device, cfg.tokens)
+    layouts = forward.layouts(device)
     masks, ignored = _mask_spec(cfg, shards, layouts, loaded.preprocess)
     config = {
         **loaded.identity,
@@ -114,7 +94,8 @@ def _open(cfg: ExtractConfig, device: torch.device, n_workers: int = 1, index: i
     provenance = {
         **loaded.provenance,
         "created_by": "clipsae extract",
-        "token_order": "CLS first, then patches row-major (ViT); spatial positions row-major (ResNet)",
+        "token_order": "prefix tokens first (CLS, then registers), then patches row-major (ViTs); spatial positions "
+                       "row-major (convolutional stages)",
     }
     mine = claim(shards, lambda s: s.part, store_path(cfg.store) / layout.PARTS, n_workers, index)
     # Masks are checked in every tar still to extract before the store is touched: a bad one stops the run here.

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 # 1: token layout only as prose in each hook's meaning; keys in zarr-python's `string` type.
 # 2: token layout as data (`cls_token`, `grid`); keys as UTF-8 in a uint8 array; per-chunk checksums.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+# 3: the token layout also counts register tokens (`registers`), which follow the CLS token.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 PARTS = "parts"
 ACTS = "acts"
 KEYS = "keys"
@@ -22,7 +23,7 @@ STARTED_BY = "started_by"  # part attribute: host, pid, time (and Slurm job) of 
 CHUNKS = "chunks"  # part attribute: per hook, rows per chunk and each chunk's CRC32C
 
 # The hook names `clipsae extract` gives (pipeline/hooks.py); stores written by other code may use any.
-EXTRACT_HOOK_NAME = re.compile(r"resid\.\d+|ln_pre|ln_post|embed|layer[1-4]|attnpool")
+EXTRACT_HOOK_NAME = re.compile(r"resid\.\d+|ln_pre|ln_post|embed|layer[1-4]|attnpool|norm|pooled|stage\.\d+")
 
 # Chunks are the unit of reading: big enough that a shuffled read runs at disk speed,
 # small enough that a shuffle buffer holds many of them.
@@ -67,9 +68,11 @@ def fitted_rows(rows: int, expected: int | None) -> int:
 class HookLayout:
     """Shape and token layout of one hook's rows: ``n_tokens`` tokens of dimension ``d`` per image.
 
-    ``cls_token``: token 0 is the ViT's CLS token. ``grid``: the remaining tokens are the patches
-    (or feature-map positions) of a (rows, cols) grid, row-major. A hook with one token and
-    neither is a pooled vector; one with several and neither is tokens of no known layout.
+    The prefix tokens come first: the CLS token (token 0, where ``cls_token``), then ``registers``
+    register tokens (DINOv2 and DINOv3 with registers). ``grid``: the tokens after the prefix are the
+    patches (or feature-map positions) of a (rows, cols) grid, row-major. A hook with one token and
+    no grid is a pooled vector (or the CLS token alone); one with several and no grid is tokens of no
+    known layout.
     """
 
     name: str
@@ -78,17 +81,23 @@ class HookLayout:
     meaning: str = ""
     cls_token: bool = False
     grid: tuple[int, int] | None = None
+    registers: int = 0
 
     def __post_init__(self):
         if self.grid is not None:
             gh, gw = self.grid
-            if int(self.cls_token) + gh * gw != self.n_tokens:
-                raise ValueError(f"hook {self.name}: {self.n_tokens} tokens cannot be "
-                                 f"{'CLS + ' if self.cls_token else ''}a {gh}x{gw} grid")
+            if self.prefix + gh * gw != self.n_tokens:
+                before = ("CLS + " if self.cls_token else "") + (f"{self.registers} registers + " if self.registers else "")
+                raise ValueError(f"hook {self.name}: {self.n_tokens} tokens cannot be {before}a {gh}x{gw} grid")
+
+    @property
+    def prefix(self) -> int:
+        """How many tokens come before the grid: the CLS token and the registers."""
+        return int(self.cls_token) + self.registers
 
     def to_json(self) -> dict:
         return {"n_tokens": self.n_tokens, "d": self.d, "meaning": self.meaning, "cls_token": self.cls_token,
-                "grid": list(self.grid) if self.grid is not None else None}
+                "registers": self.registers, "grid": list(self.grid) if self.grid is not None else None}
 
     @classmethod
     def from_json(cls, name: str, obj: dict, format_version: int, store_tokens: str | None = None) -> "HookLayout":
@@ -96,7 +105,8 @@ class HookLayout:
         n, d, meaning = int(obj["n_tokens"]), int(obj["d"]), obj.get("meaning", "")
         if format_version >= 2:
             grid = obj.get("grid")
-            return cls(name, n, d, meaning, bool(obj.get("cls_token", False)), tuple(grid) if grid else None)
+            return cls(name, n, d, meaning, bool(obj.get("cls_token", False)), tuple(grid) if grid else None,
+                       int(obj.get("registers", 0)))
         return cls(name, n, d, meaning, *_format1_tokens(n, meaning, store_tokens))
 
 

@@ -155,11 +155,13 @@ class ActivationStore:
         if tokens == "cls":
             if n == 1 or lay.cls_token:
                 return np.arange(1)
-            raise ClipsaeError(f"hook {hook} in {self.path} has no CLS token (its {n} tokens are patches); use --tokens patches or all")
+            regs = f"{lay.registers} registers and " if lay.registers else ""
+            raise ClipsaeError(f"hook {hook} in {self.path} has no CLS token (its {n} tokens are {regs}patches); use "
+                               f"--tokens patches or all, or a pooled hook")
         if tokens == "patches":
             if n == 1:
                 raise ClipsaeError(f"hook {hook} in {self.path} has one token per image (CLS or pooled), no patches; use --tokens cls or all")
-            return np.arange(int(lay.cls_token), n)
+            return np.arange(lay.prefix, n)
         raise ClipsaeError(f"tokens must be one of {', '.join(layout.TOKEN_MODES)}, not {tokens!r}")
 
     def array(self, hook: str, part: int) -> zb.Array:

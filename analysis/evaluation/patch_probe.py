@@ -44,9 +44,9 @@ def gather(codes, min_share: float = DEFAULT_MIN_SHARE) -> PatchSamples:
     lay = store.layout(codes.hook)
     labels_IP, share_IP = store.patch_labels(codes.hook)
     classes = {k: v for k, v in store.mask_classes().items() if k != 0}
-    patch_of_T = codes.token_positions - int(lay.cls_token)  # −1: the CLS token
+    patch_of_T = codes.token_positions - lay.prefix  # negative: the CLS token or a register
     if not (patch_of_T >= 0).any():
-        raise ClipsaeError(f"codes {codes.name!r} encode no patch token (only CLS); encode with --tokens patches or all")
+        raise ClipsaeError(f"codes {codes.name!r} encode no patch token (only CLS or registers); encode with --tokens patches or all")
     kept_T = patch_of_T >= 0
     t = codes.n_positions
     features, values, labels, n_samples = [], [], [], 0

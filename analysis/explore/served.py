@@ -112,7 +112,7 @@ class ServedCodes:
                 "sae": {"architecture": sae.get("architecture"), "d_sae": sae["d_sae"], "k": sae.get("k"),
                         "path": self.codes.identity.get("provenance", {}).get("sae_path")},
                 "n_features": self.n_features, "n_images": self.store.n_images, "tokens": self.codes.identity["tokens"],
-                "grid": list(self.grid) if self.grid else None, "cls": bool(self.layout.cls_token),
+                "grid": list(self.grid) if self.grid else None, "cls": bool(self.layout.cls_token), "registers": self.layout.registers,
                 "live": len(self.live_features), "random_weights": self.random_weights,
                 "classes": len(self.class_names)}
 

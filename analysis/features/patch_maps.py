@@ -7,18 +7,32 @@ from clipsae.store.layout import HookLayout
 
 
 def grid_cells(positions_T: np.ndarray, layout: HookLayout) -> tuple[np.ndarray, np.ndarray]:
-    """(row, col) on the patch grid of each stored token position; −1 for CLS or tokens of no grid."""
+    """(row, col) on the patch grid of each stored token position; −1 for CLS, registers or tokens of no grid."""
     rows = np.full(len(positions_T), -1)
     cols = np.full(len(positions_T), -1)
     if layout.grid is not None:
-        patch = np.asarray(positions_T) - int(layout.cls_token)
+        patch = np.asarray(positions_T) - layout.prefix
         on_grid = patch >= 0
         rows[on_grid], cols[on_grid] = np.divmod(patch[on_grid], layout.grid[1])
     return rows, cols
 
 
+def token_roles(positions_T: np.ndarray, layout: HookLayout) -> list[str]:
+    """What each stored token position is: ``cls``, ``register1``… (in the model's order), ``patch``, or
+    ``token`` where the hook's tokens have no known layout."""
+    roles = []
+    for p in np.asarray(positions_T).tolist():
+        if layout.cls_token and p == 0:
+            roles.append("cls")
+        elif p < layout.prefix:
+            roles.append(f"register{p - int(layout.cls_token) + 1}")
+        else:
+            roles.append("patch" if layout.grid is not None else "token")
+    return roles
+
+
 def cell_of_token(positions_T: np.ndarray, layout: HookLayout) -> np.ndarray:
-    """The patch-grid cell (row-major) of each stored token position; −1 for CLS or tokens of no grid."""
+    """The patch-grid cell (row-major) of each stored token position; −1 for CLS, registers or tokens of no grid."""
     rows_T, cols_T = grid_cells(positions_T, layout)
     width = layout.grid[1] if layout.grid is not None else 0
     return np.where(rows_T >= 0, rows_T * width + cols_T, -1)

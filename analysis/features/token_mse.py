@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsae.analysis.features.fit import overall_fvu
-from clipsae.analysis.features.patch_maps import grid_cells
+from clipsae.analysis.features.patch_maps import grid_cells, token_roles
 from clipsae.errors import ClipsaeError
 from clipsae.store.codes import PartSums
 from clipsae.store.layout import HookLayout
@@ -20,8 +20,9 @@ from clipsae.train.load import SNAPSHOTS
 @dataclass(frozen=True)
 class TokenMSE:
     positions_T: np.ndarray
-    rows_T: np.ndarray  # patch-grid row, −1 for CLS or tokens of no known layout
+    rows_T: np.ndarray  # patch-grid row, −1 for CLS, registers or tokens of no known layout
     cols_T: np.ndarray
+    roles_T: list[str]  # cls, register1…, patch or token (patch_maps.token_roles)
     mse_T: np.ndarray
     fvu_T: np.ndarray
     mse: float
@@ -37,12 +38,20 @@ def token_mse(sums: PartSums, positions_T: np.ndarray, layout: HookLayout) -> To
     with np.errstate(invalid="ignore", divide="ignore"):
         fvu_T = sums.position_sq_err / var_T
     rows, cols = grid_cells(positions_T, layout)
-    return TokenMSE(positions_T, rows, cols, sums.position_sq_err / (n * d), fvu_T,
+    return TokenMSE(positions_T, rows, cols, token_roles(positions_T, layout), sums.position_sq_err / (n * d), fvu_T,
                     float(sums.position_sq_err.sum() / (n * len(positions_T) * d)), overall_fvu(sums, len(positions_T)))
 
 
+def off_grid_caption(t: TokenMSE, digits: int = 4) -> str:
+    """The MSE of the tokens off the patch grid, the CLS token's and each register's: ``CLS 0.12, reg1 0.3``."""
+    shown = [(("CLS" if role == "cls" else role.replace("register", "reg")), m)
+             for role, m in zip(t.roles_T, t.mse_T.tolist()) if role == "cls" or role.startswith("register")]
+    return ", ".join(f"{name} {m:.{digits}g}" for name, m in shown)
+
+
 def plot_token_mse(t: TokenMSE, grid: tuple[int, int] | None, path, title: str) -> None:
-    """Heat map of MSE over the patch grid (CLS's MSE in the title), or a bar per token without a grid."""
+    """Heat map of MSE over the patch grid (the CLS token's and the registers' MSE in the title, apart from
+    the grid's scale: registers carry outliers that would wash it out), or a bar per token without a grid."""
     from clipsae.analysis.output import pyplot
 
     plt = pyplot()
@@ -55,9 +64,8 @@ def plot_token_mse(t: TokenMSE, grid: tuple[int, int] | None, path, title: str) 
         fig.colorbar(im, ax=ax, label="reconstruction MSE")
         ax.set_xlabel("patch column")
         ax.set_ylabel("patch row")
-        cls = t.mse_T[(t.positions_T == 0) & ~on_grid]
-        if len(cls):
-            title += f"\nCLS MSE {cls[0]:.4g}"
+        if off_grid_caption(t):
+            title += f"\nMSE off the grid: {off_grid_caption(t)}"
     else:
         ax.bar(t.positions_T, t.mse_T)
         ax.set_xlabel("token")
@@ -94,8 +102,7 @@ def plot_token_mse_series(results: list[TokenMSE], titles: list[str], grid: tupl
         heat = np.full(grid, np.nan)
         heat[r.rows_T[m], r.cols_T[m]] = r.mse_T[m]
         im = ax.imshow(heat, cmap="magma", vmin=0, vmax=vmax)
-        cls = r.mse_T[(r.positions_T == 0) & ~m]
-        ax.set_title(t + (f"\nCLS {cls[0]:.3g}" if len(cls) else ""), fontsize=8)
+        ax.set_title(t + (f"\n{off_grid_caption(r, 3)}" if off_grid_caption(r) else ""), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[n:]:

@@ -18,7 +18,7 @@ from clipsae.analysis.edits import Edit
 from clipsae.analysis.model.joint_space import directions_to_joint
 from clipsae.analysis.model.splice import POOLED, model_positions, replaced
 from clipsae.errors import ClipsaeError
-from clipsae.pipeline.hooks import HookedForward, resolve_hooks, tower_kind
+from clipsae.pipeline.hooks import HookedForward, resolve_hooks, tower_for
 from clipsae.train.codes import SparseCodes, row_offsets
 from clipsae.train.model import SparseAutoencoder
 
@@ -28,20 +28,22 @@ WHERE = ("all", "cls", "patches", "firing")
 @dataclass(frozen=True)
 class Change:
     """What to do to each token's codes: ``edits`` on the tokens ``where`` names, or keep each token's
-    ``keep_top`` largest features (None: no such cut)."""
+    ``keep_top`` largest features (None: no such cut). ``prefix``: how many of the model's tokens come
+    before the patches (the CLS token and registers), which ``where="patches"`` leaves alone."""
 
     edits: tuple[Edit, ...] = ()
     where: str = "all"
     keep_top: int | None = None
+    prefix: int = 1
 
 
-def _rows_allowed(n_rows: int, positions: torch.Tensor, where: str) -> torch.Tensor:
+def _rows_allowed(n_rows: int, positions: torch.Tensor, where: str, prefix: int) -> torch.Tensor:
     """Which rows (token rows of whole images, positions repeating) the edit may touch."""
     pos = positions.repeat(n_rows // len(positions))
     if where == "cls":
         return pos == 0
     if where == "patches":
-        return pos != 0
+        return pos >= prefix
     return torch.ones(n_rows, dtype=torch.bool, device=positions.device)
 
 
@@ -58,7 +60,7 @@ def edit_codes(codes: SparseCodes, change: Change, positions: torch.Tensor) -> S
         keep = torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
         keep[order[rank < change.keep_top]] = True
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    allowed = _rows_allowed(n_rows, positions, change.where)
+    allowed = _rows_allowed(n_rows, positions, change.where, change.prefix)
     added_rows, added_cols, added_vals = [], [], []
     for e in change.edits:
         hit = (cols == e.feature) & allowed[rows]
@@ -91,8 +93,10 @@ def edited_positions(visual: nn.Module, store, codes, where: str) -> np.ndarray:
     """The model's token indices of the codes' tokens (see splice's ``model_positions``, which refuses a
     hook the model cannot be re-run from); one line where ``where`` makes no sense at the hook."""
     positions = model_positions(visual, store, codes)
-    if where in ("cls", "patches") and tower_kind(visual) == "resnet" and codes.hook not in POOLED:
-        raise ClipsaeError(f"--where {where}: a ResNet feature map has no CLS token; use --where all or firing")
+    if codes.hook not in POOLED and where in ("cls", "patches"):
+        prefixed = store.layout(codes.hook).prefix > 0 or tower_for(visual).prefix > 0
+        if not prefixed or (where == "cls" and not tower_for(visual).has_cls):
+            raise ClipsaeError(f"--where {where}: hook {codes.hook} has no CLS token; use --where all or firing")
     return positions
 
 

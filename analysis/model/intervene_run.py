@@ -19,6 +19,7 @@ from clipsae.analysis.model import intervene as iv
 from clipsae.analysis.model.joint_space import PROMPT, text_embeddings
 from clipsae.analysis.output import remove_stale, write_csv, write_json
 from clipsae.errors import ClipsaeError
+from clipsae.pipeline.towers import tower_for
 
 INTERVENE_COLUMNS = ("image", "key", "label", "cosine", "pred_before", "pred_after", "pred_before_name", "pred_after_name",
                      "p_label_before", "p_label_after")
@@ -104,7 +105,8 @@ def run_intervene(t, edit: str | None, where: str, keep_top: tuple[int, ...], se
     class_text = text_embeddings(clip.model, clip.tokenizer, [names[c] for c in order], device=dev) if names else None
     pair_text = text_embeddings(clip.model, clip.tokenizer, texts, prompt="{}", device=dev) if texts else None
     scale = float(clip.model.logit_scale.detach().exp())
-    changes = [iv.Change(edits, where)] if edits else [iv.Change((), "all", k) for k in keep_top]
+    prefix = tower_for(visual).prefix
+    changes = [iv.Change(edits, where, prefix=prefix)] if edits else [iv.Change((), "all", k, prefix) for k in keep_top]
     emb_o, emb_e = [], [[] for _ in changes]
     done = []
     bar = tqdm(total=len(images), desc="intervene", unit="img", disable=not progress)

@@ -1,35 +1,33 @@
 """Directions of a hook carried into CLIP's joint image–text space, and text embeddings of words.
 
-- ``embed`` (ViT) and ``attnpool`` (ResNet) are the image embedding: a direction is its own image.
-- ``ln_post`` (the pooled token after the final LayerNorm): d ↦ d·proj, exact.
-- ``resid.L`` (ViT): d ↦ ((d − mean(d)) ⊙ γ)·proj, with γ the final LayerNorm's weight. This is an
-  approximation: it keeps LayerNorm's centring and scale per dimension but drops its division by
+- ``embed`` and ``attnpool`` (ResNet) are the image embedding: a direction is its own image.
+- ``ln_post`` (open_clip ViT, the pooled token after the final LayerNorm): d ↦ d·proj, exact.
+- ``pooled`` (timm towers): through the trunk's classifier and open_clip's head, exact where both
+  are linear (SigLIP, EVA-02); a tower whose head is an MLP has no such map.
+- ``resid.L`` (open_clip ViT): d ↦ ((d − mean(d)) ⊙ γ)·proj, with γ the final LayerNorm's weight. This
+  is an approximation: it keeps LayerNorm's centring and scale per dimension but drops its division by
   the token's norm (which scales, never turns, a direction), its bias, and, for L before the last
   block, every block after L.
-Cosines with text embeddings do not depend on the directions' lengths, so none is rescaled.
+Each tower states its maps (pipeline/towers). Cosines with text embeddings do not depend on the
+directions' lengths, so none is rescaled.
 """
 
 import torch
 from torch import nn
 
 from clipsae.errors import ClipsaeError
-from clipsae.pipeline.hooks import tower_kind
+from clipsae.pipeline.towers import tower_for
 
 PROMPT = "a photo of a {}."
 
 
 def directions_to_joint(d_FD: torch.Tensor, visual: nn.Module, hook: str) -> torch.Tensor:
     """(features, embedding dims): each row of ``d_FD`` (directions at ``hook``) in the joint space."""
-    d = d_FD.detach().float()
-    if hook in ("embed", "attnpool"):
-        return d
-    if tower_kind(visual) != "vit" or not (hook == "ln_post" or hook.startswith("resid.")):
-        raise ClipsaeError(f"hook {hook} has no map into the joint space; name-features reads embed, attnpool, "
-                           f"ln_post and resid.L codes")
-    proj = visual.proj.detach().float() if visual.proj is not None else None
-    if hook.startswith("resid."):
-        d = (d - d.mean(1, keepdim=True)) * visual.ln_post.weight.detach().float()
-    return d @ proj if proj is not None else d
+    to_joint = tower_for(visual).joint_map(hook)
+    if to_joint is None:
+        raise ClipsaeError(f"hook {hook} of this tower has no map into the joint space; name-features reads embed, "
+                           f"attnpool, pooled (timm towers with a linear head), ln_post and resid.L (open_clip ViTs) codes")
+    return to_joint(d_FD.detach().float())
 
 
 @torch.no_grad()

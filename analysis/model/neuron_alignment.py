@@ -16,6 +16,7 @@ from torch import nn
 
 from clipsae.analysis.output import pyplot
 from clipsae.errors import ClipsaeError
+from clipsae.pipeline.towers import tower_for
 
 ROWS_PER_BLOCK = 4096
 BASELINE_QUANTILE = 0.99
@@ -31,12 +32,15 @@ def block_of(hook: str) -> int:
 
 def mlp_out_directions(visual: nn.Module, block: int) -> torch.Tensor:
     """(neurons, d): the output direction of every MLP neuron of ViT block ``block``."""
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    if blocks is None:
+    tower = tower_for(visual)
+    try:
+        tower.resolve(f"resid.{block}")
+    except ClipsaeError as exc:
+        raise ClipsaeError(f"neuron alignment reads ViT blocks: {exc}") from None
+    out = tower.mlp_out(block)
+    if out is None:
         raise ClipsaeError(f"{type(visual).__name__} has no transformer blocks; neuron alignment reads ViTs")
-    if block >= len(blocks):
-        raise ClipsaeError(f"block {block} does not exist: the model has {len(blocks)} blocks")
-    return blocks[block].mlp.c_proj.weight.detach().float().T
+    return out
 
 
 def max_abs_cosine(dirs_FD: torch.Tensor, neurons_ND: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

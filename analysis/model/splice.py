@@ -14,8 +14,9 @@ labelled images for each of the four embeddings (CE_clean, CE_sae, CE_mean, CE_z
 ce_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean), ce_recovered_mean the same against the
 mean-ablation, and kl the mean KL(p_original ‖ p_spliced) of the zero-shot class distributions.
 
-Residual and ResNet stage hooks are spliced inside the model with a forward hook; pooled hooks
-(ln_post, embed, attnpool) are spliced on the pooled vector, which then only passes through proj.
+Residual and stage hooks are spliced inside the model with a forward hook on the module whose output
+they are (the tower names it: pipeline/towers); pooled hooks (ln_post, embed, attnpool, pooled) are
+spliced on the pooled vector, which then only passes through the projection.
 """
 
 from contextlib import contextmanager
@@ -32,30 +33,31 @@ from clipsae.analysis.model.joint_space import PROMPT, directions_to_joint, text
 from clipsae.analysis.output import SPLICE_FILE, write_json
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
-from clipsae.pipeline.hooks import HookedForward, resolve_hooks, tower_kind
+from clipsae.pipeline.hooks import HookedForward, resolve_hooks, tower_for
 from clipsae.train.model import SparseAutoencoder
 
-POOLED = ("ln_post", "embed", "attnpool")
+POOLED = ("ln_post", "embed", "attnpool", "pooled")
 
 
-def _module(visual: nn.Module, hook: str) -> nn.Module:
-    if hook.startswith("resid."):
-        return visual.transformer.resblocks[int(hook.removeprefix("resid."))]
-    if hook.startswith("layer") and tower_kind(visual) == "resnet":
-        return getattr(visual, hook)
-    raise ClipsaeError(f"the model cannot be re-run from hook {hook}; splice and intervene read resid.L, layerN, "
-                       f"ln_post, embed and attnpool codes")
+def _block(visual: nn.Module, hook: str):
+    block = tower_for(visual).block(hook)
+    if block is None:
+        raise ClipsaeError(f"the model cannot be re-run from hook {hook}; splice and intervene read resid.L, layerN, "
+                           f"stage.N, ln_post, embed, attnpool and pooled codes")
+    return block
 
 
 def model_positions(visual: nn.Module, store, codes) -> np.ndarray:
     """The model's token indices of the codes' tokens; refuses, in one line, a hook the model cannot be
-    re-run from. A ViT store of patches only numbers them from 0, where the model's CLS is token 0."""
+    re-run from. A store of patches only numbers them from 0, where the model's prefix tokens (CLS,
+    registers) come first."""
     positions = codes.token_positions
     if codes.hook in POOLED:
         return positions
-    _module(visual, codes.hook)
-    if tower_kind(visual) == "vit" and not store.layout(codes.hook).cls_token:
-        return positions + 1
+    _block(visual, codes.hook)
+    lay = store.layout(codes.hook)
+    if lay.grid is not None and lay.prefix == 0:
+        return positions + tower_for(visual).prefix
     return positions
 
 
@@ -63,20 +65,20 @@ def model_positions(visual: nn.Module, store, codes) -> np.ndarray:
 def replaced(visual: nn.Module, hook: str, positions: np.ndarray, fn):
     """Within the block, ``fn(x_NPD)`` replaces the activations of tokens ``positions`` at ``hook``."""
     pos = torch.as_tensor(positions)
-    batch_first = getattr(getattr(visual, "transformer", None), "batch_first", True)
+    block = _block(visual, hook)
 
     def swap(module, inputs, out):
-        if out.ndim == 4:  # ResNet stage: (N, C, H, W), positions row-major over H·W
+        if block.layout == "NCHW":  # a feature map: positions row-major over H·W
             n, c, h, w = out.shape
             tokens = out.flatten(2).transpose(1, 2).clone()
             tokens[:, pos] = fn(tokens[:, pos])
             return tokens.transpose(1, 2).reshape(n, c, h, w)
-        x = out if batch_first else out.transpose(0, 1)
+        x = out if block.layout == "NLD" else out.transpose(0, 1)
         x = x.clone()
         x[:, pos] = fn(x[:, pos])
-        return x if batch_first else x.transpose(0, 1)
+        return x if block.layout == "NLD" else x.transpose(0, 1)
 
-    handle = _module(visual, hook).register_forward_hook(swap)
+    handle = block.module.register_forward_hook(swap)
     try:
         yield
     finally:

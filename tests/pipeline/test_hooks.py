@@ -108,5 +108,5 @@ def test_every_hook_extract_names_is_recognised_as_one(vit, rn50):
 @pytest.mark.parametrize("tokens, said", [("all", "; CLS then 7x7 patches row-major"), ("cls", "; the CLS token only"),
                                           ("patches", "; 7x7 patches row-major, no CLS")])
 def test_a_hooks_meaning_names_the_tokens_the_store_keeps(vit, tokens, said):
-    hooks = resolve_hooks(vit, ["3", "ln_pre"], tokens)
-    assert all(h.meaning.endswith(said) for h in hooks)
+    layouts = HookedForward(vit, resolve_hooks(vit, ["3", "ln_pre"], tokens), tokens).layouts(torch.device("cpu"))
+    assert all(h.meaning.endswith(said) for h in layouts)
