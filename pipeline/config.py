@@ -40,9 +40,9 @@ class ModelConfig:
     """Which model and weights to load, and how to preprocess images for it."""
 
     name: str = option(flag_name="--model")
-    """open_clip model name, e.g. ViT-L-14, ViT-B-32, RN50, or hf-hub:org/repo."""
+    """open_clip model name (ViT-L-14, RN50, ViT-B-16-SigLIP2, EVA02-B-16, MobileCLIP2-S0), hf-hub:org/repo, or timm:NAME for a timm model alone (timm:vit_small_patch14_reg4_dinov2)."""
     pretrained: str | None = option(None, shown_default="random weights")
-    """open_clip tag (laion2b_s32b_b82k), a local checkpoint file, or hf-hub:org/repo."""
+    """open_clip tag (laion2b_s32b_b82k), a local checkpoint file, or hf-hub:org/repo; for timm:NAME, a state dict file of that model or timm's tag (lvd142m)."""
     init_seed: int = option(0, flag_name="--seed")
     """Seed of the random init when --pretrained is omitted, so that reruns agree."""
     preprocess_like: str | None = option(None)

@@ -54,7 +54,9 @@ def meaning(hook: Hook, tower: Tower, tokens: str) -> str:
     if tokens == "cls":
         return f"{hook.what}; the CLS token only"
     if tokens == "patches":
-        return f"{hook.what}; {hook.grid_text}, no {tower.prefix_text().replace('no CLS', 'prefix tokens')}"
+        return f"{hook.what}; {hook.grid_text}, no {tower.prefix_text()}" if tower.prefix else f"{hook.what}; {hook.grid_text}"
+    if tower.prefix == 0:
+        return f"{hook.what}; {hook.grid_text} (no CLS token)"
     return f"{hook.what}; {tower.prefix_text()} then {hook.grid_text}"
 
 

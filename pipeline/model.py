@@ -1,5 +1,11 @@
-"""Loading an open_clip vision tower and its preprocessing, and describing both for provenance."""
+"""Loading a vision tower and its preprocessing, and describing both for provenance.
 
+Two sources: open_clip (``ViT-B-32``, ``ViT-B-16-SigLIP2``, ``hf-hub:org/repo``: both towers, the
+vision one open_clip's own or a timm trunk) and timm alone (``timm:NAME``: DINOv2, DINOv3, any timm
+model; no text tower, preprocessing from timm's data config).
+"""
+
+import difflib
 import hashlib
 import json
 import logging
@@ -24,7 +30,19 @@ class LoadedModel:
     provenance: dict  # versions and paths, informative only
 
 
+TIMM_PREFIX = "timm:"
+
+
 def _check_name(name: str) -> None:
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        bare = name.removeprefix(TIMM_PREFIX)
+        if not timm.is_model(bare):
+            close = difflib.get_close_matches(bare, timm.list_models(), n=5, cutoff=0.6)
+            hint = f"; similar: {', '.join(close)}" if close else ""
+            raise ClipsaeError(f"unknown timm model {bare!r} (timm.list_models() lists the names){hint}")
+        return
     if name.startswith("hf-hub:") or name in open_clip.list_models():
         return
     close = [m for m in open_clip.list_models() if m.lower().startswith(name.lower()[:5])][:5]
@@ -68,11 +86,23 @@ def describe_preprocess(preprocess: T.Compose) -> dict:
 
 @dataclass
 class LoadedClip:
-    """The whole CLIP model (both towers) in eval mode, its tokenizer, and the vision side as load_model gives it."""
+    """The whole CLIP model (both towers) in eval mode, its tokenizer, and the vision side as load_model gives it.
+
+    A timm model alone has no text tower: ``model`` is then the vision tower and ``tokenizer`` None."""
 
     model: nn.Module
     tokenizer: object
     vision: LoadedModel
+
+    @property
+    def has_text(self) -> bool:
+        return self.tokenizer is not None
+
+    def require_text(self, what: str) -> None:
+        """Refuse, in one line, ``what`` (an analysis that needs the text tower) where there is none."""
+        if not self.has_text:
+            raise ClipsaeError(f"{what} needs a text tower, and {self.vision.identity['model']} (a timm model alone) "
+                               f"has none; it reads CLIP models (open_clip names)")
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
@@ -89,6 +119,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
 def load_clip(cfg: ModelConfig) -> LoadedClip:
     """Build the whole model (image and text towers) and its tokenizer, with the weights ``cfg`` names."""
     model, loaded = _create(cfg)
+    if cfg.name.startswith(TIMM_PREFIX):
+        return LoadedClip(model.eval(), None, loaded)
     name = cfg.pretrained if cfg.pretrained and cfg.pretrained.startswith("hf-hub:") else cfg.name
     return LoadedClip(model.eval(), open_clip.get_tokenizer(name), loaded)
 
@@ -96,6 +128,8 @@ def load_clip(cfg: ModelConfig) -> LoadedClip:
 def _create(cfg: ModelConfig) -> tuple[nn.Module, LoadedModel]:
     """The open_clip model and its vision side with identity and provenance (see :func:`load_model`)."""
     _check_name(cfg.name)
+    if cfg.name.startswith(TIMM_PREFIX):
+        return _create_timm(cfg)
     pretrained, checkpoint, weights_id = cfg.pretrained, None, None
     if pretrained is None:
         weights_id = f"random-init(seed={cfg.init_seed})"
@@ -148,6 +182,83 @@ def _create(cfg: ModelConfig) -> tuple[nn.Module, LoadedModel]:
         "torch_version": torch.__version__,
     }
     return model, LoadedModel(visual, preprocess, identity, provenance)
+
+
+def _first_mismatch(model: nn.Module, state: dict) -> str | None:
+    """The first key where a state dict does not fit ``model``: missing, unexpected, or of another shape."""
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            return f"{key} is missing from the file"
+        if tuple(state[key].shape) != tuple(value.shape):
+            return f"{key} has shape {tuple(state[key].shape)} in the file, {tuple(value.shape)} in the model"
+    extra = next((k for k in state if k not in own), None)
+    return f"{extra} is in the file but not in the model" if extra else None
+
+
+def _create_timm(cfg: ModelConfig) -> tuple[nn.Module, LoadedModel]:
+    """A timm model alone (``timm:NAME``) as a vision tower, with no classifier, and timm's preprocessing."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from clipsae.pipeline.towers.timm_common import TimmAlone
+
+    bare = cfg.name.removeprefix(TIMM_PREFIX)
+    pretrained, checkpoint = cfg.pretrained, None
+    torch.manual_seed(cfg.init_seed)
+    if pretrained is None:
+        weights_id = f"random-init(seed={cfg.init_seed})"
+        trunk = timm.create_model(bare, pretrained=False, num_classes=0)
+    elif Path(pretrained).is_file():
+        checkpoint = Path(pretrained).resolve()
+        with open(checkpoint, "rb") as fh:
+            weights_id = f"file:sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()}"
+        trunk = timm.create_model(bare, pretrained=False, num_classes=0)
+        try:
+            state = timm.models.load_state_dict(str(checkpoint))
+        except Exception as exc:
+            raise ClipsaeError(f"could not read checkpoint {checkpoint}: {type(exc).__name__}: {exc}") from exc
+        mismatch = _first_mismatch(trunk, state)
+        if mismatch:
+            raise ClipsaeError(f"checkpoint {checkpoint} is not a state dict of timm model {bare}: {mismatch}")
+        trunk.load_state_dict(state)
+    else:
+        if "/" in pretrained and not pretrained.startswith("hf-hub:") or pretrained.endswith(
+                (".pt", ".bin", ".safetensors", ".pth")):
+            raise ClipsaeError(f"checkpoint file {pretrained} does not exist")
+        source = pretrained if pretrained.startswith("hf-hub:") else f"{bare}.{pretrained}"
+        if not pretrained.startswith("hf-hub:") and source not in timm.list_pretrained(f"{bare}.*"):
+            known = ", ".join(t.partition(".")[2] for t in timm.list_pretrained(f"{bare}.*")) or "none"
+            raise ClipsaeError(f"{pretrained!r} is not a pretrained tag of timm model {bare} (known: {known})")
+        for logger in ("", "huggingface_hub", "timm"):
+            logging.getLogger(logger).setLevel(logging.CRITICAL)
+        try:
+            trunk = timm.create_model(source, pretrained=True, num_classes=0)
+        except Exception as exc:
+            raise ClipsaeError(f"could not load pretrained weights {pretrained!r} for timm model {bare}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        weights_id = pretrained
+    data = resolve_data_config({}, model=trunk)
+    over = _preprocess_overrides(cfg, None) if not cfg.preprocess_like else {}
+    if cfg.preprocess_like:
+        raise ClipsaeError("--preprocess-like names open_clip tags; a timm model takes its preprocessing from its "
+                           "data config (override with --image-mean and --image-std)")
+    data.update({k: tuple(v) for k, v in over.items() if k in ("mean", "std")})
+    preprocess = create_transform(**data, is_training=False)
+    visual = TimmAlone(trunk.eval(), tuple(data["input_size"][1:])).eval()
+    identity = {
+        "model": cfg.name,
+        "pretrained": weights_id,
+        "preprocess": {k: v for k, v in describe_preprocess(preprocess).items() if k != "transforms"},
+    }
+    provenance = {
+        "pretrained_arg": pretrained,
+        "checkpoint_path": str(checkpoint) if checkpoint else None,
+        "preprocess_transforms": repr(preprocess),
+        "timm_version": timm.__version__,
+        "torch_version": torch.__version__,
+    }
+    return visual, LoadedModel(visual, preprocess, identity, provenance)
 
 
 def store_model_config(config: dict, provenance: dict, pretrained: str | None = None,

@@ -104,7 +104,7 @@ def run_intervene(t, edit: str | None, where: str, keep_top: tuple[int, ...], se
     order = sorted(names)
     class_text = text_embeddings(clip.model, clip.tokenizer, [names[c] for c in order], device=dev) if names else None
     pair_text = text_embeddings(clip.model, clip.tokenizer, texts, prompt="{}", device=dev) if texts else None
-    scale = float(clip.model.logit_scale.detach().exp())
+    scale = float(clip.model.logit_scale.detach().exp()) if clip.has_text else 1.0
     prefix = tower_for(visual).prefix
     changes = [iv.Change(edits, where, prefix=prefix)] if edits else [iv.Change((), "all", k, prefix) for k in keep_top]
     emb_o, emb_e = [], [[] for _ in changes]

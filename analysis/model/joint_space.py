@@ -33,7 +33,11 @@ def directions_to_joint(d_FD: torch.Tensor, visual: nn.Module, hook: str) -> tor
 @torch.no_grad()
 def text_embeddings(model: nn.Module, tokenizer, words: list[str], prompt: str = PROMPT,
                     batch: int = 256, device: str = "cpu") -> torch.Tensor:
-    """(words, embedding dims) unit text embeddings of ``prompt`` filled with each word."""
+    """(words, embedding dims) unit text embeddings of ``prompt`` filled with each word; one line where the
+    model has no text tower (``tokenizer`` None: a timm model alone)."""
+    if tokenizer is None:
+        raise ClipsaeError("text prompts and class names need CLIP's text tower, and this store's model is a timm "
+                           "model alone (timm:NAME), which has none")
     out = []
     for s in range(0, len(words), batch):
         tokens = tokenizer([prompt.format(w) for w in words[s:s + batch]]).to(device)

@@ -169,7 +169,7 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
     known = np.array([lab in names for lab in labels.tolist()], dtype=bool)
     lines = [f"{t.title}: spliced the SAE's reconstruction into {cfg.name} ({clip.vision.identity['pretrained']}) at "
              f"{hook} on {len(t.codes.token_positions)} token(s) per image", summary]
-    if known.any() and len(names) > 1:
+    if known.any() and len(names) > 1 and clip.has_text:
         zs = _zero_shot(clip, names, {k: e[known] for k, e in emb_NE.items()}, labels[known], dev)
         result["zero_shot"] = zs
         summary += (f"; zero-shot accuracy {zs['accuracy_original']:.3f} → {zs['accuracy_spliced']:.3f} spliced "
@@ -181,6 +181,8 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
                      f"spliced, {zs['ce_mean']:.4f} mean-ablated, {zs['ce_zero']:.4f} zero-ablated; CE recovered "
                      f"{zs['ce_recovered']:.4f} (against zeros), {zs['ce_recovered_mean']:.4f} (against the mean); "
                      f"KL(original ‖ spliced) {zs['kl']:.4g}")
+    elif not clip.has_text:
+        lines.append(f"no zero-shot accuracy: {cfg.name} has no text tower")
     else:
         lines.append("no zero-shot accuracy: the images have no labels with class names (see --classes)")
     if model_has_random_weights(clip):

@@ -22,7 +22,7 @@ from tests.conftest import assert_same_store, cli_process
 
 def extract(shards, store, layers=("2", "5"), tokens="all", model="ViT-B-32", **kw):
     cfg = ExtractConfig(
-        model=ModelConfig(name=model), layers=list(layers), tokens=tokens, shards=str(shards),
+        model=ModelConfig(name=model, pretrained=kw.pop("pretrained", None)), layers=list(layers), tokens=tokens, shards=str(shards),
         store=str(store), batch_size=kw.pop("batch_size", 4), progress=False, **kw,
     )
     return run_extract(cfg)
