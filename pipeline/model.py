@@ -101,8 +101,8 @@ class LoadedClip:
     def require_text(self, what: str) -> None:
         """Refuse, in one line, ``what`` (an analysis that needs the text tower) where there is none."""
         if not self.has_text:
-            raise ClipsaeError(f"{what} needs a text tower, and {self.vision.identity['model']} (a timm model alone) "
-                               f"has none; it reads CLIP models (open_clip names)")
+            raise ClipsaeError(f"{what} needs CLIP's text tower, and {self.vision.identity['model']} (a timm model "
+                               f"alone) has none")
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:

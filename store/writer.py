@@ -180,7 +180,8 @@ def write_store(
     ``acts[hook]`` is (n, n_tokens, d) or (n, d); ``keys`` name the n images uniquely;
     ``labels`` default to -1. ``attrs`` go into the store's identity (``model`` at least
     is expected); writing a second part with the same attrs and shapes extends the store.
-    ``layouts[hook]`` describes a hook's tokens: ``cls_token`` (token 0 is CLS), ``grid``
+    ``layouts[hook]`` describes a hook's tokens: ``cls_token`` (token 0 is CLS), ``registers`` (register
+    tokens after it), ``grid``
     ((rows, cols) of the patch tokens that follow) and ``meaning`` (free text). ``source`` is the
     webdataset tar the images came from, where analyses read them back to show them.
     ``mask_classes`` (class index → name, 0 = unlabelled) and ``patch_labels`` (per patch grid name, as

@@ -111,6 +111,7 @@ class LiveModel:
 
         with self._lock:
             sae, clip, _, _ = self._load()
+            clip.require_text("search by text")
             if self._joint is None:
                 self._joint = joint_directions(sae, clip.vision.visual, self.codes.hook)
             return text_scores(clip, self._joint, self.codes.hook, text, self.device)

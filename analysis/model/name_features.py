@@ -125,6 +125,7 @@ def run_name_features(t, vocab: Path | None = None, n_words: int = 5, k: int = 1
     cfg = store_model_config(t.store.config, t.store.provenance, pretrained, model)
     dev = str(resolve_device(device))
     clip = load_clip(cfg)
+    clip.require_text("name-features")
     clip.model.to(dev)
     text = text_embeddings(clip.model, clip.tokenizer, words, device=dev)
     joint = directions_to_joint(model_sae.W_dec, clip.vision.visual, t.codes.hook)

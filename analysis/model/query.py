@@ -108,6 +108,7 @@ def text_feature_scores(codes: Codes, text: str, choice: ModelChoice) -> np.ndar
     """cos(J·W_dec[f], t) for every feature f, t the unit text embedding of ``text`` as typed."""
     sae = codes_sae(codes, choice.sae, device=choice.device)
     clip = store_clip(codes, choice)
+    clip.require_text("search by text")
     return text_scores(clip, joint_directions(sae, clip.vision.visual, codes.hook), codes.hook, text, choice.device)
 
 

@@ -132,3 +132,18 @@ def test_format2_store_resumes_extract_then_encode(format2, tmp_path, run_cli):
     assert {k: v for k, v in after.items() if not k.startswith("00002")} == codes_before
     s = ActivationStore.open(store)
     assert verify(s).ok and not s.incomplete_parts and Codes(s, "fx").n_images == 12
+
+
+def test_registers_are_recorded_and_patches_leave_them_out(tmp_path):
+    acts = np.zeros((2, 1 + 4 + 9, 3), np.float32)
+    write_store(tmp_path / "s.zarr", {"resid.0": acts}, ["a", "b"], attrs={"model": "m"},
+                layouts={"resid.0": {"cls_token": True, "registers": 4, "grid": [3, 3]}})
+    s = ActivationStore.open(tmp_path / "s.zarr")
+    assert s.format_version == 3 and s.layout("resid.0").registers == 4 and s.layout("resid.0").prefix == 5
+    assert list(s.token_indices("resid.0", "patches")) == list(range(5, 14))
+    assert list(s.token_indices("resid.0", "cls")) == [0]
+
+
+def test_a_format2_hook_has_no_registers():
+    lay = HookLayout.from_json("resid.0", {"n_tokens": 5, "d": 3, "cls_token": True, "grid": [2, 2]}, 2)
+    assert lay.registers == 0 and lay.prefix == 1

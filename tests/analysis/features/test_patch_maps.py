@@ -24,3 +24,17 @@ def test_patch_maps_equal_the_sae_codes_of_each_patch(codes, encoded):
     want = np.clip(np.rint(255 * ref[img, 1:, feat] / scale[:, None]), 0, 255)
     assert got.shape == (60, GRID[0] * GRID[1])
     assert np.abs(got.astype(int) - want).max() <= 1
+
+
+def test_grid_cells_leave_cls_and_registers_off_the_grid():
+    lay = HookLayout("h", n_tokens=1 + 2 + 4, d=4, cls_token=True, grid=(2, 2), registers=2)
+    rows, cols = grid_cells(np.arange(7), lay)
+    assert rows.tolist() == [-1, -1, -1, 0, 0, 1, 1] and cols.tolist() == [-1, -1, -1, 0, 1, 0, 1]
+
+
+def test_token_roles_name_cls_each_register_and_the_patches():
+    from clipsae.analysis.features.patch_maps import token_roles
+
+    lay = HookLayout("h", n_tokens=1 + 2 + 4, d=4, cls_token=True, grid=(2, 2), registers=2)
+    assert token_roles(np.arange(7), lay) == ["cls", "register1", "register2", "patch", "patch", "patch", "patch"]
+    assert token_roles(np.arange(3), HookLayout("h", 3, 4)) == ["token"] * 3
