@@ -61,7 +61,7 @@ def embedding_hook(store: ActivationStore, hook: str | None) -> str:
     lay = store.layout(name)
     if lay.n_tokens != 1 and not lay.cls_token:
         raise ClipsaeError(f"--embed-hook {name} has {lay.n_tokens} tokens and no CLS token; name a pooled hook "
-                           f"(embed, ln_post, attnpool) or one stored with its CLS token")
+                           f"(embed, ln_post, attnpool, pooled) or one stored with its CLS token")
     return name
 
 
