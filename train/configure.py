@@ -20,7 +20,7 @@ from clipsae.train.data import holdout_mask
 from clipsae.train.request import TrainRequest
 from clipsae.train.spec import SAESpec
 
-SWEEP_KEYS = ("arch", "expansion", "k", "l1", "latents")
+SWEEP_KEYS = ("arch", "expansion", "k", "l1", "latents", "l0_coefficient", "target_l0")
 _REQUEST = {f.name for f in fields(TrainRequest)} - {"store"}
 _SETTINGS = {f.name for f in fields(RunSettings)}
 
@@ -53,11 +53,18 @@ def parse_list(kind, value, name: str) -> list:
 
 def _specs(values: dict, d: int, options: dict, where: str = "--") -> list[SAESpec]:
     """Every combination of the comma lists in ``values``, each checked by its architecture."""
-    lists = [parse_list(kind, values[key], f"{where}{key}") if values.get(key) is not None else [None]
-             for key, kind in zip(SWEEP_KEYS, (str, int, int, float, int))]
+    def named(key: str) -> str:
+        return f"{where}{key.replace('_', '-') if where == '--' else key}"
+
+    lists = [parse_list(kind, values[key], named(key)) if values.get(key) is not None else [None]
+             for key, kind in zip(SWEEP_KEYS, (str, int, int, float, int, float, float))]
     specs: list[SAESpec] = []
-    for arch, e, k, l1, n in itertools.product(*lists):
-        spec = archs.get(arch).spec(d, e, k, l1, latents=n, **options)
+    for arch, e, k, l1, n, c, target in itertools.product(*lists):
+        if target is not None and target <= 0:
+            raise ClipsaeError(f"{named('target_l0')} must be positive, not {target:g} (leave it out for the L0 penalty)")
+        sparsity = {"l0_coefficient": c} if c is not None else {}
+        sparsity |= {"target_l0": target} if target is not None else {}
+        spec = archs.get(arch).spec(d, e, k, l1, latents=n, **options, **sparsity)
         if spec not in specs:
             specs.append(spec)
     return specs
@@ -110,8 +117,10 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
     token_idx = st.token_indices(hook, tokens)
     if st.n_images == 0:
         raise ClipsaeError(f"{store} holds no complete images; run `clipsae extract` first")
-    arch_options = {"aux_alpha": req.aux_alpha, "matryoshka_weighting": req.matryoshka_weighting}
-    values = {"arch": req.arch, "expansion": req.expansion, "k": req.k, "l1": req.l1, "latents": req.latents}
+    arch_options = {"aux_alpha": req.aux_alpha, "matryoshka_weighting": req.matryoshka_weighting,
+                    "bandwidth": req.bandwidth, "sparsity_warmup": req.sparsity_warmup}
+    values = {"arch": req.arch, "expansion": req.expansion, "k": req.k, "l1": req.l1, "latents": req.latents,
+              "l0_coefficient": req.l0_coefficient, "target_l0": req.target_l0}
     specs = (_specs(values, d, arch_options) if req.sweep is None
              else _sweep_specs(Path(req.sweep), values, d, arch_options))
     if len(seeds) > 1:

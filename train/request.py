@@ -20,7 +20,7 @@ class TrainRequest:
     tokens: str = option("all", choices=TOKEN_MODES)
     """Which stored tokens become training rows: cls, patches or all."""
     arch: str = option("topk")
-    """relu, topk, batchtopk or matryoshka, or the baselines pca, kmeans, nmf and random; a comma list sweeps (an empty item is refused)."""
+    """relu, topk, batchtopk, matryoshka, jumprelu or gated, or the baselines pca, kmeans, nmf and random; a comma list sweeps (an empty item is refused)."""
     expansion: str = option("16")
     """Latents per input dimension, n = expansion · d; a comma list sweeps."""
     latents: str | None = option(None, shown_default="expansion · d")
@@ -28,7 +28,7 @@ class TrainRequest:
     k: str = option("32")
     """Active latents per token (TopK family); a comma list sweeps."""
     l1: str = option("5")
-    """L1 coefficient λ of the relu SAE; a comma list sweeps."""
+    """L1 coefficient λ of the relu and gated SAEs; a comma list sweeps."""
     seed: str = option("0")
     """Seed of the initialisation, the data order and the holdout split; a comma list trains every SAE once per seed in one data pass (data order and holdout from the first)."""
     sweep: Path | None = option(None, metavar="FILE")
@@ -46,6 +46,14 @@ class TrainRequest:
     """AuxK loss weight α (TopK family)."""
     matryoshka_weighting: str = option("uw", choices=("uw", "rw"))
     """Matryoshka level weights: uw uniform, rw reverse-linear."""
+    l0_coefficient: str = option("1")
+    """JumpReLU's sparsity weight c (SAELens's l0_coefficient): of the L0 penalty c·L0, or of the target loss c·(L0/T − 1)² with --target-l0; a comma list sweeps."""
+    target_l0: str | None = option(None, shown_default="none: the L0 penalty")
+    """JumpReLU's target L0 T (dictionary_learning's loss), instead of the penalty; a comma list sweeps."""
+    bandwidth: float = option(0.05, above=0)
+    """JumpReLU's straight-through bandwidth ε, in units of the pre-activations of inputs scaled to E‖x‖ = √d."""
+    sparsity_warmup: int = option(0, at_least=0)
+    """Steps over which JumpReLU's sparsity weight rises from 0 to c."""
 
     def __post_init__(self):
         check(self)

@@ -2,6 +2,9 @@
 
 from dataclasses import dataclass, field, replace
 
+# Options that only some architectures use: each says which in its ``options`` (train/archs/base.py).
+ARCH_OPTIONS = ("matryoshka_weighting", "bandwidth", "l0_coefficient", "target_l0", "sparsity_warmup")
+
 
 @dataclass(frozen=True)
 class SAESpec:
@@ -17,6 +20,11 @@ class SAESpec:
     matryoshka_fractions: tuple[float, ...] = field(default=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0))
     seed: int | None = None  # its own initialisation seed, in a run of several seeds (None: the run's)
     latents: int | None = None  # the number of latents where given directly (--latents), instead of expansion · d
+    # JumpReLU's and Gated's own options (0 where an architecture does not use them; see train/archs/jumprelu.py)
+    bandwidth: float = 0.0
+    l0_coefficient: float = 0.0
+    target_l0: float = 0.0
+    sparsity_warmup: int = 0
 
     @property
     def d_sae(self) -> int:
@@ -59,6 +67,8 @@ class SAESpec:
     def to_json(self) -> dict:
         seed = {"seed": self.seed} if self.seed is not None else {}
         seed |= {"latents": self.latents} if self.latents is not None else {}
+        # Written only where set, so that the specs of runs made before these options read the same.
+        seed |= {k: getattr(self, k) for k in ARCH_OPTIONS[1:] if getattr(self, k)}
         return {"arch": self.arch, "d": self.d, "expansion": self.expansion, "k": self.k, "l1": self.l1,
                 "aux_alpha": self.aux_alpha, "matryoshka_weighting": self.matryoshka_weighting,
                 "matryoshka_fractions": list(self.matryoshka_fractions), **seed}

@@ -43,6 +43,10 @@ QUALITY = {
     "batchtopk": ["--expansion", "4", "--k", "6", "--steps", "1000"],
     "relu": ["--expansion", "4", "--l1", "1", "--steps", "1000"],
     "matryoshka": ["--expansion", "8", "--k", "6", "--steps", "1200"],
+    # No sparsity option: their defaults (the L0 penalty at SAELens's coefficient, the L1 weight) find the
+    # planted L0 (3) by themselves, as TopK is told it by --k.
+    "jumprelu": ["--expansion", "4", "--steps", "1000"],
+    "gated": ["--expansion", "4", "--steps", "1000"],
 }
 
 
@@ -57,6 +61,8 @@ def test_planted_dictionary_is_recovered(arch, planted, tmp_path, run_cli):
     metrics = json.loads((out / "metrics.json").read_text())
     assert recovery(dictionary, sae.W_dec.detach().numpy()) >= 0.9
     assert metrics["fvu"] <= 0.1
+    if arch in ("jumprelu", "gated"):
+        assert metrics["l0"] <= 8  # the planted order (about 3 features per token), found without being told
     assert f"FVU {metrics['fvu']:.4f}" in stdout
 
 
@@ -173,7 +179,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small,
     (["--snapshot-every", "1.5"], "--snapshot-every must be a whole number of tokens"),
     (["--hook", "nope"], "hook 'nope' is not in"),
     (["--k", "64"], "--k 64 must be between 1 and"),
-    (["--arch", "gated"], "--arch 'gated' is not one of"),
+    (["--arch", "sparsemax"], "--arch 'sparsemax' is not one of"),
     (["--tokens", "patches", "--hook", "b"], "no patches"),
     (["--holdout", "1"], "--holdout must be in"),
     (["--device", "cuda"], "no CUDA device"),

@@ -1,12 +1,12 @@
 """What every SAE architecture provides to the trainer, the exporter and the command line."""
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
 from clipsae.errors import ClipsaeError
 from clipsae.train.ranks import Ranks
-from clipsae.train.spec import SAESpec
+from clipsae.train.spec import ARCH_OPTIONS, SAESpec
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Architecture:
     """
 
     name: str = ""
+    options: tuple[str, ...] = ()  # the options of spec.ARCH_OPTIONS it uses; the others are set neutral
     export_as: str = "standard"
     uses_k: bool = False
     uses_l1: bool = False
@@ -62,7 +63,8 @@ class Architecture:
 
     def normalize(self, spec: SAESpec) -> SAESpec:
         """Drop options that do not apply, so that equal SAEs have equal specs."""
-        return replace(spec, matryoshka_weighting="uw")
+        neutral = {f.name: f.default for f in fields(SAESpec) if f.name in ARCH_OPTIONS and f.name not in self.options}
+        return replace(spec, **neutral)
 
     def label(self, spec: SAESpec) -> str:
         """A directory-safe name that tells SAEs of a sweep apart."""

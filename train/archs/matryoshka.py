@@ -13,9 +13,7 @@ from clipsae.train.sparse import decode_sparse
 
 class Matryoshka(BatchTopK):
     name = "matryoshka"
-
-    def normalize(self, spec):
-        return spec
+    options = ("matryoshka_weighting",)
 
     def label(self, spec):
         return f"matryoshka-{spec.size}-k{spec.k}-{spec.matryoshka_weighting}"

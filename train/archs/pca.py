@@ -34,7 +34,7 @@ class PCA(Baseline):
         return self.normalize(SAESpec(self.name, d, 1, k=k, l1=0.0, latents=latents, **options))
 
     def normalize(self, spec):
-        return replace(spec, matryoshka_weighting="uw", aux_alpha=0.0)
+        return replace(super().normalize(spec), aux_alpha=0.0)
 
     def label(self, spec):
         return f"pca-k{spec.k}" if spec.latents is None else f"pca-{spec.size}-k{spec.k}"
