@@ -6,7 +6,8 @@ matrix by the decoder; ours touches only the k active latents per token in the d
 the encoder's backward. With --peers-python, the peers' own steps (bench/peer_steps.py) run
 in their venv within the same run, with no latent dead and with the same dead latents as ours. The encoder
 matmul alone, measured in the same run, is the floor. Goals: none dead, ≥ 0.7× the matmul; 25% dead, ≥ 2×
-sparsify's step and ≥ 0.5× the matmul.
+sparsify's step and ≥ 0.5× the matmul. With --archs, other architectures' steps (defaults of
+`clipsae train`) against the TopK step, measured in the same run.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_step_options  # noqa: E402
 from clipsae.memory import keep_freed_memory  # noqa: E402
+from clipsae.train import archs  # noqa: E402
 from clipsae.train.dense import dense_forward  # noqa: E402
 from clipsae.train.sae import TrainingSAE, optimise  # noqa: E402
 from clipsae.train.spec import SAESpec  # noqa: E402
@@ -94,6 +96,7 @@ def main():
     ap.add_argument("--peers-python", default=None, help="Python of a venv with eai-sparsify and sae-lens")
     ap.add_argument("--dead-fraction", type=float, default=0.25,
                     help="Share of latents dead for the AuxK lines (k_aux = d/2); 0 skips them")
+    ap.add_argument("--archs", default="", help="comma list of other architectures to time against the TopK step")
     a = ap.parse_args()
     # As `clipsae train` runs; the reference and the peers' process (bench/peer_steps.py) get the same allocator.
     kept = keep_freed_memory()
@@ -124,6 +127,11 @@ def main():
                     print(f"  {name + ' step':22} {r:10,.0f} tokens/s   clipsae / {name} {r_ours / r:.2f}")
                 else:
                     print(f"  {name}: {r}")
+    for name in filter(None, a.archs.split(",")):
+        other = archs.get(name).spec(a.d, a.expansion, a.k, 5.0, l0_coefficient=1.0, bandwidth=0.05)
+        r_other = rate(ours(other, x, bf16), a.batch, a.steps)
+        print(f"{name} step (its defaults): {r_other:10,.0f} tokens/s   vs the TopK step (none dead) "
+              f"{r_other / ratios[0][1]:.2f}, vs the matmul {r_other / r_mm:.2f}")
     # A shared machine's speed drifts: the reference measured again, and the faster of the two taken, so
     # that a slow moment at the start does not flatter the ratios above.
     r_mm_end = rate(encoder_matmul(spec, x, bf16), a.batch, a.steps)

@@ -20,6 +20,7 @@ from clipsae.train.data import holdout_mask
 from clipsae.train.request import TrainRequest
 from clipsae.train.spec import SAESpec
 
+DEFAULT_K = "32"
 SWEEP_KEYS = ("arch", "expansion", "k", "l1", "latents", "l0_coefficient", "target_l0")
 _REQUEST = {f.name for f in fields(TrainRequest)} - {"store"}
 _SETTINGS = {f.name for f in fields(RunSettings)}
@@ -119,7 +120,9 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
         raise ClipsaeError(f"{store} holds no complete images; run `clipsae extract` first")
     arch_options = {"aux_alpha": req.aux_alpha, "matryoshka_weighting": req.matryoshka_weighting,
                     "bandwidth": req.bandwidth, "sparsity_warmup": req.sparsity_warmup}
-    values = {"arch": req.arch, "expansion": req.expansion, "k": req.k, "l1": req.l1, "latents": req.latents,
+    if req.k is None and "mp" in parse_list(str, req.arch, "--arch"):
+        raise ClipsaeError("--arch mp needs --k, the pursuit's steps per token (each costs an encoder product)")
+    values = {"arch": req.arch, "expansion": req.expansion, "k": req.k or DEFAULT_K, "l1": req.l1, "latents": req.latents,
               "l0_coefficient": req.l0_coefficient, "target_l0": req.target_l0}
     specs = (_specs(values, d, arch_options) if req.sweep is None
              else _sweep_specs(Path(req.sweep), values, d, arch_options))

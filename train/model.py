@@ -92,6 +92,19 @@ def _seminmf(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes.from_mask(z, z > 0)
 
 
+def _matching_pursuit(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    # MP-SAE's code (train/archs/mp.py): z_BN = (x − b_dec)·W_encᵀ are the correlations with the atoms
+    # (W_enc = s·D, W_dec = D/s, so W_enc[j]·W_decᵀ is atom j's row of the atoms' Gram matrix); k greedy
+    # picks of the largest, each added to the code and its Gram row times its value taken off the rest.
+    c = z_BN.clone()
+    f = torch.zeros_like(z_BN)
+    for _ in range(model.k):
+        v, j = c.max(1)
+        f.scatter_add_(1, j[:, None], v[:, None])
+        c -= v[:, None] * (model.W_enc[j] @ model.W_dec.T)
+    return SparseCodes.from_mask(f, f != 0)
+
+
 def _jumprelu(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes.from_mask(z_BN, (z_BN > model.threshold) & (z_BN > 0))
 
@@ -118,6 +131,7 @@ ACTIVATIONS = {
     "onehot": Activation(_onehot, one_per_row=True),
     "seminmf": Activation(_seminmf, dense=True),
     "jumprelu": Activation(_jumprelu, needs_threshold=True),
+    "mp": Activation(_matching_pursuit, needs_k=True),
 }
 
 
@@ -134,8 +148,9 @@ class SparseAutoencoder(nn.Module):
     ``architecture`` is ``standard`` (f = ReLU(z)), ``topk`` (the k largest of ReLU(z)),
     ``topk_signed`` (the k largest of z, negative ones included), ``topk_abs`` (the k largest |z|, coded as |z|),
     ``topk_magnitude`` (the k largest |z|, coded as z: the PCA baseline), ``onehot`` (1 at the largest z: the
-    k-means baseline), ``seminmf`` (the non-negative z with x ≈ z·W_dec, dense: the NMF baseline) or
-    ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent), with
+    k-means baseline), ``seminmf`` (the non-negative z with x ≈ z·W_dec, dense: the NMF baseline),
+    ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent) or ``mp`` (k greedy matching-pursuit picks
+    against the residual, from z as the correlations: the MP-SAE), with
     z = (x − b_dec·apply_b_dec_to_input) W_encᵀ + b_enc, scaled by ‖W_dec row‖ when
     ``rescale_acts_by_decoder_norm`` (a SAELens TopK option; decoding then divides by it).
     ``identity`` says where the weights came from (path, format, sha256) once loaded from disk.

@@ -25,8 +25,8 @@ class TrainRequest:
     """Latents per input dimension, n = expansion · d; a comma list sweeps."""
     latents: str | None = option(None, shown_default="expansion · d")
     """The number of latents n, instead of --expansion (a baseline may have fewer than d: PCA's top components, k-means' centroids, NMF's concepts); a comma list sweeps."""
-    k: str = option("32")
-    """Active latents per token (TopK family); a comma list sweeps."""
+    k: str | None = option(None, shown_default="32; mp needs it given")
+    """Active latents per token (TopK family), or the pursuit's steps (mp); a comma list sweeps."""
     l1: str = option("5")
     """L1 coefficient λ of the relu and gated SAEs; a comma list sweeps."""
     seed: str = option("0")

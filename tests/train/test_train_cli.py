@@ -47,6 +47,7 @@ QUALITY = {
     # planted L0 (3) by themselves, as TopK is told it by --k.
     "jumprelu": ["--expansion", "4", "--steps", "1000"],
     "gated": ["--expansion", "4", "--steps", "1000"],
+    "mp": ["--expansion", "4", "--k", "4", "--steps", "1000"],
 }
 
 
@@ -173,6 +174,12 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small,
     assert len(said) == 1 and "non-finite" in err and "last good checkpoint" in err
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert all(torch.isfinite(v).all() for s in ckpt["saes"] for v in s.values() if v.is_floating_point())
+
+
+def test_mp_without_k_is_refused_in_one_line(small, tmp_path, run_cli):
+    code, _, err = run_cli("train", "--store", small, "--hook", "a", "--arch", "mp", "--out", tmp_path / "mp")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "--arch mp needs --k" in err
+    assert not (tmp_path / "mp").exists()
 
 
 @pytest.mark.parametrize("extra, message", [

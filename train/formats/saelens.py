@@ -40,9 +40,20 @@ def read_folder(p: Path, weights: str, device: str) -> tuple[dict, dict]:
     return cfg, w
 
 
+def _gated_as_jumprelu(w: dict, p: Path) -> dict:
+    """A SAELens gated SAE as the JumpReLU it equals: its gate (x′W + b_gate > 0) is the magnitude path's
+    z = x′(W ⊙ exp(r_mag)) + b_mag above θ = b_mag − exp(r_mag)·b_gate, and its code is ReLU(z) there."""
+    need_tensors(w, ("W_enc", "W_dec", "b_dec", "b_gate", "r_mag", "b_mag"), p)
+    r = w["r_mag"].exp()
+    return {"W_enc": w["W_enc"] * r, "b_enc": w["b_mag"], "W_dec": w["W_dec"], "b_dec": w["b_dec"],
+            "threshold": w["b_mag"] - r * w["b_gate"]}
+
+
 def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
     cfg, w = read_folder(p, WEIGHTS, device)
     arch = cfg.get("architecture", "standard")
+    if arch == "gated":
+        w, arch = _gated_as_jumprelu(w, p), "jumprelu"
     need_tensors(w, ("W_enc", "b_enc", "W_dec", "b_dec"), p)
     norm = cfg.get("normalize_activations") or "none"
     if norm not in NORMS:

@@ -46,3 +46,21 @@ def test_the_export_is_a_jumprelu_that_encodes_as_the_gated_sae():
         assert model.architecture == "jumprelu"
         torch.testing.assert_close(model.encode(x), want, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(model(x), (want @ sae.W_dec + sae.b_dec) / scale, rtol=1e-4, atol=1e-5)
+
+
+def test_a_saelens_gated_folder_reads_as_its_gated_encode(tmp_path):
+    """A folder as SAELens saves a gated SAE (its encode: active = (x′W + b_gate > 0), acts = active·ReLU(x′(W ⊙
+    exp(r_mag)) + b_mag)), read as the JumpReLU it equals."""
+    from tests.analysis.helpers import saelens_dir
+
+    g = torch.Generator().manual_seed(4)
+    w = {"W_enc": torch.randn(D, 24, generator=g) / 4, "W_dec": torch.randn(24, D, generator=g),
+         "b_dec": torch.randn(D, generator=g) * 0.1, "b_gate": torch.randn(24, generator=g) * 0.3,
+         "r_mag": torch.randn(24, generator=g) * 0.3, "b_mag": torch.randn(24, generator=g) * 0.3}
+    from clipsae.train import load_sae
+
+    sae = load_sae(saelens_dir(tmp_path / "g", {"architecture": "gated"}, w))
+    x = torch.randn(128, D, generator=g)
+    xc = x - w["b_dec"]
+    want = ((xc @ w["W_enc"] + w["b_gate"]) > 0).float() * F.relu(xc @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"])
+    torch.testing.assert_close(sae.encode(x), want, rtol=1e-5, atol=1e-6)

@@ -61,9 +61,9 @@ def test_the_loss_is_reconstruction_plus_the_sparsity_term(target):
     assert torch.allclose(out.l0, (f > 0).float().sum(1).mean())
 
 
-def trained_a_little(arch: str, steps: int = 20, **options) -> TrainingSAE:
+def trained_a_little(arch: str, steps: int = 20, k: int = 4, **options) -> TrainingSAE:
     """A small SAE of ``arch`` after a few Adam steps on random rows, its thresholds and gates moved."""
-    spec = archs.get(arch).spec(D, 2, k=32, l1=1.0, **options)
+    spec = archs.get(arch).spec(D, 2, k=k, l1=1.0, **options)
     sae = TrainingSAE(spec, 0)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(1)
