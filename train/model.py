@@ -92,6 +92,14 @@ def _seminmf(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     return SparseCodes.from_mask(z, z > 0)
 
 
+def _groupmax(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
+    # sparsify's "groupmax": the latents in k contiguous groups of n/k, and the largest of each group's
+    # ReLU(z) its one code (zeros are not codes).
+    vals_BK, within_BK = F.relu(z_BN).unflatten(-1, (model.k, -1)).max(-1)
+    width = z_BN.shape[-1] // model.k
+    return positive_codes(vals_BK, within_BK + torch.arange(0, z_BN.shape[-1], width, device=z_BN.device))
+
+
 def _matching_pursuit(model: "SparseAutoencoder", z_BN: torch.Tensor) -> SparseCodes:
     # MP-SAE's code (train/archs/mp.py): z_BN = (x − b_dec)·W_encᵀ are the correlations with the atoms
     # (W_enc = s·D, W_dec = D/s, so W_enc[j]·W_decᵀ is atom j's row of the atoms' Gram matrix); k greedy
@@ -132,6 +140,7 @@ ACTIVATIONS = {
     "seminmf": Activation(_seminmf, dense=True),
     "jumprelu": Activation(_jumprelu, needs_threshold=True),
     "mp": Activation(_matching_pursuit, needs_k=True),
+    "groupmax": Activation(_groupmax, needs_k=True),
 }
 
 
@@ -149,8 +158,9 @@ class SparseAutoencoder(nn.Module):
     ``topk_signed`` (the k largest of z, negative ones included), ``topk_abs`` (the k largest |z|, coded as |z|),
     ``topk_magnitude`` (the k largest |z|, coded as z: the PCA baseline), ``onehot`` (1 at the largest z: the
     k-means baseline), ``seminmf`` (the non-negative z with x ≈ z·W_dec, dense: the NMF baseline),
-    ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent) or ``mp`` (k greedy matching-pursuit picks
-    against the residual, from z as the correlations: the MP-SAE), with
+    ``jumprelu`` (f = ReLU(z)·1[z > threshold], per latent), ``mp`` (k greedy matching-pursuit picks
+    against the residual, from z as the correlations: the MP-SAE) or ``groupmax`` (the largest ReLU(z) of
+    each of k contiguous groups of latents: sparsify's), with
     z = (x − b_dec·apply_b_dec_to_input) W_encᵀ + b_enc, scaled by ‖W_dec row‖ when
     ``rescale_acts_by_decoder_norm`` (a SAELens TopK option; decoding then divides by it).
     ``identity`` says where the weights came from (path, format, sha256) once loaded from disk.

@@ -86,6 +86,29 @@ def test_sparsify_checkpoint_encodes_as_sparsify_does(tmp_path):
     assert sae.identity["format"] == "sparsify" and sae.architecture == "topk" and sae.k == 6
 
 
+def test_sparsify_groupmax_takes_the_largest_of_each_group(tmp_path):
+    w = _weights()
+    path = tmp_path / "layers.3"
+    path.mkdir()
+    k = 4
+    (path / "cfg.json").write_text(json.dumps({"activation": "groupmax", "num_latents": N, "k": k, "d_in": D,
+                                               "skip_connection": False, "transcode": False}))
+    save_file({"encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"], "W_dec": w["W_dec"],
+               "b_dec": w["b_dec"]}, str(path / "sae.safetensors"))
+    sae = load_sae(path)
+    x = _x()
+    # sparsify's select_topk for groupmax: z.unflatten(-1, (k, -1)).max(-1), indices offset by each group's start.
+    pre = torch.relu(torch.nn.functional.linear(x - w["b_dec"], w["W_enc"].T, w["b_enc"]))
+    vals, idx = pre.unflatten(-1, (k, -1)).max(-1)
+    idx = idx + torch.arange(0, N, N // k)
+    dense = torch.zeros_like(pre).scatter(-1, idx, vals)
+    torch.testing.assert_close(sae.encode(x), dense)
+    torch.testing.assert_close(sae.decode_sparse(sae.encode_sparse(x)), dense @ w["W_dec"] + w["b_dec"])
+    (path / "cfg.json").write_text(json.dumps({"activation": "groupmax", "num_latents": N, "k": 7, "d_in": D}))
+    with pytest.raises(ClipsaeError, match="must split into k groups of equal size"):
+        load_sae(path)
+
+
 @pytest.mark.parametrize("arch, kw", [("standard", {}), ("topk", {"k": 7}), ("jumprelu", {"threshold": torch.full((N,), 0.2)})])
 def test_sparse_encoding_equals_dense_encoding(arch, kw):
     w = _weights(3)
@@ -133,7 +156,7 @@ def test_sweep_directory_points_to_its_saes(tmp_path):
 
 
 @pytest.mark.parametrize("cfg, tensors, message", [
-    ({"architecture": "gated"}, _weights(), "unsupported SAE architecture 'gated'"),
+    ({"architecture": "skip_transcoder"}, _weights(), "unsupported SAE architecture 'skip_transcoder'"),
     ({"architecture": "standard", "normalize_activations": "expected_average_only_in"}, _weights(),
      "normalize_activations 'expected_average_only_in' is not supported.*scaling factor"),
     ({"architecture": "jumprelu"}, _weights(), "holds no threshold"),
@@ -151,9 +174,9 @@ def test_unsupported_or_broken_saelens_directory_gets_one_line(tmp_path, cfg, te
 def test_unsupported_sparsify_option_gets_one_line(tmp_path):
     path = tmp_path / "s"
     path.mkdir()
-    (path / "cfg.json").write_text(json.dumps({"activation": "groupmax", "k": 4, "d_in": D}))
+    (path / "cfg.json").write_text(json.dumps({"activation": "softmax", "k": 4, "d_in": D}))
     save_file({"x": torch.zeros(1)}, str(path / "sae.safetensors"))
-    with pytest.raises(ClipsaeError, match="sparsify activation='groupmax' is not supported"):
+    with pytest.raises(ClipsaeError, match="sparsify activation='softmax' is not supported; clipsae reads topk and groupmax"):
         load_sae(path)
 
 

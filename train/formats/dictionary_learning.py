@@ -11,6 +11,11 @@ whose ``trainer.dict_class`` names the class that wrote it. Each class's own ``e
 - ``JumpReluAutoEncoder``: ReLU(z·1[z > threshold]) with z = x·W_enc + b_enc (no b_dec subtracted).
 - ``AutoEncoderNew`` (Anthropic's April 2024 update): f = ReLU(encoder(x)), no bias subtracted;
   x̂ = decoder(f), whose ``decoder.bias`` is the decoder bias. Codes are ``encode``'s, unscaled.
+
+An interrupted run's ``ae.pt`` holds ``{step, ae, optimizer, config, norm_factor}``: ``ae`` is the state dict
+of an SAE trained on x / norm_factor (with ``normalize_activations``), which the finished run would have
+turned into one for raw x by its ``scale_biases(norm_factor)``: every bias and threshold times norm_factor
+(the codes are then norm_factor times the trained SAE's). We do the same; norm_factor None means no scaling.
 """
 
 import json
@@ -80,6 +85,21 @@ CLASSES = {"AutoEncoder": _autoencoder, "AutoEncoderNew": _autoencoder_new, "Aut
            "MatryoshkaBatchTopKSAE": _matryoshka, "JumpReluAutoEncoder": _jumprelu}
 
 
+SCALED_BY_NORM_FACTOR = ("encoder.bias", "bias", "decoder.bias", "b_enc", "b_dec", "threshold")
+
+
+def _finished(ckpt: dict, p: Path) -> dict:
+    """The state dict an interrupted run's checkpoint would have been saved as at the end (module docstring)."""
+    nf = ckpt.get("norm_factor")
+    if nf is None:
+        return ckpt["ae"]
+    try:
+        nf = float(nf)
+    except (TypeError, ValueError):
+        raise ClipsaeError(f"{p / WEIGHTS}: norm_factor {nf!r} is not a number") from None
+    return {k: v * nf if k in SCALED_BY_NORM_FACTOR else v for k, v in ckpt["ae"].items()}
+
+
 def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
     cfg = _config(p)
     if cfg is None:
@@ -91,6 +111,8 @@ def load(p: Path, device: str) -> tuple[SparseAutoencoder, Path]:
     w = torch_load(p / WEIGHTS, device)
     if not isinstance(w, dict):
         raise ClipsaeError(f"{p / WEIGHTS} is not a state dict")
+    if isinstance(w.get("ae"), dict) and "step" in w:
+        w = _finished(w, p)
     return CLASSES[dict_class](w, p, {"format": "dictionary_learning", **cfg["trainer"]}), p / WEIGHTS
 
 

@@ -105,3 +105,17 @@ def test_a_file_that_pickles_code_is_refused_naming_what_it_pickles(tmp_path, ca
     with pytest.raises(ClipsaeError, match=r"pickles posix.system beside its tensors, and clipsae runs no pickled code"):
         load_sae(path)
     assert "the pickle ran" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("dict_class", ["AutoEncoderTopK", "JumpReluAutoEncoder", "AutoEncoder"])
+def test_an_interrupted_runs_checkpoint_reads_as_the_finished_run_would_have_saved_it(tmp_path, dict_class):
+    """``{step, ae, optimizer, config, norm_factor}``: ``ae`` trained on x / norm_factor, read for raw x."""
+    w, nf = state_dict(dict_class), 2.5
+    path = folder(tmp_path / "trainer_0", dict_class, w)
+    torch.save({"step": 1200, "ae": w, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+                "config": {"dict_class": dict_class}, "norm_factor": nf}, path / "ae.pt")
+    sae = load_sae(path)
+    x = torch.randn(40, D, generator=_g(2)) * 3
+    f, recon = reference(dict_class, w, x / nf)  # the trained SAE on the inputs it was trained on
+    torch.testing.assert_close(sae.encode(x), nf * f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), nf * recon, atol=1e-4, rtol=1e-5)
