@@ -119,7 +119,8 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
     if st.n_images == 0:
         raise ClipsaeError(f"{store} holds no complete images; run `clipsae extract` first")
     arch_options = {"aux_alpha": req.aux_alpha, "matryoshka_weighting": req.matryoshka_weighting,
-                    "bandwidth": req.bandwidth, "sparsity_warmup": req.sparsity_warmup}
+                    "bandwidth": req.bandwidth, "sparsity_warmup": req.sparsity_warmup,
+                    "candidates": req.candidates or 0, "delta": req.delta}
     if req.k is None and "mp" in parse_list(str, req.arch, "--arch"):
         raise ClipsaeError("--arch mp needs --k, the pursuit's steps per token (each costs an encoder product)")
     values = {"arch": req.arch, "expansion": req.expansion, "k": req.k or DEFAULT_K, "l1": req.l1, "latents": req.latents,
@@ -165,6 +166,7 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
                       saes=tuple(specs), steps=steps, device=str(dev))
     for spec in specs:
         archs.get(spec.arch).check_run(spec, steps, batch_size)
+        archs.get(spec.arch).check_rows(spec, train_rows)
     if steps < MEANINGFUL_STEPS:
         notes.append(f"{steps} steps is too short to mean anything: SAEs are trained for 10^4-10^5 steps (this run's "
                      f"learning rate warms up over its first {cfg.warmup:,}, a tenth of it at most); use --steps "

@@ -20,7 +20,7 @@ class TrainRequest:
     tokens: str = option("all", choices=TOKEN_MODES)
     """Which stored tokens become training rows: cls, patches or all."""
     arch: str = option("topk")
-    """relu, topk, batchtopk, matryoshka, jumprelu or gated, or the baselines pca, kmeans, nmf and random; a comma list sweeps (an empty item is refused)."""
+    """relu, topk, batchtopk, matryoshka, jumprelu, gated, archetypal or mp, or the baselines pca, kmeans, nmf and random; a comma list sweeps (an empty item is refused)."""
     expansion: str = option("16")
     """Latents per input dimension, n = expansion · d; a comma list sweeps."""
     latents: str | None = option(None, shown_default="expansion · d")
@@ -54,6 +54,10 @@ class TrainRequest:
     """JumpReLU's straight-through bandwidth ε, in units of the pre-activations of inputs scaled to E‖x‖ = √d."""
     sparsity_warmup: int = option(0, at_least=0)
     """Steps over which JumpReLU's sparsity weight rises from 0 to c."""
+    candidates: int | None = option(None, at_least=1, shown_default="the number of latents")
+    """Archetypal's candidate points: k-means centroids of up to 16,384 sampled training rows, the atoms' convex hull."""
+    delta: float = option(1.0, at_least=0)
+    """Archetypal's bound δ on each atom's relaxation Λ_i (its norm), in units of inputs scaled to E‖x‖ = √d."""
 
     def __post_init__(self):
         check(self)

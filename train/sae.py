@@ -59,7 +59,10 @@ class TrainingSAE(nn.Module):
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
-        """Remove from each feature's gradient its component along the feature."""
+        """Remove from each feature's gradient its component along the feature (where W_dec is a parameter: an
+        archetypal SAE's is made from others)."""
+        if not isinstance(self.W_dec, nn.Parameter):
+            return
         g, W = self.W_dec.grad, self.W_dec
         if g is not None:
             # In place, with no (d_sae, d) temporary: two passes over g instead of four.
@@ -67,7 +70,9 @@ class TrainingSAE(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        """Put every feature back on the unit sphere after an optimiser step."""
+        """Put every feature back on the unit sphere after an optimiser step (where W_dec is a parameter)."""
+        if not isinstance(self.W_dec, nn.Parameter):
+            return
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     @torch.no_grad()
@@ -109,6 +114,7 @@ def optimise(sae: TrainingSAE, opt: torch.optim.Optimizer, x_BD: torch.Tensor, d
     sae.project_decoder_grad()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), clip)
     opt.step()
+    sae.arch.after_update(sae)
     sae.normalize_decoder()
     sae.track_firing(ranks.any_(out.fired_N), len(x_BD) * ranks.world)
     out.loss = out.loss.detach()

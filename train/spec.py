@@ -3,7 +3,8 @@
 from dataclasses import dataclass, field, replace
 
 # Options that only some architectures use: each says which in its ``options`` (train/archs/base.py).
-ARCH_OPTIONS = ("matryoshka_weighting", "bandwidth", "l0_coefficient", "target_l0", "sparsity_warmup")
+ARCH_OPTIONS = ("matryoshka_weighting", "bandwidth", "l0_coefficient", "target_l0", "sparsity_warmup", "candidates",
+                "delta")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class SAESpec:
     l0_coefficient: float = 0.0
     target_l0: float = 0.0
     sparsity_warmup: int = 0
+    # Archetypal's (train/archs/archetypal.py): candidate points (0: as many as latents) and the relaxation's bound
+    candidates: int = 0
+    delta: float = 0.0
 
     @property
     def d_sae(self) -> int:

@@ -25,8 +25,9 @@ def geometric_median(x_MD: torch.Tensor, iters: int = 200, tol: float = 1e-7) ->
     return y.float()
 
 
-def input_statistics(source: RowSource, max_rows: int, seed: int) -> tuple[float, torch.Tensor]:
-    """(s, geometric median of s·x): s = √d / E‖x‖ over up to ``max_rows`` training rows."""
+def input_statistics(source: RowSource, max_rows: int, seed: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """(s, geometric median of s·x, the sample of s·x it is the median of): s = √d / E‖x‖ over up to
+    ``max_rows`` training rows; the sample, up to 16,384 of them drawn across the rows read."""
     rng = np.random.default_rng(seed)
     total, count, keep = 0.0, 0, []
     for chunk, chunk_rows in source.iter_sample(seed):
@@ -49,4 +50,4 @@ def input_statistics(source: RowSource, max_rows: int, seed: int) -> tuple[float
         raise ClipsaeError(f"hook {source.hook} is all zeros; nothing to train on")
     scale = math.sqrt(source.d) / mean_norm
     sample = torch.cat(keep)[:GM_ROWS] * scale
-    return scale, geometric_median(sample)
+    return scale, geometric_median(sample), sample

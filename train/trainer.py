@@ -106,14 +106,19 @@ class Run:
     def initialise(self) -> None:
         """The input scale and b_dec's initial value (the median), computed once and sent to every process."""
         stats = torch.zeros(1 + self.train_source.d, dtype=torch.float64, device=self.device)
+        sample = None
         if self.ranks.is_main:
-            scale, median = input_statistics(self.train_source, self.cfg.scale_rows, self.cfg.seed)
+            scale, median, sample = input_statistics(self.train_source, self.cfg.scale_rows, self.cfg.seed)
             stats[0], stats[1:] = scale, median.to(self.device, torch.float64)
         self.ranks.broadcast_(stats)
         self.scale = float(stats[0])
         with torch.no_grad():
             for sae in self.saes:
                 sae.b_dec.copy_(stats[1:].to(sae.b_dec.dtype))
+                if sample is not None:
+                    sae.arch.initialise(sae, sample.to(self.device), self.cfg.seed)
+                for t in sae.state_dict().values():  # what process 0 initialised, on every process
+                    self.ranks.broadcast_(t)
 
     def check_finite(self) -> None:
         """Raise if some SAE's loss was not finite since the start, on any process (one read of the device)."""

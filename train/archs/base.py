@@ -90,8 +90,17 @@ class Architecture:
     def check_run(self, spec: SAESpec, steps: int, batch_size: int) -> None:
         """Refuse, in one line, a run too short for this architecture to be fitted at all."""
 
+    def check_rows(self, spec: SAESpec, n_rows: int) -> None:
+        """Refuse, in one line, a spec the training rows cannot serve (``n_rows`` of them)."""
+
     def setup(self, sae, run_seed: int) -> None:
         """Register the state this architecture keeps beside the SAE's weights (saved in checkpoints)."""
+
+    def initialise(self, sae, sample_MD: torch.Tensor, run_seed: int) -> None:
+        """Set state from a sample of scaled training rows, once before the first step (process 0's, then sent)."""
+
+    def after_update(self, sae) -> None:
+        """Project the parameters back onto their constraints after an optimiser step."""
 
     def inference_weights(self, sae, scale: float) -> tuple[torch.Tensor, ...]:
         """(W_enc, b_enc, W_dec, b_dec) on raw activations of the SAE trained on s·x (s = ``scale``):

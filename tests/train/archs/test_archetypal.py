@@ -1,0 +1,66 @@
+"""Archetypal SAE: atoms inside the candidates' convex hull plus a bounded relaxation, candidates from the
+store's rows, the constraints kept after every step, the export equal to the dictionary, its refusals."""
+
+import numpy as np
+import pytest
+import torch
+
+from clipsae.errors import ClipsaeError
+from clipsae.store.writer import write_store
+from clipsae.train import archs, load_sae
+from clipsae.train.archs.archetypal import dictionary
+from clipsae.train.configure import configure_training
+from clipsae.train.export import to_inference
+from clipsae.train.sae import TrainingSAE, optimise
+from clipsae.train.trainer import run_train
+from tests.train.planted import planted_dictionary
+
+D = 16
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    acts, _ = planted_dictionary(256, 2, D, 24, mean_active=2, seed=2)
+    path = tmp_path_factory.mktemp("ra") / "s.zarr"
+    write_store(path, {"a": acts}, [f"k{i:05d}" for i in range(len(acts))], attrs={"model": "planted"}, dtype="float32")
+    return path
+
+
+def test_steps_keep_w_row_stochastic_and_the_relaxation_within_delta():
+    spec = archs.get("archetypal").spec(D, 2, k=4, l1=0, candidates=40, delta=0.3)
+    sae = TrainingSAE(spec, 0)
+    g = torch.Generator().manual_seed(0)
+    sae.arch.initialise(sae, torch.randn(200, D, generator=g), 0)
+    assert torch.allclose(sae.W_dec, sae.candidates[:32])  # W starts as the identity: atom i on candidate i
+    opt = torch.optim.Adam(sae.parameters(), lr=5e-2)
+    for _ in range(15):
+        optimise(sae, opt, torch.randn(64, D, generator=g) * 2, None, clip=1.0)
+    W = sae.arch_W.detach()
+    assert (W >= 0).all() and torch.allclose(W.sum(1), torch.ones(32), atol=1e-5)
+    assert (sae.relax.detach().norm(dim=1) <= 0.3 + 1e-5).all() and sae.relax.detach().abs().max() > 0
+    scale = 2.0
+    model = to_inference(sae, scale)
+    torch.testing.assert_close(model.W_dec, dictionary(sae).detach() / scale)
+    assert model.architecture == "topk" and model.k == 4
+
+
+def test_candidates_are_k_means_centroids_of_the_stores_rows(store, tmp_path):
+    plan = configure_training(store, out=tmp_path / "r", arch="archetypal", expansion="2", k="3", candidates=8,
+                              batch_size=64, steps=5, holdout=0.0)
+    run = run_train(plan.cfg, quiet=True, store=plan.store, held=plan.held)
+    sae = load_sae(run.dirs["archetypal-x2-k3"])
+    rows = torch.from_numpy(plan.store.read("a", np.arange(plan.store.n_images)).reshape(-1, D))
+    # Every atom is within δ (in scaled units) of the centroids' hull, which lies inside the rows' hull:
+    # its norm stays below the largest row norm plus the relaxation.
+    scale = float(__import__("json").loads((run.dirs["archetypal-x2-k3"] / "cfg.json").read_text())["clipsae"]["scale"])
+    assert (sae.W_dec.norm(dim=1) * scale <= rows.norm(dim=1).max() * scale + 1.0 + 1e-4).all()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"delta": -0.5}, "--delta must be at least 0"),
+    ({"candidates": 100_000}, "--candidates 100000 is more than the 512 training rows"),
+])
+def test_bad_archetypal_options_are_refused_before_a_run_folder_exists(store, tmp_path, options, message):
+    with pytest.raises(ClipsaeError, match=message):
+        configure_training(store, out=tmp_path / "r", arch="archetypal", batch_size=64, k="3", holdout=0.0, **options)
+    assert not (tmp_path / "r").exists()
