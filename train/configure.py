@@ -162,11 +162,11 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
     settings["precision"] = run.precision or ("bf16" if dev.type == "cuda" else "fp32")
     settings["snapshot_every"] = int(run.snapshot_every)
     out = req.out if req.out is not None else Path("runs") / f"{st.path.name.removesuffix('.zarr')}-{hook}-{tokens}"
+    specs = [archs.get(spec.arch).fit_rows(spec, train_rows) for spec in specs]
     cfg = TrainConfig(**settings, store=st.path, store_images=st.n_images, hook=hook, tokens=tokens, out=Path(out),
                       saes=tuple(specs), steps=steps, device=str(dev))
     for spec in specs:
         archs.get(spec.arch).check_run(spec, steps, batch_size)
-        archs.get(spec.arch).check_rows(spec, train_rows)
     if steps < MEANINGFUL_STEPS:
         notes.append(f"{steps} steps is too short to mean anything: SAEs are trained for 10^4-10^5 steps (this run's "
                      f"learning rate warms up over its first {cfg.warmup:,}, a tenth of it at most); use --steps "

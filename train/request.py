@@ -54,7 +54,7 @@ class TrainRequest:
     """JumpReLU's straight-through bandwidth ε, in units of the pre-activations of inputs scaled to E‖x‖ = √d."""
     sparsity_warmup: int = option(0, at_least=0)
     """Steps over which JumpReLU's sparsity weight rises from 0 to c."""
-    candidates: int | None = option(None, at_least=1, shown_default="the number of latents")
+    candidates: int | None = option(None, at_least=1, shown_default="the number of latents, at most the rows sampled")
     """Archetypal's candidate points: k-means centroids of up to 16,384 sampled training rows, the atoms' convex hull."""
     delta: float = option(1.0, at_least=0)
     """Archetypal's bound δ on each atom's relaxation Λ_i (its norm), in units of inputs scaled to E‖x‖ = √d."""

@@ -149,8 +149,8 @@ the report of the resid.10 SAE's features (open it in a browser):
 
 
 def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, train_steps: int, shards: Path) -> Path:
-    """The resid.10 SAE's two seeds beside the PCA, k-means, NMF and untrained baselines and a JumpReLU and a Gated
-    SAE, scored alike: encoded,
+    """The resid.10 SAE's two seeds beside the PCA, k-means, NMF and untrained baselines and a JumpReLU, a Gated,
+    an Archetypal and an MP SAE, scored alike: encoded,
     sparse-probed, patch-probed, measured for absorption and compared in one table. Returns the comparison's folder."""
     from clipsae.analysis import commands
     from clipsae.analysis.encode import EncodeConfig, run_encode
@@ -162,11 +162,12 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
 
     click.echo("\nfitting the baselines on resid.10 from the same batches: PCA (top 16 projections by magnitude), "
                "k-means (768 centroids), saev's semi-NMF (64 concepts: its codes are dense, and 300 updates of "
-               "768 would take minutes here) and an untrained TopK SAE of the SAE's width; beside them, a JumpReLU and "
-               "a Gated SAE of that width on their default sparsity (they find their own L0)")
+               "768 would take minutes here) and an untrained TopK SAE of the SAE's width; beside them, the other "
+               "architectures at that width: JumpReLU and Gated on their default sparsity (they find their own L0), "
+               "an Archetypal SAE and a Matching-Pursuit SAE of 16 picks")
     dirs = {}
     for arch, width in (("pca,kmeans", {"expansion": 1}), ("nmf", {"latents": 64}), ("random", {"expansion": DEMO_EXPANSION}),
-                        ("jumprelu,gated", {"expansion": DEMO_EXPANSION})):
+                        ("jumprelu,gated,archetypal,mp", {"expansion": DEMO_EXPANSION})):
         plan = configure_training(store_path, hook="resid.10", tokens="all", arch=arch, k=16, **width,
                                   batch_size=DEMO_BATCH, steps=train_steps, holdout=0.1, eval_every=50,
                                   out=root / "runs" / f"baselines-{arch.replace(',', '-')}-resid.10")

@@ -32,7 +32,8 @@ def test_demo_writes_shards_extracts_trains_encodes_and_analyses(tmp_path, run_c
     baselines = (tmp_path / "demo" / "baselines-compare" / "compare.csv").read_text().splitlines()
     assert [line.split(",")[1] for line in baselines[1:]] == [
         "topk-resid.10+topk-resid.10-seed1", "pca-k16-resid.10", "kmeans-x1-resid.10", "nmf-n64-resid.10",
-        "random-x1-k16-resid.10", "jumprelu-x1-c1-resid.10", "gated-x1-l1_5-resid.10"]
+        "random-x1-k16-resid.10", "jumprelu-x1-c1-resid.10", "gated-x1-l1_5-resid.10", "archetypal-x1-k16-resid.10",
+        "mp-x1-k16-resid.10"]
     assert (tmp_path / "demo" / "baselines-compare" / "compare.html").stat().st_size > 0
     header = baselines[0].split(",")
     patch_map = [line.split(",")[header.index("patch_map")] for line in baselines[1:]]

@@ -18,6 +18,8 @@ The encoder and the loss are TopK's (``--k``, AuxK for dead latents). Saved as S
 W_dec = D, which every analysis reads; W, C and Λ stay in the run's checkpoint.
 """
 
+from dataclasses import replace
+
 import torch
 
 from clipsae.errors import ClipsaeError
@@ -62,15 +64,18 @@ class Archetypal(TopK):
         return f"archetypal-{spec.size}-k{spec.k}"
 
     def n_candidates(self, spec) -> int:
+        """m: settled by ``fit_rows`` before training (one per latent by default, at most the sample's rows)."""
         return spec.candidates or spec.d_sae
 
-    def check_rows(self, spec, n_rows):
+    def fit_rows(self, spec, n_rows):
         sampled = min(n_rows, GM_ROWS)
-        m = self.n_candidates(spec)
-        if m > sampled:
-            given = f"--candidates {m}" if spec.candidates else f"{m} candidates (one per latent, the default)"
-            raise ClipsaeError(f"{given} is more than the {sampled:,} training rows sampled for them (the store's "
-                               f"training rows, at most {GM_ROWS:,}); give --candidates {sampled} or fewer")
+        if not spec.candidates:  # the default: one per latent, as many as the sample holds
+            return replace(spec, candidates=min(spec.d_sae, sampled))
+        if spec.candidates > sampled:
+            raise ClipsaeError(f"--candidates {spec.candidates} is more than the {sampled:,} training rows sampled "
+                               f"for them (the store's training rows, at most {GM_ROWS:,}); give --candidates "
+                               f"{sampled} or fewer")
+        return spec
 
     def setup(self, sae, run_seed):
         n, d, m = sae.spec.d_sae, sae.spec.d, self.n_candidates(sae.spec)

@@ -90,8 +90,9 @@ class Architecture:
     def check_run(self, spec: SAESpec, steps: int, batch_size: int) -> None:
         """Refuse, in one line, a run too short for this architecture to be fitted at all."""
 
-    def check_rows(self, spec: SAESpec, n_rows: int) -> None:
-        """Refuse, in one line, a spec the training rows cannot serve (``n_rows`` of them)."""
+    def fit_rows(self, spec: SAESpec, n_rows: int) -> SAESpec:
+        """The spec with what depends on the ``n_rows`` training rows settled; one line where they cannot serve it."""
+        return spec
 
     def setup(self, sae, run_seed: int) -> None:
         """Register the state this architecture keeps beside the SAE's weights (saved in checkpoints)."""

@@ -59,6 +59,7 @@ def test_candidates_are_k_means_centroids_of_the_stores_rows(store, tmp_path):
 @pytest.mark.parametrize("options, message", [
     ({"delta": -0.5}, "--delta must be at least 0"),
     ({"candidates": 100_000}, "--candidates 100000 is more than the 512 training rows"),
+    ({"candidates": 0}, "--candidates must be at least 1"),
 ])
 def test_bad_archetypal_options_are_refused_before_a_run_folder_exists(store, tmp_path, options, message):
     with pytest.raises(ClipsaeError, match=message):
