@@ -168,20 +168,26 @@ def _create(cfg: ModelConfig) -> tuple[nn.Module, LoadedModel]:
     except Exception as exc:
         what = f"checkpoint {checkpoint}" if checkpoint else f"pretrained weights {pretrained!r}"
         raise ClipsaeError(f"could not load {what} for {cfg.name}: {type(exc).__name__}: {exc}") from exc
-    visual = model.visual.eval()
+    versions = {"open_clip_version": open_clip.__version__}
+    return model, _described(model.visual.eval(), preprocess, cfg, weights_id, checkpoint, versions)
+
+
+def _described(visual: nn.Module, preprocess, cfg: ModelConfig, weights_id: str, checkpoint: Path | None,
+               versions: dict) -> LoadedModel:
+    """The tower with the identity a store must match and the provenance it keeps."""
     identity = {
         "model": cfg.name,
         "pretrained": weights_id,
         "preprocess": {k: v for k, v in describe_preprocess(preprocess).items() if k != "transforms"},
     }
     provenance = {
-        "pretrained_arg": pretrained,
+        "pretrained_arg": cfg.pretrained,
         "checkpoint_path": str(checkpoint) if checkpoint else None,
         "preprocess_transforms": repr(preprocess),
-        "open_clip_version": open_clip.__version__,
+        **versions,
         "torch_version": torch.__version__,
     }
-    return model, LoadedModel(visual, preprocess, identity, provenance)
+    return LoadedModel(visual, preprocess, identity, provenance)
 
 
 def _first_mismatch(model: nn.Module, state: dict) -> str | None:
@@ -246,19 +252,7 @@ def _create_timm(cfg: ModelConfig) -> tuple[nn.Module, LoadedModel]:
     data.update({k: tuple(v) for k, v in over.items() if k in ("mean", "std")})
     preprocess = create_transform(**data, is_training=False)
     visual = TimmAlone(trunk.eval(), tuple(data["input_size"][1:])).eval()
-    identity = {
-        "model": cfg.name,
-        "pretrained": weights_id,
-        "preprocess": {k: v for k, v in describe_preprocess(preprocess).items() if k != "transforms"},
-    }
-    provenance = {
-        "pretrained_arg": pretrained,
-        "checkpoint_path": str(checkpoint) if checkpoint else None,
-        "preprocess_transforms": repr(preprocess),
-        "timm_version": timm.__version__,
-        "torch_version": torch.__version__,
-    }
-    return visual, LoadedModel(visual, preprocess, identity, provenance)
+    return visual, _described(visual, preprocess, cfg, weights_id, checkpoint, {"timm_version": timm.__version__})
 
 
 def store_model_config(config: dict, provenance: dict, pretrained: str | None = None,
