@@ -71,7 +71,7 @@ def _specs(values: dict, d: int, options: dict, where: str = "--") -> list[SAESp
     return specs
 
 
-def _sweep_specs(path: Path, defaults: dict, d: int, options: dict) -> list[SAESpec]:
+def _sweep_specs(path: Path, defaults: dict, d: int, options: dict, k_given: bool) -> list[SAESpec]:
     try:
         entries = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -80,6 +80,8 @@ def _sweep_specs(path: Path, defaults: dict, d: int, options: dict) -> list[SAES
         raise ClipsaeError(f"--sweep {path} must hold a non-empty JSON list of objects")
     specs: list[SAESpec] = []
     for e in entries:
+        if str(e.get("arch", "")).strip() == "mp" and "k" not in e and not k_given:
+            raise ClipsaeError(f"--sweep {path}: an mp entry needs its k (the pursuit's steps per token), or give --k")
         unknown = set(e) - set(SWEEP_KEYS)
         if unknown:
             raise ClipsaeError(f"--sweep {path}: unknown keys {sorted(unknown)}; use {', '.join(SWEEP_KEYS)}")
@@ -121,12 +123,12 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
     arch_options = {"aux_alpha": req.aux_alpha, "matryoshka_weighting": req.matryoshka_weighting,
                     "bandwidth": req.bandwidth, "sparsity_warmup": req.sparsity_warmup,
                     "candidates": req.candidates or 0, "delta": req.delta}
-    if req.k is None and "mp" in parse_list(str, req.arch, "--arch"):
+    if req.k is None and "mp" in parse_list(str, req.arch, "--arch") and req.sweep is None:
         raise ClipsaeError("--arch mp needs --k, the pursuit's steps per token (each costs an encoder product)")
     values = {"arch": req.arch, "expansion": req.expansion, "k": req.k or DEFAULT_K, "l1": req.l1, "latents": req.latents,
               "l0_coefficient": req.l0_coefficient, "target_l0": req.target_l0}
     specs = (_specs(values, d, arch_options) if req.sweep is None
-             else _sweep_specs(Path(req.sweep), values, d, arch_options))
+             else _sweep_specs(Path(req.sweep), values, d, arch_options, req.k is not None))
     if len(seeds) > 1:
         specs = [replace(spec, seed=seed) for spec in specs for seed in seeds]
     tokens_total = req.tokens_total

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from clipsae.analysis.edits import Edit
-from clipsae.analysis.model.joint_space import directions_to_joint
+from clipsae.analysis.model.joint_space import points_to_joint
 from clipsae.analysis.model.splice import POOLED, model_positions, replaced
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.hooks import HookedForward, resolve_hooks, tower_for
@@ -94,9 +94,13 @@ def edited_positions(visual: nn.Module, store, codes, where: str) -> np.ndarray:
     hook the model cannot be re-run from); one line where ``where`` makes no sense at the hook."""
     positions = model_positions(visual, store, codes)
     if codes.hook not in POOLED and where in ("cls", "patches"):
-        prefixed = store.layout(codes.hook).prefix > 0 or tower_for(visual).prefix > 0
-        if not prefixed or (where == "cls" and not tower_for(visual).has_cls):
-            raise ClipsaeError(f"--where {where}: hook {codes.hook} has no CLS token; use --where all or firing")
+        tower = tower_for(visual)
+        if not tower.resolve(codes.hook).prefixed:
+            raise ClipsaeError(f"--where {where}: hook {codes.hook} is a feature map, with no CLS token and nothing "
+                               f"but positions; use --where all or firing")
+        if where == "cls" and not (tower.has_cls and 0 in positions):
+            why = "the tower has no CLS token" if not tower.has_cls else "the codes hold no CLS token"
+            raise ClipsaeError(f"--where cls: {why}; use --where patches, all or firing")
     return positions
 
 
@@ -108,7 +112,7 @@ def image_embeddings(visual: nn.Module, hook: str, model_positions: np.ndarray, 
     if hook in POOLED:
         pooled = HookedForward(visual, resolve_hooks(visual, [hook], "all"), "all")(images_NCHW)[hook]
         edited = intervened(sae, pooled, change, torch.zeros(1, dtype=torch.long, device=pooled.device))
-        return directions_to_joint(pooled[:, 0], visual, hook), directions_to_joint(edited[:, 0], visual, hook)
+        return points_to_joint(pooled[:, 0], visual, hook), points_to_joint(edited[:, 0], visual, hook)
     original = visual(images_NCHW)
     with replaced(visual, hook, model_positions, lambda x: intervened(sae, x, change, pos)):
         edited = visual(images_NCHW)

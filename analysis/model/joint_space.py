@@ -30,6 +30,16 @@ def directions_to_joint(d_FD: torch.Tensor, visual: nn.Module, hook: str) -> tor
     return to_joint(d_FD.detach().float())
 
 
+def points_to_joint(x_ND: torch.Tensor, visual: nn.Module, hook: str) -> torch.Tensor:
+    """(vectors, embedding dims): pooled vectors at ``hook`` as the model carries them to its image
+    embedding, biases included (where :func:`directions_to_joint` maps directions)."""
+    to_joint = tower_for(visual).point_map(hook)
+    if to_joint is None:
+        raise ClipsaeError(f"hook {hook} of this tower has no map to the image embedding; splice and intervene read "
+                           f"embed, attnpool, pooled and ln_post codes, or the residual stream")
+    return to_joint(x_ND.float())
+
+
 @torch.no_grad()
 def text_embeddings(model: nn.Module, tokenizer, words: list[str], prompt: str = PROMPT,
                     batch: int = 256, device: str = "cpu") -> torch.Tensor:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from clipsae.analysis.class_names import class_names
 from clipsae.analysis.images import iter_image_batches
-from clipsae.analysis.model.joint_space import PROMPT, directions_to_joint, text_embeddings
+from clipsae.analysis.model.joint_space import PROMPT, points_to_joint, text_embeddings
 from clipsae.analysis.output import SPLICE_FILE, write_json
 from clipsae.device import resolve_device
 from clipsae.errors import ClipsaeError
@@ -98,7 +98,7 @@ def spliced_embeddings(visual: nn.Module, hook: str, positions: np.ndarray, sae:
     if hook in POOLED:
         pooled = HookedForward(visual, resolve_hooks(visual, [hook], "all"), "all")(images_NCHW)[hook][:, 0]
         spliced, ablated = reconstruct(sae, pooled[:, None])[:, 0], mean_PD[0].expand_as(pooled)
-        return tuple(directions_to_joint(x, visual, hook) for x in (pooled, spliced, ablated, torch.zeros_like(pooled)))
+        return tuple(points_to_joint(x, visual, hook) for x in (pooled, spliced, ablated, torch.zeros_like(pooled)))
     original = visual(images_NCHW)
     with replaced(visual, hook, positions, lambda x: reconstruct(sae, x)):
         spliced = visual(images_NCHW)

@@ -94,6 +94,11 @@ class Tower:
         """A map of directions at ``hook`` into the image–text embedding space, where there is one."""
         return (lambda d: d) if hook == "embed" else None
 
+    def point_map(self, hook: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """A pooled hook's vectors carried to the image embedding, biases included (what the model does to
+        them, where :meth:`joint_map` carries directions); by default the joint map, which has no bias."""
+        return self.joint_map(hook)
+
     def mlp_out(self, block: int) -> torch.Tensor | None:
         """(neurons, d): the output direction of every MLP neuron of block ``block``, for a transformer."""
         return None

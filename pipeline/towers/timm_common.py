@@ -77,6 +77,14 @@ def _linear_chain(modules: list[nn.Module]) -> list[torch.Tensor] | None:
     return weights
 
 
+def pooled_point_map(visual: nn.Module):
+    """``pooled`` vectors to the tower's output, as its forward takes them: the trunk's classifier, then
+    open_clip's head (a timm model alone outputs its pooled features)."""
+    if alone(visual):
+        return lambda p: p
+    return lambda p: visual.head(visual.trunk.get_classifier()(p))
+
+
 def pooled_joint_map(visual: nn.Module):
     """``pooled`` into the image–text space through the trunk's classifier and open_clip's head, exact
     where both are linear (biases dropped: they move points, not directions); None otherwise."""

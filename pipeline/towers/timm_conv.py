@@ -7,7 +7,14 @@ tower's image embedding).
 """
 
 from clipsae.pipeline.towers import Block, Hook, Tower, register
-from clipsae.pipeline.towers.timm_common import head_hooks, pooled_and_embed, pooled_joint_map, refuse_embed, trunk_of
+from clipsae.pipeline.towers.timm_common import (
+    head_hooks,
+    pooled_and_embed,
+    pooled_joint_map,
+    pooled_point_map,
+    refuse_embed,
+    trunk_of,
+)
 
 
 @register
@@ -53,3 +60,6 @@ class TimmConv(Tower):
 
     def joint_map(self, hook):
         return pooled_joint_map(self.visual) if hook == "pooled" else super().joint_map(hook)
+
+    def point_map(self, hook):
+        return pooled_point_map(self.visual) if hook == "pooled" else super().point_map(hook)

@@ -17,7 +17,14 @@ from torch import nn
 
 from clipsae.errors import ClipsaeError
 from clipsae.pipeline.towers import Block, Hook, Tower, register
-from clipsae.pipeline.towers.timm_common import head_hooks, pooled_and_embed, pooled_joint_map, refuse_embed, trunk_of
+from clipsae.pipeline.towers.timm_common import (
+    head_hooks,
+    pooled_and_embed,
+    pooled_joint_map,
+    pooled_point_map,
+    refuse_embed,
+    trunk_of,
+)
 
 
 def _vit_like(trunk) -> bool:
@@ -85,7 +92,8 @@ class TimmViT(Tower):
         try:
             got = self.trunk.forward_intermediates(
                 images, indices=indices or [max(0, *(h.depth for h in hooks)) if not full else len(self.trunk.blocks) - 1],
-                return_prefix_tokens=True, norm=False, stop_early=not full, output_fmt="NLC", intermediates_only=not full)
+                # Eva's forward_intermediates fails asking for prefix tokens a trunk has none of (PE-Core).
+                return_prefix_tokens=self.trunk.num_prefix_tokens > 0, norm=False, stop_early=not full, output_fmt="NLC", intermediates_only=not full)
         finally:
             if handle is not None:
                 handle.remove()
@@ -110,6 +118,9 @@ class TimmViT(Tower):
 
     def joint_map(self, hook):
         return pooled_joint_map(self.visual) if hook == "pooled" else super().joint_map(hook)
+
+    def point_map(self, hook):
+        return pooled_point_map(self.visual) if hook == "pooled" else super().point_map(hook)
 
     def mlp_out(self, block):
         mlp = getattr(self.trunk.blocks[block], "mlp", None)

@@ -159,3 +159,37 @@ def test_timm_pretrained_tag_that_cannot_be_fetched_fails_in_one_line(small_shar
     err = p.stderr.read()
     assert err.startswith("error: could not load pretrained weights 'lvd142m' for timm model vit_small_patch14_reg4_dinov2")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s.zarr").exists()
+
+
+def test_an_eva_trunk_without_prefix_tokens_reads_its_patches():
+    """PE-Core's trunk (an Eva with neither CLS nor registers): timm's forward_intermediates refuses to split
+    off prefix tokens it has none of, so none are asked for."""
+    import timm
+
+    from clipsae.pipeline.towers.timm_common import TimmAlone
+
+    trunk = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0, class_token=False,
+                              global_pool="avg").eval()
+    visual = TimmAlone(trunk, (224, 224))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    forward = HookedForward(visual, resolve_hooks(visual, ["1", "norm"], "all"), "all")
+    (lay, _) = forward.layouts(torch.device("cpu"))
+    assert (lay.n_tokens, lay.prefix, lay.grid) == (256, 0, (16, 16))
+    torch.testing.assert_close(forward(x)["norm"], own_forward(visual, x, ["norm"])["norm"])
+
+
+def test_pooled_vectors_reach_the_embedding_with_the_heads_bias():
+    """EVA-02's trunk ends in a Linear with a bias: pooled vectors (points) go through it as the model takes
+    them, directions without the bias."""
+    from clipsae.pipeline.towers import tower_for
+
+    visual = load_model(ModelConfig("EVA02-B-16")).visual
+    with torch.no_grad():
+        visual.trunk.get_classifier().bias.normal_(0, 0.5)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    out = HookedForward(visual, resolve_hooks(visual, ["pooled", "embed"], "all"), "all")(x)
+    tower = tower_for(visual)
+    with torch.no_grad():
+        torch.testing.assert_close(tower.point_map("pooled")(out["pooled"][:, 0]), out["embed"][:, 0], rtol=1e-4, atol=1e-4)
+        d = out["pooled"][:, 0]
+        torch.testing.assert_close(tower.joint_map("pooled")(d), d @ visual.trunk.get_classifier().weight.T)

@@ -4,7 +4,8 @@ The step's gradient is zero almost everywhere; θ learns through the rectangle s
 estimator of bandwidth ε: ∂/∂θ of z·1[z > θ] is −(θ/ε)·1[|z − θ| < ε/2], and of 1[z > θ] it is
 −(1/ε)·1[|z − θ| < ε/2]. z keeps its exact gradient, 1[z > θ].
 
-Loss: ‖x̃ − x̂‖² / Σ‖x̃ − x̄‖² (the batch's variance, as the TopK family's), plus one sparsity term:
+Loss: (1/B) Σ_b ‖x̃_b − x̂_b‖² (SAELens's: a sum over dimensions, a mean over tokens, so that its
+coefficients carry over), plus one sparsity term:
 - the L0 penalty (SAELens's and the paper's, the default): c·w·E[Σ_i 1[z_i > θ_i]], with c
   ``--l0-coefficient`` and w rising linearly from 0 to 1 over ``--sparsity-warmup`` steps;
 - with ``--target-l0 T``, dictionary_learning's target loss instead: c·w·(L0/T − 1)², L0 the batch's
@@ -13,7 +14,8 @@ The penalty trades reconstruction against sparsity at a price per active latent:
 not seen tuned, it settles where a latent stops paying for itself (a planted dictionary: at its
 own L0). The target form gives the L0 asked for, as TopK does. Both are offered for that reason.
 
-θ is trained raw (used as ReLU(θ)), not as log θ: under Adam a log parameter moves θ by about θ·lr
+θ is trained raw and kept ≥ 0 by a projection after each step (SAELens's, since its PR #728: a ReLU in
+the forward would leave a θ that crossed 0 with no gradient, a plain ReLU latent for good), not as log θ: under Adam a log parameter moves θ by about θ·lr
 a step (10⁻⁶ at θ = 0.01), so thresholds barely leave their start; SAELens changed from log to raw
 in 6.48 (PR #718) for that reason, as dictionary_learning had. Initial θ 0.01 and bandwidth 0.05 are
 SAELens's defaults, made for inputs scaled to E‖x‖ = √d as ours are (the paper's ε = 0.001 is for
@@ -78,10 +80,18 @@ def warmup_weight(sae, warmup: int) -> torch.Tensor:
 
 
 def sparsity_term(spec, l0_B: torch.Tensor, w: torch.Tensor, ranks: Ranks) -> torch.Tensor:
-    """The L0 penalty or the target loss (module docstring) of this share's rows, as its part of the batch's."""
+    """The L0 penalty or the target loss (module docstring) of this share's rows, as its part of the batch's.
+
+    The target loss is not a sum over rows: with several processes, each one's part has the value of the
+    global batch's loss times its share and the gradient of the global loss through its own rows,
+    2c·w·(L0/T − 1)/T · ∂L0_share, with L0 the global batch's (summed across processes, not differentiated).
+    """
     l0 = l0_B.mean()
     if spec.target_l0 > 0:
-        return spec.l0_coefficient * w * (l0 / spec.target_l0 - 1).pow(2) * ranks.share
+        l0_global = ranks.sum_(l0.detach() * ranks.share)
+        gap = l0_global / spec.target_l0 - 1
+        slope = 2 * gap / spec.target_l0
+        return spec.l0_coefficient * w * (gap.pow(2) + slope * (l0 - l0.detach())) * ranks.share
     return spec.l0_coefficient * w * l0 * ranks.share
 
 
@@ -107,8 +117,8 @@ class JumpReLU(Architecture):
         return spec
 
     def label(self, spec):
-        how = f"l0_{spec.target_l0:g}" if spec.target_l0 > 0 else f"c{spec.l0_coefficient:g}"
-        return f"jumprelu-{spec.size}-{how}"
+        target = f"l0_{spec.target_l0:g}-" if spec.target_l0 > 0 else ""
+        return f"jumprelu-{spec.size}-{target}c{spec.l0_coefficient:g}"
 
     def setup(self, sae, run_seed):
         sae.jump_threshold = torch.nn.Parameter(torch.full((sae.spec.d_sae,), INITIAL_THRESHOLD))
@@ -117,7 +127,7 @@ class JumpReLU(Architecture):
     def loss(self, sae, x, dead_C, ranks=Ranks()):
         spec = sae.spec
         z = sae.pre_acts(x - sae.b_dec)
-        theta = sae.jump_threshold.relu()
+        theta = sae.jump_threshold
         f = jumprelu(z, theta, spec.bandwidth)
         x_hat = f @ sae.W_dec + sae.b_dec
         sse = (x - x_hat).pow(2).sum()
@@ -126,8 +136,12 @@ class JumpReLU(Architecture):
         active = f.detach() > 0
         return StepOutput(loss, sse.detach() / x.shape[0], active.sum(1).float().mean(), active.any(0))
 
+    @torch.no_grad()
+    def after_update(self, sae):
+        sae.jump_threshold.clamp_(min=0.0)
+
     def export_options(self, sae):
-        return {"threshold": sae.jump_threshold.detach().relu().float().cpu()}
+        return {"threshold": sae.jump_threshold.detach().float().cpu()}
 
 
 ARCH = JumpReLU()

@@ -10,6 +10,7 @@ import torch
 from clipsae.analysis.class_names import class_names
 from clipsae.analysis.edits import parse_edits
 from clipsae.analysis.model.intervene import Change, edit_codes, image_embeddings
+from clipsae.errors import ClipsaeError
 from clipsae.store.reader import ActivationStore
 from clipsae.train.codes import SparseCodes, row_offsets
 from tests.analysis.helpers import sae_weights, saelens_dir
@@ -184,3 +185,42 @@ def test_bad_interventions_are_one_line(vit_codes, run_cli, tmp_path, codes, arg
     store, _ = vit_codes
     code, _, err = run_cli("analyze", "intervene", "--store", store, "--codes", codes, "--out", tmp_path, "--quiet", *args)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def _tiny_eva(**kw):
+    import timm
+
+    from clipsae.pipeline.towers.timm_common import TimmAlone
+
+    trunk = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0, global_pool="avg", **kw)
+    return TimmAlone(trunk.eval(), (224, 224))
+
+
+def _layout_and_codes(n_tokens, cls_token, registers, positions):
+    from types import SimpleNamespace
+
+    from clipsae.store.layout import HookLayout
+
+    layout = HookLayout("resid.1", n_tokens, 192, cls_token=cls_token, grid=(16, 16), registers=registers)
+    return (SimpleNamespace(layout=lambda hook: layout),
+            SimpleNamespace(hook="resid.1", token_positions=np.asarray(positions)))
+
+
+def test_where_patches_on_a_tower_without_cls_edits_every_patch_and_cls_is_refused():
+    from clipsae.analysis.model.intervene import edited_positions
+
+    visual = _tiny_eva(class_token=False)
+    store, codes = _layout_and_codes(256, False, 0, range(256))
+    assert list(edited_positions(visual, store, codes, "patches")) == list(range(256))
+    with pytest.raises(ClipsaeError, match="--where cls: the tower has no CLS token"):
+        edited_positions(visual, store, codes, "cls")
+
+
+def test_where_cls_on_codes_of_patches_only_is_refused_and_their_positions_follow_the_registers():
+    from clipsae.analysis.model.intervene import edited_positions
+
+    visual = _tiny_eva(num_reg_tokens=4)  # CLS, then 4 registers, then the 16×16 patches
+    store, codes = _layout_and_codes(256, False, 0, range(256))  # stored with --tokens patches
+    assert list(edited_positions(visual, store, codes, "patches")) == list(range(5, 261))
+    with pytest.raises(ClipsaeError, match="--where cls: the codes hold no CLS token"):
+        edited_positions(visual, store, codes, "cls")

@@ -74,13 +74,13 @@ def trained_a_little(arch: str, steps: int = 20, k: int = 4, **options) -> Train
 
 def test_the_export_encodes_as_the_training_sae():
     sae = trained_a_little("jumprelu", l0_coefficient=0.5, bandwidth=0.05)
-    assert (sae.jump_threshold != 0.01).any()
+    assert (sae.jump_threshold != 0.01).any() and (sae.jump_threshold >= 0).all()
     scale = 1.7
     model = to_inference(sae, scale)
     x = torch.randn(32, D, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         z = (scale * x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
-        want = z * (z > sae.jump_threshold.relu())
+        want = z * (z > sae.jump_threshold)
     assert model.architecture == "jumprelu"
     torch.testing.assert_close(model.encode(x), want, rtol=1e-4, atol=1e-5)
 
@@ -110,5 +110,18 @@ def test_bad_sparsity_options_are_refused_before_a_run_folder_exists(store, tmp_
 
 def test_a_sweep_over_targets_trains_each_in_one_pass(store, tmp_path):
     run = _train(store, tmp_path / "s", arch="jumprelu", expansion="2", steps=10, target_l0="2,4")
-    assert sorted(run.dirs) == ["jumprelu-x2-l0_2", "jumprelu-x2-l0_4"]
+    assert sorted(run.dirs) == ["jumprelu-x2-l0_2-c1", "jumprelu-x2-l0_4-c1"]
     assert np.all([load_sae(d).architecture == "jumprelu" for d in run.dirs.values()])
+
+
+def test_a_threshold_at_zero_still_learns_and_steps_keep_thresholds_non_negative():
+    sae = TrainingSAE(archs.get("jumprelu").spec(D, 2, k=32, l1=0, l0_coefficient=1.0, bandwidth=0.05), 0)
+    with torch.no_grad():
+        sae.jump_threshold[:4] = 0.0
+    x = torch.randn(256, D, generator=torch.Generator().manual_seed(3)) * 0.05  # pre-activations near 0
+    sae(x).loss.backward()
+    assert (sae.jump_threshold.grad[:4] != 0).all()
+    with torch.no_grad():
+        sae.jump_threshold[4] = -0.3
+    sae.arch.after_update(sae)
+    assert (sae.jump_threshold >= 0).all()
