@@ -30,19 +30,10 @@ def resolve_hooks(visual: nn.Module, items: list[str], tokens: str) -> list[Hook
             raise ClipsaeError(f"hook {h.name} is a pooled vector with no patch tokens; use --tokens cls or all")
         if not h.pooled and tokens == "cls" and not (h.prefixed and tower.has_cls):
             what = "a feature map" if not h.prefixed else f"from a tower without a CLS token ({tower.family})"
-            instead = next((p.name for p in pooled), None) or _pooled_name(tower)
+            instead = next((p.name for p in pooled), None) or tower.pooled_hook
             raise ClipsaeError(f"hook {h.name} is {what}, with no CLS token; use --tokens patches or all, or the "
                                f"pooled hook {instead} for one vector per image")
     return hooks
-
-
-def _pooled_name(tower: Tower) -> str:
-    for name in ("pooled", "ln_post", "attnpool"):
-        try:
-            return tower.resolve(name).name
-        except ClipsaeError:
-            continue
-    return "embed"
 
 
 def meaning(hook: Hook, tower: Tower, tokens: str) -> str:

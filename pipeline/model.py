@@ -245,11 +245,10 @@ def _create_timm(cfg: ModelConfig) -> tuple[nn.Module, LoadedModel]:
                                f"{type(exc).__name__}: {exc}") from exc
         weights_id = pretrained
     data = resolve_data_config({}, model=trunk)
-    over = _preprocess_overrides(cfg, None) if not cfg.preprocess_like else {}
     if cfg.preprocess_like:
         raise ClipsaeError("--preprocess-like names open_clip tags; a timm model takes its preprocessing from its "
                            "data config (override with --image-mean and --image-std)")
-    data.update({k: tuple(v) for k, v in over.items() if k in ("mean", "std")})
+    data.update({k: tuple(v) for k, v in _preprocess_overrides(cfg, None).items() if k in ("mean", "std")})
     preprocess = create_transform(**data, is_training=False)
     visual = TimmAlone(trunk.eval(), tuple(data["input_size"][1:])).eval()
     return visual, _described(visual, preprocess, cfg, weights_id, checkpoint, {"timm_version": timm.__version__})

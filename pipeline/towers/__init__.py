@@ -46,6 +46,7 @@ class Tower:
 
     family = ""  # how messages and docs name the family
     hook_help = ""  # the hooks it offers, for a refusal
+    pooled_hook = "embed"  # its hook of one vector per image, named where a CLS token is asked of a tower with none
 
     def __init__(self, visual: nn.Module):
         self.visual = visual

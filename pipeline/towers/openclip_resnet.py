@@ -15,6 +15,7 @@ NAMED = ("layer1", "layer2", "layer3", "layer4", "attnpool")
 @register
 class OpenClipResNet(Tower):
     family = "ResNet"
+    pooled_hook = "attnpool"
     hook_help = "ResNet hooks are " + ", ".join(NAMED)
 
     @classmethod

@@ -16,6 +16,7 @@ NAMED = ("ln_pre", "ln_post", "embed")
 @register
 class OpenClipViT(Tower):
     family = "ViT"
+    pooled_hook = "ln_post"
     hook_help = "use block indices (negatives count from the end) or " + ", ".join(NAMED)
 
     @classmethod

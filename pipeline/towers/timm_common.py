@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from clipsae.errors import ClipsaeError
+from clipsae.pipeline.towers import Hook, Tower
 
 
 class TimmAlone(nn.Module):
@@ -56,8 +57,8 @@ def pooled_and_embed(visual: nn.Module, final: torch.Tensor, wanted: set[str]) -
             raise ClipsaeError(f"{type(trunk).__name__} pools in open_clip's head, not in the trunk: it has no pooled "
                                f"hook; use embed")
         out["pooled"] = (pooled[:, None], None)
-    if "embed" in wanted:
-        out["embed"] = (visual.head(trunk.forward_head(final))[:, None], None)
+    if "embed" in wanted:  # the head's last layer on the pooled features, not the pooling run twice
+        out["embed"] = (visual.head(trunk.get_classifier()(pooled))[:, None], None)
     return out
 
 
@@ -99,3 +100,29 @@ def pooled_joint_map(visual: nn.Module):
             d = d @ w.to(d.device).T
         return d
     return to_joint
+
+
+class TimmTower(Tower):
+    """What the timm families share: the trunk, the ``pooled`` and ``embed`` hooks after the trunk's last block
+    or stage, and their maps to the image embedding."""
+
+    pooled_hook = "pooled"
+
+    def __init__(self, visual):
+        super().__init__(visual)
+        self.trunk = trunk_of(visual)
+
+    def head_hook(self, item: str, depth: int) -> Hook | None:
+        """``pooled`` or ``embed``, read after block (or stage) ``depth``; None for any other item."""
+        if item == "pooled":
+            return Hook("pooled", depth, True, False, "the trunk's pooled features (trunk.forward_head, pre-logits)")
+        if item == "embed":
+            refuse_embed(self.visual, type(self.trunk).__name__)
+            return Hook("embed", depth, True, False, "image embedding: the tower's output (encode_image)")
+        return None
+
+    def joint_map(self, hook):
+        return pooled_joint_map(self.visual) if hook == "pooled" else super().joint_map(hook)
+
+    def point_map(self, hook):
+        return pooled_point_map(self.visual) if hook == "pooled" else super().point_map(hook)

@@ -6,24 +6,16 @@ Hooks: ``stage.i`` (output of ``trunk.stages[i]``, positions row-major as tokens
 tower's image embedding).
 """
 
-from clipsae.pipeline.towers import Block, Hook, Tower, register
-from clipsae.pipeline.towers.timm_common import (
-    head_hooks,
-    pooled_and_embed,
-    pooled_joint_map,
-    pooled_point_map,
-    refuse_embed,
-    trunk_of,
-)
+from clipsae.pipeline.towers import Block, Hook, register
+from clipsae.pipeline.towers.timm_common import TimmTower, head_hooks, pooled_and_embed, trunk_of
 
 
 @register
-class TimmConv(Tower):
+class TimmConv(TimmTower):
     family = "timm convolutional trunk"
 
     def __init__(self, visual):
         super().__init__(visual)
-        self.trunk = trunk_of(visual)
         self.hook_help = "use stage.i (stage indices, negatives count from the end) or " + ", ".join(head_hooks(visual))
 
     @classmethod
@@ -34,11 +26,9 @@ class TimmConv(Tower):
 
     def resolve(self, item: str) -> Hook:
         n = len(self.trunk.stages)
-        if item == "pooled":
-            return Hook("pooled", n - 1, True, False, "the trunk's pooled features (trunk.forward_head, pre-logits)")
-        if item == "embed":
-            refuse_embed(self.visual, type(self.trunk).__name__)
-            return Hook("embed", n - 1, True, False, "image embedding: the tower's output (encode_image)")
+        head = self.head_hook(item, n - 1)
+        if head is not None:
+            return head
         i = self.depth_index(item, "stage.", n, "stages")
         return Hook(f"stage.{i}", i, False, False, f"output of trunk.stages[{i}]", "spatial positions row-major as tokens")
 
@@ -57,9 +47,3 @@ class TimmConv(Tower):
 
     def block(self, hook):
         return Block(self.trunk.stages[int(hook.removeprefix("stage."))], "NCHW") if hook.startswith("stage.") else None
-
-    def joint_map(self, hook):
-        return pooled_joint_map(self.visual) if hook == "pooled" else super().joint_map(hook)
-
-    def point_map(self, hook):
-        return pooled_point_map(self.visual) if hook == "pooled" else super().point_map(hook)

@@ -16,15 +16,8 @@ import torch
 from torch import nn
 
 from clipsae.errors import ClipsaeError
-from clipsae.pipeline.towers import Block, Hook, Tower, register
-from clipsae.pipeline.towers.timm_common import (
-    head_hooks,
-    pooled_and_embed,
-    pooled_joint_map,
-    pooled_point_map,
-    refuse_embed,
-    trunk_of,
-)
+from clipsae.pipeline.towers import Block, Hook, register
+from clipsae.pipeline.towers.timm_common import TimmTower, head_hooks, pooled_and_embed, trunk_of
 
 
 def _vit_like(trunk) -> bool:
@@ -32,14 +25,12 @@ def _vit_like(trunk) -> bool:
 
 
 @register
-class TimmViT(Tower):
+class TimmViT(TimmTower):
     family = "timm ViT"
 
     def __init__(self, visual):
         super().__init__(visual)
-        self.trunk = trunk_of(visual)
         named = (("ln_pre",) if self._has_norm_pre else ()) + ("norm",) + head_hooks(visual)
-        self.named = named
         self.hook_help = "use block indices (negatives count from the end) or " + ", ".join(named)
 
     @classmethod
@@ -73,11 +64,9 @@ class TimmViT(Tower):
             return Hook("ln_pre", -1, False, True, "output of trunk.norm_pre (input to block 0)", grid)
         if item == "norm":
             return Hook("norm", n - 1, False, True, "output of trunk.norm, the final norm over all tokens", grid)
-        if item == "pooled":
-            return Hook("pooled", n - 1, True, False, "the trunk's pooled features (trunk.forward_head, pre-logits)")
-        if item == "embed":
-            refuse_embed(self.visual, type(self.trunk).__name__)
-            return Hook("embed", n - 1, True, False, "image embedding: the tower's output (encode_image)")
+        head = self.head_hook(item, n - 1)
+        if head is not None:
+            return head
         i = self.depth_index(item, "resid.", n, "blocks")
         return Hook(f"resid.{i}", i, False, True, f"output of trunk.blocks[{i}] (residual stream)", grid)
 
@@ -89,18 +78,20 @@ class TimmViT(Tower):
         handle = None
         if "ln_pre" in wanted:
             handle = self.trunk.norm_pre.register_forward_hook(lambda m, i, o: taken.setdefault("ln_pre", o))
+        # With no block asked for, the one the other hooks need: the last (norm, pooled, embed) or the first (ln_pre).
+        take = indices or [len(self.trunk.blocks) - 1 if full else 0]
         try:
             got = self.trunk.forward_intermediates(
-                images, indices=indices or [max(0, *(h.depth for h in hooks)) if not full else len(self.trunk.blocks) - 1],
+                images, indices=take, norm=False, stop_early=not full, output_fmt="NLC", intermediates_only=not full,
                 # Eva's forward_intermediates fails asking for prefix tokens a trunk has none of (PE-Core).
-                return_prefix_tokens=self.trunk.num_prefix_tokens > 0, norm=False, stop_early=not full, output_fmt="NLC", intermediates_only=not full)
+                return_prefix_tokens=self.trunk.num_prefix_tokens > 0)
         finally:
             if handle is not None:
                 handle.remove()
         final, inter = got if full else (None, got)
         grid = self.grid(images.shape[-2:])
         out = {}
-        for i, x in zip(indices or [], inter if indices else []):
+        for i, x in zip(indices, inter):
             patches, prefix = x if isinstance(x, tuple) else (x, None)
             out[f"resid.{i}"] = (patches if prefix is None else torch.cat([prefix, patches], dim=1), grid)
         if "ln_pre" in wanted:
@@ -115,12 +106,6 @@ class TimmViT(Tower):
         if not hook.startswith("resid."):
             return None
         return Block(self.trunk.blocks[int(hook.removeprefix("resid."))], "NLD")
-
-    def joint_map(self, hook):
-        return pooled_joint_map(self.visual) if hook == "pooled" else super().joint_map(hook)
-
-    def point_map(self, hook):
-        return pooled_point_map(self.visual) if hook == "pooled" else super().point_map(hook)
 
     def mlp_out(self, block):
         mlp = getattr(self.trunk.blocks[block], "mlp", None)

@@ -36,12 +36,10 @@ def dictionary(sae) -> torch.Tensor:
 
 
 def candidate_points(sample_MD: torch.Tensor, m: int, seed: int) -> torch.Tensor:
-    """The m k-means centroids of the sample's rows (float32, on the sample's device)."""
+    """The m k-means centroids of the sample's rows (float32, on the sample's device); m is at most the sample's
+    rows (``Archetypal.fit_rows`` settles it against the rows the sample will hold)."""
     from sklearn.cluster import KMeans
 
-    if m > len(sample_MD):
-        raise ClipsaeError(f"--candidates {m} is more than the {len(sample_MD)} training rows sampled for them; "
-                           f"use --candidates {len(sample_MD)} or fewer")
     fit = KMeans(n_clusters=m, n_init=1, max_iter=KMEANS_ITERATIONS, random_state=seed % 2**31).fit(
         sample_MD.double().cpu().numpy())
     return torch.from_numpy(fit.cluster_centers_).float().to(sample_MD.device)
@@ -109,7 +107,6 @@ class Archetypal(TopK):
         W /= W.sum(1, keepdim=True) + 1e-8
         norms = sae.relax.norm(dim=1, keepdim=True)
         sae.relax.mul_((sae.spec.delta / norms.clamp_min(1e-12)).clamp(max=1.0))
-        sae.W_dec = dictionary(sae).detach()
 
     @torch.no_grad()
     def inference_weights(self, sae, scale):
