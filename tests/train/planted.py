@@ -46,3 +46,13 @@ def hard_planted_dictionary(n_rows: int, d: int, n_features: int, mean_active: f
     mu *= offset / np.linalg.norm(mu)
     x = (active * rng.lognormal(0.0, sigma, size=(n_rows, n_features))) @ D + mu + 0.01 * rng.standard_normal((n_rows, d))
     return x.astype(np.float32), D.astype(np.float32)
+
+
+def write_planted_store(path):
+    """(path, D): a store of 4,096 images × 8 tokens of :func:`planted_dictionary` (128 power-law features in
+    64 dimensions, 3 active per token on average) in hook ``x``, the suite's planted set."""
+    from clipsae.store.writer import write_store
+
+    acts, dictionary = planted_dictionary(4096, 8, 64, 128, mean_active=3, seed=0)
+    write_store(path, {"x": acts}, [f"img{i:05d}" for i in range(len(acts))], attrs={"model": "planted"})
+    return path, dictionary

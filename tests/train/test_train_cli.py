@@ -14,18 +14,15 @@ from clipsae.store.reader import ActivationStore
 from clipsae.store.writer import write_store
 from clipsae.train import load_sae
 from tests.conftest import cli_process, tree_snapshot
-from tests.train.planted import planted_dictionary, recovery
+from tests.train.planted import planted_dictionary, recovery, write_planted_store
 
-D, N_FEATURES = 64, 128
+D = 64
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """4,096 images × 8 tokens of x = Σ a_j D_j + noise, 128 power-law features in 64 dimensions."""
-    path = tmp_path_factory.mktemp("planted") / "planted.zarr"
-    acts, dictionary = planted_dictionary(4096, 8, D, N_FEATURES, mean_active=3, seed=0)
-    write_store(path, {"x": acts}, [f"img{i:05d}" for i in range(len(acts))], attrs={"model": "planted"})
-    return path, dictionary
+    return write_planted_store(tmp_path_factory.mktemp("planted") / "planted.zarr")
 
 
 @pytest.fixture(scope="module")

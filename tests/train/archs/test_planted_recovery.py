@@ -5,20 +5,14 @@ import json
 
 import pytest
 
-from clipsae.store.writer import write_store
 from clipsae.train import load_sae
-from tests.train.planted import planted_dictionary, recovery
-
-D, N_FEATURES = 64, 128
+from tests.train.planted import recovery, write_planted_store
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """4,096 images × 8 tokens of x = Σ a_j D_j + noise, 128 power-law features in 64 dimensions."""
-    path = tmp_path_factory.mktemp("planted") / "planted.zarr"
-    acts, dictionary = planted_dictionary(4096, 8, D, N_FEATURES, mean_active=3, seed=0)
-    write_store(path, {"x": acts}, [f"img{i:05d}" for i in range(len(acts))], attrs={"model": "planted"})
-    return path, dictionary
+    return write_planted_store(tmp_path_factory.mktemp("planted") / "planted.zarr")
 
 
 def test_jumprelu_gated_mp_and_archetypal_recover_the_planted_dictionary_in_one_data_pass(planted, tmp_path, run_cli):
