@@ -29,10 +29,10 @@ def resolve_hooks(visual: nn.Module, items: list[str], tokens: str) -> list[Hook
         if h.pooled and tokens == "patches":
             raise ClipsaeError(f"hook {h.name} is a pooled vector with no patch tokens; use --tokens cls or all")
         if not h.pooled and tokens == "cls" and not (h.prefixed and tower.has_cls):
-            what = "a feature map" if not h.prefixed else f"from a tower without a CLS token ({tower.family})"
+            why = "is a feature map, with no CLS token" if not h.prefixed else f"has no CLS token: this {tower.family} has none"
             instead = next((p.name for p in pooled), None) or tower.pooled_hook
-            raise ClipsaeError(f"hook {h.name} is {what}, with no CLS token; use --tokens patches or all, or the "
-                               f"pooled hook {instead} for one vector per image")
+            raise ClipsaeError(f"hook {h.name} {why}; use --tokens patches or all, or the pooled hook {instead} for "
+                               f"one vector per image")
     return hooks
 
 
