@@ -13,7 +13,8 @@ def codes_sae(codes: Codes, sae: Path | None = None, device: str = "cpu") -> Spa
     path = Path(sae) if sae is not None else Path(codes.identity.get("provenance", {}).get("sae_path", ""))
     if sae is None and not path.exists():
         raise ClipsaeError(f"codes {codes.name!r} were made by the SAE in {path}, which is not there now; pass --sae DIR")
-    model = load_sae(path, device=device, sae_format=reader_format(codes.identity["sae"].get("format")))
+    sae_id = codes.identity["sae"]
+    model = load_sae(path, device=device, sae_format=reader_format(sae_id.get("format")), sae_options=sae_id.get("options"))
     want = codes.identity["sae"]["weights_sha256"]
     if model.identity["weights_sha256"] != want:
         raise ClipsaeError(f"the SAE in {path} is not the one that made codes {codes.name!r} (weights sha256 "

@@ -241,13 +241,14 @@ def _sae_label(sae) -> str:
 
 
 def run_sae_compare(path_a: Path, path_b: Path, out: Path, format_a: str | None = None, format_b: str | None = None,
-                    device: str = "auto", max_matching: int | None = None) -> list[str]:
+                    device: str = "auto", max_matching: int | None = None, options_a: str | None = None,
+                    options_b: str | None = None) -> list[str]:
     """sae_compare.csv, sae_compare.json and the cosine histogram: A's decoder directions matched among B's."""
     from clipsae.analysis.features import dictionary_match as dm
     from clipsae.train.load import load_sae
 
     dev = resolve_device(device)
-    a, b = load_sae(path_a, str(dev), format_a), load_sae(path_b, str(dev), format_b)
+    a, b = load_sae(path_a, str(dev), format_a, options_a), load_sae(path_b, str(dev), format_b, options_b)
     lines = []
     hook_a, hook_b = (m.recorded("hook") or m.recorded("hook_name") for m in (a, b))
     if hook_a and hook_b and hook_a != hook_b:

@@ -156,7 +156,7 @@ def open_encode(cfg: EncodeConfig, device: torch.device) -> OpenedCodes:
                            f"interrupted); finish `clipsae extract` first, so that workers agree on the parts")
     if not store.parts:
         raise ClipsaeError(f"{cfg.store} has no complete parts to encode")
-    sae = load_sae(cfg.sae, device=str(device), sae_format=cfg.sae_format).eval()
+    sae = load_sae(cfg.sae, device=str(device), sae_format=cfg.sae_format, sae_options=cfg.sae_options).eval()
     hook, warning = _choose_hook(store, sae, cfg.hook)
     store.require_finite(hook)
     if store.d(hook) != sae.d_in:

@@ -10,6 +10,7 @@ from clipsae.errors import ClipsaeError
 from clipsae.options import check, option
 from clipsae.store.layout import ANALYSIS_SUFFIX, TOKEN_MODES
 from clipsae.train.formats import names as sae_formats
+from clipsae.train.formats import parse_options
 
 DEFAULT_MAX_ACTIVE = 64
 DEFAULT_BATCH_ROWS = 8192
@@ -24,7 +25,7 @@ class EncodeConfig:
     """Activation store: a folder, s3://bucket/… or gs://bucket/…."""
     sae: Path = option()
     """An SAE: a `clipsae train` folder, or one published by SAELens, sparsify, dictionary_learning, ViT-Prisma,
-    saev, CLIP-Scope or MSAE (detected from the files); hf-hub:ORG/REPO[/PATH] downloads one."""
+    saev, CLIP-Scope, MSAE or overcomplete (detected from the files); hf-hub:ORG/REPO[/PATH] downloads one."""
     name: str | None = option(None, shown_default="the SAE folder's name")
     """Name of the cached codes."""
     hook: str | None = option(None, shown_default="the SAE's, or the store's only hook of its width")
@@ -47,12 +48,16 @@ class EncodeConfig:
     """Show a progress bar (the command line's --quiet turns it off)."""
     sae_format: str | None = option(None, choices=tuple(sae_formats()), shown_default="detected from the files")
     """The SAE's format, where detection from its files should not decide."""
+    sae_options: str | None = option(None, metavar="KEY=VALUE,…")
+    """Settings the SAE's files do not record, for the formats that ask for them (overcomplete state dicts: class,
+    top_k, k, delta, normalization); the codes record them for every later reader."""
     input_norm: str = option("none", choices=INPUT_NORMS)
     """store: standardise each dimension with the store's mean and std first, for SAEs trained on standardised
     activations that did not ship their statistics (CLIP-Scope, early saev)."""
 
     def __post_init__(self):
         check(self)
+        parse_options(self.sae_options)
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")
                                       or self.name.endswith(ANALYSIS_SUFFIX)):
             raise ClipsaeError(f"--name {self.name!r} is not a usable codes name (a plain folder name)")

@@ -40,18 +40,24 @@ def from_hub(spec: str) -> Path:
     return local
 
 
-def load_sae(path: str | Path, device: str = "cpu", sae_format: str | None = None) -> SparseAutoencoder:
+def load_sae(path: str | Path, device: str = "cpu", sae_format: str | None = None,
+             sae_options: dict | str | None = None) -> SparseAutoencoder:
     """Load the SAE at ``path`` (a folder, a file for formats that are one, or ``hf-hub:ORG/REPO[/PATH]``)
-    onto ``device``, ready for inference: no gradients. ``sae_format`` names the format instead of detecting it."""
+    onto ``device``, ready for inference: no gradients. ``sae_format`` names the format instead of detecting it;
+    ``sae_options`` (a dict, or ``KEY=VALUE,…``) gives what the format's files do not record."""
     p = from_hub(str(path)) if str(path).startswith(HUB) else Path(path)
     if not p.exists():
         raise ClipsaeError(f"{p} does not exist: pass an SAE directory or file")
+    given = formats.parse_options(sae_options) if isinstance(sae_options, str) or sae_options is None else sae_options
     fmt = formats.get(sae_format) if sae_format is not None else formats.detect(p)
-    model, weights = fmt.load(p, str(device))
+    options = fmt.typed_options(given)
+    model, weights = fmt.load(p, str(device), **options)
     with open(weights, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
     model.identity = {"path": str(p.resolve()), "format": _identity_format(fmt.name, model), "weights_sha256": digest,
                       "architecture": model.architecture, "d_in": model.d_in, "d_sae": model.d_sae}
+    if options:  # what a reader needs again to read the same SAE (codes_sae)
+        model.identity["options"] = options
     # An SAE loaded for inference: no autograd graph behind encode/decode (fine-tuning code may
     # call requires_grad_(True) itself).
     return model.to(device).requires_grad_(False)

@@ -62,9 +62,9 @@ def format_sweep_info(infos: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def sae_info(path: str | Path, sae_format: str | None = None) -> dict:
+def sae_info(path: str | Path, sae_format: str | None = None, sae_options: str | None = None) -> dict:
     """What the SAE at ``path`` is (whoever trained it) and, for a clipsae run, its held-out metrics."""
-    model = load_sae(path, sae_format=sae_format)
+    model = load_sae(path, sae_format=sae_format, sae_options=sae_options)
     metrics = load_metrics(path) or {}
     cfg = model.cfg
     ours = cfg.get("clipsae", {})

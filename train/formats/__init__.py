@@ -10,34 +10,70 @@ here (and its test). ``load_sae`` tries them in :data:`ORDER`; ``--sae-format`` 
 import importlib
 import pkgutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from clipsae.errors import ClipsaeError
 
 # Detection order: the most specific layouts first (a clipsae run is also a SAELens folder).
-ORDER = ("saelens", "sparsify", "dictionary_learning", "prisma", "saev", "clipscope", "msae")
+ORDER = ("saelens", "sparsify", "dictionary_learning", "prisma", "saev", "clipscope", "msae", "overcomplete")
 
 
 @dataclass(frozen=True)
 class SAEFormat:
-    """One tool's SAE files: ``load(path, device)`` returns the model and the file its weights came from."""
+    """One tool's SAE files: ``load(path, device, **options)`` returns the model and the file its weights came from.
+
+    ``options``: the settings, with their types, that the tool's files do not record and a user gives as
+    ``--sae-options KEY=VALUE,…`` (overcomplete's ``top_k``); most formats record everything and take none."""
 
     name: str
     needs: str  # what the tool's files are, for the error when no format recognises a path
     detect: Callable[[Path], bool]
-    load: Callable[[Path, str], tuple]
+    load: Callable[..., tuple]
+    options: dict = field(default_factory=dict)
+
+    def typed_options(self, given: dict) -> dict:
+        """``given`` (KEY: text or value) as this format's typed options; one line names a key it does not take."""
+        out = {}
+        for key, value in given.items():
+            if key not in self.options:
+                takes = f"it takes {', '.join(self.options)}" if self.options else "it takes none"
+                raise ClipsaeError(f"--sae-options {key}: the {self.name} format does not take it ({takes})")
+            try:
+                out[key] = self.options[key](value)
+            except ValueError:
+                kind = {int: "an integer", float: "a number"}.get(self.options[key], self.options[key].__name__)
+                raise ClipsaeError(f"--sae-options {key}={value}: not {kind}") from None
+        return out
+
+
+SAE_OPTIONS_HELP = ("KEY=VALUE,… settings the SAE's files do not record, for the formats that ask for them "
+                    "(overcomplete state dicts: class, top_k, k, delta, normalization).")
 
 
 def _sae_format_option(f):
     import click
 
+    f = click.option("--sae-options", default=None, metavar="KEY=VALUE,…", help=SAE_OPTIONS_HELP)(f)
     return click.option("--sae-format", type=click.Choice(names()), default=None,
                         help="The SAE's format, where detection from its files should not decide.")(f)
 
 
-SAE_FORMAT = _sae_format_option  # the --sae-format option of every command that loads an SAE
+SAE_FORMAT = _sae_format_option  # the --sae-format and --sae-options of every command that loads an SAE
+
+
+def parse_options(text: str | None) -> dict[str, str]:
+    """``KEY=VALUE,…`` as a dict (empty for None); one line says what is malformed."""
+    out: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ClipsaeError(f"--sae-options {item!r} is not KEY=VALUE")
+        if key.strip() in out:
+            raise ClipsaeError(f"--sae-options names {key.strip()} twice")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def names() -> list[str]:
@@ -87,26 +123,41 @@ def need_tensors(weights: dict, names_: tuple[str, ...], where: Path) -> None:
         raise ClipsaeError(f"{where} lacks the tensors {', '.join(missing)} (it has {', '.join(sorted(weights)) or 'none'})")
 
 
-def pickle_mentions(p: Path, *names: bytes) -> bool:
-    """True for a ``torch.save`` archive whose pickle names every one of ``names``: a look at the file's
-    keys without loading a tensor (a published SAE may be gigabytes)."""
+def pickle_head(p: Path) -> bytes:
+    """The pickle of a ``torch.save`` archive (its keys and class names, no tensor data), or b"" for any
+    other file: a look at what a file holds without loading a tensor (a published SAE may be gigabytes)."""
     if not zipfile.is_zipfile(p):
-        return False
+        return b""
     with zipfile.ZipFile(p) as z:
         pickles = [n for n in z.namelist() if n.endswith("data.pkl")]
-        head = z.read(pickles[0]) if pickles else b""
-    return all(n in head for n in names)
+        return z.read(pickles[0]) if pickles else b""
+
+
+def pickle_mentions(p: Path, *names: bytes) -> bool:
+    """True for a ``torch.save`` archive whose pickle names every one of ``names``."""
+    head = pickle_head(p)
+    return bool(head) and all(n in head for n in names)
 
 
 class PickledObject:
     """What an object of a class clipsae does not import unpickles as: its constructor arguments and state,
-    recorded and never run, so that a file that pickles its tool's config beside the weights still reads."""
+    recorded and never run, so that a file that pickles its tool's config (or a whole module) still reads.
+    ``qualname`` is the class the file named; a pickled module's ``state`` is its ``__dict__``."""
+
+    qualname = ""
+    args: tuple = ()
+    kwargs: dict = {}
+    state = None
 
     def __init__(self, *args, **kwargs):
-        self.args, self.kwargs, self.state = args, kwargs, None
+        self.args, self.kwargs = args, kwargs
 
     def __setstate__(self, state):
         self.state = state
+
+
+def _stand_in(qualname: str) -> type:
+    return type(qualname.rsplit(".", 1)[-1], (PickledObject,), {"qualname": qualname})
 
 
 def torch_load(path: Path, device: str, inert: bool = False):
@@ -125,7 +176,7 @@ def torch_load(path: Path, device: str, inert: bool = False):
         others = []
     try:
         if inert and others:
-            with torch.serialization.safe_globals([(PickledObject, name) for name in others]):
+            with torch.serialization.safe_globals([(_stand_in(name), name) for name in others]):
                 return torch.load(path, map_location=device, weights_only=True)
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError:
