@@ -1,11 +1,12 @@
-"""Absorption of TopK and Matryoshka SAEs of one width and L0 on planted hierarchies (docs/benchmarks.md).
+"""Absorption of TopK, Matryoshka and MP SAEs of one width and L0 on planted hierarchies (docs/benchmarks.md).
 
 For each seed: a planted set (analysis/evaluation/planted_hierarchy.py: 4 parents × 12 children, d = 64,
-6,000 images), a TopK and a Matryoshka SAE (reverse-linear level weights unless asked) of 64 latents and k = 2 trained for
-600 steps of 256, each encoded and scored by ``analyze absorption``. Prints each seed's rates, the means
-and the ratio TopK / Matryoshka.
+6,000 images), a TopK, a Matryoshka (reverse-linear level weights unless asked) and a Matching-Pursuit SAE of
+64 latents and k = 2 (MP: 2 picks) trained for 600 steps of 256, each encoded and scored by ``analyze absorption``.
+Prints each seed's rates, the means and each architecture's mean absorption against TopK's.
 
-    .venv/bin/python -m bench.absorption [--seeds 0,1,2,3] [--out /tmp/absorption-bench] [--matryoshka-weighting rw]
+    .venv/bin/python -m bench.absorption [--seeds 0,1,2,3] [--archs topk,matryoshka,mp] [--out /tmp/absorption-bench]
+                                         [--matryoshka-weighting rw]
 """
 
 import argparse
@@ -23,16 +24,16 @@ from clipsae.analysis.evaluation.planted_hierarchy import HOOK, write_planted_hi
 from clipsae.train.configure import configure_training
 from clipsae.train.trainer import run_train
 
-ARCHS = ("topk", "matryoshka")
+ARCHS = ("topk", "matryoshka", "mp")
 LATENTS, K, STEPS, BATCH = 64, 2, 600, 256
 
 
-def planted_absorption(root: Path, seed: int = 0, weighting: str = "rw") -> dict[str, dict]:
-    """absorption.json's figures of a TopK and a Matryoshka SAE (level weights ``weighting``) trained on one
+def planted_absorption(root: Path, seed: int = 0, weighting: str = "rw", archs: tuple[str, ...] = ARCHS) -> dict[str, dict]:
+    """absorption.json's figures of each of ``archs`` (Matryoshka's level weights ``weighting``) trained on one
     planted hierarchy."""
     planted = write_planted_hierarchy(root, seed=seed)
     out = {}
-    for arch in ARCHS:
+    for arch in archs:
         run_dir = root / arch
         plan = configure_training(planted.store, hook=HOOK, arch=arch, latents=LATENTS, k=K, batch_size=BATCH,
                                   steps=STEPS, holdout=0.0, out=run_dir, matryoshka_weighting=weighting)
@@ -49,12 +50,15 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--out", type=Path, default=Path("/tmp/absorption-bench"))
     ap.add_argument("--matryoshka-weighting", default="rw", choices=("uw", "rw"))
+    ap.add_argument("--archs", default=",".join(ARCHS))
     args = ap.parse_args()
-    table = {arch: [] for arch in ARCHS}
+    archs = tuple(args.archs.split(","))
+    table = {arch: [] for arch in archs}
     for seed in map(int, args.seeds.split(",")):
         t0 = time.perf_counter()
-        rates = planted_absorption(args.out / f"{args.matryoshka_weighting}-seed{seed}", seed, args.matryoshka_weighting)
-        for arch in ARCHS:
+        rates = planted_absorption(args.out / f"{args.matryoshka_weighting}-seed{seed}", seed, args.matryoshka_weighting,
+                                   archs)
+        for arch in archs:
             table[arch].append(rates[arch])
         print(f"seed {seed}: " + "; ".join(f"{a} absorption {r['absorption_rate']:.3f}, full {r['full_absorption_rate']:.3f}, "
                                           f"splitting {r['split_count']:.2f}" for a, r in rates.items())
@@ -63,7 +67,9 @@ def main() -> None:
             for a, rs in table.items()}
     for a, m in mean.items():
         print(f"mean {a}: absorption {m['absorption_rate']:.3f}, full {m['full_absorption_rate']:.3f}, splitting {m['split_count']:.2f}")
-    print(f"TopK / Matryoshka absorption: {mean['topk']['absorption_rate'] / max(mean['matryoshka']['absorption_rate'], 1e-12):.1f}×")
+    for a in archs:
+        if a != "topk" and "topk" in mean:
+            print(f"TopK / {a} absorption: {mean['topk']['absorption_rate'] / max(mean[a]['absorption_rate'], 1e-12):.2f}×")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ class TrainRequest:
     tokens: str = option("all", choices=TOKEN_MODES)
     """Which stored tokens become training rows: cls, patches or all."""
     arch: str = option("topk")
-    """relu, topk, batchtopk, matryoshka, jumprelu, gated, archetypal or mp, or the baselines pca, kmeans, nmf and random; a comma list sweeps (an empty item is refused)."""
+    """relu, topk, batchtopk, matryoshka, jumprelu, gated, archetypal, archetypal_jumprelu or mp, or the baselines pca, kmeans, nmf and random; a comma list sweeps (an empty item is refused)."""
     expansion: str = option("16")
     """Latents per input dimension, n = expansion · d; a comma list sweeps."""
     latents: str | None = option(None, shown_default="expansion · d")

@@ -20,20 +20,20 @@ def test_exactly_the_modules_that_define_an_architecture_are_registered_under_th
                 if isinstance(getattr(importlib.import_module(f"clipsae.train.archs.{m.name}"), "ARCH", None),
                               Architecture)}
     assert set(archs.names()) == defining == {"relu", "topk", "batchtopk", "matryoshka", "jumprelu", "gated", "mp",
-                                                "archetypal", "pca", "kmeans", "nmf", "random"}
+                                                "archetypal", "archetypal_jumprelu", "pca", "kmeans", "nmf", "random"}
     for name in archs.names():
         assert archs.get(name).name == name
 
 
 def test_unknown_architecture_lists_the_known_ones():
-    with pytest.raises(ClipsaeError, match="--arch 'sparsemax' is not one of archetypal, batchtopk, gated, jumprelu, kmeans, "
+    with pytest.raises(ClipsaeError, match="--arch 'sparsemax' is not one of archetypal, archetypal_jumprelu, batchtopk, gated, jumprelu, kmeans, "
                                            "matryoshka, mp, nmf, pca, random, relu, topk"):
         archs.get("sparsemax")
 
 
 @pytest.mark.parametrize("name, export_as", [("relu", "standard"), ("topk", "topk"), ("batchtopk", "jumprelu"),
                                              ("matryoshka", "jumprelu"), ("jumprelu", "jumprelu"), ("gated", "jumprelu"),
-                                             ("mp", "mp"), ("archetypal", "topk"),
+                                             ("mp", "mp"), ("archetypal", "topk"), ("archetypal_jumprelu", "jumprelu"),
                                              ("pca", "topk_magnitude"), ("kmeans", "onehot"),
                                              ("nmf", "seminmf"), ("random", "topk")])
 def test_each_architecture_says_how_it_is_saved(name, export_as):

@@ -14,8 +14,10 @@ as the identity (atom i on candidate i; with fewer candidates than atoms, on can
 divided by its sum) and each row of Λ is scaled down to norm δ where longer, as overcomplete does. The
 atoms are not unit-norm: exp(μ) and the convex combinations set their lengths.
 
-The encoder and the loss are TopK's (``--k``, AuxK for dead latents). Saved as SAELens ``topk`` with
-W_dec = D, which every analysis reads; W, C and Λ stay in the run's checkpoint.
+The encoder and the loss are TopK's (``--k``, AuxK for dead latents), as overcomplete's ``RATopKSAE``;
+``archetypal_jumprelu`` puts the same dictionary behind JumpReLU's encoder and loss (``RAJumpSAE``).
+Saved as SAELens ``topk`` (or ``jumprelu``) with W_dec = D, which every analysis reads; W, C and Λ stay
+in the run's checkpoint.
 """
 
 from dataclasses import replace
@@ -45,10 +47,8 @@ def candidate_points(sample_MD: torch.Tensor, m: int, seed: int) -> torch.Tensor
     return torch.from_numpy(fit.cluster_centers_).float().to(sample_MD.device)
 
 
-class Archetypal(TopK):
-    name = "archetypal"
-    options = ("candidates", "delta")
-    export_as = "topk"
+class ArchetypalDictionary:
+    """The archetypal dictionary, put in front of an encoder architecture: ``class X(ArchetypalDictionary, Enc)``."""
 
     def normalize(self, spec):
         spec = super().normalize(spec)
@@ -57,9 +57,6 @@ class Archetypal(TopK):
         if spec.candidates < 0:
             raise ClipsaeError(f"--candidates must be at least 1, not {spec.candidates}")
         return spec
-
-    def label(self, spec):
-        return f"archetypal-{spec.size}-k{spec.k}"
 
     def n_candidates(self, spec) -> int:
         """m: settled by ``fit_rows`` before training (one per latent by default, at most the sample's rows)."""
@@ -76,6 +73,7 @@ class Archetypal(TopK):
         return spec
 
     def setup(self, sae, run_seed):
+        super().setup(sae, run_seed)
         n, d, m = sae.spec.d_sae, sae.spec.d, self.n_candidates(sae.spec)
         del sae.W_dec  # the atoms are made from W, C and Λ, not learned on their own
         eye = torch.zeros(n, m)
@@ -103,6 +101,7 @@ class Archetypal(TopK):
 
     @torch.no_grad()
     def after_update(self, sae) -> None:
+        super().after_update(sae)
         W = sae.arch_W.relu_()
         W /= W.sum(1, keepdim=True) + 1e-8
         norms = sae.relax.norm(dim=1, keepdim=True)
@@ -113,6 +112,15 @@ class Archetypal(TopK):
         D = dictionary(sae)
         return ((sae.W_enc * scale).float().cpu(), sae.b_enc.detach().float().cpu().clone(),
                 (D / scale).contiguous().float().cpu(), (sae.b_dec / scale).float().cpu().clone())
+
+
+class Archetypal(ArchetypalDictionary, TopK):
+    name = "archetypal"
+    options = ("candidates", "delta")
+    export_as = "topk"
+
+    def label(self, spec):
+        return f"archetypal-{spec.size}-k{spec.k}"
 
 
 ARCH = Archetypal()

@@ -118,7 +118,7 @@ class JumpReLU(Architecture):
 
     def label(self, spec):
         target = f"l0_{spec.target_l0:g}-" if spec.target_l0 > 0 else ""
-        return f"jumprelu-{spec.size}-{target}c{spec.l0_coefficient:g}"
+        return f"{self.name}-{spec.size}-{target}c{spec.l0_coefficient:g}"
 
     def setup(self, sae, run_seed):
         sae.jump_threshold = torch.nn.Parameter(torch.full((sae.spec.d_sae,), INITIAL_THRESHOLD))

@@ -112,5 +112,5 @@ def test_a_child_the_store_does_not_know_is_one_line(hand_built, run_cli, tmp_pa
 def test_a_matryoshka_sae_absorbs_less_than_a_topk_sae_of_the_same_width_and_l0(tmp_path):
     from bench.absorption import planted_absorption  # the benchmark's one seed: docs/benchmarks.md has all four
 
-    rates = planted_absorption(tmp_path, seed=0)
+    rates = planted_absorption(tmp_path, seed=0, archs=("topk", "matryoshka"))
     assert rates["matryoshka"]["absorption_rate"] < rates["topk"]["absorption_rate"]

@@ -65,3 +65,31 @@ def test_bad_archetypal_options_are_refused_before_a_run_folder_exists(store, tm
     with pytest.raises(ClipsaeError, match=message):
         configure_training(store, out=tmp_path / "r", arch="archetypal", batch_size=64, k="3", holdout=0.0, **options)
     assert not (tmp_path / "r").exists()
+
+
+def test_archetypal_jumprelu_keeps_the_dictionary_constraints_and_thresholds_non_negative():
+    spec = archs.get("archetypal_jumprelu").spec(D, 2, k=4, l1=0, candidates=40, delta=0.3, bandwidth=0.05,
+                                                l0_coefficient=1.0)
+    assert spec.k == 0 and spec.candidates == 40  # TopK's k means nothing to it: set neutral
+    sae = TrainingSAE(spec, 0)
+    g = torch.Generator().manual_seed(1)
+    sae.arch.initialise(sae, torch.randn(200, D, generator=g), 0)
+    opt = torch.optim.Adam(sae.parameters(), lr=5e-2)
+    for _ in range(15):
+        optimise(sae, opt, torch.randn(64, D, generator=g) * 2, None, clip=1.0)
+    W = sae.arch_W.detach()
+    assert (W >= 0).all() and torch.allclose(W.sum(1), torch.ones(32), atol=1e-5)
+    assert (sae.relax.detach().norm(dim=1) <= 0.3 + 1e-5).all()
+    assert (sae.jump_threshold.detach() >= 0).all() and sae.jump_threshold.detach().max() > 0.01
+    model = to_inference(sae, 2.0)
+    assert model.architecture == "jumprelu"
+    torch.testing.assert_close(model.W_dec, dictionary(sae).detach() / 2.0)
+    torch.testing.assert_close(model.threshold, sae.jump_threshold.detach())
+
+
+def test_archetypal_jumprelu_trains_from_the_store_and_is_saved_as_jumprelu(store, tmp_path):
+    plan = configure_training(store, out=tmp_path / "r", arch="archetypal_jumprelu", expansion="2", candidates=8,
+                              batch_size=64, steps=5, holdout=0.0)
+    run = run_train(plan.cfg, quiet=True, store=plan.store, held=plan.held)
+    sae = load_sae(run.dirs["archetypal_jumprelu-x2-c1"])
+    assert sae.architecture == "jumprelu" and sae.d_sae == 2 * D
