@@ -6,6 +6,7 @@ and option errors answer at once. What depends on the store is checked in ``trai
 """
 
 import os
+from pathlib import Path
 
 import click
 
@@ -43,8 +44,12 @@ def train_cmd(quiet, slurm_submit, **options):
     plan = configure_training(options.pop("store"), **options)
     cfg = plan.cfg
     if not quiet:
-        click.echo(f"training {len(cfg.saes)} SAE(s) on {cfg.hook} ({cfg.tokens} tokens, d={plan.store.d(cfg.hook)}) "
-                   f"for {cfg.steps} steps of {cfg.batch_size} → {cfg.out}", err=True)
+        models = cfg.extra.get("universal", {}).get("models")
+        what = (f"{cfg.hook} ({cfg.tokens} tokens, d={plan.store.d(cfg.hook)})" if not models else
+                "universal over " + ", ".join(f"{Path(m['store']).name}:{m['hook']} (d={m['d']})" for m in models)
+                + f" ({cfg.tokens} tokens)")
+        click.echo(f"training {len(cfg.saes)} SAE(s) on {what} for {cfg.steps} steps of {cfg.batch_size} → {cfg.out}",
+                   err=True)
     result = run_train(cfg, quiet=quiet, store=plan.store, held=plan.held, notes=plan.notes)
     if os.environ.get("RANK", "0") != "0":
         return

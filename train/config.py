@@ -121,4 +121,4 @@ class TrainConfig(RunSettings):
         """The settings that decide the result (not where logs go or how often it checkpoints)."""
         return {"store": str(absolute(self.store)), "store_images": self.store_images, "hook": self.hook,
                 "tokens": self.tokens, "saes": [s.to_json() for s in self.saes], "steps": self.steps,
-                **options.identity(self)}
+                **options.identity(self), **({"universal": self.extra["universal"]} if "universal" in self.extra else {})}

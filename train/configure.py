@@ -96,30 +96,40 @@ def _sweep_specs(path: Path, defaults: dict, d: int, options: dict, k_given: boo
 MEANINGFUL_STEPS = DEFAULT_WARMUP
 
 
-def configure_training(store: str | Path, **options) -> TrainingPlan:
+UNIVERSAL_ARCHS = ("topk", "batchtopk", "matryoshka")
+
+
+def configure_training(store: str | Path | None, **options) -> TrainingPlan:
     """Check every option (``TrainRequest``'s and ``RunSettings``' fields, by name) against the store and
-    each other; see ``clipsae train --help`` for their meaning."""
+    each other; see ``clipsae train --help`` for their meaning. ``store`` is None for a universal run
+    (``universal="A.zarr:HOOK,B.zarr:HOOK"``)."""
     from clipsae.device import resolve_device
 
     unknown = set(options) - set(_REQUEST) - set(_SETTINGS)
     if unknown:
         raise TypeError(f"configure_training() got unknown options {sorted(unknown)}")
-    req = TrainRequest(store=str(store), **{k: v for k, v in options.items() if k in _REQUEST})
+    req = TrainRequest(store=None if store is None else str(store), **{k: v for k, v in options.items() if k in _REQUEST})
     seeds = parse_list(int, req.seed, "--seed")
     if len(set(seeds)) != len(seeds):
         raise ClipsaeError(f"--seed {req.seed!r} names a seed twice")
     # The first seed orders the data and draws the holdout: the seeds of one run share both.
     run = RunSettings(**{k: v for k, v in options.items() if k in _SETTINGS and k != "seed"}, seed=seeds[0])
     hook, tokens, batch_size, steps = req.hook, req.tokens, run.batch_size, req.steps
-    st = ActivationStore.open(req.store)
-    if hook is None:
-        if len(st.hooks) != 1:
-            raise ClipsaeError(f"{store} has hooks {', '.join(st.hooks)}; choose one with --hook")
-        hook = st.hooks[0]
-    d = st.d(hook)
-    token_idx = st.token_indices(hook, tokens)
-    if st.n_images == 0:
-        raise ClipsaeError(f"{store} holds no complete images; run `clipsae extract` first")
+    joined = _universal(req) if req.universal is not None else None
+    if joined is not None:
+        st, hook, token_idx, d = joined.stores[0], joined.hooks[0], joined.token_idx[0], sum(joined.blocks)
+    else:
+        if req.store is None:
+            raise ClipsaeError("give --store (or --universal STORE:HOOK,STORE:HOOK for a universal SAE)")
+        st = ActivationStore.open(req.store)
+        if hook is None:
+            if len(st.hooks) != 1:
+                raise ClipsaeError(f"{store} has hooks {', '.join(st.hooks)}; choose one with --hook")
+            hook = st.hooks[0]
+        d = st.d(hook)
+        token_idx = st.token_indices(hook, tokens)
+        if st.n_images == 0:
+            raise ClipsaeError(f"{store} holds no complete images; run `clipsae extract` first")
     arch_options = {"aux_alpha": req.aux_alpha, "matryoshka_weighting": req.matryoshka_weighting,
                     "bandwidth": req.bandwidth, "sparsity_warmup": req.sparsity_warmup,
                     "candidates": req.candidates or 0, "delta": req.delta}
@@ -129,17 +139,28 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
               "l0_coefficient": req.l0_coefficient, "target_l0": req.target_l0}
     specs = (_specs(values, d, arch_options) if req.sweep is None
              else _sweep_specs(Path(req.sweep), values, d, arch_options, req.k is not None))
+    if joined is not None:
+        specs = [_universal_spec(spec, joined.blocks, sel) for spec in specs
+                 for sel in parse_list(str, req.selection, "--selection")]
+    elif req.selection != "global":
+        raise ClipsaeError("--selection is a universal SAE's option: give --universal")
     if len(seeds) > 1:
         specs = [replace(spec, seed=seed) for spec in specs for seed in seeds]
     tokens_total = req.tokens_total
     if steps is not None and tokens_total is not None:
         raise ClipsaeError("give --steps or --tokens-total, not both")
     held = holdout_mask(st.keys(), run.holdout, run.seed)
-    train_rows = int((~held).sum()) * len(token_idx)
+    usable = ~held if joined is None else ~held & joined.common
+    train_rows = int(usable.sum()) * len(token_idx)
     if batch_size > train_rows:
         raise ClipsaeError(f"--batch-size {batch_size} is more than the {train_rows} training rows of {hook} "
-                           f"({tokens} tokens, {int((~held).sum())} images); use --batch-size {train_rows} or less")
+                           f"({tokens} tokens, {int(usable.sum())} images); use --batch-size {train_rows} or less")
     notes = []
+    extra = {}
+    if joined is not None:
+        extra["universal"] = {"models": joined.describe(), "images": joined.n_common}
+        notes.append(f"universal: {joined.n_common:,} images held by all {len(joined.stores)} stores (of "
+                     f"{', '.join(f'{s.n_images:,}' for s in joined.stores)})")
     if steps is None:
         if tokens_total is not None and tokens_total < batch_size:
             raise ClipsaeError(f"--tokens-total {tokens_total:g} is less than one batch of {batch_size}")
@@ -163,10 +184,12 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
     settings = {f.name: getattr(run, f.name) for f in fields(RunSettings)}
     settings["precision"] = run.precision or ("bf16" if dev.type == "cuda" else "fp32")
     settings["snapshot_every"] = int(run.snapshot_every)
-    out = req.out if req.out is not None else Path("runs") / f"{st.path.name.removesuffix('.zarr')}-{hook}-{tokens}"
+    default_out = (f"universal-{'-'.join(h for h in joined.hooks)}-{tokens}" if joined is not None
+                   else f"{st.path.name.removesuffix('.zarr')}-{hook}-{tokens}")
+    out = req.out if req.out is not None else Path("runs") / default_out
     specs = [archs.get(spec.arch).fit_rows(spec, train_rows) for spec in specs]
     cfg = TrainConfig(**settings, store=st.path, store_images=st.n_images, hook=hook, tokens=tokens, out=Path(out),
-                      saes=tuple(specs), steps=steps, device=str(dev))
+                      saes=tuple(specs), steps=steps, device=str(dev), extra=extra)
     for spec in specs:
         archs.get(spec.arch).check_run(spec, steps, batch_size)
     if steps < MEANINGFUL_STEPS:
@@ -176,3 +199,31 @@ def configure_training(store: str | Path, **options) -> TrainingPlan:
                      f"{math.ceil(MEANINGFUL_STEPS * batch_size / train_rows):,} passes over them at --batch-size "
                      f"{batch_size}), or a bigger store")
     return TrainingPlan(cfg, st, held, notes)
+
+
+def _universal(req: TrainRequest):
+    """The stores of ``--universal``, checked: the options it replaces are refused, each hook exists, keys shared."""
+    from clipsae.train.universal_data import UniversalData, parse_universal
+
+    if req.store is not None:
+        raise ClipsaeError("give --store or --universal, not both: --universal names every model's store and hook")
+    if req.hook is not None:
+        raise ClipsaeError("--universal names each store's hook (STORE:HOOK); leave --hook out")
+    wrong = [a for a in parse_list(str, req.arch, "--arch") if a not in UNIVERSAL_ARCHS]
+    if wrong:
+        raise ClipsaeError(f"--universal trains {', '.join(UNIVERSAL_ARCHS)} SAEs, not {', '.join(wrong)}")
+    if req.sweep is not None:
+        raise ClipsaeError("--universal takes its SAEs from the comma lists (--arch, --k, --expansion), not --sweep")
+    return UniversalData.open(parse_universal(req.universal), req.tokens)
+
+
+def _universal_spec(spec: SAESpec, blocks: tuple[int, ...], selection: str) -> SAESpec:
+    """``spec`` as a universal SAE over models of widths ``blocks`` (its expansion counts the widest)."""
+    from clipsae.train.universal import SELECTIONS
+
+    if selection not in SELECTIONS:
+        raise ClipsaeError(f"--selection {selection!r} is not one of {', '.join(SELECTIONS)}")
+    spec = replace(spec, blocks=blocks, selection=selection)
+    if not 1 <= spec.k < spec.d_sae:
+        raise ClipsaeError(f"--k {spec.k} must be between 1 and the number of latents minus one ({spec.d_sae - 1})")
+    return spec

@@ -13,8 +13,14 @@ from clipsae.store.layout import TOKEN_MODES
 class TrainRequest:
     """The options that name what to train and for how long, before the store is read."""
 
-    store: str = option()
+    store: str | None = option(None, shown_default="required, unless --universal")
     """Activation store from `clipsae extract`: a folder, s3://… or gs://…."""
+    universal: str | None = option(None, metavar="STORE:HOOK,STORE:HOOK[,…]")
+    """Train universal SAEs instead: one set of latents over several models' activations of the same images (stores
+    matched by image key), an encoder and a decoder per model; in place of --store and --hook."""
+    selection: str = option("global")
+    """Universal SAEs' latent selection: global (one TopK over the models' summed pre-activations, SPARC's) or own
+    (each model's own TopK); a comma list sweeps."""
     hook: str | None = option(None, shown_default="the store's only hook")
     """Hook to train on; may be left out when the store has one hook."""
     tokens: str = option("all", choices=TOKEN_MODES)

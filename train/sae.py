@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsae.train import archs
+from clipsae.train import archs, universal
 from clipsae.train.archs.base import StepOutput
 from clipsae.train.init import initial_decoder
 from clipsae.train.ranks import Ranks
@@ -34,6 +34,8 @@ class TrainingSAE(nn.Module):
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float64))
         self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.int64))
         self.arch.setup(self, run_seed)
+        if spec.blocks:
+            universal.setup(self)
 
     def pre_acts(self, x_c_BD: torch.Tensor) -> torch.Tensor:
         """z = W_enc(x̃ − b_dec) + b_enc for already centred inputs; the matmul in bf16 if asked.
@@ -55,6 +57,8 @@ class TrainingSAE(nn.Module):
     def forward(self, x_BD: torch.Tensor, dead_C: torch.Tensor | None = None, ranks: Ranks = Ranks()) -> StepOutput:
         """Loss of a batch of scaled inputs; ``dead_C`` are the indices of the latents AuxK should revive;
         ``ranks`` says which share of the global batch ``x_BD`` is."""
+        if self.spec.blocks:
+            return universal.loss(self, x_BD, dead_C, ranks)
         return self.arch.loss(self, x_BD, dead_C, ranks)
 
     @torch.no_grad()

@@ -29,11 +29,16 @@ class SAESpec:
     # Archetypal's (train/archs/archetypal.py): candidate points (0: as many as latents) and the relaxation's bound
     candidates: int = 0
     delta: float = 0.0
+    # A universal SAE's (train/universal.py): each model's input width, in the order of --universal (d is their
+    # sum), and how its latents are selected (global: one TopK over the models' summed pre-activations)
+    blocks: tuple[int, ...] = ()
+    selection: str = "global"
 
     @property
     def d_sae(self) -> int:
-        """The number of latents (SAELens's name, the one cfg.json and the codes record)."""
-        return self.latents if self.latents is not None else self.expansion * self.d
+        """The number of latents (SAELens's name, the one cfg.json and the codes record); a universal SAE's
+        expansion is of its widest model."""
+        return self.latents if self.latents is not None else self.expansion * (max(self.blocks) if self.blocks else self.d)
 
     @property
     def size(self) -> str:
@@ -50,7 +55,8 @@ class SAESpec:
         ``-seed<N>`` where the SAE has a seed of its own."""
         from clipsae.train import archs
 
-        return archs.get(self.arch).label(self) + (f"-seed{self.seed}" if self.seed is not None else "")
+        own = "-own" if self.blocks and self.selection == "own" else ""  # a universal SAE's per-model selection
+        return archs.get(self.arch).label(self) + own + (f"-seed{self.seed}" if self.seed is not None else "")
 
     @property
     def unseeded(self) -> "SAESpec":
@@ -73,6 +79,7 @@ class SAESpec:
         seed |= {"latents": self.latents} if self.latents is not None else {}
         # Written only where set, so that the specs of runs made before these options read the same.
         seed |= {k: getattr(self, k) for k in ARCH_OPTIONS[1:] if getattr(self, k)}
+        seed |= {"blocks": list(self.blocks), "selection": self.selection} if self.blocks else {}
         return {"arch": self.arch, "d": self.d, "expansion": self.expansion, "k": self.k, "l1": self.l1,
                 "aux_alpha": self.aux_alpha, "matryoshka_weighting": self.matryoshka_weighting,
                 "matryoshka_fractions": list(self.matryoshka_fractions), **seed}
@@ -81,4 +88,5 @@ class SAESpec:
     def from_json(cls, obj: dict) -> "SAESpec":
         obj = dict(obj)
         obj["matryoshka_fractions"] = tuple(obj.get("matryoshka_fractions", cls.matryoshka_fractions))
+        obj["blocks"] = tuple(obj.get("blocks", ()))
         return cls(**obj)

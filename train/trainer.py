@@ -20,7 +20,6 @@ from clipsae.train.checkpoint_writer import CheckpointWriter, host_copy
 from clipsae.train.config import TrainConfig
 from clipsae.train.data import RowSource, ShuffleStream, holdout_mask
 from clipsae.train.export import to_inference
-from clipsae.train.load import CFG_FILE
 from clipsae.train.metrics import evaluate
 from clipsae.train.ranks import Ranks, join_ranks, leave_ranks
 from clipsae.train.rundir import (
@@ -37,6 +36,8 @@ from clipsae.train.rundir import (
 )
 from clipsae.train.sae import TrainingSAE, optimise
 from clipsae.train.statistics import input_statistics
+from clipsae.train.universal import evaluate_universal, export_universal, finished_file
+from clipsae.train.universal_data import universal_data
 
 
 @dataclass
@@ -73,8 +74,12 @@ class Run:
         self.device = torch.device(f"cuda:{ranks.local_rank}" if on_gpu else cfg.device)
         token_idx = store.token_indices(cfg.hook, cfg.tokens)
         held = holdout_mask(store.keys(), cfg.holdout, cfg.seed) if held is None else held
-        self.train_source = RowSource(store, cfg.hook, token_idx, ~held)
-        self.heldout_source = RowSource(store, cfg.hook, token_idx, held)
+        self.universal = universal_data(cfg)
+        if self.universal is not None:
+            self.train_source, self.heldout_source = self.universal.source(~held), self.universal.source(held)
+        else:
+            self.train_source = RowSource(store, cfg.hook, token_idx, ~held)
+            self.heldout_source = RowSource(store, cfg.hook, token_idx, held)
         self.store = store
         self.stream = ShuffleStream(self.train_source, cfg.batch_size // ranks.world, cfg.buffer_rows, cfg.seed,
                                     cfg.loader_threads, rank=ranks.rank, world=ranks.world)
@@ -277,7 +282,12 @@ class Run:
                       "split": "heldout", "dead": dead, "dead_fraction": dead / sae.spec.d_sae}
             if x_eval is not None and len(x_eval):
                 t = time.perf_counter()
-                metrics, density = evaluate(to_inference(sae, self.scale).to(self.device), x_eval)
+                if sae.spec.blocks:
+                    metrics, density, per_model = evaluate_universal(sae, self.scale, self.universal.factors, x_eval,
+                                                                     evaluate)
+                    record["_densities"] = per_model
+                else:
+                    metrics, density = evaluate(to_inference(sae, self.scale).to(self.device), x_eval)
                 record.update(metrics)
                 record["heldout_tokens"] = len(x_eval)
                 record["seconds"] = time.perf_counter() - t
@@ -285,6 +295,8 @@ class Run:
                     record["_density"] = density
             results[sae.spec.label] = record
             self.metrics.log({k: v for k, v in record.items() if not k.startswith("_")})
+            if not final:
+                record.pop("_densities", None)
         return results
 
 
@@ -310,8 +322,11 @@ def _finalize(run: Run, x_eval: torch.Tensor | None) -> tuple[dict[str, Path], d
     for sae in run.saes:
         rec = results[sae.spec.label]
         density = rec.pop("_density", None)
-        dirs[sae.spec.label] = export_sae(run.cfg, run.store.config, sae, run.scale, len(run.train_source.token_idx),
-                                          rec, density)
+        if sae.spec.blocks:
+            dirs[sae.spec.label] = export_universal(run.cfg, run.universal, sae, run.scale, rec)
+        else:
+            dirs[sae.spec.label] = export_sae(run.cfg, run.store.config, sae, run.scale,
+                                              len(run.train_source.token_idx), rec, density)
         metrics[sae.spec.label] = rec
     return dirs, metrics
 
@@ -322,8 +337,11 @@ def _snapshot(run: Run, x_eval: torch.Tensor | None) -> None:
     if not run.ranks.is_main:
         return
     for sae in run.saes:
-        export_sae(run.cfg, run.store.config, sae, run.scale, len(run.train_source.token_idx), results[sae.spec.label],
-                   None, step=run.step)
+        if sae.spec.blocks:
+            export_universal(run.cfg, run.universal, sae, run.scale, results[sae.spec.label], step=run.step)
+        else:
+            export_sae(run.cfg, run.store.config, sae, run.scale, len(run.train_source.token_idx),
+                       results[sae.spec.label], None, step=run.step)
 
 
 def run_train(cfg: TrainConfig, quiet: bool = False, store: ActivationStore | None = None,
@@ -369,7 +387,8 @@ def _train(cfg: TrainConfig, quiet: bool, store: ActivationStore | None, held: n
     ranks.barrier()  # every process has checked the directory before process 0 writes to it
     run = Run(cfg, store, held, ranks)
     ckpt = load_checkpoint(cfg.out)
-    if ckpt is not None and ckpt["step"] >= cfg.steps and all((cfg.sae_dir(s) / CFG_FILE).is_file() for s in cfg.saes):
+    if ckpt is not None and ckpt["step"] >= cfg.steps and all((cfg.sae_dir(s) / finished_file(s)).is_file()
+                                                               for s in cfg.saes):
         return TrainResult({s.label: cfg.sae_dir(s) for s in cfg.saes}, {}, int(ckpt["step"]), True)
     existed = cfg.out.exists()
     try:

@@ -1,5 +1,7 @@
 """Planted dictionaries: activations x = Σ_j a_j D_j + noise with a known dictionary D."""
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -56,3 +58,35 @@ def write_planted_store(path):
     acts, dictionary = planted_dictionary(4096, 8, 64, 128, mean_active=3, seed=0)
     write_store(path, {"x": acts}, [f"img{i:05d}" for i in range(len(acts))], attrs={"model": "planted"})
     return path, dictionary
+
+
+def planted_pair(root, n_images: int = 4096, d_a: int = 32, d_b: int = 24, shared: int = 24, own: int = 8,
+                 mean_active: float = 3.0, seed: int = 0, drop_b: int = 0):
+    """Two stores of one sparse code per image through different random dictionaries: ``shared`` features both
+    models have, ``own`` more each that only one has; hook ``x`` in a.zarr (d_a) and b.zarr (d_b), one token per
+    image. b.zarr holds the images in reverse order, less its first ``drop_b``. Returns (a, b, D_a, D_b) with
+    D_a (shared + own, d_a) the rows of A's features (shared first, then A's own), D_b likewise."""
+    from clipsae.store.writer import write_store
+
+    rng = np.random.default_rng(seed)
+    n_feat = shared + 2 * own
+    p = (np.arange(n_feat) % (shared + own) + 1.0) ** -0.3
+    p *= mean_active / p[: shared + own].sum()
+    codes = (rng.random((n_images, n_feat)) < p) * rng.uniform(0.5, 1.5, size=(n_images, n_feat))
+
+    def unit(n, d):
+        D = rng.standard_normal((n, d))
+        return D / np.linalg.norm(D, axis=1, keepdims=True)
+
+    D_a, D_b = unit(shared + own, d_a), unit(shared + own, d_b)
+    a_codes = codes[:, : shared + own]
+    b_codes = np.concatenate([codes[:, :shared], codes[:, shared + own:]], axis=1)
+    x_a = a_codes @ D_a + 0.01 * rng.standard_normal((n_images, d_a))
+    x_b = b_codes @ D_b + 0.01 * rng.standard_normal((n_images, d_b))
+    keys = np.array([f"img{i:05d}" for i in range(n_images)])
+    root = Path(root)
+    write_store(root / "a.zarr", {"x": x_a[:, None].astype(np.float32)}, list(keys), attrs={"model": "planted-a"})
+    order = np.arange(n_images)[::-1][drop_b:]
+    write_store(root / "b.zarr", {"x": x_b[order][:, None].astype(np.float32)}, list(keys[order]),
+                attrs={"model": "planted-b"})
+    return root / "a.zarr", root / "b.zarr", D_a.astype(np.float32), D_b.astype(np.float32)

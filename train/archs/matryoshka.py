@@ -18,6 +18,9 @@ class Matryoshka(BatchTopK):
     def label(self, spec):
         return f"matryoshka-{spec.size}-k{spec.k}-{spec.matryoshka_weighting}"
 
+    def prefixes(self, spec):
+        return list(zip(spec.levels, spec.level_weights()))
+
     def reconstruction(self, sae, x, codes):
         # Prefix reconstructions share one sparse code; each level adds the latents of its band.
         partial = torch.zeros_like(x) + sae.b_dec

@@ -60,6 +60,11 @@ class SparseFamily(Architecture):
         x_hat = decode_sparse(codes, sae.W_dec) + sae.b_dec
         return (x - x_hat).pow(2).sum(), x_hat
 
+    def prefixes(self, spec) -> list[tuple[int, float]]:
+        """(m, w): the prefixes of the latents whose reconstructions the loss weighs (all of them, weight 1;
+        Matryoshka's nested levels). Universal SAEs (train/universal.py) read it."""
+        return [(spec.d_sae, 1.0)]
+
     def after_step(self, sae, codes: SparseCodes) -> None:
         """Bookkeeping after the forward pass (BatchTopK's running threshold)."""
 

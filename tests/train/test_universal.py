@@ -1,0 +1,120 @@
+"""Universal SAEs: one set of latents over two stores of the same images, an ordinary SAE folder per model,
+the planted pair's shared atoms found in both decoders on one latent, a stopped run resumed exactly, and the
+refusals of what cannot be aligned."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipsae.store.writer import write_store
+from clipsae.train import load_sae
+from clipsae.train.configure import configure_training
+from clipsae.train.trainer import TrainingStopped, run_train
+from clipsae.train.universal import UNIVERSAL_FILE
+from tests.train.planted import planted_pair
+
+SHARED = 24
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """a.zarr (d 32) and b.zarr (d 24): 24 shared features and 8 of each model's own; b.zarr lacks 100 images
+    and holds the rest in reverse order."""
+    return planted_pair(tmp_path_factory.mktemp("pair"), drop_b=100)
+
+
+@pytest.fixture(scope="module")
+def trained(pair, tmp_path_factory):
+    """Both selections trained in one data pass."""
+    a, b, *_ = pair
+    out = tmp_path_factory.mktemp("u") / "run"
+    plan = configure_training(None, universal=f"{a}:x,{b}:x", arch="topk", k="3", expansion="4", steps=600,
+                              batch_size=256, lr=3e-3, holdout=0.05, selection="global,own", out=out)
+    return plan, run_train(plan.cfg, quiet=True, store=plan.store, held=plan.held).dirs
+
+
+def best_cosines(D_true, W_dec):
+    W = W_dec / np.linalg.norm(W_dec, axis=1, keepdims=True)
+    return D_true @ W.T
+
+
+def test_each_model_gets_an_ordinary_sae_folder_and_universal_json_names_the_stores(pair, trained):
+    a, b, *_ = pair
+    plan, dirs = trained
+    run = dirs["topk-x4-k3"]
+    info = json.loads((run / UNIVERSAL_FILE).read_text())
+    assert [m["store"] for m in info["models"]] == [str(a), str(b)] and info["images"] == 4096 - 100
+    assert info["selection"] == "global" and info["d_sae"] == 4 * 32  # the expansion counts the widest model
+    assert np.array(info["heldout"]["cross_fvu"]).shape == (2, 2)
+    for m, d in enumerate((32, 24)):
+        sae = load_sae(run / "models" / str(m))
+        assert (sae.architecture, sae.d_in, sae.d_sae, sae.k) == ("topk", d, 128, 3)
+        assert sae.recorded("hook") == "x"
+    assert "universal: 3,996 images held by all 2 stores" in plan.notes[0]
+
+
+@pytest.mark.parametrize("label", ["topk-x4-k3", "topk-x4-k3-own"])
+def test_the_planted_pairs_shared_atoms_are_found_in_both_decoders(pair, trained, label):
+    _, _, D_a, D_b = pair
+    run = trained[1][label]
+    ca = best_cosines(D_a, load_sae(run / "models/0").W_dec.numpy())
+    cb = best_cosines(D_b, load_sae(run / "models/1").W_dec.numpy())
+    assert ca[:SHARED].max(1).mean() >= 0.9 and cb[:SHARED].max(1).mean() >= 0.9, label
+
+
+def test_global_selection_puts_a_shared_atom_on_one_latent_in_both_models(pair, trained):
+    _, _, D_a, D_b = pair
+    run = trained[1]["topk-x4-k3"]
+    ca = best_cosines(D_a, load_sae(run / "models/0").W_dec.numpy())
+    cb = best_cosines(D_b, load_sae(run / "models/1").W_dec.numpy())
+    same = np.mean([ca[i].argmax() == cb[i].argmax() for i in range(SHARED)])
+    assert same >= 0.9
+
+
+def test_a_stopped_universal_run_resumes_to_the_uninterrupted_weights(pair, tmp_path):
+    a, b, *_ = pair
+    args = dict(universal=f"{a}:x,{b}:x", arch="batchtopk", k="3", expansion="2", steps=60, batch_size=128,
+                holdout=0.05, checkpoint_every=10)
+    ref = configure_training(None, **args, out=tmp_path / "ref")
+    run_train(ref.cfg, quiet=True, store=ref.store, held=ref.held)
+    plan = configure_training(None, **args, out=tmp_path / "cut")
+    calls = iter(range(10**6))
+    with pytest.raises(TrainingStopped):
+        run_train(plan.cfg, quiet=True, store=plan.store, held=plan.held, stop=lambda: next(calls) >= 25)
+    run_train(plan.cfg, quiet=True, store=plan.store, held=plan.held)
+    for m in ("0", "1"):
+        x, y = load_sae(tmp_path / "ref" / "models" / m), load_sae(tmp_path / "cut" / "models" / m)
+        assert x.architecture == "jumprelu"
+        for k, v in x.state_dict().items():
+            torch.testing.assert_close(y.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
+def _store(path, keys, d=8, tokens=1):
+    acts = np.random.default_rng(0).standard_normal((len(keys), tokens, d)).astype(np.float32)
+    write_store(path, {"x": acts}, list(keys), attrs={"model": "m"})
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("single", "at least two STORE:HOOK"),
+    ("twice", "names {a}:x twice"),
+    ("no hook", "has no hook 'y'"),
+    ("no common keys", "share 0 image keys, fewer than the 32"),
+    ("tokens", "selects different numbers of tokens per image"),
+    ("arch", "trains topk, batchtopk, matryoshka SAEs, not relu"),
+    ("store too", "give --store or --universal, not both"),
+    ("malformed", "is not STORE:HOOK"),
+])
+def test_bad_universal_input_is_one_line_and_leaves_no_run_folder(tmp_path, run_cli, case, message):
+    a = _store(tmp_path / "a.zarr", [f"k{i}" for i in range(64)])
+    other = {"no common keys": [f"z{i}" for i in range(64)]}.get(case, [f"k{i}" for i in range(64)])
+    b = _store(tmp_path / "b.zarr", other, tokens=5 if case == "tokens" else 1)
+    universal = {"single": f"{a}:x", "twice": f"{a}:x,{a}:x", "no hook": f"{a}:x,{b}:y",
+                 "malformed": f"{a}:x,{b}"}.get(case, f"{a}:x,{b}:x")
+    extra = {"arch": ["--arch", "relu"], "store too": ["--store", a]}.get(case, [])
+    code, _, err = run_cli("train", "--universal", universal, "--steps", "5", "--batch-size", "16", "--out",
+                           tmp_path / "run", *extra)
+    assert code == 1 and message.format(a=a) in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
