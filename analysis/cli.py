@@ -388,6 +388,23 @@ def correlate_cmd(ref_a, ref_b, out, k, by, min_hits, shards, device):
         click.echo(line)
 
 
+@analyze_group.command("universal")
+@click.option("--codes", "refs", required=True, metavar="STORE:CODES,STORE:CODES[,…]",
+              help="The codes each model's SAE of one universal run (models/<m>) made on its store, comma-separated.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: <first store>/codes/<first codes>-analysis/universal].")
+@_BY
+@_DEVICE
+def universal_cmd(refs, out, by, device):
+    """Each latent of a universal SAE across its models: firing rates, co-firing, energy shares, universality, and
+    the cross-model reconstruction matrix (universal.csv, universal.json, universal.png)."""
+    from clipsae.analysis.commands import parse_codes_ref, run_universal
+
+    parsed = [parse_codes_ref(x.strip(), "--codes") for x in refs.split(",")]
+    for line in run_universal(parsed, out, by, device):
+        click.echo(line)
+
+
 @analyze_group.command("compare")
 @click.option("--codes", "refs", required=True, multiple=True, metavar="STORE:CODES",
               help="Codes to compare, as a store and a codes name; repeat for each (layers of a store, or SAEs on a hook).")

@@ -426,3 +426,83 @@ def run_neuron_alignment(t: Target, sae: Path | None = None, model: str | None =
         lines.append(f"note: these weights ({loaded.identity['pretrained']}) are not the ones the store was "
                      f"extracted with ({t.store.config.get('pretrained')})")
     return lines + [f"wrote {path}, {png}"]
+
+
+UNIVERSAL_DIR = "universal"
+
+
+def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max", device: str = "auto") -> list[str]:
+    """universal.csv, universal.json and universal.png: each latent of a universal SAE across its models, from the
+    codes each model's SAE made on its store (analysis/features/universal.py)."""
+    from clipsae.analysis.codes_sae import codes_sae
+    from clipsae.analysis.features import universal as uni
+
+    if len(refs) < 2:
+        raise ClipsaeError("--codes needs two or more STORE:CODES, one per model of the universal SAE")
+    stores = [ActivationStore.open(p) for p, _ in refs]
+    codes = [Codes(st, name) for st, (_, name) in zip(stores, refs)]
+    dev = resolve_device(device)
+    saes = [codes_sae(c, device=str(dev)) for c in codes]
+    places = []
+    for c, sae in zip(codes, saes):
+        where = sae.recorded("universal")
+        if not isinstance(where, dict):
+            raise ClipsaeError(f"codes {c.name!r} were not made by a universal SAE's models/<m> (train --universal)")
+        places.append((Path(sae.identity["path"]).parent.parent, int(where["model"]), int(where["of"])))
+    runs = {str(absolute(p)) for p, _, _ in places}
+    if len(runs) > 1:
+        raise ClipsaeError(f"the codes come from {len(runs)} different universal runs ({', '.join(sorted(runs))}); give "
+                           f"the codes of one run's models")
+    index = [m for _, m, _ in places]
+    if len(set(index)) < len(index):
+        raise ClipsaeError(f"two of the codes were made by the same model of the run (models/{index}); give one per model")
+    common = stores[0].keys()
+    for st in stores[1:]:
+        common = np.intersect1d(common, st.keys())
+    shared_keys = set(common.tolist())
+    keys = [k for k in stores[0].keys() if k in shared_keys]
+    if len(keys) < 2:
+        raise ClipsaeError(f"the stores share {len(keys)} image keys; the codes must be of the same images")
+    n, d_sae = len(keys), saes[0].d_sae
+    fires = []
+    for st, c in zip(stores, codes):
+        row = np.full(st.n_images, -1, dtype=np.int64)
+        row[st.images_of(keys)] = np.arange(n)
+        v = corr_mod.shared_values(c, by, row, n)
+        fires.append(uni.fires_matrix(v.indptr, v.latents, v.values, d_sae))
+    scaled = [sae.W_dec.detach().cpu() * float(sae.recorded("scale") or 1.0) for sae in saes]
+    table = uni.universal_table(fires, uni.energy_shares(scaled))
+    picked = np.linspace(0, n - 1, min(n, uni.FVU_IMAGES)).astype(np.int64)
+    blocks = []
+    for st, c in zip(stores, codes):
+        acts = st.read(c.hook, st.images_of([keys[i] for i in picked]))[:, c.token_positions]
+        blocks.append(torch.from_numpy(acts.reshape(-1, acts.shape[-1])).float().to(dev))
+    cross = uni.cross_fvu(saes, blocks)
+    path = out_dir(out, stores[0].path, codes[0].name)
+    if out is None:
+        path = path / UNIVERSAL_DIR
+        path.mkdir(exist_ok=True)
+    M = len(saes)
+    names = [f"m{m}" for m in index]
+    pairs = [(a, b) for a in range(M) for b in range(M) if a != b]
+    columns = (("latent", "universality", "live") + tuple(f"fire_rate_{x}" for x in names)
+               + tuple(f"energy_{x}" for x in names) + tuple(f"cofire_{names[a]}_{names[b]}" for a, b in pairs))
+    rows = ([i, float(table.universality_N[i]), int(table.live_N[i]), *table.fire_rate_MN[:, i].tolist(),
+             *table.energy_MN[:, i].tolist(), *[float(table.cofire_MMN[a, b, i]) for a, b in pairs]] for i in range(d_sae))
+    csv_path = write_csv(path / "universal.csv", columns, rows)
+    live = table.live_N
+    shared = live & (table.universality_N >= uni.UNIVERSAL_ABOVE)
+    summary = {"images": n, "by": by, "latents": d_sae, "live": int(live.sum()), "universal_latents": int(shared.sum()),
+               "universal_above": uni.UNIVERSAL_ABOVE, "run": sorted(runs)[0],
+               "models": [{"model": m, "store": str(st.path), "codes": c.name, "hook": c.hook}
+                          for m, st, c in zip(index, stores, codes)],
+               "cross_fvu": cross.tolist(), "cross_fvu_images": len(picked),
+               "mean_universality_live": float(table.universality_N[live].mean()) if live.any() else None}
+    json_path = write_json(path / "universal.json", summary)
+    png = uni.plot_universal(table, [f"model {m} ({c.hook})" for m, c in zip(index, codes)], path / "universal.png",
+                             f"{sorted(runs)[0]}: {int(live.sum())} live latents over {n} shared images")
+    matrix = "; ".join(f"{names[a]}→{names[b]} {cross[a, b]:.3f}" for a in range(M) for b in range(M))
+    return [f"{n} images shared by the {M} stores; {int(live.sum())} of {d_sae} latents live, {int(shared.sum())} "
+            f"universal (universality ≥ {uni.UNIVERSAL_ABOVE})",
+            f"cross-model reconstruction FVU (codes of a through b's decoder) over {len(picked)} images: {matrix}",
+            f"wrote {csv_path}, {json_path}, {png}"]

@@ -1,6 +1,7 @@
 """Universal SAEs: one set of latents over two stores of the same images, an ordinary SAE folder per model,
-the planted pair's shared atoms found in both decoders on one latent, a stopped run resumed exactly, and the
-refusals of what cannot be aligned."""
+the planted pair's shared atoms found in both decoders on one latent, a stopped run resumed exactly, the
+refusals of what cannot be aligned; and ``analyze universal`` on the same trained pair (here rather than under
+tests/analysis/, so that the pair is trained once)."""
 
 import json
 
@@ -118,3 +119,45 @@ def test_bad_universal_input_is_one_line_and_leaves_no_run_folder(tmp_path, run_
                            tmp_path / "run", *extra)
     assert code == 1 and message.format(a=a) in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_analyze_universal_tells_shared_latents_from_each_models_own(pair, trained, run_cli):
+    """The universality score separates the latents of the shared atoms from those of one model's own atoms."""
+    import csv
+
+    from clipsae.analysis.features.universal import roc_auc
+
+    a, b, D_a, D_b = pair
+    run = trained[1]["topk-x4-k3"]
+    for store, m in ((a, 0), (b, 1)):
+        code, _, err = run_cli("encode", "--store", store, "--sae", run / "models" / str(m), "--name", "u", "--quiet")
+        assert code == 0, err
+    out = a.parent / "universal-out"
+    code, stdout, err = run_cli("analyze", "universal", "--codes", f"{a}:u,{b}:u", "--out", out)
+    assert code == 0, err
+    assert "3996 images shared by the 2 stores" in stdout
+    rows = list(csv.DictReader(open(out / "universal.csv")))
+    assert len(rows) == 128 and {"latent", "universality", "energy_m0", "energy_m1", "cofire_m0_m1"} <= set(rows[0])
+    for r in rows:
+        assert float(r["energy_m0"]) + float(r["energy_m1"]) == pytest.approx(1, abs=1e-6)
+    universality = np.array([float(r["universality"]) for r in rows])
+    ca = best_cosines(D_a, load_sae(run / "models/0").W_dec.numpy())
+    cb = best_cosines(D_b, load_sae(run / "models/1").W_dec.numpy())
+    shared = set(ca[:SHARED].argmax(1)) | set(cb[:SHARED].argmax(1))
+    own = (set(ca[SHARED:].argmax(1)) | set(cb[SHARED:].argmax(1))) - shared
+    latents = sorted(shared | own)
+    assert roc_auc(universality[latents], np.array([i in shared for i in latents])) >= 0.95
+    summary = json.loads((out / "universal.json").read_text())
+    cross = np.array(summary["cross_fvu"])
+    assert cross[0, 0] < cross[0, 1] and cross[1, 1] < cross[1, 0]  # a model's own atoms cannot come from the other
+    assert (out / "universal.png").stat().st_size > 0
+
+
+def test_analyze_universal_refuses_codes_not_of_a_universal_run(pair, tmp_path, run_cli):
+    a, *_ = pair
+    plan = configure_training(a, hook="x", arch="topk", k="3", expansion="2", steps=5, batch_size=64, holdout=0.0,
+                              out=tmp_path / "plain")
+    run_train(plan.cfg, quiet=True, store=plan.store, held=plan.held)
+    assert run_cli("encode", "--store", a, "--sae", tmp_path / "plain", "--name", "plain", "--quiet")[0] == 0
+    code, _, err = run_cli("analyze", "universal", "--codes", f"{a}:plain,{a}:plain", "--out", tmp_path / "o")
+    assert code == 1 and "not made by a universal SAE's models/<m>" in err and len(err.strip().splitlines()) == 1
