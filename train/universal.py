@@ -31,8 +31,10 @@ from torch import nn
 
 from clipsae.files import write_json
 from clipsae.train.archs.base import StepOutput
+from clipsae.train.codes import SparseCodes
 from clipsae.train.model import SparseAutoencoder
 from clipsae.train.ranks import Ranks
+from clipsae.train.sparse import decode_sparse, encode_columns, encode_sparse
 
 SELECTIONS = ("global", "own")
 UNIVERSAL_FILE = "universal.json"  # written last: a universal SAE's folder is whole when it is there
@@ -57,42 +59,43 @@ def setup(sae) -> None:
     sae.register_buffer("model_threshold", torch.full((M,), -1.0, dtype=torch.float64))
 
 
-def _mask(selection, shape, device) -> torch.Tensor:
-    rows, cols, _ = selection
-    return torch.zeros(shape, dtype=torch.bool, device=device).index_put_((rows, cols), torch.ones((), dtype=torch.bool,
-                                                                                                  device=device))
-
-
-def _reconstructions(sae, f_BN: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+def _reconstructions(sae, codes: SparseCodes) -> list[tuple[float, torch.Tensor]]:
     """(weight, x̂ over the whole row) per prefix level of the architecture (one level, weight 1, but Matryoshka's)."""
-    out, partial, lo = [], sae.b_dec.expand(len(f_BN), -1), 0
+    out, partial, lo = [], sae.b_dec, 0
     for m, w in sae.arch.prefixes(sae.spec):
-        partial = partial + f_BN[:, lo:m] @ sae.W_dec[lo:m]
+        in_level = (codes.cols >= lo) & (codes.cols < m)
+        partial = partial + decode_sparse(codes, sae.W_dec, codes.vals * in_level)
         out.append((w, partial))
         lo = m
     return out
 
 
 def loss(sae, x: torch.Tensor, dead_C: torch.Tensor | None, ranks: Ranks = Ranks()) -> StepOutput:
-    """The universal step's loss (module docstring) of a batch of joined, scaled rows."""
+    """The universal step's loss (module docstring) of a batch of joined, scaled rows, with the sparse kernels of
+    the TopK family: each model's pre-activations computed without gradient, the selected ones differentiable."""
     spec, arch = sae.spec, sae.arch
     parts = slices(spec)
-    M, B, n = len(parts), len(x), spec.d_sae
-    z = [F.linear(x[:, s] - sae.b_dec[s], sae.W_enc[:, s], sae.b_enc[m]) for m, s in enumerate(parts)]
+    M, B = len(parts), len(x)
+    W_enc = [sae.W_enc[:, s].contiguous() for s in parts]  # differentiable copies: gradients reach W_enc
+    b_dec = [sae.b_dec[s] for s in parts]
     with torch.no_grad():
+        x_c = [x[:, s] - sae.b_dec[s] for s in parts]
+        z = [torch.addmm(sae.b_enc[m], x_c[m], W_enc[m].T) for m in range(M)]
         if spec.selection == "global":
-            shared = _mask(arch.select(torch.stack([zm.detach() for zm in z]).sum(0), spec.k), (B, n), x.device)
-            masks = [shared] * M
+            selections = [arch.select(torch.stack(z).sum(0), spec.k)] * M
         else:
-            masks = [_mask(arch.select(zm.detach(), spec.k), (B, n), x.device) for zm in z]
-    f = [F.relu(zm) * mk for zm, mk in zip(z, masks)]
+            selections = [arch.select(z[m], spec.k) for m in range(M)]
+    codes = []
+    for m, (rows, cols, offsets) in enumerate(selections):
+        vals = F.relu(encode_sparse(x_c[m], b_dec[m], W_enc[m], sae.b_enc[m], z[m], rows, cols, offsets))
+        codes.append(SparseCodes(rows, cols, vals, offsets))
     var = [ranks.total_variance(x[:, s]) for s in parts]
     main = x.new_zeros(())
     sse = x.new_zeros(())
     aux = x.new_zeros(())
-    total = x.new_zeros(())
-    for src, fs in enumerate(f):
-        levels = _reconstructions(sae, fs)
+    aux_loss = x.new_zeros(())
+    for src, c in enumerate(codes):
+        levels = _reconstructions(sae, c)
         for w, x_hat in levels:
             for t, s in enumerate(parts):
                 main = main + w * (x[:, s] - x_hat[:, s]).pow(2).sum() / var[t]
@@ -101,26 +104,28 @@ def loss(sae, x: torch.Tensor, dead_C: torch.Tensor | None, ranks: Ranks = Ranks
         if dead_C is not None and len(dead_C):
             e = (x - x_hat).detach()
             k_aux = min(spec.aux_k, len(dead_C))
-            z_dead = z[src][:, dead_C]
-            top = z_dead.detach().topk(k_aux, dim=1, sorted=False).indices
-            f_aux = torch.zeros_like(z_dead).scatter(1, top, F.relu(z_dead.gather(1, top)))
+            z_BC = encode_columns(x_c[src], b_dec[src], W_enc[src], sae.b_enc[src], z[src], dead_C, sae.bf16_matmul)
+            top = z_BC.detach().topk(k_aux, dim=1, sorted=False).indices
+            f_aux = torch.zeros_like(z_BC).scatter(1, top, F.relu(z_BC.gather(1, top)))
             l_aux = (e - f_aux @ sae.W_dec.index_select(0, dead_C)).pow(2).sum() / ranks.total_variance(e)
-            total = total + spec.aux_alpha * l_aux
+            aux_loss = aux_loss + spec.aux_alpha * l_aux
             aux = aux + l_aux.detach() / M
-    loss_ = main / (M * M) + total / M
-    _track_thresholds(sae, f)
-    active = [(fm > 0) for fm in f]
+    _track_thresholds(sae, codes)
+    active = [(c.vals > 0) for c in codes]
     l0 = torch.stack([a.sum() for a in active]).float().mean() / B
-    fired = torch.stack([a.any(0) for a in active]).any(0)
-    return StepOutput(loss_, sse / B, l0, fired, aux)
+    fired = torch.zeros(spec.d_sae, dtype=torch.bool, device=x.device)
+    for c, a in zip(codes, active):
+        fired |= torch.zeros(spec.d_sae, dtype=torch.uint8, device=x.device).scatter_reduce_(
+            0, c.cols, a.to(torch.uint8), "amax").bool()
+    return StepOutput(main / (M * M) + aux_loss / M, sse / B, l0, fired, aux)
 
 
 @torch.no_grad()
-def _track_thresholds(sae, f: list[torch.Tensor]) -> None:
+def _track_thresholds(sae, codes: list[SparseCodes]) -> None:
     # Each model's inference threshold (for the architectures saved as JumpReLU): BatchTopK's running
     # smallest kept code, per model, on the device.
-    for m, fm in enumerate(f):
-        low = torch.where(fm > 0, fm.detach(), torch.inf).min().double()
+    for m, c in enumerate(codes):
+        low = torch.where(c.vals > 0, c.vals.detach(), torch.inf).min().double()
         old = sae.model_threshold[m]
         moved = torch.where(old < 0, low, THRESHOLD_MOMENTUM * old + (1 - THRESHOLD_MOMENTUM) * low)
         sae.model_threshold[m] = torch.where(torch.isfinite(low), moved, old)

@@ -94,6 +94,7 @@ def demo_cmd(out, n_images, model, pretrained, train_steps):
     run_train(plan.cfg, store=plan.store, held=plan.held)
     early = run_encode(EncodeConfig(store_path, early_dir, device="cpu"))
     click.echo("\n".join(commands.run_correlate((store_path, enc.name), (store_path, early.name), None, 16, "max")))
+    universal_out = _universal(root, store_path, train_steps)
     click.echo("\nsplicing each SAE into the model (CE recovered, KL) and sparse-probing its codes (the classes one "
                "against the rest, the k = 1, 2, 5 features of largest mean difference): the comparison's columns")
     for name in (enc.name, early.name):
@@ -131,6 +132,7 @@ what to look at and do next:
   {used['search']}   images found by the best "red" feature, by a stored image and by a text
   {used['intervene']}   the model with the "red" features ablated: what its zero-shot read-out lost
   {compare_dir / 'compare.csv'}   resid.6 and resid.10 side by side (and compare.png)
+  {universal_out / 'universal.png'}   which latents of one universal SAE the two layers share (universal.csv)
   {sae_compare_dir / 'sae_compare.csv'}   the resid.10 SAE's features matched to another seed's
   {baselines_dir / 'compare.html'}   the SAE (two seeds) beside the PCA, k-means, NMF and untrained baselines,
       with sparse probing, patch-level concept alignment (patch_probe*.csv) and absorption (absorption.csv)
@@ -191,6 +193,30 @@ def _baselines(root: Path, store_path: Path, sae_codes: str, seed_dir: Path, tra
     click.echo("(the seeds' stability: of the latents live in both seeds, the share whose decoder directions are matched "
                "one-to-one at cosine ≥ 0.7 between seed 0 and seed 1; stability_init, the same share for their initial "
                "weights, is the chance level it must beat)")
+    return out
+
+
+def _universal(root: Path, store_path: Path, train_steps: int) -> Path:
+    """A universal SAE over the two layers (one set of latents, an encoder and a decoder per layer), each layer
+    encoded with its own SAE, and which latents the layers share. Returns the analysis folder."""
+    from clipsae.analysis import commands
+    from clipsae.analysis.encode import EncodeConfig, run_encode
+    from clipsae.train.configure import configure_training
+    from clipsae.train.trainer import run_train
+
+    run_dir = root / "runs" / "universal-resid.6-resid.10"
+    click.echo(f"\ntraining a universal SAE over resid.6 and resid.10 (one set of latents, an encoder and a decoder per "
+               f"layer) → {run_dir}")
+    plan = configure_training(None, universal=f"{store_path}:resid.6,{store_path}:resid.10", tokens="all", arch="topk",
+                              expansion=DEMO_EXPANSION, k=16, batch_size=DEMO_BATCH, steps=train_steps, holdout=0.1,
+                              out=run_dir, eval_every=50)
+    run_train(plan.cfg, store=plan.store, held=plan.held)
+    names = []
+    for m, hook in enumerate(("resid.6", "resid.10")):
+        names.append(run_encode(EncodeConfig(store_path, run_dir / "models" / str(m), name=f"universal-{hook}",
+                                             device="cpu", progress=False)).name)
+    out = root / "universal"
+    click.echo("\n".join(commands.run_universal([(store_path, n) for n in names], out, "max", "cpu")))
     return out
 
 

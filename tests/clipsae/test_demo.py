@@ -35,6 +35,9 @@ def test_demo_writes_shards_extracts_trains_encodes_and_analyses(tmp_path, run_c
         "random-x1-k16-resid.10", "jumprelu-x1-c1-resid.10", "gated-x1-l1_5-resid.10", "archetypal-x1-k16-resid.10",
         "mp-x1-k16-resid.10"]
     assert (tmp_path / "demo" / "baselines-compare" / "compare.html").stat().st_size > 0
+    universal = (tmp_path / "demo" / "universal" / "universal.csv").read_text().splitlines()
+    assert len(universal) == 768 + 1 and universal[0].startswith("latent,universality,live")
+    assert (tmp_path / "demo" / "universal" / "universal.png").stat().st_size > 0
     header = baselines[0].split(",")
     patch_map = [line.split(",")[header.index("patch_map")] for line in baselines[1:]]
     assert all(0 <= float(v) <= 1 for v in patch_map), patch_map

@@ -161,3 +161,62 @@ def test_analyze_universal_refuses_codes_not_of_a_universal_run(pair, tmp_path, 
     assert run_cli("encode", "--store", a, "--sae", tmp_path / "plain", "--name", "plain", "--quiet")[0] == 0
     code, _, err = run_cli("analyze", "universal", "--codes", f"{a}:plain,{a}:plain", "--out", tmp_path / "o")
     assert code == 1 and "not made by a universal SAE's models/<m>" in err and len(err.strip().splitlines()) == 1
+
+
+def _plain_loss(sae, x, dead_C):
+    """The universal loss written densely, for the sparse kernels to be checked against."""
+    import torch.nn.functional as F
+
+    from clipsae.train.universal import slices
+
+    spec, parts = sae.spec, slices(sae.spec)
+    M, n = len(parts), spec.d_sae
+    z = [F.linear(x[:, s] - sae.b_dec[s], sae.W_enc[:, s], sae.b_enc[m]) for m, s in enumerate(parts)]
+
+    def mask(sel):
+        return torch.zeros(len(x), n, dtype=torch.bool).index_put_((sel[0], sel[1]), torch.tensor(True))
+
+    if spec.selection == "global":
+        masks = [mask(sae.arch.select(torch.stack([zm.detach() for zm in z]).sum(0), spec.k))] * M
+    else:
+        masks = [mask(sae.arch.select(zm.detach(), spec.k)) for zm in z]
+    total = 0.0
+    for src in range(M):
+        f = F.relu(z[src]) * masks[src]
+        partial, lo = sae.b_dec, 0
+        for m_l, w in sae.arch.prefixes(spec):
+            partial = partial + f[:, lo:m_l] @ sae.W_dec[lo:m_l]
+            lo = m_l
+            for s in parts:
+                total = total + w * (x[:, s] - partial[:, s]).pow(2).sum() / (x[:, s] - x[:, s].mean(0)).pow(2).sum()
+        e = (x - partial).detach()
+        z_dead = z[src][:, dead_C]
+        top = z_dead.detach().topk(min(spec.aux_k, len(dead_C)), dim=1).indices
+        f_aux = torch.zeros_like(z_dead).scatter(1, top, F.relu(z_dead.gather(1, top)))
+        l_aux = (e - f_aux @ sae.W_dec[dead_C]).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+        total = total + M * spec.aux_alpha * l_aux
+    return total / (M * M)
+
+
+@pytest.mark.parametrize("arch, selection", [("topk", "global"), ("topk", "own"), ("matryoshka", "global")])
+def test_the_sparse_universal_step_equals_its_plain_dense_form(arch, selection):
+    from clipsae.train.archs import get
+    from clipsae.train.sae import TrainingSAE
+    from clipsae.train.spec import SAESpec
+
+    spec = get(arch).normalize(SAESpec(arch, 12 + 8, 2, k=3, blocks=(12, 8), selection=selection))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 20, generator=g)
+    dead = torch.tensor([1, 5, 7, 20])
+    grads = []
+    for forward in ("sparse", "plain"):
+        sae = TrainingSAE(spec, 0)
+        with torch.no_grad():
+            sae.b_enc.copy_(torch.randn(sae.b_enc.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+            sae.b_dec.copy_(torch.randn(20, generator=torch.Generator().manual_seed(2)) * 0.1)
+        loss = sae(x, dead).loss if forward == "sparse" else _plain_loss(sae, x, dead)
+        loss.backward()
+        grads.append((loss.detach(), {k: p.grad.clone() for k, p in sae.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    for k in grads[1][1]:
+        torch.testing.assert_close(grads[0][1][k], grads[1][1][k], rtol=1e-4, atol=1e-6, msg=k)
