@@ -19,7 +19,7 @@ from clipsae.errors import ClipsaeError
 from clipsae.store.reader import ActivationStore
 from clipsae.train.data import RowSource
 
-MIN_COMMON_IMAGES = 32  # fewer shared images than this cannot train or evaluate a universal SAE
+MIN_COMMON_IMAGES = 10  # fewer shared images than this: stores of different images that share a few keys by chance
 FACTOR_ROWS = 16384  # rows per model sampled for its factor
 
 

@@ -102,7 +102,7 @@ def _store(path, keys, d=8, tokens=1):
     ("single", "at least two STORE:HOOK"),
     ("twice", "names {a}:x twice"),
     ("no hook", "has no hook 'y'"),
-    ("no common keys", "share 0 image keys, fewer than the 32"),
+    ("no common keys", "share 0 image keys, fewer than the 10"),
     ("tokens", "selects different numbers of tokens per image"),
     ("arch", "trains topk, batchtopk, matryoshka SAEs, not relu"),
     ("store too", "give --store or --universal, not both"),
