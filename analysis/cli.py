@@ -394,14 +394,18 @@ def correlate_cmd(ref_a, ref_b, out, k, by, min_hits, shards, device):
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: <first store>/codes/<first codes>-analysis/universal].")
 @_BY
+@click.option("--min-hits", type=int, default=10, show_default=True,
+              help="Shared images a latent must fire on in every model to be drawn in universal_top_images.png.")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Folder now holding the stores' tars, for the top-images figure [default: where the stores say].")
 @_DEVICE
-def universal_cmd(refs, out, by, device):
+def universal_cmd(refs, out, by, min_hits, shards, device):
     """Each latent of a universal SAE across its models: firing rates, co-firing, energy shares, universality, and
     the cross-model reconstruction matrix (universal.csv, universal.json, universal.png)."""
     from clipsae.analysis.commands import parse_codes_ref, run_universal
 
     parsed = [parse_codes_ref(x.strip(), "--codes") for x in refs.split(",")]
-    for line in run_universal(parsed, out, by, device):
+    for line in run_universal(parsed, out, by, device, shards, min_hits):
         click.echo(line)
 
 

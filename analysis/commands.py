@@ -431,9 +431,10 @@ def run_neuron_alignment(t: Target, sae: Path | None = None, model: str | None =
 UNIVERSAL_DIR = "universal"
 
 
-def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max", device: str = "auto") -> list[str]:
-    """universal.csv, universal.json and universal.png: each latent of a universal SAE across its models, from the
-    codes each model's SAE made on its store (analysis/features/universal.py)."""
+def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max", device: str = "auto",
+                  shards: Path | None = None, min_hits: int = DEFAULT_MIN_HITS) -> list[str]:
+    """universal.csv, universal.json, universal.png and universal_top_images.png: each latent of a universal SAE
+    across its models, from the codes each model's SAE made on its store (analysis/features/universal.py)."""
     from clipsae.analysis.codes_sae import codes_sae
     from clipsae.analysis.features import universal as uni
 
@@ -464,12 +465,13 @@ def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max
     if len(keys) < 2:
         raise ClipsaeError(f"the stores share {len(keys)} image keys; the codes must be of the same images")
     n, d_sae = len(keys), saes[0].d_sae
-    fires = []
+    fires, tops = [], []
     for st, c in zip(stores, codes):
         row = np.full(st.n_images, -1, dtype=np.int64)
         row[st.images_of(keys)] = np.arange(n)
         v = corr_mod.shared_values(c, by, row, n)
         fires.append(uni.fires_matrix(v.indptr, v.latents, v.values, d_sae))
+        tops.append(corr_mod.top_rows(v, IMAGES_PER_SIDE))
     scaled = [sae.W_dec.detach().cpu() * float(sae.recorded("scale") or 1.0) for sae in saes]
     table = uni.universal_table(fires, uni.energy_shares(scaled))
     picked = np.linspace(0, n - 1, min(n, uni.FVU_IMAGES)).astype(np.int64)
@@ -502,7 +504,42 @@ def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max
     png = uni.plot_universal(table, [f"model {m} ({c.hook})" for m, c in zip(index, codes)], path / "universal.png",
                              f"{sorted(runs)[0]}: {int(live.sum())} live latents over {n} shared images")
     matrix = "; ".join(f"{names[a]}→{names[b]} {cross[a, b]:.3f}" for a in range(M) for b in range(M))
-    return [f"{n} images shared by the {M} stores; {int(live.sum())} of {d_sae} latents live, {int(shared.sum())} "
+    lines = []
+    counts = np.stack([np.asarray(f.sum(0)).ravel() for f in fires])
+    hits = live & (counts.min(0) >= min_hits)
+    shown = [int(i) for i in np.argsort(-np.where(hits, table.universality_N, -1), kind="stable")[:UNIVERSAL_SHOWN]
+             if hits[i]]
+    figure = _universal_figure(stores, codes, keys, tops, shown, table, index, shards, path, lines) if shown else ""
+    if not figure:
+        remove_stale(path / "universal_top_images.png")
+    return lines + [f"{n} images shared by the {M} stores; {int(live.sum())} of {d_sae} latents live, {int(shared.sum())} "
             f"universal (universality ≥ {uni.UNIVERSAL_ABOVE})",
             f"cross-model reconstruction FVU (codes of a through b's decoder) over {len(picked)} images: {matrix}",
-            f"wrote {csv_path}, {json_path}, {png}"]
+            f"wrote {csv_path}, {json_path}, {png}" + (f", {figure}" if figure else "")]
+
+
+UNIVERSAL_SHOWN = 6
+
+
+def _universal_figure(stores, codes, keys, tops, shown, table, index, shards, path, lines) -> str:
+    """The most universal latents' top images in model 0 (left) beside each other model's (right), one row per
+    latent and other model; when the tars cannot be read, say why and go on."""
+    from clipsae.analysis.images import load_images
+    from clipsae.analysis.pair_figure import plot_pairs
+
+    rows = []
+    try:
+        loaded = []
+        for st, top in zip(stores, tops):
+            imgs = {f: st.images_of([keys[r] for r in top[f]]) for f in shown}
+            got = load_images(st, np.concatenate(list(imgs.values())), shards)
+            loaded.append({f: [got[int(i)] for i in imgs[f]] for f in shown})
+    except ClipsaeError as exc:
+        lines.append(f"universal_top_images.png not drawn: {exc}")
+        return ""
+    for f in shown:
+        for m in range(1, len(stores)):
+            rows.append((f"latent {f}  universality {table.universality_N[f]:.2f}: model {index[0]} ({codes[0].hook}) ↔ "
+                         f"model {index[m]} ({codes[m].hook})", loaded[0][f], loaded[m][f]))
+    return str(plot_pairs(rows, IMAGES_PER_SIDE, path / "universal_top_images.png",
+                          "the most universal latents' top images in each model"))

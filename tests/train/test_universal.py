@@ -136,6 +136,7 @@ def test_analyze_universal_tells_shared_latents_from_each_models_own(pair, train
     code, stdout, err = run_cli("analyze", "universal", "--codes", f"{a}:u,{b}:u", "--out", out)
     assert code == 0, err
     assert "3996 images shared by the 2 stores" in stdout
+    assert "universal_top_images.png not drawn:" in stdout  # the planted stores were not extracted from tars
     rows = list(csv.DictReader(open(out / "universal.csv")))
     assert len(rows) == 128 and {"latent", "universality", "energy_m0", "energy_m1", "cofire_m0_m1"} <= set(rows[0])
     for r in rows:
