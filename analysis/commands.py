@@ -429,6 +429,8 @@ def run_neuron_alignment(t: Target, sae: Path | None = None, model: str | None =
 
 
 UNIVERSAL_DIR = "universal"
+UNIVERSAL_TOP_FILE = "universal_top.csv"  # each live latent's top images in each model, by key
+UNIVERSAL_LINK = "universal_link.json"  # beside each model's codes: where their universal analysis is
 
 
 def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max", device: str = "auto",
@@ -501,6 +503,12 @@ def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max
                "cross_fvu": cross.tolist(), "cross_fvu_images": len(picked),
                "mean_universality_live": float(table.universality_N[live].mean()) if live.any() else None}
     json_path = write_json(path / "universal.json", summary)
+    top_rows_ = ((int(f), index[m], r + 1, keys[row]) for f in np.nonzero(live)[0] for m in range(M)
+                 for r, row in enumerate(tops[m][f]))
+    write_csv(path / UNIVERSAL_TOP_FILE, ("latent", "model", "rank", "key"), top_rows_)
+    for m, (st, c) in enumerate(zip(stores, codes)):
+        # Where each model's report finds this analysis (analysis/report/siblings.py).
+        write_json(out_dir(None, st.path, c.name) / UNIVERSAL_LINK, {"folder": str(absolute(path)), "model": index[m]})
     png = uni.plot_universal(table, [f"model {m} ({c.hook})" for m, c in zip(index, codes)], path / "universal.png",
                              f"{sorted(runs)[0]}: {int(live.sum())} live latents over {n} shared images")
     matrix = "; ".join(f"{names[a]}→{names[b]} {cross[a, b]:.3f}" for a in range(M) for b in range(M))

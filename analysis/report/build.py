@@ -121,6 +121,16 @@ def _class_maps(store: ActivationStore, codes: Codes) -> ClassMaps | None:
     return ClassMaps(store.patch_labels(codes.hook)[0], {name: i for i, name in store.mask_classes().items()})
 
 
+def _universal_images(store: ActivationStore, universal, live: np.ndarray) -> dict[str, int]:
+    """The images, by key, that the live latents' universal sections show from the other models (those of this
+    store: the models' stores hold the same images)."""
+    if universal is None:
+        return {}
+    keys = {k for f in live.tolist() for m, ks in universal.top_keys.get(f, {}).items() if m != universal.model for k in ks}
+    index = {str(k): i for i, k in enumerate(store.keys())}
+    return {k: index[k] for k in sorted(keys) if k in index}
+
+
 def _shown_pairs(top: TopImages, samples: IntervalSamples, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(feature, image) of every image the live features' pages show: top images and interval samples."""
     imgs = np.concatenate([top.images_FK[live], samples.images_FQS[live].reshape(len(live), -1)], axis=1)
@@ -169,7 +179,10 @@ def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Pa
     layout = store.layout(codes.hook)
     grid = tuple(layout.grid) if layout.grid is not None and codes.n_positions > 1 else None
     maps = patch_maps(codes, feat_P, img_P, top.values_FK[feat_P, 0]) if grid else np.zeros((len(feat_P), 0), np.uint8)
-    n_thumbs = write_thumbnails(store, img_P, partial / "images", cfg.thumb_size, cfg.shards, cfg.progress)
+    universal = siblings.universal_latents(analysis)
+    universal_images = _universal_images(store, universal, live)
+    n_thumbs = write_thumbnails(store, np.concatenate([img_P, list(universal_images.values())]).astype(np.int64),
+                                partial / "images", cfg.thumb_size, cfg.shards, cfg.progress)
 
     matchings = siblings.matchings(analysis)
     segments = siblings.segmented_classes(analysis)
@@ -177,7 +190,8 @@ def _write(cfg: ReportConfig, store: ActivationStore, codes: Codes, analysis: Pa
                              class_names(store, cfg.classes, cfg.shards), nearest, siblings.feature_names(analysis),
                              matchings, PatchMaps(grid, feat_P, img_P, maps), None if ms is None else ms.ms_F,
                              siblings.probed_attributes(analysis), random_weights=random_weights(store),
-                             segments=segments, class_maps=_class_maps(store, codes) if segments and grid else None)
+                             segments=segments, class_maps=_class_maps(store, codes) if segments and grid else None,
+                             universal=universal, universal_images=universal_images)
     folder = partial / "features"
     folder.mkdir()
     match_folders = [siblings.relative_link(m.other_report / "features", out / "features") for m in matchings]

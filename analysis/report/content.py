@@ -14,7 +14,7 @@ from clipsae.analysis.features.interval_samples import IntervalSamples
 from clipsae.analysis.features.label_entropy import LabelEntropy
 from clipsae.analysis.features.nearest_features import Nearest
 from clipsae.analysis.features.top_images import TopImages
-from clipsae.analysis.report.siblings import Matching
+from clipsae.analysis.report.siblings import Matching, UniversalLatents
 
 
 def sig(x, digits: int = 4):
@@ -82,6 +82,8 @@ class FeatureContent:
     random_weights: bool = False  # the store's model was not pretrained: names and zero-shot figures mean nothing
     segments: dict | None = None  # from patch_probe.csv: feature → [(class, AP, probe_r)], best first
     class_maps: "ClassMaps | None" = None  # the store's patch labels, to show where a class is
+    universal: UniversalLatents | None = None  # analyze universal's figures, where these codes are a universal SAE's
+    universal_images: dict | None = None  # key → this store's image index, for the other models' top images
 
     @property
     def live(self) -> np.ndarray:
@@ -96,6 +98,19 @@ class FeatureContent:
         label = int(self.labels[img])
         return {"image": int(img), "key": str(self.keys[img]), "label": label, "label_name": self.label_name(label),
                 "value": sig(value), "token": int(token), "map": self.maps.get(f, int(img))}
+
+    def _universal(self, f: int) -> dict:
+        """Latent f across the universal SAE's models: its universality, and per model its energy share, firing
+        rate and (for the other models) its top images there."""
+        u, row = self.universal, self.universal.rows[f]
+        models = []
+        for m, hook in sorted(u.hooks.items()):
+            top = [] if m == u.model else [
+                {"image": self.universal_images[k], "key": k, "label_name": self.label_name(int(self.labels[self.universal_images[k]]))}
+                for k in u.top_keys.get(f, {}).get(m, []) if k in self.universal_images]
+            models.append({"model": m, "hook": hook, "this": m == u.model, "energy": sig(float(row[f"energy_m{m}"])),
+                           "fire_rate": sig(float(row[f"fire_rate_m{m}"])), "top": top})
+        return {"universality": sig(float(row["universality"])), "models": models}
 
     def _label_histogram(self, f: int) -> list[dict]:
         imgs, vals = self.entropy_top.images_FK[f], self.entropy_top.values_FK[f]
@@ -146,6 +161,8 @@ class FeatureContent:
         if self.nearest is not None:
             rec["nearest"] = [{"feature": int(j), "cosine": sig(c), "live": bool(not d.dead_F[j])}
                               for j, c in zip(self.nearest.features_FN[f].tolist(), self.nearest.cosine_FN[f].tolist())]
+        if self.universal is not None and f in self.universal.rows:
+            rec["universal"] = self._universal(f)
         for mt, folder in zip(self.matchings, links.pop("match_folders")):
             if f in mt.b_of_a:
                 b, r = mt.b_of_a[f]

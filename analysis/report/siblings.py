@@ -108,3 +108,31 @@ def splice_result(analysis: Path) -> dict | None:
 def relative_link(target: Path, from_dir: Path) -> str:
     """A link from a page in ``from_dir`` to ``target`` that works when both are opened from disk."""
     return Path(os.path.relpath(Path(target).resolve(), Path(from_dir).resolve())).as_posix()
+
+
+@dataclass(frozen=True)
+class UniversalLatents:
+    """``analyze universal``'s figures for the codes of one model of a universal SAE: per latent, its row of
+    universal.csv, and each model's top image keys; ``model`` is this codes' model, ``hooks`` each model's hook."""
+
+    model: int
+    hooks: dict[int, str]
+    rows: dict[int, dict]
+    top_keys: dict[int, dict[int, list[str]]]
+
+
+def universal_latents(analysis: Path) -> UniversalLatents | None:
+    """What ``analyze universal`` found of these codes' latents, where it was run on them (its link beside them)."""
+    link = analysis / "universal_link.json"
+    if not link.is_file():
+        return None
+    where = json.loads(link.read_text())
+    folder = Path(where["folder"])
+    if not (folder / "universal.csv").is_file():
+        return None
+    summary = json.loads((folder / "universal.json").read_text())
+    rows = {int(r["latent"]): r for r in _rows(folder / "universal.csv")}
+    top: dict[int, dict[int, list[str]]] = {}
+    for r in _rows(folder / "universal_top.csv"):
+        top.setdefault(int(r["latent"]), {}).setdefault(int(r["model"]), []).append(r["key"])
+    return UniversalLatents(int(where["model"]), {m["model"]: m["hook"] for m in summary["models"]}, rows, top)

@@ -31,7 +31,7 @@ def trained(pair, tmp_path_factory):
     """Both selections trained in one data pass."""
     a, b, *_ = pair
     out = tmp_path_factory.mktemp("u") / "run"
-    plan = configure_training(None, universal=f"{a}:x,{b}:x", arch="topk", k="3", expansion="4", steps=600,
+    plan = configure_training(None, universal=f"{a}:x,{b}:x", arch="topk", k="3", expansion="4", steps=300,
                               batch_size=256, lr=3e-3, holdout=0.05, selection="global,own", out=out)
     return plan, run_train(plan.cfg, quiet=True, store=plan.store, held=plan.held).dirs
 
@@ -66,12 +66,13 @@ def test_the_planted_pairs_shared_atoms_are_found_in_both_decoders(pair, trained
 
 
 def test_global_selection_puts_a_shared_atom_on_one_latent_in_both_models(pair, trained):
+    """The latent whose model-A atom is nearest a shared feature carries that feature's model-B side too."""
     _, _, D_a, D_b = pair
     run = trained[1]["topk-x4-k3"]
-    ca = best_cosines(D_a, load_sae(run / "models/0").W_dec.numpy())
-    cb = best_cosines(D_b, load_sae(run / "models/1").W_dec.numpy())
-    same = np.mean([ca[i].argmax() == cb[i].argmax() for i in range(SHARED)])
-    assert same >= 0.9
+    ca = best_cosines(D_a, load_sae(run / "models/0").W_dec.numpy())[:SHARED]
+    cb = best_cosines(D_b, load_sae(run / "models/1").W_dec.numpy())[:SHARED]
+    rows = np.arange(SHARED)
+    assert np.mean(cb[rows, ca.argmax(1)] >= 0.8) >= 0.9 and np.mean(ca[rows, cb.argmax(1)] >= 0.8) >= 0.9
 
 
 def test_a_stopped_universal_run_resumes_to_the_uninterrupted_weights(pair, tmp_path):

@@ -140,6 +140,20 @@
     });
     app.append(p);
   }
+  if (R.universal) {
+    // A universal SAE's latent (analyze universal): the same latent in the run's other models, side by side.
+    const U = R.universal;
+    app.append(el("h2", { text: "The same latent in the universal SAE's other models" }));
+    app.append(el("p", { id: "universality", text: `universality ${U.universality} (its smallest co-firing rate between two models); ` +
+      U.models.map((m) => `model ${m.model} (${m.hook}${m.this ? ", this one" : ""}): energy ${m.energy}, fires on ${m.fire_rate} of images`).join("; ") }));
+    for (const m of U.models.filter((x) => !x.this)) {
+      app.append(el("h3", { text: `Top images in model ${m.model} (${m.hook})` }));
+      app.append(m.top.length ? el("div", { class: "cards universal-top" }, ...m.top.map((x) =>
+        el("div", { class: "card" }, el("div", { class: "thumb" }, el("img", { src: thumbHref(x), alt: `image ${x.key}`, class: "thumbnail" })),
+          el("div", { text: x.label_name }), el("div", { class: "key", title: x.key, text: x.key }))))
+        : el("p", { text: "it fires on no shared image there" }));
+    }
+  }
   if (R.matches.length) {
     app.append(el("h2", { text: "Matched features in other codes" }));
     for (const m of R.matches) {

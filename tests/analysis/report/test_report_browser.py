@@ -162,3 +162,39 @@ def test_a_page_shows_the_classes_its_feature_segments_and_the_class_over_its_to
     assert classes == [s["class"] for s in recs[f]["segments"]]
     assert browser.execute_script("return document.querySelector('#segment-class-map canvas').width") > 0
     assert recs[f]["segment_map"]["class"] in browser.find_element("id", "segment-class-map").text
+
+
+@pytest.fixture(scope="module")
+def universal_report(shards, tmp_path_factory):
+    """The report of model 1's codes of a universal SAE over two hooks of one store made from real tars, after
+    ``analyze universal`` ran on both models' codes."""
+    from clipsae.analysis.commands import run_universal
+    from clipsae.analysis.encode import EncodeConfig, run_encode
+    from clipsae.analysis.report.build import ReportConfig, run_report
+    from clipsae.analysis.report.siblings import report_dir
+    from clipsae.train.configure import configure_training
+    from clipsae.train.trainer import run_train
+    from tests.analysis.helpers import store_from_tars
+
+    tmp = tmp_path_factory.mktemp("universal_report")
+    store = store_from_tars(tmp / "s.zarr", sorted(shards.glob("*.tar")), embed_d=6)
+    plan = configure_training(None, universal=f"{store}:blocks.0,{store}:embed", tokens="cls", arch="topk", k="2",
+                              expansion="2", steps=20, batch_size=8, holdout=0.0, out=tmp / "u")
+    run_train(plan.cfg, quiet=True, store=plan.store, held=plan.held)
+    for m in (0, 1):
+        run_encode(EncodeConfig(store, tmp / "u" / "models" / str(m), name=f"u{m}", progress=False, device="cpu"))
+    run_universal([(store, "u0"), (store, "u1")], None, device="cpu", min_hits=1)
+    run_report(ReportConfig(store, "u1", k=3, per_interval=2, progress=False))
+    return report_dir(store, "u1")
+
+
+def test_a_universal_latents_page_shows_its_top_images_in_the_other_model(browser, universal_report):
+    pages = [p for p in (universal_report / "features").glob("*.json")
+             if any(m["top"] for m in json.loads(p.read_text()).get("universal", {}).get("models", []))]
+    assert pages, "no latent has top images in the other model"
+    assert open_page(browser, pages[0].with_suffix(".html")) == []
+    assert "universality" in browser.execute_script("return document.getElementById('universality').textContent")
+    wait_for_images(browser)
+    shown = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.universal-top img')).map(i => i.naturalWidth)")
+    assert shown and all(w > 0 for w in shown)
