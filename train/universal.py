@@ -32,6 +32,7 @@ from torch import nn
 from clipsae.files import write_json
 from clipsae.train.archs.base import StepOutput
 from clipsae.train.codes import SparseCodes
+from clipsae.train.metrics import DENSE_ABOVE
 from clipsae.train.model import SparseAutoencoder
 from clipsae.train.ranks import Ranks
 from clipsae.train.sparse import decode_sparse, encode_columns, encode_sparse
@@ -110,7 +111,7 @@ def loss(sae, x: torch.Tensor, dead_C: torch.Tensor | None, ranks: Ranks = Ranks
             l_aux = (e - f_aux @ sae.W_dec.index_select(0, dead_C)).pow(2).sum() / ranks.total_variance(e)
             aux_loss = aux_loss + spec.aux_alpha * l_aux
             aux = aux + l_aux.detach() / M
-    _track_thresholds(sae, codes)
+    _track_thresholds(sae, z)
     active = [(c.vals > 0) for c in codes]
     l0 = torch.stack([a.sum() for a in active]).float().mean() / B
     fired = torch.zeros(spec.d_sae, dtype=torch.bool, device=x.device)
@@ -121,14 +122,18 @@ def loss(sae, x: torch.Tensor, dead_C: torch.Tensor | None, ranks: Ranks = Ranks
 
 
 @torch.no_grad()
-def _track_thresholds(sae, codes: list[SparseCodes]) -> None:
-    # Each model's inference threshold (for the architectures saved as JumpReLU): BatchTopK's running
-    # smallest kept code, per model, on the device.
-    for m, c in enumerate(codes):
-        low = torch.where(c.vals > 0, c.vals.detach(), torch.inf).min().double()
+def _track_thresholds(sae, z: list[torch.Tensor]) -> None:
+    # Each model's inference threshold, for the architectures saved as JumpReLU: the running mean (BatchTopK's
+    # momentum) of the smallest of the k·B largest ReLU(z_m) of the batch, what BatchTopK would keep of model m
+    # alone, so that each model's SAE on its own fires about k latents per row. (The codes of the global
+    # selection would not do: a latent the other models' evidence selected may have a tiny z_m.)
+    if sae.arch.export_as != "jumprelu":
+        return
+    for m, zm in enumerate(z):
+        kth = torch.topk(zm.flatten(), min(sae.spec.k * len(zm), zm.numel()), sorted=False).values.min().double()
+        low = kth.clamp_min(0.0)
         old = sae.model_threshold[m]
-        moved = torch.where(old < 0, low, THRESHOLD_MOMENTUM * old + (1 - THRESHOLD_MOMENTUM) * low)
-        sae.model_threshold[m] = torch.where(torch.isfinite(low), moved, old)
+        sae.model_threshold[m] = torch.where(old < 0, low, THRESHOLD_MOMENTUM * old + (1 - THRESHOLD_MOMENTUM) * low)
 
 
 @torch.no_grad()
@@ -172,6 +177,8 @@ def evaluate_universal(sae, scale: float, factors: list[float], x_eval: torch.Te
     metrics = {k: sum(p[1][k] for p in per) / len(per) for k in ("fvu", "l0", "mse", "cosine", "explained_variance")}
     density = torch.stack([p[2] for p in per]).amax(0)
     metrics["dead_heldout"] = int((density == 0).sum())
+    metrics["dense"] = int((density > DENSE_ABOVE).sum())
+    metrics["heldout_tokens"] = len(x_eval)
     metrics["models"] = [{k: v for k, v in p[1].items() if k != "density_hist"} for p in per]
     metrics["cross_fvu"] = cross_fvu(models, blocks)
     return metrics, density, per

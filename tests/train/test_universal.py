@@ -81,6 +81,8 @@ def test_a_stopped_universal_run_resumes_to_the_uninterrupted_weights(pair, tmp_
                 holdout=0.05, checkpoint_every=10)
     ref = configure_training(None, **args, out=tmp_path / "ref")
     run_train(ref.cfg, quiet=True, store=ref.store, held=ref.held)
+    per_model = json.loads((tmp_path / "ref" / UNIVERSAL_FILE).read_text())["heldout"]["models"]
+    assert all(0 < m["l0"] <= 3 * 3 for m in per_model), per_model  # each model's own threshold: near k a row
     plan = configure_training(None, **args, out=tmp_path / "cut")
     calls = iter(range(10**6))
     with pytest.raises(TrainingStopped):
