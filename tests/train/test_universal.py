@@ -224,3 +224,13 @@ def test_the_sparse_universal_step_equals_its_plain_dense_form(arch, selection):
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
     for k in grads[1][1]:
         torch.testing.assert_close(grads[0][1][k], grads[1][1][k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_train_universal_on_the_command_line_says_what_it_trains_and_where(pair, tmp_path, run_cli):
+    a, b, *_ = pair
+    code, out, err = run_cli("train", "--universal", f"{a}:x,{b}:x", "--arch", "topk", "--k", "3", "--expansion", "2",
+                             "--steps", "20", "--batch-size", "128", "--out", tmp_path / "u")
+    assert code == 0, err
+    assert "universal over a.zarr:x (d=32), b.zarr:x (d=24) (all tokens)" in err
+    assert out.startswith("topk-x2-k3: FVU ") and str(tmp_path / "u") in out
+    assert (tmp_path / "u" / UNIVERSAL_FILE).is_file()
