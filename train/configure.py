@@ -117,7 +117,8 @@ def configure_training(store: str | Path | None, **options) -> TrainingPlan:
     hook, tokens, batch_size, steps = req.hook, req.tokens, run.batch_size, req.steps
     joined = _universal(req) if req.universal is not None else None
     if joined is not None:
-        st, hook, token_idx, d = joined.stores[0], joined.hooks[0], joined.token_idx[0], sum(joined.blocks)
+        st, hook, d = joined.stores[0], joined.hooks[0], sum(joined.blocks)
+        token_idx = np.arange(joined.rows_per_image)
     else:
         if req.store is None:
             raise ClipsaeError("give --store (or --universal STORE:HOOK,STORE:HOOK for a universal SAE)")
@@ -142,8 +143,8 @@ def configure_training(store: str | Path | None, **options) -> TrainingPlan:
     if joined is not None:
         specs = [_universal_spec(spec, joined.blocks, sel) for spec in specs
                  for sel in parse_list(str, req.selection, "--selection")]
-    elif req.selection != "global":
-        raise ClipsaeError("--selection is a universal SAE's option: give --universal")
+    elif req.selection != "global" or req.grid is not None:
+        raise ClipsaeError(f"--{'grid' if req.grid is not None else 'selection'} is a universal SAE's option: give --universal")
     if len(seeds) > 1:
         specs = [replace(spec, seed=seed) for spec in specs for seed in seeds]
     tokens_total = req.tokens_total
@@ -159,6 +160,8 @@ def configure_training(store: str | Path | None, **options) -> TrainingPlan:
     extra = {}
     if joined is not None:
         extra["universal"] = {"models": joined.describe(), "images": joined.n_common}
+        if joined.grid is not None:
+            extra["universal"]["grid"] = list(joined.grid)
         notes.append(f"universal: {joined.n_common:,} images held by all {len(joined.stores)} stores (of "
                      f"{', '.join(f'{s.n_images:,}' for s in joined.stores)})")
     if steps is None:
@@ -203,7 +206,7 @@ def configure_training(store: str | Path | None, **options) -> TrainingPlan:
 
 def _universal(req: TrainRequest):
     """The stores of ``--universal``, checked: the options it replaces are refused, each hook exists, keys shared."""
-    from clipsae.train.universal_data import UniversalData, parse_universal
+    from clipsae.train.universal_data import UniversalData, parse_grid, parse_universal
 
     if req.store is not None:
         raise ClipsaeError("give --store or --universal, not both: --universal names every model's store and hook")
@@ -214,7 +217,8 @@ def _universal(req: TrainRequest):
         raise ClipsaeError(f"--universal trains {', '.join(UNIVERSAL_ARCHS)} SAEs, not {', '.join(wrong)}")
     if req.sweep is not None:
         raise ClipsaeError("--universal takes its SAEs from the comma lists (--arch, --k, --expansion), not --sweep")
-    return UniversalData.open(parse_universal(req.universal), req.tokens)
+    return UniversalData.open(parse_universal(req.universal), req.tokens,
+                              grid=parse_grid(req.grid) if req.grid is not None else None)
 
 
 def _universal_spec(spec: SAESpec, blocks: tuple[int, ...], selection: str) -> SAESpec:

@@ -18,6 +18,9 @@ class TrainRequest:
     universal: str | None = option(None, metavar="STORE:HOOK,STORE:HOOK[,…]")
     """Train universal SAEs instead: one set of latents over several models' activations of the same images (stores
     matched by image key), an encoder and a decoder per model; in place of --store and --hook."""
+    grid: str | None = option(None, metavar="RxC")
+    """Universal SAEs over patches of unequal grids: average-pool each store's patches to this grid (with --tokens
+    patches)."""
     selection: str = option("global")
     """Universal SAEs' latent selection: global (one TopK over the models' summed pre-activations, SPARC's) or own
     (each model's own TopK); a comma list sweeps."""

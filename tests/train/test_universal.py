@@ -234,3 +234,47 @@ def test_train_universal_on_the_command_line_says_what_it_trains_and_where(pair,
     assert "universal over a.zarr:x (d=32), b.zarr:x (d=24) (all tokens)" in err
     assert out.startswith("topk-x2-k3: FVU ") and str(tmp_path / "u") in out
     assert (tmp_path / "u" / UNIVERSAL_FILE).is_file()
+
+
+def _grid_store(path, keys, grid, d, seed):
+    n = grid[0] * grid[1] + 1
+    acts = np.random.default_rng(seed).standard_normal((len(keys), n, d)).astype(np.float32)
+    write_store(path, {"x": acts}, list(keys), attrs={"model": "m"}, layouts={"x": {"cls_token": True, "grid": list(grid)}})
+    return path, acts
+
+
+def test_patches_of_unequal_grids_are_pooled_to_the_common_grid(tmp_path):
+    from clipsae.train.universal_data import UniversalData
+
+    keys = [f"k{i}" for i in range(40)]
+    a, acts_a = _grid_store(tmp_path / "a.zarr", keys, (4, 4), 8, 0)
+    b, acts_b = _grid_store(tmp_path / "b.zarr", keys, (2, 2), 6, 1)
+    data = UniversalData.open([(str(a), "x"), (str(b), "x")], "patches", factors=[1.0, 1.0], grid=(2, 2))
+    src = data.source(np.ones(40, dtype=bool))
+    rows = np.concatenate([src.rows(i) for i in range(len(src.chunks))])
+    assert src.n_rows == len(rows) == 40 * 4
+    # A's 4×4 patches, each 2×2 block averaged, row-major: the plain reference of adaptive average pooling here.
+    pooled = acts_a[:, 1:].reshape(40, 2, 2, 2, 2, 8).mean(axis=(2, 4)).reshape(40 * 4, 8)
+    np.testing.assert_allclose(rows[:, :8], pooled, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(rows[:, 8:], acts_b[:, 1:].reshape(40 * 4, 6))
+    plan = configure_training(None, universal=f"{a}:x,{b}:x", tokens="patches", grid="2x2", arch="topk", k="2",
+                              expansion="2", steps=5, batch_size=32, holdout=0.0, out=tmp_path / "u")
+    run_train(plan.cfg, quiet=True, store=plan.store, held=plan.held)
+    assert json.loads((tmp_path / "u" / UNIVERSAL_FILE).read_text())["models"][0]["tokens_per_image"] == 16
+
+
+@pytest.mark.parametrize("tokens, grid, message", [
+    ("patches", "8x8", "finer than hook x's 4x4 grid"),
+    ("all", "2x2", "--grid pools patches: give --tokens patches"),
+    ("patches", "2by2", "is not ROWSxCOLS"),
+])
+def test_a_grid_that_cannot_pool_is_refused(tmp_path, tokens, grid, message):
+    from clipsae.errors import ClipsaeError
+
+    keys = [f"k{i}" for i in range(40)]
+    a, _ = _grid_store(tmp_path / "a.zarr", keys, (4, 4), 8, 0)
+    b, _ = _grid_store(tmp_path / "b.zarr", keys, (4, 4), 6, 1)
+    with pytest.raises(ClipsaeError, match=message):
+        configure_training(None, universal=f"{a}:x,{b}:x", tokens=tokens, grid=grid, steps=5, batch_size=32,
+                           out=tmp_path / "u")
+    assert not (tmp_path / "u").exists()
