@@ -89,6 +89,7 @@ class ServedCodes:
         self.names = siblings.feature_names(analysis)
         self.neurons = siblings.neuron_alignment(analysis)
         self.matchings = siblings.matchings(analysis)
+        self.universal = siblings.universal_latents(analysis)
         self.random_weights = store_has_random_weights(self.store)
         self._content = self._feature_content()
         stats = self.index.stats
@@ -190,7 +191,16 @@ class ServedCodes:
         empty = PatchMaps(self.grid, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.uint8))
         return FeatureContent(ix.top.first(TOP_SHOWN), ix.samples, dens, ent, ix.top, self.labels, self.keys.keys,
                               self.class_names, nearest, self.names, [], empty,
-                              None if np.isnan(st["ms"]).all() else st["ms"], random_weights=self.random_weights)
+                              None if np.isnan(st["ms"]).all() else st["ms"], random_weights=self.random_weights,
+                              universal=self.universal, universal_images=self._universal_images())
+
+    def _universal_images(self) -> dict[str, int] | None:
+        """Key → image of the top images ``analyze universal`` found for these codes' latents in the other models."""
+        if self.universal is None:
+            return None
+        keys = {k for per_model in self.universal.top_keys.values() for ks in per_model.values() for k in ks}
+        found = {k: self.keys.find(k) for k in sorted(keys)}
+        return {k: i for k, i in found.items() if i is not None}
 
     def feature_record(self, f: int, links: dict) -> dict:
         """Feature ``f``'s page record, in the report's format (analysis/report/content.py), its patch

@@ -279,3 +279,34 @@ def test_an_images_patch_maps_are_the_reports_over_that_image(served, codes):
         v = float(val[lat == x["feature"]][0])
         want = patch_maps(codes, np.array([x["feature"]]), np.array([3]), np.array([v], np.float32))[0]
         assert base64.b64decode(x["map"]) == want.tobytes()
+
+
+def test_a_universal_latents_record_has_its_top_images_in_the_other_model(shards, tmp_path, run_cli):
+    """Codes of one model of a universal SAE, after `analyze universal`: the explorer's feature record carries the
+    latent's universality and its top images in the other model, whose thumbnails it serves."""
+    from clipsae.analysis.explore.config import ServeConfig
+    from clipsae.analysis.explore.serve import open_explorer
+    from tests.analysis.explore.conftest import serve_in_thread
+    from tests.analysis.helpers import store_from_tars
+
+    store = store_from_tars(tmp_path / "s.zarr", sorted(shards.glob("*.tar")), embed_d=6)
+    code, _, err = run_cli("train", "--universal", f"{store}:blocks.0,{store}:embed", "--tokens", "cls", "--k", "2",
+                           "--expansion", "2", "--steps", "20", "--batch-size", "8", "--holdout", "0", "--out",
+                           tmp_path / "u", "--quiet")
+    assert code == 0, err
+    for m in (0, 1):
+        assert run_cli("encode", "--store", store, "--sae", tmp_path / "u" / "models" / str(m), "--name", f"u{m}",
+                       "--quiet")[0] == 0
+    code, _, err = run_cli("analyze", "universal", "--codes", f"{store}:u0,{store}:u1", "--min-hits", "1")
+    assert code == 0, err
+    explorer = open_explorer(ServeConfig(store=str(store), codes=("u1",), device="cpu", progress=False))
+    s, stop = serve_in_thread(explorer)
+    try:
+        records = [s.get(f"/api/codes/u1/features/{f}")[1] for f in range(16)]
+        shown = [r for r in records if any(m["top"] for m in r.get("universal", {}).get("models", []))]
+        assert shown and "universality" in shown[0]["universal"]
+        other = next(m for m in shown[0]["universal"]["models"] if not m["this"])
+        status, body = s.get(f"/thumbs/u1/{other['top'][0]['image']}.jpg")
+        assert status == 200 and body[:2] == b"\xff\xd8"  # a JPEG
+    finally:
+        stop()
