@@ -92,21 +92,37 @@ def reconstruct(sae: SparseAutoencoder, x_NPD: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def spliced_embeddings(visual: nn.Module, hook: str, positions: np.ndarray, sae: SparseAutoencoder,
-                       mean_PD: torch.Tensor, images_NCHW: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(original, spliced, mean-ablated, zero-ablated) image embeddings of a batch."""
-    if hook in POOLED:
-        pooled = HookedForward(visual, resolve_hooks(visual, [hook], "all"), "all")(images_NCHW)[hook][:, 0]
-        spliced, ablated = reconstruct(sae, pooled[:, None])[:, 0], mean_PD[0].expand_as(pooled)
-        return tuple(points_to_joint(x, visual, hook) for x in (pooled, spliced, ablated, torch.zeros_like(pooled)))
+def reference_embeddings(visual: nn.Module, hook: str, positions: np.ndarray, mean_PD: torch.Tensor,
+                         images_NCHW: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(original, mean-ablated, zero-ablated) image embeddings of a batch: what does not depend on the SAE."""
     original = visual(images_NCHW)
-    with replaced(visual, hook, positions, lambda x: reconstruct(sae, x)):
-        spliced = visual(images_NCHW)
     with replaced(visual, hook, positions, lambda x: mean_PD.to(x.dtype).expand_as(x)):
         ablated = visual(images_NCHW)
     with replaced(visual, hook, positions, torch.zeros_like):
         zeroed = visual(images_NCHW)
+    return original, ablated, zeroed
+
+
+@torch.no_grad()
+def spliced_embeddings(visual: nn.Module, hook: str, positions: np.ndarray, sae: SparseAutoencoder,
+                       mean_PD: torch.Tensor, images_NCHW: torch.Tensor,
+                       reference: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, ...]:
+    """(original, spliced, mean-ablated, zero-ablated) image embeddings of a batch; ``reference``, where given, is
+    :func:`reference_embeddings` of the same batch, computed before."""
+    if hook in POOLED:
+        pooled = HookedForward(visual, resolve_hooks(visual, [hook], "all"), "all")(images_NCHW)[hook][:, 0]
+        spliced, ablated = reconstruct(sae, pooled[:, None])[:, 0], mean_PD[0].expand_as(pooled)
+        return tuple(points_to_joint(x, visual, hook) for x in (pooled, spliced, ablated, torch.zeros_like(pooled)))
+    original, ablated, zeroed = reference or reference_embeddings(visual, hook, positions, mean_PD, images_NCHW)
+    with replaced(visual, hook, positions, lambda x: reconstruct(sae, x)):
+        spliced = visual(images_NCHW)
     return original, spliced, ablated, zeroed
+
+
+# The model and the SAE-free embeddings of the last splice, by what decides them (store, hook, tokens, images,
+# model, device): splicing several SAEs of one hook in a process (the demo, a comparison) loads the model and
+# runs the three reference forwards once, then one forward per SAE.
+_REFERENCE: dict[tuple, tuple] = {}
 
 
 def check_images(n: int) -> None:
@@ -133,20 +149,30 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
     dev = resolve_device(device)
     model_sae = codes_sae(t.codes, sae, device=str(dev))
     cfg = store_model_config(t.store.config, t.store.provenance, pretrained, model)
-    clip = load_clip(cfg)
-    clip.model.to(dev)
+    chosen = _pick(t.store.n_images, images)
+    key = (str(t.store.path.resolve()), hook, tuple(t.codes.token_positions.tolist()), tuple(chosen.tolist()),
+           repr(cfg), str(dev), str(shards), batch)
+    if key not in _REFERENCE:
+        _REFERENCE.clear()  # one model held at a time
+        clip = load_clip(cfg)
+        clip.model.to(dev)
+        _REFERENCE[key] = (clip, [])
+    clip, references = _REFERENCE[key]
     visual = clip.vision.visual
     positions = model_positions(visual, t.store, t.codes)
     sums = t.codes.sums()
     mean_PD = torch.from_numpy(sums.position_x_sum / sums.n_images).float().to(dev)
-    chosen = _pick(t.store.n_images, images)
     labels = t.store.labels()[chosen]
     names = class_names(t.store, classes, shards)
     cos_s, cos_m = [], []
     emb: dict[str, list] = {"clean": [], "sae": [], "mean": [], "zero": []}
     bar = tqdm(total=len(chosen), desc="splice", unit="img", disable=not progress)
-    for _, x in iter_image_batches(t.store, chosen, clip.vision.preprocess, batch, shards):
-        o, s, m, z = spliced_embeddings(visual, hook, positions, model_sae, mean_PD, x.to(dev))
+    first = not references
+    for b, (_, x) in enumerate(iter_image_batches(t.store, chosen, clip.vision.preprocess, batch, shards)):
+        if hook not in POOLED and first:
+            references.append(reference_embeddings(visual, hook, positions, mean_PD, x.to(dev)))
+        reference = references[b] if hook not in POOLED else None
+        o, s, m, z = spliced_embeddings(visual, hook, positions, model_sae, mean_PD, x.to(dev), reference)
         cos_s.append(torch.nn.functional.cosine_similarity(o, s, dim=1).cpu())
         cos_m.append(torch.nn.functional.cosine_similarity(o, m, dim=1).cpu())
         for name, e in zip(emb, (o, s, m, z)):

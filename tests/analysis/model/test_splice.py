@@ -123,3 +123,23 @@ def test_splice_bad_input_is_one_line(extracted, tmp_path, run_cli):
     assert code != 0 and "no codes named 'nope'" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("analyze", "splice", "--store", extracted, "--codes", "any", "--images", "0")
     assert code != 0 and "--images must be at least 1" in err
+
+
+def test_a_second_splice_on_the_hook_reuses_the_reference_and_reports_what_a_fresh_one_does(extracted, tmp_path, run_cli):
+    from clipsae.analysis.model import splice
+
+    for name, seed in (("r1", 3), ("r2", 4)):
+        sae = saelens_dir(tmp_path / name, {"architecture": "topk", "k": 8}, sae_weights(seed, d=D, n=64))
+        run_encode(EncodeConfig(extracted, sae, name=name, hook="resid.5", progress=False))
+    args = ("--store", extracted, "--images", "6", "--quiet")
+    assert run_cli("analyze", "splice", "--codes", "r1", *args)[0] == 0
+    held = next(iter(splice._REFERENCE.values()))
+    assert run_cli("analyze", "splice", "--codes", "r2", *args)[0] == 0
+    assert next(iter(splice._REFERENCE.values())) is held  # the model and reference forwards were reused
+    reused = json.loads((extracted / "codes" / "r2-analysis" / "splice.json").read_text())
+    splice._REFERENCE.clear()
+    assert run_cli("analyze", "splice", "--codes", "r2", *args)[0] == 0
+    fresh = json.loads((extracted / "codes" / "r2-analysis" / "splice.json").read_text())
+    assert reused["cosine_spliced"] == pytest.approx(fresh["cosine_spliced"], rel=1e-6)
+    numbers = {k: v for k, v in fresh["zero_shot"].items() if isinstance(v, float)}
+    assert numbers and {k: reused["zero_shot"][k] for k in numbers} == pytest.approx(numbers, rel=1e-6)
