@@ -439,6 +439,7 @@ def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max
     across its models, from the codes each model's SAE made on its store (analysis/features/universal.py)."""
     from clipsae.analysis.codes_sae import codes_sae
     from clipsae.analysis.features import universal as uni
+    from clipsae.train.metrics import cross_fvu
 
     if len(refs) < 2:
         raise ClipsaeError("--codes needs two or more STORE:CODES, one per model of the universal SAE")
@@ -481,7 +482,7 @@ def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max
     for st, c in zip(stores, codes):
         acts = st.read(c.hook, st.images_of([keys[i] for i in picked]))[:, c.token_positions]
         blocks.append(torch.from_numpy(acts.reshape(-1, acts.shape[-1])).float().to(dev))
-    cross = uni.cross_fvu(saes, blocks)
+    cross = cross_fvu(saes, blocks)
     path = out_dir(out, stores[0].path, codes[0].name)
     if out is None:
         path = path / UNIVERSAL_DIR

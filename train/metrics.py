@@ -59,6 +59,20 @@ def evaluate(model: SparseAutoencoder, x_MD: torch.Tensor) -> tuple[dict, torch.
     return metrics, density
 
 
+@torch.no_grad()
+def cross_fvu(models: list[SparseAutoencoder], x_blocks: list[torch.Tensor]) -> np.ndarray:
+    """F[a, b]: the FVU of model b's rows ``x_blocks[b]`` reconstructed from model a's codes of the same rows
+    (``x_blocks[a]``) through b's decoder; the diagonal is each model's own FVU (a universal SAE's models)."""
+    codes = [m.encode_sparse(x) for m, x in zip(models, x_blocks)]
+    out = np.zeros((len(models), len(models)))
+    for a in range(len(models)):
+        for b, (mb, xb) in enumerate(zip(models, x_blocks)):
+            x_hat = mb.reconstruct_sparse(xb, codes[a])
+            var = float((xb - xb.mean(0)).pow(2).sum())
+            out[a, b] = float((xb - x_hat).pow(2).sum()) / var if var > 0 else float("nan")
+    return out
+
+
 def density_histogram(density_N: torch.Tensor) -> dict:
     """Counts of latents per log10-density bin; latents that never fired counted apart."""
     live = density_N[density_N > 0].double().log10().numpy()

@@ -22,7 +22,6 @@ model (docs/sae.md measures both). At inference each model's SAE is an ordinary 
 JumpReLU threshold of its own for BatchTopK and Matryoshka), saved under ``models/<m>``.
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 from clipsae.files import write_json
 from clipsae.train.archs.base import StepOutput
 from clipsae.train.codes import SparseCodes
-from clipsae.train.metrics import DENSE_ABOVE
+from clipsae.train.metrics import DENSE_ABOVE, cross_fvu
 from clipsae.train.model import SparseAutoencoder
 from clipsae.train.ranks import Ranks
 from clipsae.train.sparse import decode_sparse, encode_columns, encode_sparse
@@ -153,21 +152,6 @@ def inference_models(sae, scale: float, factors: list[float]) -> list[SparseAuto
     return out
 
 
-@torch.no_grad()
-def cross_fvu(models: list[SparseAutoencoder], x_blocks: list[torch.Tensor]) -> list[list[float]]:
-    """F[a][b]: the FVU of model b's activations reconstructed from model a's codes through b's decoder."""
-    codes = [m.encode_sparse(x) for m, x in zip(models, x_blocks)]
-    out = []
-    for a in range(len(models)):
-        row = []
-        for b, (mb, xb) in enumerate(zip(models, x_blocks)):
-            x_hat = mb.decode_sparse(codes[a])
-            var = float((xb - xb.mean(0)).pow(2).sum())
-            row.append(float((xb - x_hat).pow(2).sum()) / var if var > 0 else float("nan"))
-        out.append(row)
-    return out
-
-
 def evaluate_universal(sae, scale: float, factors: list[float], x_eval: torch.Tensor, evaluate) -> tuple[dict, torch.Tensor, list]:
     """(metrics, density, [(model's SAE, its metrics, its density)]) on held-out joined rows: each model's SAE on
     its own raw block, their mean FVU and L0, and the cross-reconstruction matrix."""
@@ -180,7 +164,7 @@ def evaluate_universal(sae, scale: float, factors: list[float], x_eval: torch.Te
     metrics["dense"] = int((density > DENSE_ABOVE).sum())
     metrics["heldout_tokens"] = len(x_eval)
     metrics["models"] = [{k: v for k, v in p[1].items() if k != "density_hist"} for p in per]
-    metrics["cross_fvu"] = cross_fvu(models, blocks)
+    metrics["cross_fvu"] = cross_fvu(models, blocks).tolist()
     return metrics, density, per
 
 
@@ -188,9 +172,6 @@ def write_universal(out: Path, record: dict) -> None:
     """universal.json, last: it marks the folder whole."""
     write_json(out / UNIVERSAL_FILE, record)
 
-
-def read_universal(folder: Path) -> dict:
-    return json.loads((Path(folder) / UNIVERSAL_FILE).read_text())
 
 
 def finished_file(spec) -> str:

@@ -68,19 +68,6 @@ def universal_table(fires: list, energy_MN: np.ndarray) -> UniversalTable:
     return UniversalTable(count_MN / max(n_images, 1), cofire, energy_MN, universality, count_MN.sum(0) > 0)
 
 
-@torch.no_grad()
-def cross_fvu(models: list, x_blocks: list[torch.Tensor]) -> np.ndarray:
-    """F[a, b]: the FVU of model b's rows from model a's codes through b's decoder."""
-    codes = [m.encode_sparse(x) for m, x in zip(models, x_blocks)]
-    out = np.zeros((len(models), len(models)))
-    for a in range(len(models)):
-        for b, (mb, xb) in enumerate(zip(models, x_blocks)):
-            x_hat = mb.reconstruct_sparse(xb, codes[a])
-            var = float((xb - xb.mean(0)).pow(2).sum())
-            out[a, b] = float((xb - x_hat).pow(2).sum()) / var if var > 0 else float("nan")
-    return out
-
-
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
     """The area under the ROC curve of ``score`` for telling ``positive`` apart (ties count half)."""
     from scipy.stats import rankdata
