@@ -460,18 +460,18 @@ def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max
     index = [m for _, m, _ in places]
     if len(set(index)) < len(index):
         raise ClipsaeError(f"two of the codes were made by the same model of the run (models/{index}); give one per model")
-    common = stores[0].keys()
-    for st in stores[1:]:
-        common = np.intersect1d(common, st.keys())
-    shared_keys = set(common.tolist())
-    keys = [k for k in stores[0].keys() if k in shared_keys]
+    lead_keys = stores[0].keys()
+    positions = [st.positions_of(lead_keys) for st in stores]
+    shared = np.all([p >= 0 for p in positions], axis=0)
+    images = [p[shared] for p in positions]  # per store, the shared images in the first store's order
+    keys = lead_keys[shared]
     if len(keys) < 2:
         raise ClipsaeError(f"the stores share {len(keys)} image keys; the codes must be of the same images")
     n, d_sae = len(keys), saes[0].d_sae
     fires, tops = [], []
-    for st, c in zip(stores, codes):
+    for st, c, imgs in zip(stores, codes, images):
         row = np.full(st.n_images, -1, dtype=np.int64)
-        row[st.images_of(keys)] = np.arange(n)
+        row[imgs] = np.arange(n)
         v = corr_mod.shared_values(c, by, row, n)
         fires.append(uni.fires_matrix(v.indptr, v.latents, v.values, d_sae))
         tops.append(corr_mod.top_rows(v, IMAGES_PER_SIDE))
@@ -479,8 +479,8 @@ def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max
     table = uni.universal_table(fires, uni.energy_shares(scaled))
     picked = np.linspace(0, n - 1, min(n, uni.FVU_IMAGES)).astype(np.int64)
     blocks = []
-    for st, c in zip(stores, codes):
-        acts = st.read(c.hook, st.images_of([keys[i] for i in picked]))[:, c.token_positions]
+    for st, c, imgs in zip(stores, codes, images):
+        acts = st.read(c.hook, imgs[picked])[:, c.token_positions]
         blocks.append(torch.from_numpy(acts.reshape(-1, acts.shape[-1])).float().to(dev))
     cross = cross_fvu(saes, blocks)
     path = out_dir(out, stores[0].path, codes[0].name)
@@ -518,7 +518,7 @@ def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max
     hits = live & (counts.min(0) >= min_hits)
     shown = [int(i) for i in np.argsort(-np.where(hits, table.universality_N, -1), kind="stable")[:UNIVERSAL_SHOWN]
              if hits[i]]
-    figure = _universal_figure(stores, codes, keys, tops, shown, table, index, shards, path, lines) if shown else ""
+    figure = _universal_figure(stores, codes, images, tops, shown, table, index, shards, path, lines) if shown else ""
     if not figure:
         remove_stale(path / "universal_top_images.png")
     return lines + [f"{n} images shared by the {M} stores; {int(live.sum())} of {d_sae} latents live, {int(shared.sum())} "
@@ -530,7 +530,7 @@ def run_universal(refs: list[tuple[Path, str]], out: Path | None, by: str = "max
 UNIVERSAL_SHOWN = 6
 
 
-def _universal_figure(stores, codes, keys, tops, shown, table, index, shards, path, lines) -> str:
+def _universal_figure(stores, codes, images, tops, shown, table, index, shards, path, lines) -> str:
     """The most universal latents' top images in model 0 (left) beside each other model's (right), one row per
     latent and other model; when the tars cannot be read, say why and go on."""
     from clipsae.analysis.images import load_images
@@ -539,8 +539,8 @@ def _universal_figure(stores, codes, keys, tops, shown, table, index, shards, pa
     rows = []
     try:
         loaded = []
-        for st, top in zip(stores, tops):
-            imgs = {f: st.images_of([keys[r] for r in top[f]]) for f in shown}
+        for st, top, shared in zip(stores, tops, images):
+            imgs = {f: shared[top[f]] for f in shown}
             got = load_images(st, np.concatenate(list(imgs.values())), shards)
             loaded.append({f: [got[int(i)] for i in imgs[f]] for f in shown})
     except ClipsaeError as exc:

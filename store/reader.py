@@ -206,13 +206,23 @@ class ActivationStore:
         """Each image's webdataset ``__key__``, in global order."""
         return self._keys
 
+    def positions_of(self, keys) -> np.ndarray:
+        """The global index of the image with each key, −1 where the store holds none (a key the store repeats:
+        its last image), by bisection over the keys sorted once per call."""
+        want = np.asarray([str(k) for k in keys], dtype=str)
+        mine = np.asarray(self._keys, dtype=str)
+        if not len(mine) or not len(want):
+            return np.full(len(want), -1, dtype=np.int64)
+        order = np.argsort(mine, kind="stable")
+        pos = np.clip(np.searchsorted(mine[order], want, side="right") - 1, 0, None)
+        return np.where(mine[order][pos] == want, order[pos], -1).astype(np.int64)
+
     def images_of(self, keys) -> np.ndarray:
         """The global index of the image with each key; one line naming the first key the store lacks."""
-        index = {str(k): i for i, k in enumerate(self._keys)}
-        missing = [k for k in keys if str(k) not in index]
-        if missing:
-            raise ClipsaeError(f"{self.path} holds no image with key {missing[0]!r}")
-        return np.array([index[str(k)] for k in keys], dtype=np.int64)
+        index = self.positions_of(keys)
+        if (index < 0).any():
+            raise ClipsaeError(f"{self.path} holds no image with key {list(keys)[int(np.argmax(index < 0))]!r}")
+        return index
 
     def labels(self) -> np.ndarray:
         """Each image's integer label, -1 where the shard had none."""

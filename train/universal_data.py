@@ -79,8 +79,7 @@ class UniversalData:
         index = [np.arange(len(lead_keys))]
         common = np.ones(len(lead_keys), dtype=bool)
         for st in stores[1:]:
-            where = {str(k): i for i, k in enumerate(st.keys())}
-            idx = np.array([where.get(str(k), -1) for k in lead_keys], dtype=np.int64)
+            idx = st.positions_of(lead_keys)
             index.append(idx)
             common &= idx >= 0
         n = int(common.sum())

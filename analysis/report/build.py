@@ -126,9 +126,9 @@ def _universal_images(store: ActivationStore, universal, live: np.ndarray) -> di
     store: the models' stores hold the same images)."""
     if universal is None:
         return {}
-    keys = {k for f in live.tolist() for m, ks in universal.top_keys.get(f, {}).items() if m != universal.model for k in ks}
-    index = {str(k): i for i, k in enumerate(store.keys())}
-    return {k: index[k] for k in sorted(keys) if k in index}
+    keys = sorted({k for f in live.tolist() for m, ks in universal.top_keys.get(f, {}).items() if m != universal.model
+                   for k in ks})
+    return {k: int(i) for k, i in zip(keys, store.positions_of(keys)) if i >= 0}
 
 
 def _shown_pairs(top: TopImages, samples: IntervalSamples, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -245,3 +245,16 @@ def test_part_writer_keeps_no_view_of_a_batch_the_caller_reuses(tmp_path):
     w.close({})
     stored = ActivationStore.open(tmp_path / "s.zarr").read("h", slice(1, None))
     np.testing.assert_array_equal(stored, np.concatenate(want))
+
+
+def test_positions_of_finds_each_key_as_a_plain_lookup_does(tmp_path):
+    keys = ["b", "a", "c", "e"]
+    write_store(tmp_path / "s.zarr", {"x": np.zeros((4, 1, 2), np.float32)}, keys, attrs={"model": "m"})
+    st = ActivationStore.open(tmp_path / "s.zarr")
+    asked = ["a", "zz", "e", "b", "", "c"]
+    plain = {k: i for i, k in enumerate(keys)}
+    assert st.positions_of(asked).tolist() == [plain.get(k, -1) for k in asked]
+    assert st.positions_of([]).tolist() == []
+    assert st.images_of(["c", "a"]).tolist() == [2, 1]
+    with pytest.raises(ClipsaeError, match="holds no image with key 'zz'"):
+        st.images_of(["a", "zz"])
