@@ -50,6 +50,16 @@ def hard_planted_dictionary(n_rows: int, d: int, n_features: int, mean_active: f
     return x.astype(np.float32), D.astype(np.float32)
 
 
+def write_small_planted(path, n_images: int, d: int, n_features: int, seed: int):
+    """A store of ``n_images`` images × 2 tokens of :func:`planted_dictionary` (2 active per token) in hook ``a``,
+    float32: the architectures' tests' small set."""
+    from clipsae.store.writer import write_store
+
+    acts, _ = planted_dictionary(n_images, 2, d, n_features, mean_active=2, seed=seed)
+    write_store(path, {"a": acts}, [f"k{i:05d}" for i in range(len(acts))], attrs={"model": "planted"}, dtype="float32")
+    return path
+
+
 def write_planted_store(path):
     """(path, D): a store of 4,096 images × 8 tokens of :func:`planted_dictionary` (128 power-law features in
     64 dimensions, 3 active per token on average) in hook ``x``, the suite's planted set."""

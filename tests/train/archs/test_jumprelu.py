@@ -6,24 +6,20 @@ import pytest
 import torch
 
 from clipsae.errors import ClipsaeError
-from clipsae.store.writer import write_store
 from clipsae.train import archs, load_sae
 from clipsae.train.archs.jumprelu import jumprelu, step
 from clipsae.train.configure import configure_training
 from clipsae.train.export import to_inference
 from clipsae.train.sae import TrainingSAE, optimise
 from clipsae.train.trainer import TrainingStopped, run_train
-from tests.train.planted import planted_dictionary
+from tests.train.planted import write_small_planted
 
 D = 16
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    acts, _ = planted_dictionary(512, 2, D, 32, mean_active=2, seed=1)
-    path = tmp_path_factory.mktemp("jr") / "s.zarr"
-    write_store(path, {"a": acts}, [f"k{i:05d}" for i in range(len(acts))], attrs={"model": "planted"}, dtype="float32")
-    return path
+    return write_small_planted(tmp_path_factory.mktemp("jr") / "s.zarr", 512, D, 32, seed=1)
 
 
 def _train(store, out, stop=None, **options):
