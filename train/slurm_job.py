@@ -63,10 +63,15 @@ def submit_train(options: dict, slurm: SlurmConfig) -> tuple[Submitted, Path]:
     Returns the submission and the run directory the job writes.
     """
     from clipsae.train.configure import configure_training
+    from clipsae.train.universal_data import parse_universal
 
     plan = configure_training(**options)
     out = Path(plan.cfg.out).absolute()
-    options = {**options, "out": out, "store": str(absolute(options["store"]))}
+    options = {**options, "out": out}
+    if options.get("store") is not None:
+        options["store"] = str(absolute(options["store"]))
+    if options.get("universal"):
+        options["universal"] = ",".join(f"{absolute(store)}:{hook}" for store, hook in parse_universal(options["universal"]))
     if options.get("sweep"):
         options["sweep"] = Path(options["sweep"]).absolute()
     return submit_one(slurm, "clipsae-train", TrainJob(options)), out

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from clipsae.errors import ClipsaeError
+from clipsae.store.location import absolute
 from clipsae.store.reader import ActivationStore
 from clipsae.train.data import RowSource
 
@@ -122,8 +123,9 @@ class UniversalData:
         return JoinedRowSource(self, lead_mask & self.common)
 
     def describe(self) -> list[dict]:
-        """What universal.json and the run's identity record of each model."""
-        return [{"store": str(st.path), "hook": h, "d": st.d(h), "factor": c, "model": st.config.get("model"),
+        """What universal.json and the run's identity record of each model (stores absolute, as a job started
+        elsewhere names them)."""
+        return [{"store": str(absolute(st.path)), "hook": h, "d": st.d(h), "factor": c, "model": st.config.get("model"),
                  "pretrained": st.config.get("pretrained"), "tokens_per_image": len(t)}
                 for st, h, c, t in zip(self.stores, self.hooks, self.factors, self.token_idx)]
 

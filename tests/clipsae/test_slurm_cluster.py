@@ -1,6 +1,7 @@
 """Submissions against a real one-node Slurm cluster (tests/slurm_cluster.py): arrays equal one local
 process, a killed task is finished by the same command, a signalled training job is requeued by Slurm
-and ends exactly, and a submission sbatch refuses leaves nothing behind."""
+and ends exactly, a universal SAE's job writes what a local run writes, and a submission sbatch refuses
+leaves nothing behind."""
 
 import json
 import math
@@ -21,6 +22,7 @@ from clipsae.store.reader import complete_parts
 from clipsae.store.writer import write_store
 from tests.analysis.helpers import make_store, sae_weights, saelens_dir
 from tests.conftest import assert_same_store, submitted_job, wait_until
+from tests.train.planted import planted_pair
 
 # One cluster per test process: pytest-xdist's --dist loadfile (pyproject.toml) runs this file on one worker.
 EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--quiet"]
@@ -115,6 +117,27 @@ def test_a_training_job_signalled_by_scancel_is_requeued_and_ends_exactly(on_slu
     got, want = load_file(out / "sae_weights.safetensors"), load_file(tmp_path / "ref" / "sae_weights.safetensors")
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_universal_training_job_writes_what_a_local_run_writes(on_slurm, tmp_path, run_cli):
+    a, b, *_ = planted_pair(tmp_path, n_images=1024, drop_b=24)
+    args = ["--universal", f"{a}:x,{b}:x", "--arch", "batchtopk", "--expansion", "2", "--k", "3", "--steps", "200",
+            "--batch-size", "64", "--device", "cpu", "--threads", "1"]
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    code, stdout, err = run_cli("train", *args, "--out", out, "--slurm", "--slurm-logs", logs)
+    assert code == 0, err
+    job = submitted_job(stdout)
+    wait_until(lambda: _job_gone_or_done(on_slurm, job), "the universal job to leave the queue")
+    assert (out / "universal.json").is_file(), "".join(p.read_text() for p in (logs / job).glob(f"{job}_*_log.err"))
+    code, _, err = run_cli("train", *args, "--out", tmp_path / "ref", "--quiet")
+    assert code == 0, err
+    got, want = json.loads((out / "universal.json").read_text()), json.loads((tmp_path / "ref" / "universal.json").read_text())
+    assert got["models"] == want["models"] and got["images"] == want["images"] == 1000
+    for m in ("0", "1"):
+        got, want = (load_file(d / "models" / m / "sae_weights.safetensors") for d in (out, tmp_path / "ref"))
+        assert sorted(got) == sorted(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"model {m}: {name}")
 
 
 def test_an_encode_array_equals_a_local_encode(on_slurm, tmp_path, run_cli):

@@ -1,4 +1,5 @@
-"""Training with torchrun: two processes (gloo, CPU) train what one process trains on the same global batches."""
+"""Training with torchrun: two processes (gloo, CPU) train what one process trains on the same global batches,
+a store's SAEs and a universal SAE's alike."""
 
 import json
 import os
@@ -60,14 +61,11 @@ def _saes(out: Path) -> list[dict]:
     return torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["saes"]
 
 
-# TopK normalises by the batch's total variance, relu by its row count: both must be the global batch's.
-@pytest.mark.parametrize("arch", ["topk", "relu"])
-def test_two_processes_train_what_one_trains_on_the_same_global_batches(store, two_processes, tmp_path, arch):
-    plan = configure_training(store, arch=arch, expansion="4", k="4", l1="0.5", steps=STEPS, batch_size=BATCH,
-                              device="cpu", holdout=0.05, lr=3e-3, out=tmp_path / "one")
+def _one_process(plan) -> list[dict]:
+    """The state dicts of the plan's SAEs trained by one process on the global batches of two: each step
+    process 0's share, then process 1's."""
     run = Run(plan.cfg, plan.store, plan.held)
     run.initialise()
-    # The global batch of each step: process 0's share, then process 1's.
     shares = [ShuffleStream(run.train_source, BATCH // 2, plan.cfg.buffer_rows, plan.cfg.seed, rank=r, world=2)
               for r in range(2)]
     sums = [{} for _ in run.saes]
@@ -75,16 +73,69 @@ def test_two_processes_train_what_one_trains_on_the_same_global_batches(store, t
         for _ in range(STEPS):
             run.train_step(torch.cat([s.next_batch() for s in shares]).float() * run.scale, sums)
             run.step += 1
+            if run.step % plan.cfg.log_every == 0:  # where the trainer finds the dead latents AuxK revives
+                run.refresh_dead()
     finally:
         for s in shares:
             s.close()
         run.stream.close()
+    return [sae.state_dict() for sae in run.saes]
+
+
+def _assert_same_weights(one: list[dict], two: list[dict]) -> None:
+    assert len(one) == len(two)
+    for mine, theirs in zip(one, two):
+        for name, value in mine.items():
+            torch.testing.assert_close(value, theirs[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# TopK normalises by the batch's total variance, relu by its row count: both must be the global batch's.
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_two_processes_train_what_one_trains_on_the_same_global_batches(store, two_processes, tmp_path, arch):
+    plan = configure_training(store, arch=arch, expansion="4", k="4", l1="0.5", steps=STEPS, batch_size=BATCH,
+                              device="cpu", holdout=0.05, lr=3e-3, out=tmp_path / "one")
     out = two_processes(arch)
-    for sae, state in zip(run.saes, _saes(out)):
-        for name, value in sae.state_dict().items():
-            torch.testing.assert_close(value, state[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_weights(_one_process(plan), _saes(out))
     assert sorted(p.name for p in out.glob("stream-*")) == [f"stream-rank0-step{STEPS}.pt",
                                                                       f"stream-rank1-step{STEPS}.pt"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    """a.zarr (d 16) in six parts and b.zarr (d 12) in two, of the same 1,800 images × 2 tokens; b holds them in
+    reverse order, so that every row of b is found by key."""
+    root = tmp_path_factory.mktemp("pair")
+    rng = np.random.default_rng(1)
+    keys = [f"k{i:04d}" for i in range(1800)]
+    x_a = rng.standard_normal((1800, 2, 16)).astype(np.float32)
+    x_b = (x_a[..., :12] + 0.5 * rng.standard_normal((1800, 2, 12))).astype(np.float32)
+    for p in range(6):
+        write_store(root / "a.zarr", {"x": x_a[p * 300:(p + 1) * 300]}, keys[p * 300:(p + 1) * 300],
+                    attrs={"model": "test-a"}, part=f"p{p}")
+    for p in range(2):
+        rows = np.arange(1800)[::-1][p * 900:(p + 1) * 900]
+        write_store(root / "b.zarr", {"x": x_b[rows]}, [keys[i] for i in rows], attrs={"model": "test-b"},
+                    part=f"p{p}")
+    return root / "a.zarr", root / "b.zarr"
+
+
+# The universal loss divides each model's errors by that model's total variance over the global batch; both
+# selections are swept in the one pass.
+def test_two_processes_train_a_universal_sae_as_one_process_does(pair, tmp_path):
+    a, b = pair
+    out = tmp_path / "two"
+    p = _torchrun("--universal", f"{a}:x,{b}:x", "--arch", "topk", "--expansion", "4", "--k", "3",
+                  "--selection", "global,own", "--steps", STEPS, "--batch-size", BATCH, "--checkpoint-every", 40,
+                  "--device", "cpu", "--threads", 1, "--holdout", 0.05, "--lr", 3e-3, "--quiet", "--out", out)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    plan = configure_training(None, universal=f"{a}:x,{b}:x", arch="topk", expansion="4", k="3",
+                              selection="global,own", steps=STEPS, batch_size=BATCH, device="cpu", holdout=0.05,
+                              lr=3e-3, out=tmp_path / "one")
+    assert len(plan.cfg.saes) == 2
+    _assert_same_weights(_one_process(plan), _saes(out))
+    for label in ("topk-x4-k3", "topk-x4-k3-own"):
+        assert (out / label / "universal.json").is_file() and (out / label / "models" / "1").is_dir()
 
 
 def _rank_pids(agent: int) -> dict[int, int]:
