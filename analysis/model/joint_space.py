@@ -12,6 +12,9 @@ Each tower states its maps (pipeline/towers). Cosines with text embeddings do no
 directions' lengths, so none is rescaled.
 """
 
+import weakref
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -19,6 +22,12 @@ from clipsae.errors import ClipsaeError
 from clipsae.pipeline.towers import tower_for
 
 PROMPT = "a photo of a {}."
+
+# The last text embeddings made, by model, prompt and words: the analyses of one process ask for the same class
+# names again (each splice's zero-shot, intervene). The model is held weakly, and checked to be the one that
+# made them.
+TEXT_KEPT = 8
+_TEXT: OrderedDict[tuple, tuple[weakref.ref, torch.Tensor]] = OrderedDict()
 
 
 def directions_to_joint(d_FD: torch.Tensor, visual: nn.Module, hook: str) -> torch.Tensor:
@@ -48,8 +57,17 @@ def text_embeddings(model: nn.Module, tokenizer, words: list[str], prompt: str =
     if tokenizer is None:
         raise ClipsaeError("text prompts and class names need CLIP's text tower, and this store's model is a timm "
                            "model alone (timm:NAME), which has none")
+    key = (id(model), prompt, tuple(words), str(device))
+    held = _TEXT.get(key)
+    if held is not None and held[0]() is model:
+        _TEXT.move_to_end(key)
+        return held[1].clone()
     out = []
     for s in range(0, len(words), batch):
         tokens = tokenizer([prompt.format(w) for w in words[s:s + batch]]).to(device)
         out.append(torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=1).cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)
+    text = torch.cat(out) if out else torch.empty(0, 0)
+    _TEXT[key] = (weakref.ref(model), text)
+    while len(_TEXT) > TEXT_KEPT:
+        _TEXT.popitem(last=False)
+    return text.clone()

@@ -28,3 +28,31 @@ def test_a_checkpoint_that_moved_or_changed_is_named(tmp_path, content, message)
         ckpt.write_bytes(content)
     with pytest.raises(ClipsaeError, match=message):
         store_model_config({"model": "ViT-B-32", "pretrained": "file:sha256:00"}, {"checkpoint_path": str(ckpt)})
+
+
+def test_load_clip_builds_once_per_config_and_again_for_a_rewritten_checkpoint(tmp_path):
+    import os
+
+    import open_clip
+    import torch
+
+    from clipsae.pipeline.model import load_clip
+
+    first = load_clip(ModelConfig("RN50", init_seed=3))
+    assert load_clip(ModelConfig("RN50", init_seed=3)) is first
+    other = load_clip(ModelConfig("RN50", init_seed=4))
+    assert other is not first
+    assert not torch.equal(other.model.visual.conv1.weight, first.model.visual.conv1.weight)
+
+    ckpt = tmp_path / "rn50.pt"
+    torch.manual_seed(1)
+    torch.save(open_clip.create_model("RN50").state_dict(), ckpt)
+    cfg = ModelConfig("RN50", pretrained=str(ckpt))
+    one = load_clip(cfg)
+    assert load_clip(cfg) is one
+    torch.manual_seed(2)
+    torch.save(open_clip.create_model("RN50").state_dict(), ckpt)
+    os.utime(ckpt, ns=(0, ckpt.stat().st_mtime_ns + 10**9))  # a rewrite within the clock's tick must still count
+    again = load_clip(cfg)
+    assert again is not one
+    assert not torch.equal(again.model.visual.conv1.weight, one.model.visual.conv1.weight)
