@@ -19,6 +19,7 @@ from clipsae.train.trainer import Run
 from tests.conftest import ROOT, wait_until
 
 STEPS, BATCH = 120, 128
+UNIVERSAL_STEPS = 60  # past the first logging step (50), where the dead latents AuxK revives are first found
 ARGS = ["--expansion", "4", "--k", "4", "--l1", "0.5", "--steps", str(STEPS), "--batch-size", str(BATCH),
         "--checkpoint-every", "20", "--device", "cpu", "--threads", "1", "--holdout", "0.05", "--lr", "3e-3", "--quiet"]
 
@@ -70,7 +71,7 @@ def _one_process(plan) -> list[dict]:
               for r in range(2)]
     sums = [{} for _ in run.saes]
     try:
-        for _ in range(STEPS):
+        for _ in range(plan.cfg.steps):
             run.train_step(torch.cat([s.next_batch() for s in shares]).float() * run.scale, sums)
             run.step += 1
             if run.step % plan.cfg.log_every == 0:  # where the trainer finds the dead latents AuxK revives
@@ -125,12 +126,12 @@ def test_two_processes_train_a_universal_sae_as_one_process_does(pair, tmp_path)
     a, b = pair
     out = tmp_path / "two"
     p = _torchrun("--universal", f"{a}:x,{b}:x", "--arch", "topk", "--expansion", "4", "--k", "3",
-                  "--selection", "global,own", "--steps", STEPS, "--batch-size", BATCH, "--checkpoint-every", 40,
+                  "--selection", "global,own", "--steps", UNIVERSAL_STEPS, "--batch-size", BATCH, "--checkpoint-every", 40,
                   "--device", "cpu", "--threads", 1, "--holdout", 0.05, "--lr", 3e-3, "--quiet", "--out", out)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     plan = configure_training(None, universal=f"{a}:x,{b}:x", arch="topk", expansion="4", k="3",
-                              selection="global,own", steps=STEPS, batch_size=BATCH, device="cpu", holdout=0.05,
+                              selection="global,own", steps=UNIVERSAL_STEPS, batch_size=BATCH, device="cpu", holdout=0.05,
                               lr=3e-3, out=tmp_path / "one")
     assert len(plan.cfg.saes) == 2
     _assert_same_weights(_one_process(plan), _saes(out))
