@@ -27,26 +27,36 @@ def shards(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def run_cli(monkeypatch, capsys):
-    """Run ``clipsae ARGS`` in-process; returns (exit code, stdout, stderr)."""
+def invoke_cli(*args: str) -> tuple[int, str, str]:
+    """Run ``clipsae ARGS`` in this process; returns (exit code, stdout, stderr). Usable in fixtures of any scope."""
+    import contextlib
+    import io
+
     from clipsae.cli import main
 
-    def run(*args: str):
-        monkeypatch.setattr(sys, "argv", ["clipsae", *map(str, args)])
-        # A command's --threads sets torch's thread count for the whole process; a later test in this
-        # process must not inherit it (a convolution's float sums depend on it).
-        threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
-        try:
-            with pytest.raises(SystemExit) as exc:
+    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
+    # A command's --threads sets torch's thread count for the whole process; a later test in this
+    # process must not inherit it (a convolution's float sums depend on it).
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    sys.argv = ["clipsae", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
                 main()
-        finally:
-            if threads is not None:
-                sys.modules["torch"].set_num_threads(threads)
-        out = capsys.readouterr()
-        return exc.value.code, out.out, out.err
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        sys.argv = argv
+        if threads is not None:
+            sys.modules["torch"].set_num_threads(threads)
+    return code, out.getvalue(), err.getvalue()
 
-    return run
+
+@pytest.fixture
+def run_cli():
+    """Run ``clipsae ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    return invoke_cli
 
 
 def cli_process(*args: str, **kw) -> subprocess.Popen:

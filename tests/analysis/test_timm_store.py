@@ -20,15 +20,15 @@ PREFIX = 5  # CLS and 4 registers
 def dino_run(tmp_path_factory):
     """(store, SAE folder) of a DINOv3 store (random weights, all tokens of its last block), a TopK SAE
     trained on it and its codes 'sae'."""
-    from tests.conftest import cli_process
+    from tests.conftest import invoke_cli
 
     tmp = tmp_path_factory.mktemp("dino")
     make_synthetic_shards(tmp / "tars", n_images=4, per_shard=2, seed=4, masks=False)
     store, sae = tmp / "s.zarr", tmp / "sae"
 
     def cli(*args):
-        p = cli_process(*args)
-        assert p.wait(timeout=300) == 0, p.stderr.read()
+        code, _, err = invoke_cli(*args)
+        assert code == 0, err
 
     cli("extract", "--model", DINO, "--layers", "-1", "--tokens", "all", "--shards", tmp / "tars", "--store", store,
         "--batch-size", "2", "--quiet")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from clipsae.store.reader import ActivationStore
 from clipsae.store.writer import write_store
 from clipsae.train import load_sae
-from tests.conftest import cli_process, tree_snapshot
+from tests.conftest import cli_process, invoke_cli, tree_snapshot
 from tests.train.planted import planted_dictionary, recovery, write_planted_store
 
 D = 64
@@ -36,9 +36,9 @@ def small(tmp_path_factory):
 
 
 QUALITY = {
-    "topk": ["--expansion", "4", "--k", "6", "--steps", "1000"],
-    "batchtopk": ["--expansion", "4", "--k", "6", "--steps", "1000"],
-    "relu": ["--expansion", "4", "--l1", "1", "--steps", "1000"],
+    "topk": ["--expansion", "4", "--k", "6", "--steps", "500"],
+    "batchtopk": ["--expansion", "4", "--k", "6", "--steps", "500"],
+    "relu": ["--expansion", "4", "--l1", "1", "--steps", "500"],
     "matryoshka": ["--expansion", "8", "--k", "6", "--steps", "1200"],
 }
 
@@ -85,8 +85,8 @@ def test_kill_9_then_same_command_ends_with_the_uninterrupted_weights(small, tmp
     args = ["train", "--store", small, "--hook", "a", "--arch", "batchtopk", "--expansion", "4", "--k", "4",
             "--batch-size", "64", "--steps", "800", "--holdout", "0.1", "--checkpoint-every", "25", "--quiet",
             "--snapshot-every", "6400"]
-    ref = cli_process(*args, "--out", tmp_path / "ref")
-    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    code, _, err = invoke_cli(*args, "--out", tmp_path / "ref")
+    assert code == 0, err
     out = tmp_path / "killed"
     p = cli_process(*args, "--out", out)
     deadline = time.monotonic() + 240
