@@ -19,6 +19,12 @@ from clipsae.pipeline.synthetic import make_synthetic_shards  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """The files marked ``long_file`` first, each file's tests kept together and in order: with the long ones
+    started first, no worker is left running one alone at the end of the run while the others are idle."""
+    items.sort(key=lambda item: item.get_closest_marker("long_file") is None)
+
+
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory) -> Path:
     """Three tars of six labelled synthetic JPEGs each."""

@@ -1,4 +1,8 @@
+import pytest
+
 from clipsae.train import load_sae
+
+pytestmark = pytest.mark.long_file
 
 
 def test_demo_writes_shards_extracts_trains_encodes_and_analyses(tmp_path, run_cli):

@@ -24,6 +24,8 @@ from tests.analysis.helpers import make_store, sae_weights, saelens_dir
 from tests.conftest import assert_same_store, submitted_job, wait_until
 from tests.train.planted import planted_pair
 
+pytestmark = pytest.mark.long_file
+
 # One cluster per test process: pytest-xdist's --dist loadfile (pyproject.toml) runs this file on one worker.
 EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--quiet"]
 

@@ -19,6 +19,8 @@ from clipsae.pipeline.tarwrite import write_tar
 from clipsae.store import ActivationStore, verify
 from tests.conftest import assert_same_store, cli_process
 
+pytestmark = pytest.mark.long_file
+
 
 def extract(shards, store, layers=("2", "5"), tokens="all", model="ViT-B-32", **kw):
     cfg = ExtractConfig(

@@ -18,6 +18,8 @@ from clipsae.store import ActivationStore, verify
 from tests.conftest import assert_same_store
 from tests.pipeline.test_extract import extract, tar_images
 
+pytestmark = pytest.mark.long_file
+
 DINO = "timm:vit_small_patch14_reg4_dinov2"
 
 

@@ -14,6 +14,8 @@ from clipsae.store.location import store_path
 from clipsae.store.reader import ActivationStore, complete_parts
 from tests.conftest import ROOT, assert_same_store, cli_process, wait_until
 
+pytestmark = pytest.mark.long_file
+
 BUCKET = "clipsae-test"
 EXTRACT = ["--model", "RN50", "--layers", "layer4,attnpool", "--tokens", "all", "--batch-size", "2", "--quiet"]
 

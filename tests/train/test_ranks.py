@@ -18,6 +18,8 @@ from clipsae.train.data import ShuffleStream
 from clipsae.train.trainer import Run
 from tests.conftest import ROOT, wait_until
 
+pytestmark = pytest.mark.long_file
+
 STEPS, BATCH = 120, 128
 UNIVERSAL_STEPS = 60  # past the first logging step (50), where the dead latents AuxK revives are first found
 ARGS = ["--expansion", "4", "--k", "4", "--l1", "0.5", "--steps", str(STEPS), "--batch-size", str(BATCH),

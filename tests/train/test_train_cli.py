@@ -16,6 +16,8 @@ from clipsae.train import load_sae
 from tests.conftest import cli_process, invoke_cli, tree_snapshot
 from tests.train.planted import planted_dictionary, recovery, write_planted_store
 
+pytestmark = pytest.mark.long_file
+
 D = 64
 
 

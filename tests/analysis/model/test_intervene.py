@@ -15,6 +15,8 @@ from clipsae.store.reader import ActivationStore
 from clipsae.train.codes import SparseCodes, row_offsets
 from tests.analysis.helpers import sae_weights, saelens_dir
 
+pytestmark = pytest.mark.long_file
+
 
 @pytest.fixture(scope="module")
 def vit_codes(shards, tmp_path_factory):
