@@ -16,7 +16,7 @@ from clipsae.store.codes import Codes, codes_dir
 from clipsae.store.reader import ActivationStore
 from clipsae.store.writer import write_store
 from tests.analysis.helpers import N_LATENTS, N_TOKENS, make_store, reference_codes, sae_weights, saelens_dir
-from tests.conftest import ROOT, cli_process, tree_snapshot
+from tests.conftest import ROOT, cli_process, invoke_cli, tree_snapshot
 
 TOPK = {"architecture": "topk", "k": 3}
 
@@ -188,8 +188,8 @@ def test_kill_9_then_the_same_command_ends_with_the_uninterrupted_codes(tmp_path
     assert proc.poll() is None, "encode ended before it could be killed; make the store bigger"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert cli_process(*args).wait() == 0
-    assert cli_process(*args, "--name", "again").wait() == 0
+    assert invoke_cli(*args)[0] == 0
+    assert invoke_cli(*args, "--name", "again")[0] == 0
     killed, clean = _all_arrays(codes_dir(store, "sae")), _all_arrays(codes_dir(store, "again"))
     assert killed.keys() == clean.keys() and len(killed) > 12
     for name in killed:

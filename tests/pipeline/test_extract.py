@@ -17,7 +17,7 @@ from clipsae.pipeline.extract import run_extract
 from clipsae.pipeline.synthetic import draw, jpeg_bytes, make_synthetic_shards
 from clipsae.pipeline.tarwrite import write_tar
 from clipsae.store import ActivationStore, verify
-from tests.conftest import assert_same_store, cli_process
+from tests.conftest import assert_same_store, cli_process, invoke_cli
 
 pytestmark = pytest.mark.long_file
 
@@ -212,8 +212,8 @@ def test_kill_9_then_same_command_gives_the_uninterrupted_store(four_tars, refer
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert ActivationStore.open(store).n_images < 24
-    p = cli_process(*EXTRACT_ARGS, "--shards", four_tars, "--store", store)
-    assert p.wait(timeout=300) == 0, p.stderr.read()
+    code, _, err = invoke_cli(*EXTRACT_ARGS, "--shards", four_tars, "--store", store)
+    assert code == 0, err
     assert_same_store(store, reference_store)
     assert verify(ActivationStore.open(store)).ok
 

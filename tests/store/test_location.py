@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from clipsae.store.location import store_path
 from clipsae.store.reader import ActivationStore, complete_parts
-from tests.conftest import ROOT, assert_same_store, cli_process, wait_until
+from tests.conftest import ROOT, assert_same_store, cli_process, invoke_cli, wait_until
 
 pytestmark = pytest.mark.long_file
 
@@ -82,9 +82,8 @@ def test_a_part_a_killed_writer_left_on_s3_is_redone(s3, shards, local_store):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert len(complete_parts(url)) < 3
-    p = cli_process("extract", *EXTRACT, "--shards", shards, "--store", url)
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err
+    code, _, err = invoke_cli("extract", *EXTRACT, "--shards", shards, "--store", url)
+    assert code == 0, err
     assert_same_store(url, local_store)
 
 

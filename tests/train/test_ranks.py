@@ -43,21 +43,19 @@ def store(tmp_path_factory) -> Path:
     return path
 
 
+# One sweep of both: TopK normalises by the batch's total variance, relu by its row count, and both must be
+# the global batch's.
+SWEEP = ["--arch", "topk,relu"]
+
+
 @pytest.fixture(scope="module")
-def two_processes(store, tmp_path_factory):
-    """The run directory of an uninterrupted two-process run of an architecture, made once."""
-    runs = {}
-
-    def run(arch: str) -> Path:
-        if arch not in runs:
-            out = tmp_path_factory.mktemp("ddp") / arch
-            p = _torchrun("--store", store, *ARGS, "--arch", arch, "--out", out)
-            _, err = p.communicate(timeout=600)
-            assert p.returncode == 0, err
-            runs[arch] = out
-        return runs[arch]
-
-    return run
+def two_processes(store, tmp_path_factory) -> Path:
+    """The run directory of an uninterrupted two-process run of the sweep."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    p = _torchrun("--store", store, *ARGS, *SWEEP, "--out", out)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    return out
 
 
 def _saes(out: Path) -> list[dict]:
@@ -92,14 +90,12 @@ def _assert_same_weights(one: list[dict], two: list[dict]) -> None:
             torch.testing.assert_close(value, theirs[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-# TopK normalises by the batch's total variance, relu by its row count: both must be the global batch's.
-@pytest.mark.parametrize("arch", ["topk", "relu"])
-def test_two_processes_train_what_one_trains_on_the_same_global_batches(store, two_processes, tmp_path, arch):
-    plan = configure_training(store, arch=arch, expansion="4", k="4", l1="0.5", steps=STEPS, batch_size=BATCH,
-                              device="cpu", holdout=0.05, lr=3e-3, out=tmp_path / "one")
-    out = two_processes(arch)
-    _assert_same_weights(_one_process(plan), _saes(out))
-    assert sorted(p.name for p in out.glob("stream-*")) == [f"stream-rank0-step{STEPS}.pt",
+def test_two_processes_train_what_one_trains_on_the_same_global_batches(store, two_processes, tmp_path):
+    plan = configure_training(store, arch="topk,relu", expansion="4", k="4", l1="0.5", steps=STEPS,
+                              batch_size=BATCH, device="cpu", holdout=0.05, lr=3e-3, out=tmp_path / "one")
+    assert sorted(s.arch for s in plan.cfg.saes) == ["relu", "topk"]
+    _assert_same_weights(_one_process(plan), _saes(two_processes))
+    assert sorted(p.name for p in two_processes.glob("stream-*")) == [f"stream-rank0-step{STEPS}.pt",
                                                                       f"stream-rank1-step{STEPS}.pt"]
 
 
@@ -167,7 +163,7 @@ def _checkpoint_step(out: Path) -> int:
 
 def test_kill_9_of_one_process_resumes_with_the_same_command_and_no_other_count(store, two_processes, tmp_path, run_cli):
     out = tmp_path / "run"
-    p = _torchrun("--store", store, *ARGS, "--arch", "topk", "--out", out)
+    p = _torchrun("--store", store, *ARGS, *SWEEP, "--out", out)
     wait_until(lambda: p.poll() is not None or (_checkpoint_step(out) >= 40 and len(_rank_pids(p.pid)) == 2),
                "the two processes to checkpoint step 40")
     assert p.poll() is None, "the run ended before it could be killed"
@@ -176,13 +172,14 @@ def test_kill_9_of_one_process_resumes_with_the_same_command_and_no_other_count(
     assert p.returncode != 0
     assert _checkpoint_step(out) < STEPS
 
-    code, _, err = run_cli("train", "--store", store, *ARGS, "--arch", "topk", "--out", out)
+    code, _, err = run_cli("train", "--store", store, *ARGS, *SWEEP, "--out", out)
     said = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
     assert code == 1 and "checkpointed by 2 training processes" in err and len(said) == 1
 
-    p = _torchrun("--store", store, *ARGS, "--arch", "topk", "--out", out)
+    p = _torchrun("--store", store, *ARGS, *SWEEP, "--out", out)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
-    for resumed, clean in zip(_saes(out), _saes(two_processes("topk"))):
+    assert len(_saes(out)) == len(_saes(two_processes)) == 2
+    for resumed, clean in zip(_saes(out), _saes(two_processes)):
         for name in clean:
             torch.testing.assert_close(resumed[name], clean[name], rtol=0, atol=0, msg=name)

@@ -101,9 +101,8 @@ def test_kill_9_then_same_command_ends_with_the_uninterrupted_weights(small, tmp
     p.wait()
     assert not (out / "cfg.json").exists(), "the run should have been killed before it finished"
     assert (out / "snapshots" / "06400" / "cfg.json").is_file(), "a snapshot should have been written before the kill"
-    p = cli_process(*args, "--out", out)
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
+    code, _, err = invoke_cli(*args, "--out", out)
+    assert code == 0, err
     assert "resumed from step " in err  # said even with --quiet
     a = load_file(tmp_path / "ref" / "sae_weights.safetensors")
     b = load_file(out / "sae_weights.safetensors")
