@@ -1,6 +1,8 @@
 """Headless Chromium, driven by selenium through Debian's chromedriver, for the tests of every page."""
 
+import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -19,6 +21,14 @@ def chromium(width: int = 1200, height: int = 900):
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
+    # Chromium leaves a directory in $TMPDIR per start (org.chromium.Chromium.*): give it one of its own, removed
+    # after it quits, so that runs of the suite do not pile them up in /tmp.
+    scratch = tempfile.mkdtemp(prefix="clipsae-chromium-")
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": scratch}), options=opts)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
