@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,30 +117,35 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     return loaded
 
 
-# The last whole model built, by what decides it: the analyses a process runs on one store (the demo, a
-# comparison's splices, the explorer) build it once. One is held at a time; its holders share it, and none
-# changes its weights (they read it under forward hooks they remove, and move it to their device).
+# The last whole model built, by what decides it (clip_key): the analyses a process runs on one store (the
+# demo, a comparison's splices, the explorer) build it once. One is held at a time; its holders share it, and
+# none changes its weights (they read it under forward hooks they remove, and move it to their device). The
+# explorer's threads may ask at once: the lock lets one build.
 _LAST_CLIP: dict[tuple, LoadedClip] = {}
+_LAST_CLIP_LOCK = threading.Lock()
 
 
 def load_clip(cfg: ModelConfig) -> LoadedClip:
     """Build the whole model (image and text towers) and its tokenizer, with the weights ``cfg`` names; the same
-    object again while ``cfg`` (and a local checkpoint's file) is the last one's."""
-    key = _clip_key(cfg)
-    if key not in _LAST_CLIP:
-        _LAST_CLIP.clear()  # the old model freed before the new one is built
-        model, loaded = _create(cfg)
-        if cfg.name.startswith(TIMM_PREFIX):
-            clip = LoadedClip(model.eval(), None, loaded)
-        else:
-            name = cfg.pretrained if cfg.pretrained and cfg.pretrained.startswith("hf-hub:") else cfg.name
-            clip = LoadedClip(model.eval(), open_clip.get_tokenizer(name), loaded)
-        _LAST_CLIP[key] = clip
-    return _LAST_CLIP[key]
+    object again while ``clip_key(cfg)`` is the last one's."""
+    key = clip_key(cfg)
+    with _LAST_CLIP_LOCK:
+        clip = _LAST_CLIP.get(key)
+        if clip is None:
+            _LAST_CLIP.clear()  # the old model freed before the new one is built
+            model, loaded = _create(cfg)
+            if cfg.name.startswith(TIMM_PREFIX):
+                clip = LoadedClip(model.eval(), None, loaded)
+            else:
+                name = cfg.pretrained if cfg.pretrained and cfg.pretrained.startswith("hf-hub:") else cfg.name
+                clip = LoadedClip(model.eval(), open_clip.get_tokenizer(name), loaded)
+            _LAST_CLIP[key] = clip
+        return clip
 
 
-def _clip_key(cfg: ModelConfig) -> tuple:
-    # A checkpoint file rewritten in place is another model: its size and modification time are in the key.
+def clip_key(cfg: ModelConfig) -> tuple:
+    """What decides the model ``load_clip(cfg)`` builds: the config, and a local checkpoint's path, size and
+    modification time (a file rewritten in place is another model)."""
     file = Path(cfg.pretrained) if cfg.pretrained else None
     if file is not None and file.is_file():
         st = file.stat()

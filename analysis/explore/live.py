@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 
 from clipsae.analysis.edits import Edit
-from clipsae.analysis.explore.tar_images import LRU
 from clipsae.memory import release_freed_memory
 from clipsae.store.codes import Codes
 
@@ -45,13 +44,15 @@ class Steered:
 
 class LiveModel:
     """The CLIP model and SAE behind one set of codes, loaded once on first use, on ``device``.
-    Requests share it; a lock lets one forward run at a time (the CPU's cores are one pool anyway)."""
+    Requests share it; one lock for every LiveModel lets one forward run at a time (the CPU's cores are one pool
+    anyway): the codes of one store share one model object (pipeline.model.load_clip), and a steer's forward hooks
+    on it must not reach another's forward."""
+
+    _lock = threading.Lock()
 
     def __init__(self, codes: Codes, device: str):
         self.codes, self.device = codes, device
-        self._lock = threading.Lock()
         self._loaded = None
-        self._texts = LRU(8)  # (prompt, *classes) → their unit text embeddings
         self._joint = None  # the decoder's directions in the joint space, unit length, made on the first text search
 
     def _load(self):
@@ -116,28 +117,19 @@ class LiveModel:
                 self._joint = joint_directions(sae, clip.vision.visual, self.codes.hook)
             return text_scores(clip, self._joint, self.codes.hook, text, self.device)
 
-    def _class_text(self, clip, classes: tuple[str, ...], prompt: str) -> torch.Tensor:
-        from clipsae.analysis.model.joint_space import text_embeddings
-
-        key = (prompt, *classes)
-        cached = self._texts.get(key)
-        if cached is None:
-            cached = self._texts.put(key, text_embeddings(clip.model, clip.tokenizer, list(classes), prompt=prompt,
-                                                          device=self.device))
-        return cached
-
     @torch.no_grad()
     def steer(self, image: Image.Image, edits: tuple[Edit, ...], classes: tuple[str, ...], prompt: str) -> Steered:
         """Zero-shot probabilities over ``classes`` (each put in ``prompt``) before and after ``edits``."""
         from clipsae.analysis.model import intervene as iv
         from clipsae.analysis.model.intervene_run import zero_shot_probabilities
+        from clipsae.analysis.model.joint_space import text_embeddings
 
         with self._lock:
             sae, clip, _, positions = self._load()
             visual = clip.vision.visual
             x = self._pixels(clip, image)
             original, edited = iv.image_embeddings(visual, self.codes.hook, positions, sae, iv.Change(edits, "all"), x)
-            text = self._class_text(clip, classes, prompt)
+            text = text_embeddings(clip.model, clip.tokenizer, list(classes), prompt=prompt, device=self.device)
             scale = float(clip.model.logit_scale.detach().exp())
         before = zero_shot_probabilities(original.float().cpu(), text, scale)[0].double().numpy()
         after = zero_shot_probabilities(edited.float().cpu(), text, scale)[0].double().numpy()

@@ -12,6 +12,7 @@ Each tower states its maps (pipeline/towers). Cosines with text embeddings do no
 directions' lengths, so none is rescaled.
 """
 
+import threading
 import weakref
 from collections import OrderedDict
 
@@ -25,9 +26,10 @@ PROMPT = "a photo of a {}."
 
 # The last text embeddings made, by model, prompt and words: the analyses of one process ask for the same class
 # names again (each splice's zero-shot, intervene). The model is held weakly, and checked to be the one that
-# made them.
+# made them. The explorer's threads may ask at once: the lock guards the dictionary, not the text tower.
 TEXT_KEPT = 8
 _TEXT: OrderedDict[tuple, tuple[weakref.ref, torch.Tensor]] = OrderedDict()
+_TEXT_LOCK = threading.Lock()
 
 
 def directions_to_joint(d_FD: torch.Tensor, visual: nn.Module, hook: str) -> torch.Tensor:
@@ -58,16 +60,18 @@ def text_embeddings(model: nn.Module, tokenizer, words: list[str], prompt: str =
         raise ClipsaeError("text prompts and class names need CLIP's text tower, and this store's model is a timm "
                            "model alone (timm:NAME), which has none")
     key = (id(model), prompt, tuple(words), str(device))
-    held = _TEXT.get(key)
-    if held is not None and held[0]() is model:
-        _TEXT.move_to_end(key)
-        return held[1].clone()
+    with _TEXT_LOCK:
+        held = _TEXT.get(key)
+        if held is not None and held[0]() is model:
+            _TEXT.move_to_end(key)
+            return held[1].clone()
     out = []
     for s in range(0, len(words), batch):
         tokens = tokenizer([prompt.format(w) for w in words[s:s + batch]]).to(device)
         out.append(torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=1).cpu())
     text = torch.cat(out) if out else torch.empty(0, 0)
-    _TEXT[key] = (weakref.ref(model), text)
-    while len(_TEXT) > TEXT_KEPT:
-        _TEXT.popitem(last=False)
+    with _TEXT_LOCK:
+        _TEXT[key] = (weakref.ref(model), text)
+        while len(_TEXT) > TEXT_KEPT:
+            _TEXT.popitem(last=False)
     return text.clone()

@@ -119,10 +119,10 @@ def spliced_embeddings(visual: nn.Module, hook: str, positions: np.ndarray, sae:
     return original, spliced, ablated, zeroed
 
 
-# The model and the SAE-free embeddings of the last splice, by what decides them (store, hook, tokens, images,
-# model, device): splicing several SAEs of one hook in a process (the demo, a comparison) loads the model and
-# runs the three reference forwards once, then one forward per SAE.
-_REFERENCE: dict[tuple, tuple] = {}
+# The SAE-free embeddings of the last splice, by what decides them (store, hook, tokens, images, model, device):
+# splicing several SAEs of one hook in a process (the demo, a comparison) runs the three reference forwards
+# once, then one forward per SAE (load_clip keeps the model itself).
+_REFERENCE: dict[tuple, list] = {}
 
 
 def check_images(n: int) -> None:
@@ -142,7 +142,7 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
     from clipsae.analysis.codes_sae import codes_sae
     from clipsae.analysis.random_weights import WARNING as RANDOM_WEIGHTS_WARNING
     from clipsae.analysis.random_weights import model_has_random_weights
-    from clipsae.pipeline.model import load_clip, store_model_config
+    from clipsae.pipeline.model import clip_key, load_clip, store_model_config
 
     check_images(images)
     hook = t.codes.hook
@@ -151,13 +151,13 @@ def run_splice(t, images: int = 512, sae: Path | None = None, model: str | None 
     cfg = store_model_config(t.store.config, t.store.provenance, pretrained, model)
     chosen = _pick(t.store.n_images, images)
     key = (str(t.store.path.resolve()), hook, tuple(t.codes.token_positions.tolist()), tuple(chosen.tolist()),
-           repr(cfg), str(dev), str(shards), batch)
+           clip_key(cfg), str(dev), str(shards), batch)
     if key not in _REFERENCE:
-        _REFERENCE.clear()  # one model held at a time
-        clip = load_clip(cfg)
-        clip.model.to(dev)
-        _REFERENCE[key] = (clip, [])
-    clip, references = _REFERENCE[key]
+        _REFERENCE.clear()  # one splice's references held at a time
+        _REFERENCE[key] = []
+    references = _REFERENCE[key]
+    clip = load_clip(cfg)
+    clip.model.to(dev)
     visual = clip.vision.visual
     positions = model_positions(visual, t.store, t.codes)
     sums = t.codes.sums()

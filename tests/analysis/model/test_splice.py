@@ -135,7 +135,7 @@ def test_a_second_splice_on_the_hook_reuses_the_reference_and_reports_what_a_fre
     assert run_cli("analyze", "splice", "--codes", "r1", *args)[0] == 0
     held = next(iter(splice._REFERENCE.values()))
     assert run_cli("analyze", "splice", "--codes", "r2", *args)[0] == 0
-    assert next(iter(splice._REFERENCE.values())) is held  # the model and reference forwards were reused
+    assert next(iter(splice._REFERENCE.values())) is held  # the reference forwards were reused
     reused = json.loads((extracted / "codes" / "r2-analysis" / "splice.json").read_text())
     splice._REFERENCE.clear()
     assert run_cli("analyze", "splice", "--codes", "r2", *args)[0] == 0
