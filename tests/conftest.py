@@ -49,9 +49,10 @@ def invoke_cli(*args: str) -> tuple[int, str, str]:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 main()
-                code = 0
             except SystemExit as exc:
                 code = exc.code
+            else:
+                raise AssertionError("clipsae's main() returned instead of exiting with a code")
     finally:
         sys.argv = argv
         if threads is not None:
